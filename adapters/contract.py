@@ -1,0 +1,61 @@
+"""The contract a partner's rows must meet, as JSON Schema (``inbox-daemon contract``).
+
+Property names are the partner's own column names (their ``columns`` or preset applied), and
+every value is described as the text a CSV cell holds, since that is what partners send.
+"""
+
+from __future__ import annotations
+
+from adapters.canonical import MAX_LENGTH
+from adapters.presets import PRESETS
+from config.model import PartnerConfig
+
+_FIELDS = {
+    "sku": ("The partner's product id. Unique per partner, case-insensitively; the last row wins.",
+            {"minLength": 1, "maxLength": MAX_LENGTH["sku"]}, "ABC-123"),
+    "name": ("Product name.", {"minLength": 1, "maxLength": MAX_LENGTH["name"]}, "Ocean Blue Shirt"),
+    "description": ("Free text, HTML allowed.", {"maxLength": MAX_LENGTH["description"]},
+                     "Cotton shirt with a narrow collar."),
+    "price": ("Non-negative amount: 9.99, \"9.99 USD\", \"$9.99\", \"1,299.00\".",
+              {"pattern": r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*[0-9][0-9.,' ]*(?:\s*[A-Za-z]{3})?$"}, "19.99"),
+    "currency": ("ISO 4217 code; the partner's default when absent.", {"pattern": "^[A-Za-z]{3}$"}, "USD"),
+    "stock": ("Whole number of units, 0 or more.", {"pattern": "^[0-9]+$"}, "12"),
+    "active": ("true/false, 1/0 or yes/no; true when absent.",
+               {"pattern": "^(?i:true|false|1|0|yes|no|y|n|t|f|on|off)$"}, "true"),
+    "brand": ("Brand name.", {"maxLength": MAX_LENGTH["brand"]}, "Acme"),
+    "category": ("Category path.", {"maxLength": MAX_LENGTH["category"]}, "Apparel > Shirts"),
+    "gtin": ("GTIN-8/12/13/14 with a correct check digit; a wrong one is dropped with a warning.",
+             {"pattern": r"^[0-9\s-]{8,18}$"}, "4006381333931"),
+    "url": ("Product page.", {"maxLength": MAX_LENGTH["url"]}, "https://shop.example/p/abc-123"),
+    "image_url": ("Main image.", {"maxLength": MAX_LENGTH["image_url"]}, "https://shop.example/i/abc-123.jpg"),
+}
+
+
+def partner_column(partner: PartnerConfig, canonical: str) -> str:
+    if canonical in partner.columns:
+        return partner.columns[canonical]
+    preset = PRESETS.get(partner.preset or "", {})
+    return preset.get(canonical, (canonical,))[0]
+
+
+def contract(partner: PartnerConfig) -> dict:
+    properties, example = {}, {}
+    for canonical, (text, constraints, sample) in _FIELDS.items():
+        column = partner_column(partner, canonical)
+        properties[column] = {"type": ["string", "null"], "description": f"{canonical}: {text}",
+                              **constraints}
+        example[column] = sample
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Catalog row accepted from partner {partner.id}",
+        "description": ("One row of a CSV/TSV/JSON/NDJSON/Parquet catalog file. Columns not listed here "
+                        "are kept as the product's attributes. Default currency: "
+                        f"{partner.currency}; decimal separator: {partner.decimal_separator!r}; "
+                        f"a file with more than {partner.max_reject_ratio:.0%} rejected rows is "
+                        "rejected as a whole."),
+        "type": "object",
+        "required": [partner_column(partner, "sku"), partner_column(partner, "name")],
+        "properties": properties,
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        "examples": [example],
+    }

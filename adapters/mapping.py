@@ -1,0 +1,103 @@
+"""Partner columns → canonical columns, and the leftover columns → ``attributes`` JSON text.
+
+Which partner column feeds which canonical column is decided once per distinct header (a
+``ColumnMap``); applying it to a batch is column selection plus one vectorized JSON build for
+the unmapped columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adapters.canonical import INPUT_FIELDS, REQUIRED_FIELDS
+from adapters.presets import PRESETS
+from config.model import PartnerConfig
+from inbox_daemon.errors import MissingColumn
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """``source[canonical]`` is the partner column read for it; ``unmapped`` go to attributes."""
+    source: Mapping[str, str]
+    unmapped: tuple[str, ...]
+
+    def partner_column(self, canonical: str) -> str:
+        return self.source.get(canonical, canonical)
+
+
+def resolve_columns(names: list[str], partner: PartnerConfig, *, require: bool = True) -> ColumnMap:
+    """Pick the partner column for each canonical column; raise ``MissingColumn`` for sku/name."""
+    present = {}
+    for n in names:
+        present.setdefault(n, n)
+    by_lower: dict[str, str] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), n)
+    preset = PRESETS.get(partner.preset or "", {})
+    source: dict[str, str] = {}
+    for field in INPUT_FIELDS:
+        configured = partner.columns.get(field)
+        if configured is not None:
+            candidates: tuple[str, ...] = (configured,)
+        else:
+            candidates = preset.get(field, ()) + (field,)
+        for candidate in candidates:
+            hit = present.get(candidate) or by_lower.get(candidate.lower())
+            if hit is not None and hit not in source.values():
+                source[field] = hit
+                break
+        else:
+            if require and field in REQUIRED_FIELDS:
+                raise MissingColumn(column=field, expected=candidates[0], found=list(names))
+    if "price_cents" in source and "price" in source:
+        del source["price"]          # an exact integer beats a text to parse
+    used = set(source.values())
+    unmapped = tuple(dict.fromkeys(n for n in names if n not in used and n))
+    return ColumnMap(source=source, unmapped=unmapped)
+
+
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_OTHER_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+
+
+@lru_cache(maxsize=4096)
+def _json_key(name: str) -> str:
+    import json
+    return json.dumps(name, ensure_ascii=False)
+
+
+def _json_string(values: pa.Array) -> pa.Array:
+    """Values as JSON string literals (without the quotes), whole column at a time."""
+    for raw, escaped in _ESCAPES:
+        values = pc.replace_substring(values, raw, escaped)
+    if pc.any(pc.match_substring_regex(values, _OTHER_CONTROL)).as_py():
+        # Rare: other control characters need \\u escapes, which no Arrow kernel produces.
+        import json
+        values = pa.array([None if v is None else json.dumps(v)[1:-1] for v in values.to_pylist()],
+                          pa.string())
+    return values
+
+
+def attributes_json(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.Array:
+    """``{"col": "value", ...}`` per row for the non-null unmapped values; null when none."""
+    n = batch.num_rows
+    if not columns:
+        return pa.nulls(n, pa.string())
+    pieces = []
+    for name in columns:
+        values = batch.column(name)
+        if values.null_count == n:
+            continue
+        member = pc.binary_join_element_wise(_json_key(name) + ':"', _json_string(values), '",', "")
+        pieces.append(pc.fill_null(member, ""))
+    if not pieces:
+        return pa.nulls(n, pa.string())
+    body = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+    body = pc.utf8_rtrim(body, characters=",")
+    obj = pc.binary_join_element_wise("{", body, "}", "")
+    return pc.if_else(pc.equal(body, ""), pa.scalar(None, pa.string()), obj)

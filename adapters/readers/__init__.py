@@ -1,0 +1,217 @@
+"""Format readers: a spooled file in, a stream of all-text Arrow ``RecordBatch``es out.
+
+One module per format; ``FORMATS`` maps a format name to its reader and is the only place a
+format is chosen. Every reader yields ``Block``s whose columns are strings (nested objects
+flattened to ``parent.child`` names), so mapping and validation see one shape whatever the file
+was. Readers stream: memory stays flat whatever the file size.
+
+Failures of the underlying parsers (pyarrow, ijson, codecs) are mapped here, at the boundary,
+to ``UnreadableFile`` with the row the reader had reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from inbox_daemon.errors import UnknownFormat, UnreadableFile
+
+BLOCK_SIZE = 1 << 20          # bytes pyarrow reads and parses at a time
+PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through Python objects
+
+
+@dataclass(frozen=True)
+class Block:
+    """One batch of a file: all-text columns; ``first_row`` is the partner's number of its first row."""
+    batch: pa.RecordBatch
+    first_row: int
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    encoding: str = "utf-8"           # CSV/TSV only; JSON and Parquet are UTF-8 by definition
+    delimiter: str | None = None      # CSV only; None: by extension, else sniffed from the header
+    progress: Callable[[int], None] | None = None   # called with bytes of the file consumed
+
+
+_COMPRESSED = (".gz", ".gzip")
+_BY_EXTENSION = {
+    ".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv",
+    ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson",
+    ".parquet": "parquet", ".pq": "parquet",
+}
+
+
+def split_name(name: str) -> tuple[str, bool]:
+    """``"feed.csv.gz"`` -> (``".csv"``, compressed=True)."""
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSED
+    if compressed:
+        suffixes = suffixes[:-1]
+    return (suffixes[-1] if suffixes else ""), compressed
+
+
+def detect_format(name: str) -> str:
+    ext, _ = split_name(name)
+    try:
+        return _BY_EXTENSION[ext]
+    except KeyError:
+        raise UnknownFormat(name=name, known=sorted(FORMATS)) from None
+
+
+class _Counting(io.RawIOBase):
+    """A read-only file that reports how many bytes were consumed (for the progress bar)."""
+
+    def __init__(self, raw, progress: Callable[[int], None]):
+        self._raw, self._progress, self._n = raw, progress, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._raw.readinto(buf)
+        self._n += n or 0
+        self._progress(self._n)
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_stream(path: Path, *, compressed: bool, options: ReadOptions) -> Iterator[io.BufferedIOBase]:
+    """The decompressed byte stream of a spooled file."""
+    raw = open(path, "rb", buffering=0)
+    if options.progress:
+        raw = _Counting(raw, options.progress)
+    stream = io.BufferedReader(raw, buffer_size=BLOCK_SIZE)
+    try:
+        yield gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream
+    finally:
+        stream.close()
+
+
+def read_blocks(path: Path, *, name: str, fmt: str | None = None,
+                options: ReadOptions = ReadOptions()) -> Iterator[Block]:
+    """Stream ``path`` (spooled copy of ``name``) as text blocks in format ``fmt`` or the guessed one."""
+    fmt = fmt or detect_format(name)
+    if fmt not in FORMATS:
+        raise UnknownFormat(name=name, known=sorted(FORMATS))
+    _, compressed = split_name(name)
+    yield from FORMATS[fmt](path, name=name, compressed=compressed, options=options)
+
+
+# -- normalisation: whatever types a reader produced, mapping sees text ----------------------
+
+def _json_text(array: pa.Array) -> pa.Array:
+    """Nested values (lists, maps) kept as JSON text. Rare in catalog feeds, so done in Python."""
+    return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                     for v in array.to_pylist()], pa.string())
+
+
+def to_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Flatten structs to ``a.b`` names and turn every column into strings."""
+    names, arrays = [], []
+
+    def add(name: str, array: pa.Array) -> None:
+        t = array.type
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                add(f"{name}.{t.field(i).name}", array.field(i) if array.null_count == 0
+                    else pc.struct_field(array, [i]))
+            return
+        if pa.types.is_string(t):
+            pass
+        elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            array = array.cast(pa.string())
+        elif pa.types.is_null(t):
+            array = pa.nulls(len(array), pa.string())
+        elif pa.types.is_dictionary(t):
+            array = array.cast(t.value_type)
+            return add(name, array)
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            try:
+                array = array.cast(pa.string())
+            except pa.ArrowInvalid:
+                raise UnreadableFile(reason=f"column {name!r} is binary, not UTF-8 text") from None
+        elif (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t)
+              or pa.types.is_fixed_size_list(t)):
+            array = _json_text(array)
+        else:
+            try:
+                array = array.cast(pa.string())
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                array = _json_text(array)
+        names.append(name.strip().lstrip("\ufeff"))
+        arrays.append(array)
+
+    for name, column in zip(batch.schema.names, batch.columns):
+        add(name, column)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def flatten_record(obj: dict, prefix: str = "", out: dict | None = None) -> dict:
+    """A parsed JSON object as ``{dotted.name: text}``, the shape ``to_text`` gives Arrow batches."""
+    out = {} if out is None else out
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flatten_record(value, name + ".", out)
+        elif value is None or isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value, ensure_ascii=False)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def records_to_batch(records: list[dict]) -> pa.RecordBatch:
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    return pa.RecordBatch.from_pylist(records, schema=pa.schema([(n, pa.string()) for n in names]))
+
+
+@contextlib.contextmanager
+def seekable_copy(path: Path, *, compressed: bool, options: ReadOptions) -> Iterator[Path]:
+    """Formats that need random access (Parquet) get a decompressed temporary copy when gzipped."""
+    if not compressed:
+        if options.progress:
+            options.progress(os.path.getsize(path))
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".unpacked-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open_stream(path, compressed=True, options=options) as src:
+            shutil.copyfileobj(src, out, BLOCK_SIZE)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+from adapters.readers.csvfile import read_csv, read_tsv          # noqa: E402  (registry below)
+from adapters.readers.jsonfile import read_json, read_ndjson     # noqa: E402
+from adapters.readers.parquetfile import read_parquet            # noqa: E402
+
+FORMATS: dict[str, Callable[..., Iterator[Block]]] = {
+    "csv": read_csv,
+    "tsv": read_tsv,
+    "json": read_json,
+    "ndjson": read_ndjson,
+    "parquet": read_parquet,
+}

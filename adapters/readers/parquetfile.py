@@ -1,0 +1,27 @@
+"""Parquet through ``pyarrow.parquet.ParquetFile.iter_batches`` (row group by row group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adapters.readers import Block, ReadOptions, seekable_copy, to_text
+from inbox_daemon.errors import UnreadableFile
+
+BATCH_ROWS = 65_536
+
+
+def read_parquet(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
+    next_row = 1
+    try:
+        with seekable_copy(path, compressed=compressed, options=options) as local:
+            with pq.ParquetFile(local) as pf:
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                    yield Block(to_text(batch), next_row)
+                    next_row += batch.num_rows
+    except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
+        raise UnreadableFile(reason=f"not a readable Parquet file: {str(exc).splitlines()[0]}",
+                             row=next_row) from exc

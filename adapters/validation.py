@@ -1,0 +1,234 @@
+"""Judge a batch: parse every canonical column and check it, a whole column at a time.
+
+``judge`` turns one text ``Block`` into the rows that may land (``CANONICAL_SCHEMA``) and the
+problems found, as a table of diagnostics lines. Errors reject their row; warnings let the row
+land without the bad value (a GTIN with a wrong check digit is dropped, the row is kept). There
+is no Python loop over rows here: each check is a ``pyarrow.compute`` mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adapters.canonical import CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
+from adapters.mapping import ColumnMap, attributes_json
+from adapters.readers import Block
+from config.model import PartnerConfig
+
+ERROR, WARNING = "error", "warning"
+DIAGNOSTICS_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("sku", pa.string()), ("severity", pa.string()), ("column", pa.string()),
+    ("code", pa.string()), ("message", pa.string()), ("value", pa.string()),
+])
+MAX_VALUE_SHOWN = 200
+_NULL_STR = pa.scalar(None, pa.string())
+_NULL_INT = pa.scalar(None, pa.int64())
+_ISO = pa.array(sorted(ISO_4217))
+_TRUE = pa.array(["true", "1", "yes", "y", "t", "on"])
+_FALSE = pa.array(["false", "0", "no", "n", "f", "off"])
+# 9.99 | 1,299.99 | "9.99 USD" | "USD 9.99" | $9.99 | €9,99 | -5
+_PRICE_TEXT = r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*-?\s*[0-9][0-9.,' ]*(?:\s*[A-Za-z]{3})?$"
+_INTEGER = r"^-?[0-9]{1,15}(?:\.0+)?$"
+
+
+@dataclass
+class Judged:
+    """The outcome of judging one block."""
+    valid: pa.RecordBatch                    # CANONICAL_SCHEMA, rows without errors
+    rejected_keys: pa.Array                  # sku_key of rejected rows that have a sku
+    diagnostics: pa.Table                    # DIAGNOSTICS_SCHEMA, sorted by row
+    read: int
+    rejected: int
+    warned: int
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+class _Problems:
+    """Collects (mask, column, code, message, values, severity) and builds the diagnostics."""
+
+    def __init__(self, rows: pa.Array, sku: pa.Array, cmap: ColumnMap):
+        self.rows, self.sku, self.cmap = rows, sku, cmap
+        self.items: list[tuple[pa.Array, str, str, str, pa.Array, str]] = []
+
+    def add(self, mask: pa.Array, canonical: str, code: str, message: str, values: pa.Array,
+            severity: str = ERROR) -> None:
+        mask = pc.fill_null(mask, False)
+        if pc.any(mask).as_py():
+            self.items.append((mask, canonical, code, message, values, severity))
+
+    def mask(self, severity: str) -> pa.Array:
+        out = pa.array([False] * len(self.rows))
+        for m, *_, sev in self.items:
+            if sev == severity:
+                out = pc.or_(out, m)
+        return out
+
+    def table(self) -> pa.Table:
+        parts = []
+        for mask, canonical, code, message, values, severity in self.items:
+            n = pc.sum(mask).as_py()
+            shown = pc.utf8_slice_codeunits(values.filter(mask), 0, MAX_VALUE_SHOWN)
+            parts.append(pa.table({
+                "row": self.rows.filter(mask),
+                "sku": self.sku.filter(mask),
+                "severity": pa.repeat(severity, n),
+                "column": pa.repeat(self.cmap.partner_column(canonical), n),
+                "code": pa.repeat(code, n),
+                "message": pa.repeat(message, n),
+                "value": shown.cast(pa.string()),
+            }, schema=DIAGNOSTICS_SCHEMA))
+        if not parts:
+            return DIAGNOSTICS_SCHEMA.empty_table()
+        table = pa.concat_tables(parts)
+        return table.take(pc.sort_indices(table, sort_keys=[("row", "ascending")]))
+
+
+def _text(batch: pa.RecordBatch, cmap: ColumnMap, canonical: str) -> pa.Array:
+    """The trimmed text of a canonical column; empty cells and absent columns are null."""
+    name = cmap.source.get(canonical)
+    if name is None:
+        return pa.nulls(batch.num_rows, pa.string())
+    values = pc.utf8_trim_whitespace(batch.column(name))
+    return pc.if_else(pc.equal(values, ""), _NULL_STR, values)
+
+
+def _null_where(values: pa.Array, mask: pa.Array) -> pa.Array:
+    return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, values.type), values)
+
+
+def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(int64 values, mask of non-null values that are not integers)."""
+    ok = pc.match_substring_regex(values, _INTEGER)
+    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, False)))
+    digits = pc.replace_substring_regex(_null_where(values, bad), r"\.0+$", "")
+    return pc.cast(digits, pa.int64()), bad
+
+
+def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(cents, mask of unparseable prices, ISO code written inside the price or null)."""
+    shape_ok = pc.fill_null(pc.match_substring_regex(text, _PRICE_TEXT), False)
+    number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
+    if decimal == ",":
+        number = pc.replace_substring(pc.replace_substring(number, ".", ""), ",", ".")
+        ambiguous = pa.array([False] * len(text))
+    else:
+        # "9,99" with a "." partner is far likelier a decimal comma than nine hundred ninety-nine
+        ambiguous = pc.fill_null(pc.match_substring_regex(text, r"^[^.]*,[0-9]{1,2}\D*$"), False)
+        number = pc.replace_substring(number, ",", "")
+    numeric = pc.fill_null(pc.match_substring_regex(number, r"^-?[0-9]{1,13}(?:\.[0-9]+)?$"), False)
+    bad = pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.and_(shape_ok, numeric), pc.invert(ambiguous))))
+    as_float = pc.cast(_null_where(number, bad), pa.float64())
+    cents = pc.cast(pc.round(pc.multiply(as_float, 100.0)), pa.int64())
+    code = pc.struct_field(pc.extract_regex(text, r"(?P<c>[A-Za-z]{3})"), [0])
+    code = pc.if_else(pc.equal(code, ""), _NULL_STR, pc.utf8_upper(code))
+    code = _null_where(code, bad)          # no currency is read out of a price that did not parse
+    return cents, bad, code
+
+
+def _gtin_valid(digits: pa.Array) -> pa.Array:
+    """GS1 check digit for 8/12/13/14-digit codes, computed on the 14-digit left-padded form."""
+    shaped = pc.fill_null(pc.match_substring_regex(digits, r"^(?:[0-9]{8}|[0-9]{12,14})$"), False)
+    padded = pc.utf8_lpad(pc.if_else(shaped, digits, "0" * 14), 14, "0")
+    total = None
+    for i in range(13):
+        d = pc.cast(pc.utf8_slice_codeunits(padded, i, i + 1), pa.int64())
+        term = pc.multiply(d, 3 if i % 2 == 0 else 1)
+        total = term if total is None else pc.add(total, term)
+    check = pc.cast(pc.utf8_slice_codeunits(padded, 13, 14), pa.int64())
+    remainder = pc.subtract(total, pc.multiply(pc.divide(total, 10), 10))   # integer division
+    expected = pc.subtract(10, remainder)
+    expected = pc.if_else(pc.equal(expected, 10), 0, expected)
+    return pc.and_(shaped, pc.equal(check, expected))
+
+
+def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:
+    """Map and validate one block; see the module docstring."""
+    batch = block.batch
+    n = batch.num_rows
+    rows = pa.array(range(block.first_row, block.first_row + n), pa.int64())
+    sku = _text(batch, cmap, "sku")
+    p = _Problems(rows, sku, cmap)
+
+    # sku and name: required, bounded
+    name = _text(batch, cmap, "name")
+    for canonical, values in (("sku", sku), ("name", name)):
+        p.add(pc.is_null(values), canonical, "missing_value", f"{canonical} is required", values)
+
+    # text columns: bounded length
+    texts = {f: _text(batch, cmap, f) for f in TEXT_FIELDS}
+    for canonical, values in (("sku", sku), ("name", name), *texts.items()):
+        p.add(pc.greater(pc.utf8_length(values), MAX_LENGTH[canonical]), canonical, "too_long",
+              f"{canonical} is longer than {MAX_LENGTH[canonical]} characters", values)
+
+    # price: either exact cents or a text to parse
+    price_code = pa.nulls(n, pa.string())
+    if "price_cents" in cmap.source:
+        raw = _text(batch, cmap, "price_cents")
+        price_cents, bad = _parse_integer(raw)
+        p.add(bad, "price_cents", "invalid_price", "price_cents is not a whole number of cents", raw)
+    else:
+        raw = _text(batch, cmap, "price")
+        price_cents, bad, price_code = _parse_price(raw, partner.decimal_separator)
+        example = "9,99" if partner.decimal_separator == "," else "9.99"
+        p.add(bad, "price", "invalid_price",
+              f"price is not a number: expected e.g. {example}, \"{example} USD\" or \"${example}\"", raw)
+    p.add(pc.less(price_cents, 0), "price_cents" if "price_cents" in cmap.source else "price",
+          "negative_price", "price must not be negative", raw)
+
+    # currency: the column, else a code written in the price, else the partner's default
+    column_currency = pc.utf8_upper(_text(batch, cmap, "currency"))
+    currency = pc.coalesce(column_currency, price_code, pa.scalar(partner.currency))
+    p.add(pc.invert(pc.is_in(currency, value_set=_ISO)), "currency", "invalid_currency",
+          "currency is not an ISO 4217 code", currency)
+    p.add(pc.and_(pc.is_valid(column_currency), pc.not_equal(column_currency, price_code)), "price",
+          "currency_mismatch", "the price names a different currency than the currency column", raw)
+
+    # stock: integer >= 0
+    raw_stock = _text(batch, cmap, "stock")
+    stock, bad = _parse_integer(raw_stock)
+    p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw_stock)
+    p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw_stock)
+
+    # active: boolean, default true
+    raw_active = _text(batch, cmap, "active")
+    lowered = pc.utf8_lower(raw_active)
+    is_true, is_false = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
+    p.add(pc.and_(pc.is_valid(raw_active), pc.invert(pc.or_(is_true, is_false))), "active",
+          "invalid_boolean", "active must be true/false, 1/0 or yes/no", raw_active)
+    active = pc.if_else(is_false, 0, 1).cast(pa.int64())
+
+    # gtin: a wrong one is dropped with a warning, the row still lands
+    raw_gtin = _text(batch, cmap, "gtin")
+    gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
+    gtin_bad = pc.and_(pc.is_valid(raw_gtin), pc.invert(_gtin_valid(gtin_digits)))
+    p.add(gtin_bad, "gtin", "invalid_gtin",
+          "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)
+    gtin = _null_where(gtin_digits, gtin_bad)
+
+    attributes = attributes_json(batch, cmap.unmapped)
+    p.add(pc.greater(pc.utf8_length(attributes), MAX_LENGTH["attributes"]), "sku", "too_long",
+          f"unmapped columns exceed {MAX_LENGTH['attributes']} characters of attributes", sku)
+
+    errors = p.mask(ERROR)
+    keep = pc.invert(errors)
+    canonical = pa.RecordBatch.from_arrays([
+        rows, sku, pc.utf8_lower(sku), name, texts["description"], price_cents, currency, stock,
+        active, texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
+    ], schema=CANONICAL_SCHEMA)
+    diagnostics = p.table()
+    error_codes: dict[str, int] = {}
+    for mask, _, code, _, _, severity in p.items:
+        if severity == ERROR:
+            error_codes[code] = error_codes.get(code, 0) + pc.sum(mask).as_py()
+    return Judged(
+        valid=canonical.filter(keep),
+        rejected_keys=pc.drop_null(canonical.column("sku_key").filter(errors)),
+        diagnostics=diagnostics,
+        read=n,
+        rejected=pc.sum(errors).as_py() or 0,
+        warned=pc.sum(p.mask(WARNING)).as_py() or 0,
+        error_codes=error_codes,
+    )

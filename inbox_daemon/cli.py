@@ -1,0 +1,307 @@
+"""``inbox-daemon``: the command line (DESIGN §6).
+
+Exit codes: 0 applied (succeeded, partial, duplicate) · 1 failed · 2 usage or config error ·
+4 rejected (nothing applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from config import Config, ConfigError, load_config
+from inbox_daemon import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
+EXIT_BY_STATUS = {"succeeded": EXIT_OK, "partial": EXIT_OK, "duplicate": EXIT_OK,
+                  "rejected": EXIT_REJECTED, "failed": EXIT_FAILED, "running": EXIT_FAILED}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _config(args) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def _partner(config: Config, partner_id: str):
+    if partner_id not in config.partners:
+        raise UsageError(f"unknown partner {partner_id!r}; configured: {', '.join(config.partners)}")
+    return config.partners[partner_id]
+
+
+def _store(config: Config):
+    from storage import open_store
+    return open_store(config.store.url)
+
+
+def _setup_logs(config: Config, args) -> None:
+    from inbox_daemon import logs
+    # one-shot commands keep stdout for their answer: their logs go to stderr
+    stream = sys.stdout if args.command == "run" else sys.stderr
+    level = "debug" if getattr(args, "verbose", False) else (
+        config.daemon.log_level if args.command == "run" else "warning")
+    logs.configure(fmt=config.daemon.log_format, level=level, stream=stream)
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self._last = max(total, 1), label, 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and done < self.total:
+            return
+        self._last = now
+        frac = min(done / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {done / 1e6:8.1f} MB")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\r" + " " * 80 + "\r")
+        sys.stderr.flush()
+
+
+def _summary(manifest: dict) -> str:
+    r = manifest["rows"]
+    text = (f"{manifest['status']}: {r['read']} read, {r['rejected']} rejected, {r['warnings']} with warnings; "
+            f"{r['inserted']} inserted, {r['updated']} updated, {r['unchanged']} unchanged, "
+            f"{r['superseded']} superseded, {r['deactivated']} deactivated "
+            f"(job {manifest['job_id']}, {manifest.get('duration_ms', 0) / 1000:.2f} s)")
+    if manifest.get("duplicate_of"):
+        text += f"; duplicate of {manifest['duplicate_of']}"
+    if manifest.get("message"):
+        text += f"\n  {manifest['message']}"
+    return text
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def cmd_ingest(args, *, dry_run: bool = False) -> int:
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline, default_actor
+    config = _config(args)
+    _setup_logs(config, args)
+    partner = _partner(config, args.partner)
+    path = Path(args.path)
+    if not path.is_file():
+        raise UsageError(f"not a file: {path}")
+    store = _store(config)
+    try:
+        drop = Drop(inbox="cli", partner=partner.id, name=path.name, uri=path.resolve().as_uri(),
+                    size=path.stat().st_size, extra={})
+        progress = Progress(drop.size, path.name) if sys.stderr.isatty() and not args.json else None
+        try:
+            result = Pipeline(config, store, actor=default_actor()).process_path(
+                path, drop, fmt=args.format, mode=args.mode, dry_run=dry_run or args.dry_run,
+                progress=progress)
+        finally:
+            if progress:
+                progress.close()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
+    else:
+        print(_summary(result.manifest))
+        if result.manifest_path:
+            print(result.manifest_path)
+        if result.manifest.get("diagnostics"):
+            folder = config.daemon.results_dir / partner.id
+            print(folder / result.manifest["diagnostics"])
+    return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
+
+
+def cmd_validate(args) -> int:
+    return cmd_ingest(args, dry_run=True)
+
+
+def _job_json(job) -> dict:
+    data = job.as_dict()
+    data.pop("spool_path", None)
+    return data
+
+
+def cmd_jobs(args) -> int:
+    config = _config(args)
+    _setup_logs(config, args)
+    store = _store(config)
+    try:
+        if args.action == "list":
+            jobs = store.jobs(status=args.status, partner_id=args.partner, limit=args.limit)
+            if args.json:
+                print(json.dumps([_job_json(j) for j in jobs], indent=2, ensure_ascii=False))
+            else:
+                print(f"{'JOB':<26} {'PARTNER':<12} {'STATUS':<11} {'TRY':>3} {'READ':>8} {'REJ':>6}  "
+                      f"{'CREATED':<24} FILE")
+                for j in jobs:
+                    rows = (j.result or {}).get("rows", {})
+                    print(f"{j.id:<26} {j.partner_id:<12} {j.status:<11} {j.attempt:>3} "
+                          f"{rows.get('read', ''):>8} {rows.get('rejected', ''):>6}  {j.created_at:<24} "
+                          f"{j.source_name}")
+        elif args.action == "show":
+            job = store.job(args.ids[0])
+            print(json.dumps({**_job_json(job), "attempts": store.attempts(job.id)}, indent=2,
+                             ensure_ascii=False))
+        elif args.action == "requeue":
+            if bool(args.ids) == bool(args.status):
+                raise UsageError("give job ids, or --status (with optional --partner), not both")
+            if args.status and args.status not in ("failed", "rejected", "quarantined"):
+                raise UsageError("--status must be failed, rejected or quarantined")
+            ids = store.requeue(ids=args.ids, status=args.status, partner_id=args.partner)
+            from inbox_daemon.audit import AuditLog
+            from inbox_daemon.pipeline import default_actor
+            audit = AuditLog(config.daemon.audit_dir)
+            for job_id in ids:
+                job = store.job(job_id)
+                audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
+                             source={"uri": job.source_uri, "name": job.source_name, "size": job.size},
+                             actor=default_actor(), details={"attempt": job.attempt})
+            print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {i}" for i in ids)))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    from inbox_daemon.audit import AuditLog
+    config = _config(args)
+    audit = AuditLog(config.daemon.audit_dir)
+    if args.action == "verify":
+        count, problem = audit.verify()
+        if problem:
+            print(f"audit chain BROKEN after {count} good record(s): {problem}")
+            return EXIT_FAILED
+        print(f"audit chain intact: {count} record(s) in {config.daemon.audit_dir}")
+        return EXIT_OK
+    for line in audit.tail(args.n):
+        print(line)
+    if args.follow:
+        try:
+            for line in audit.follow():
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_contract(args) -> int:
+    from adapters.contract import contract
+    config = _config(args)
+    partner = _partner(config, args.partner)
+    print(json.dumps(contract(partner), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def cmd_config(args) -> int:
+    from inbox_daemon.logs import mask_url
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        where = f" in {exc.source}" if exc.source else ""
+        print(f"configuration errors{where}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    data = _plain(config)
+    data["store"]["url"] = mask_url(data["store"]["url"])
+    data["source"] = str(config.source) if config.source else "built-in default"
+    data["partners"] = list(data["partners"].values())
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print("configuration OK", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inbox-daemon", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"inbox-daemon {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="TOML configuration (default: $INBOX_DAEMON_CONFIG, else built-in default)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, helptext in (("ingest", "apply one file to the catalog"),
+                           ("validate", "dry run: judge a file, write nothing to the catalog")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("path")
+        p.add_argument("--partner", default="default", help="partner id (default: default)")
+        from adapters.readers import FORMATS
+        p.add_argument("--format", choices=sorted(FORMATS), help="override the format the name suggests")
+        p.add_argument("--mode", choices=("delta", "snapshot"), default="delta")
+        p.add_argument("--json", action="store_true", help="print the result manifest")
+        if name == "ingest":
+            p.add_argument("--dry-run", action="store_true", help="same as validate")
+        else:
+            p.set_defaults(dry_run=True)
+
+    p = sub.add_parser("jobs", parents=[common], help="list, show and requeue jobs")
+    p.add_argument("action", choices=("list", "show", "requeue"))
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--status")
+    p.add_argument("--partner")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("audit", parents=[common], help="verify or tail the audit trail")
+    p.add_argument("action", choices=("verify", "tail"))
+    p.add_argument("-n", type=int, default=20, help="tail: records to show")
+    p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records")
+
+    p = sub.add_parser("contract", parents=[common], help="JSON Schema of an accepted row + example")
+    p.add_argument("--partner", default="default")
+
+    p = sub.add_parser("config", parents=[common], help="check and print the resolved configuration")
+    p.add_argument("action", choices=("check",))
+    return parser
+
+
+COMMANDS = {"ingest": cmd_ingest, "validate": cmd_validate, "jobs": cmd_jobs, "audit": cmd_audit,
+            "contract": cmd_contract, "config": cmd_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from inbox_daemon.errors import JobNotFound, StoreError
+    try:
+        if args.command == "jobs" and args.action == "show" and len(args.ids) != 1:
+            raise UsageError("jobs show takes one job id")
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"inbox-daemon: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, JobNotFound) as exc:
+        print(f"inbox-daemon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"inbox-daemon: store error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

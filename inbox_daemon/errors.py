@@ -1,0 +1,109 @@
+"""The exceptions of inbox-daemon, and whether each is worth retrying.
+
+    InboxDaemonError
+    ├── FeedError (Terminal)           the file cannot be applied as a whole → job ``rejected``
+    │   ├── UnknownFormat              no reader for this name / --format
+    │   ├── UnreadableFile             a parser gave up (bad bytes, invalid JSON, ragged CSV)
+    │   ├── MissingColumn              a required canonical column is not in the file
+    │   ├── TooManyRejects             more rows with errors than ``max_reject_ratio``
+    │   └── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
+    ├── StoreError                     the catalog store failed
+    │   ├── StoreBusy (Transient)      locked / serialization failure: retry
+    │   └── StoreUnavailable (Transient) cannot connect / I/O error: retry
+    ├── JobNotFound                    ``jobs show|requeue`` with an unknown id
+    └── SpoolError (Transient)         the local spool could not be written
+
+``Terminal`` and ``Transient`` are markers mixed into domain errors. Foreign exceptions
+(pyarrow, ijson, sqlite, OS) are mapped where they are caught and raised ``from`` the original;
+the pipeline alone decides what a marker means for the job.
+"""
+
+from __future__ import annotations
+
+
+class Terminal:
+    """Retrying cannot help: the job's outcome is final until someone changes something."""
+
+
+class Transient:
+    """Worth another attempt after a backoff."""
+
+
+class InboxDaemonError(Exception):
+    code = "error"
+
+
+class FeedError(InboxDaemonError, Terminal):
+    """The file as a whole cannot be applied. ``code`` goes into the manifest's ``errors``."""
+
+    code = "unreadable"
+    column: str | None = None
+    row: int | None = None
+    value: str | None = None
+
+
+class UnknownFormat(FeedError):
+    code = "unknown_format"
+
+    def __init__(self, *, name: str, known: list[str]):
+        self.name, self.known = name, known
+        super().__init__(f"cannot tell the format of {name!r}: use one of the extensions for "
+                         f"{', '.join(known)} (optionally .gz), or --format")
+
+
+class UnreadableFile(FeedError):
+    code = "unreadable"
+
+    def __init__(self, *, reason: str, row: int | None = None):
+        self.reason, self.row = reason, row
+        super().__init__(reason)
+
+
+class MissingColumn(FeedError):
+    code = "missing_column"
+
+    def __init__(self, *, column: str, expected: str, found: list[str]):
+        # ``column`` on a FeedError is what the partner sees: the column name we looked for
+        self.canonical, self.column, self.expected, self.found = column, expected, expected, found
+        shown = ", ".join(found[:20]) + (" …" if len(found) > 20 else "")
+        named = repr(expected) if expected == column else f"{expected!r} (canonical {column!r})"
+        super().__init__(f"required column {named} is missing; "
+                         f"the file has: {shown or 'no columns'}")
+
+
+class TooManyRejects(FeedError):
+    code = "too_many_rejects"
+
+    def __init__(self, *, rejected: int, read: int, max_ratio: float):
+        self.rejected, self.read, self.max_ratio = rejected, read, max_ratio
+        super().__init__(f"{rejected} of {read} rows have errors, more than max_reject_ratio "
+                         f"{max_ratio:g}: nothing was applied")
+
+
+class DeactivationRefused(FeedError):
+    code = "deactivation_refused"
+
+    def __init__(self, *, would_deactivate: int, active: int, max_ratio: float):
+        self.would_deactivate, self.active, self.max_ratio = would_deactivate, active, max_ratio
+        super().__init__(f"this snapshot would deactivate {would_deactivate} of {active} active SKUs, "
+                         f"more than max_deactivate_ratio {max_ratio:g}: nothing was applied")
+
+
+class StoreError(InboxDaemonError):
+    code = "store_error"
+
+
+class StoreBusy(StoreError, Transient):
+    code = "store_busy"
+
+
+class StoreUnavailable(StoreError, Transient):
+    code = "store_unavailable"
+
+
+class JobNotFound(InboxDaemonError, Terminal):
+    code = "job_not_found"
+
+
+class SpoolError(InboxDaemonError, Transient):
+    code = "spool_error"

@@ -1,0 +1,266 @@
+"""The order of steps for one file, and nothing else (DESIGN §1):
+
+    spool + sha256 → claim → read → judge → stage → merge → commit (rows + outcome)
+        → diagnostics + manifest → audit
+
+Each stage is a function of its own; ``Pipeline.process`` only sequences them and decides what
+an error means: a ``FeedError`` (Terminal) rejects the job with a diagnostics line, a
+``Transient`` error fails this attempt (the daemon retries), anything else propagates.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from adapters.mapping import ColumnMap, resolve_columns
+from adapters.readers import ReadOptions, detect_format, read_blocks
+from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
+from config.model import Config, PartnerConfig
+from inbox_daemon import __version__
+from inbox_daemon.audit import AuditLog
+from inbox_daemon.drop import Drop
+from inbox_daemon.errors import FeedError, TooManyRejects, Transient
+from inbox_daemon.logs import get_logger
+from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
+from inbox_daemon.spool import spool_file
+from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
+
+import pyarrow as pa
+
+KEEP_SPOOL = ("queued", "running", "rejected", "failed", "quarantined")   # requeue reads the spool
+
+
+@dataclass
+class Totals:
+    read: int = 0
+    rejected: int = 0
+    warnings: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, judged: Judged) -> None:
+        self.read += judged.read
+        self.rejected += judged.rejected
+        self.warnings += judged.warned
+        for code, n in judged.error_codes.items():
+            self.error_codes[code] = self.error_codes.get(code, 0) + n
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``process`` did: the manifest (as written) and where it is."""
+    status: str
+    manifest: dict
+    manifest_path: Path | None
+
+
+def default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+class Pipeline:
+    def __init__(self, config: Config, store: CatalogStore, *, actor: str = "daemon"):
+        self.config = config
+        self.store = store
+        self.actor = actor
+        self.audit = AuditLog(config.daemon.audit_dir)
+
+    # -- entry points ---------------------------------------------------------------------------
+    def process_path(self, path: Path, drop: Drop, *, fmt: str | None = None, mode: str = "delta",
+                     dry_run: bool = False, progress: Callable[[int], None] | None = None) -> Result:
+        """Spool a local file, then process it."""
+        partner = self.config.partner(drop.partner)
+        # a dry run gets its own spool name: the real one may be kept for a requeued job
+        spooled, sha256, size = spool_file(path, self.config.daemon.spool_dir / partner.id,
+                                           suffix=".validate" if dry_run else "")
+        drop = Drop(drop.inbox, drop.partner, drop.name, drop.uri, size, drop.extra)
+        try:
+            return self.process(spooled, sha256, drop, fmt=fmt, mode=mode, dry_run=dry_run,
+                                progress=progress)
+        finally:
+            if dry_run:
+                spooled.unlink(missing_ok=True)
+
+    def process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None = None,
+                mode: str = "delta", dry_run: bool = False,
+                progress: Callable[[int], None] | None = None) -> Result:
+        partner = self.config.partner(drop.partner)
+        log = get_logger(partner=partner.id, inbox=drop.inbox, file=drop.name, sha256=sha256[:12])
+        source = Source(uri=drop.uri, name=drop.name, size=drop.size, extra=dict(drop.extra))
+        try:
+            fmt = fmt or detect_format(drop.name)
+        except FeedError:
+            fmt = None          # reported as the job's rejection below, with the job recorded
+        if dry_run:
+            job = _dry_run_job(drop, sha256, source, fmt, mode, spooled)
+        else:
+            claim = self.store.claim(partner_id=partner.id, sha256=sha256, inbox=drop.inbox,
+                                     source=source, fmt=fmt, mode=mode, spool_path=str(spooled))
+            job = claim.job
+            log = log.bind(job_id=job.id)
+            if claim.kind == "duplicate":
+                return self._duplicate(job, spooled, log)
+            if claim.kind == "unreported":
+                log.info("job.report_resumed")
+                return self._report(job, job.result, spooled, log)
+            if claim.kind == "busy":
+                log.info("job.busy", status=job.status)
+                return Result("running", {"job_id": job.id, "status": "running"}, None)
+            log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
+        outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress, log=log)
+        if dry_run:
+            return Result(outcome.status, outcome.result, None)
+        return self._report(job, outcome.result, spooled, log)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _apply(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
+               dry_run: bool, progress, log) -> Outcome:
+        started, clock = utcnow(), time.monotonic()
+        folder = self.config.daemon.results_dir / partner.id
+        diagnostics = DiagnosticsWriter(folder, job.id)
+        totals = Totals()
+        counts = None
+        try:
+            if fmt is None:
+                detect_format(job.source_name)           # raises UnknownFormat with the reason
+            with self.store.load(job) as load:
+                options = ReadOptions(encoding=partner.encoding, progress=progress)
+                cmap: ColumnMap | None = None
+                names: list[str] | None = None
+                for block in read_blocks(spooled, name=job.source_name, fmt=fmt, options=options):
+                    if block.batch.schema.names != names:
+                        names = block.batch.schema.names
+                        cmap = resolve_columns(names, partner, require=cmap is None)
+                    judged = judge(block, cmap, partner)
+                    diagnostics.write(judged.diagnostics)
+                    load.stage(judged.valid, judged.rejected_keys)
+                    totals.add(judged)
+                if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
+                    raise TooManyRejects(rejected=totals.rejected, read=totals.read,
+                                         max_ratio=partner.max_reject_ratio)
+                counts = load.merge(mode=mode, max_deactivate_ratio=partner.max_deactivate_ratio)
+                status = "partial" if totals.rejected else "succeeded"
+                manifest = self._manifest(job, status, totals, counts, diagnostics.finish(), started,
+                                          clock, fmt, mode, dry_run=dry_run)
+                outcome = Outcome(status=status, result=manifest)
+                if dry_run:
+                    load.abort()
+                else:
+                    load.commit(outcome)
+            log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
+                     inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
+                     deactivated=counts.deactivated, duration_ms=manifest["duration_ms"])
+            return outcome
+        except FeedError as exc:
+            diagnostics.write(_file_problem(exc))
+            totals.error_codes[exc.code] = totals.error_codes.get(exc.code, 0) + 1
+            manifest = self._manifest(job, "rejected", totals, None, diagnostics.finish(), started, clock,
+                                      fmt, mode, dry_run=dry_run, message=str(exc))
+            outcome = Outcome(status="rejected", result=manifest, error=str(exc))
+            if not dry_run:
+                self.store.finish(job, outcome)
+            log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
+                        rejected=totals.rejected)
+            return outcome
+        except Transient as exc:
+            diagnostics.discard()
+            manifest = self._manifest(job, "failed", totals, None, None, started, clock, fmt, mode,
+                                      dry_run=dry_run, message=str(exc))
+            outcome = Outcome(status="failed", result=manifest, error=str(exc))
+            if not dry_run:
+                self.store.finish(job, outcome)
+            log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt)
+            return outcome
+        except BaseException:
+            diagnostics.discard()
+            raise
+
+    def _duplicate(self, job: Job, spooled: Path, log) -> Result:
+        original = self.store.job(job.duplicate_of)
+        now = utcnow()
+        manifest = {
+            "job_id": job.id, "partner": job.partner_id, "inbox": job.inbox,
+            "source": _source(job), "sha256": job.sha256, "format": job.format, "mode": job.mode,
+            "status": "duplicate", "attempt": 1, "duplicate_of": original.id,
+            "rows": _rows(), "errors": {}, "diagnostics": None,
+            "started_at": job.started_at, "finished_at": now, "duration_ms": 0,
+            "version": __version__,
+            "message": f"the same content was already received as job {original.id} ({original.status})",
+        }
+        self.store.finish(job, Outcome(status="duplicate", result=manifest))
+        log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
+        if original.status not in KEEP_SPOOL:
+            spooled.unlink(missing_ok=True)
+        return self._report(job, manifest, None, log)
+
+    def _report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
+        """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
+        path = write_manifest(self.config.daemon.results_dir, manifest)
+        self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
+                          sha256=job.sha256, source=manifest["source"], actor=self.actor,
+                          details={"status": manifest["status"], "rows": manifest["rows"],
+                                   "errors": manifest["errors"], "attempt": manifest["attempt"],
+                                   "duplicate_of": manifest.get("duplicate_of"),
+                                   "manifest": str(path)})
+        self.store.mark_reported(job.id)
+        if spooled is not None and manifest["status"] not in KEEP_SPOOL:
+            spooled.unlink(missing_ok=True)
+        log.info("job.reported", status=manifest["status"], manifest=str(path))
+        return Result(manifest["status"], manifest, path)
+
+    def _manifest(self, job: Job, status: str, totals: Totals, counts, diagnostics: str | None,
+                  started: str, clock: float, fmt: str | None, mode: str, *, dry_run: bool,
+                  message: str | None = None) -> dict:
+        manifest = {
+            "job_id": job.id, "partner": job.partner_id, "inbox": job.inbox, "source": _source(job),
+            "sha256": job.sha256, "format": fmt, "mode": mode, "status": status, "attempt": job.attempt,
+            "rows": _rows(totals, counts), "errors": dict(sorted(totals.error_codes.items())),
+            "diagnostics": diagnostics, "started_at": started, "finished_at": utcnow(),
+            "duration_ms": int((time.monotonic() - clock) * 1000), "version": __version__,
+        }
+        if message:
+            manifest["message"] = message
+        if dry_run:
+            manifest["dry_run"] = True
+        return manifest
+
+
+def _rows(totals: Totals | None = None, counts=None) -> dict:
+    read = totals.read if totals else 0
+    rejected = totals.rejected if totals else 0
+    return {
+        "read": read, "valid": read - rejected, "rejected": rejected,
+        "warnings": totals.warnings if totals else 0,
+        "superseded": counts.superseded if counts else 0,
+        "inserted": counts.inserted if counts else 0,
+        "updated": counts.updated if counts else 0,
+        "unchanged": counts.unchanged if counts else 0,
+        "deactivated": counts.deactivated if counts else 0,
+    }
+
+
+def _source(job: Job) -> dict:
+    return {"uri": job.source_uri, "name": job.source_name, "size": job.size}
+
+
+def _file_problem(exc: FeedError) -> pa.Table:
+    """The diagnostics line for a problem with the file as a whole."""
+    return pa.table({
+        "row": [exc.row], "sku": [None], "severity": ["error"], "column": [exc.column],
+        "code": [exc.code], "message": [str(exc)], "value": [exc.value],
+    }, schema=DIAGNOSTICS_SCHEMA)
+
+
+def _dry_run_job(drop: Drop, sha256: str, source: Source, fmt, mode, spooled: Path) -> Job:
+    now = utcnow()
+    return Job(id=f"validate-{new_job_id()}", partner_id=drop.partner, inbox=drop.inbox, sha256=sha256,
+               source_uri=source.uri, source_name=source.name, size=source.size, format=fmt, mode=mode,
+               status="running", attempt=1, duplicate_of=None, spool_path=str(spooled), error=None,
+               result=None, created_at=now, started_at=now, finished_at=None, reported_at=None)

@@ -1,0 +1,125 @@
+"""The files a job leaves for people: the result manifest and the diagnostics CSV (DESIGN §5).
+
+Both are written atomically (temporary file, fsync, rename), so a reader never sees half a file.
+Diagnostics stream: they are appended batch by batch while the file is read, then renamed into
+place before the job's outcome commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from adapters.validation import DIAGNOSTICS_SCHEMA
+
+# Spreadsheets run cells that start with these as formulas (OWASP "CSV injection").
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_missing():
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class _suppress_missing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is FileNotFoundError
+
+
+def manifest_path(results_dir: Path, partner: str, job_id: str) -> Path:
+    return results_dir / partner / f"{job_id}.result.json"
+
+
+def diagnostics_name(job_id: str) -> str:
+    return f"{job_id}.diagnostics.csv"
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def write_manifest(results_dir: Path, manifest: dict) -> Path:
+    path = manifest_path(results_dir, manifest["partner"], manifest["job_id"])
+    write_atomic(path, manifest_bytes(manifest))
+    return path
+
+
+def spreadsheet_safe(values: pa.Array) -> pa.Array:
+    """Prefix cells a spreadsheet would evaluate with an apostrophe, so they stay text."""
+    risky = pc.fill_null(pc.match_substring_regex(values, _FORMULA_START), False)
+    return pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
+
+
+class DiagnosticsWriter:
+    """Streams diagnostics lines to ``<job_id>.diagnostics.csv``; no file at all when none came."""
+
+    def __init__(self, folder: Path, job_id: str):
+        self.path = folder / diagnostics_name(job_id)
+        self._folder = folder
+        self._tmp: Path | None = None
+        self._writer: pacsv.CSVWriter | None = None
+        self._fh = None
+        self.lines = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self._folder)
+            self._tmp, self._fh = Path(tmp), os.fdopen(fd, "wb")
+            self._writer = pacsv.CSVWriter(self._fh, DIAGNOSTICS_SCHEMA,
+                                           write_options=pacsv.WriteOptions(quoting_style="needed"))
+        safe = table.set_column(1, "sku", spreadsheet_safe(table.column("sku").combine_chunks()))
+        safe = safe.set_column(3, "column", spreadsheet_safe(safe.column("column").combine_chunks()))
+        safe = safe.set_column(6, "value", spreadsheet_safe(safe.column("value").combine_chunks()))
+        self._writer.write_table(safe)
+        self.lines += table.num_rows
+
+    def finish(self) -> str | None:
+        """Make the file durable under its final name; its name, or None when nothing was written."""
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        fsync_dir(self._folder)
+        self._writer = None
+        return self.path.name
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._fh.close()
+            os.unlink(self._tmp)
+            self._writer = None

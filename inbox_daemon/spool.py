@@ -1,0 +1,48 @@
+"""The spool: our own copy of each file, hashed while it is copied (one pass over the bytes).
+
+Reading our copy, never the partner's original, means the content we hashed is the content we
+apply even if the partner rewrites the file meanwhile. Spool files are named by content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from inbox_daemon.errors import SpoolError
+
+CHUNK = 1 << 20
+
+
+def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:
+    """Copy ``src`` into ``spool_dir`` while hashing it: (spooled path, sha256 hex, size)."""
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=spool_dir)
+        with os.fdopen(fd, "wb") as out:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        sha256 = digest.hexdigest()
+        final = spool_dir / f"{sha256}{suffix}"
+        os.replace(tmp, final)
+        return final, sha256, size
+    except OSError as exc:
+        raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
+
+
+def spool_file(path: Path, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:
+    try:
+        with open(path, "rb") as src:
+            return spool_stream(src, spool_dir, suffix=suffix)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SpoolError(f"cannot read {path}: {exc}") from exc

@@ -1,0 +1,16 @@
+"""Catalog stores: the ledger of jobs and the products they change. ``open_store`` picks one."""
+
+from __future__ import annotations
+
+from storage.base import CatalogStore, Claim, Job, MergeCounts, Outcome, Source
+
+
+def open_store(url: str) -> CatalogStore:
+    """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` → a ``SqliteStore``."""
+    if url.startswith("sqlite:///"):
+        from storage.sqlite import SqliteStore
+        return SqliteStore(url[len("sqlite:///"):])
+    raise ValueError(f"unsupported store url {url.split('://')[0]}://… (this build has the sqlite store)")
+
+
+__all__ = ["CatalogStore", "Claim", "Job", "MergeCounts", "Outcome", "Source", "open_store"]

@@ -1,0 +1,117 @@
+"""The ``CatalogStore`` protocol: the ledger of jobs and the catalog they change.
+
+The one promise every store keeps: the rows a file changes and that job's outcome commit in ONE
+transaction (``Load.commit``). That is what makes ingest exactly-once across crashes: a job cut
+off before the commit left nothing behind and is simply run again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Literal, Protocol
+
+import pyarrow as pa
+
+FINAL = ("succeeded", "partial", "rejected", "failed", "quarantined", "duplicate")
+REQUEUEABLE = ("rejected", "failed", "quarantined")
+STATUSES = ("queued", "running") + FINAL
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_job_id() -> str:
+    """Sortable by creation time and readable in a file name: ``20261122T041500Z-9f3a1c2e``."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a file came from, as the manifest and the ledger tell it."""
+    uri: str
+    name: str
+    size: int
+    extra: dict[str, Any] = field(default_factory=dict)   # ETag, version, mtime…
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    partner_id: str
+    inbox: str
+    sha256: str
+    source_uri: str
+    source_name: str
+    size: int
+    format: str | None
+    mode: str
+    status: str
+    attempt: int
+    duplicate_of: str | None
+    spool_path: str | None
+    error: str | None
+    result: dict | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    reported_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+ClaimKind = Literal["new", "resumed", "duplicate", "unreported", "busy"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim`` decided: run ``job`` (new/resumed), report it (unreported: outcome committed
+    but its files not yet written), record a duplicate of ``job.duplicate_of``, or leave it (busy)."""
+    kind: ClaimKind
+    job: Job
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    staged: int
+    superseded: int
+    inserted: int
+    updated: int
+    unchanged: int
+    deactivated: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    result: dict
+    error: str | None = None
+
+
+class Load(Protocol):
+    """One file being applied: stage batches, merge them, then commit rows + outcome together."""
+
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Array | None = None) -> None: ...
+    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts: ...
+    def commit(self, outcome: Outcome) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> "Load": ...
+    def __exit__(self, *exc) -> None: ...
+
+
+class CatalogStore(Protocol):
+    def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
+              mode: str, spool_path: str | None) -> Claim: ...
+    def load(self, job: Job) -> Load: ...
+    def finish(self, job: Job, outcome: Outcome) -> None: ...
+    def mark_reported(self, job_id: str) -> None: ...
+    def job(self, job_id: str) -> Job: ...
+    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+             limit: int | None = None) -> list[Job]: ...
+    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+                partner_id: str | None = None) -> list[str]: ...
+    def attempts(self, job_id: str) -> list[dict]: ...
+    def close(self) -> None: ...

@@ -1,0 +1,362 @@
+"""The embedded catalog store: one SQLite file in WAL mode, driven through ADBC.
+
+ADBC lets Arrow batches go into a TEMP staging table without a Python object per row; the merge
+into ``products`` is then one set-based ``INSERT … SELECT … ON CONFLICT DO UPDATE``, fed in key
+order (``GROUP BY sku_key``, which also keeps the last occurrence of each key) and skipping rows
+whose canonical columns did not change. Staging happens outside the write transaction, so the
+write lock is held only for the merge and the job's outcome, which commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import adbc_driver_manager
+import adbc_driver_sqlite.dbapi as adbc_sqlite
+import pyarrow as pa
+
+from adapters.canonical import CANONICAL_SCHEMA
+from inbox_daemon.errors import DeactivationRefused, JobNotFound, StoreBusy, StoreError, StoreUnavailable
+from storage.base import (
+    REQUEUEABLE, Claim, Job, MergeCounts, Outcome, Source, new_job_id, utcnow,
+)
+
+BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages far less often
+LEASE_SECONDS = 600         # a running job not finished by then is taken over by the next claim
+_MERGED = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
+           "category", "gtin", "url", "image_url", "attributes")
+_SEEN_SCHEMA = pa.schema([("sku_key", pa.string())])
+_JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, format, mode, status, "
+                "attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
+                "finished_at, reported_at")
+
+
+def _map_errors(exc: Exception) -> StoreError:
+    text = str(exc)
+    if "locked" in text or "busy" in text.lower():
+        return StoreBusy(text)
+    if isinstance(exc, (adbc_driver_manager.OperationalError, adbc_driver_manager.InternalError,
+                        OSError)):
+        return StoreUnavailable(text)
+    return StoreError(text)
+
+
+def _lease_until() -> str:
+    from datetime import datetime, timedelta, timezone
+    t = datetime.now(timezone.utc) + timedelta(seconds=LEASE_SECONDS)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SqliteStore:
+    """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = adbc_sqlite.connect(str(self.path), autocommit=True)
+            self._cur = self._conn.cursor()
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={BUSY_TIMEOUT_MS}",
+                           f"cache_size=-{CACHE_KIB}", "foreign_keys=ON"):
+                self._exec(f"PRAGMA {pragma}")
+            self._migrate()
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _exec(self, sql: str, params: tuple = ()) -> list[tuple]:
+        self._cur.execute(sql, params if params else None)
+        try:
+            return self._cur.fetchall()
+        except adbc_driver_manager.Error:
+            return []
+
+    def _one(self, sql: str, params: tuple = ()) -> Any:
+        rows = self._exec(sql, params)
+        return rows[0][0] if rows else None
+
+    def _transaction(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store._exec("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                store._exec("ROLLBACK" if exc_type else "COMMIT")
+                if isinstance(exc, adbc_driver_manager.Error):
+                    raise _map_errors(exc) from exc
+        return _Tx()
+
+    def _migrate(self) -> None:
+        version = self._one("PRAGMA user_version") or 0
+        folder = resources.files("storage") / "migrations" / "sqlite"
+        scripts = sorted((p.name, p) for p in folder.iterdir() if p.name.endswith(".sql"))
+        for name, script in scripts:
+            number = int(name.split("_", 1)[0])
+            if number <= version:
+                continue
+            with self._transaction():
+                for statement in _statements(script.read_text()):
+                    self._exec(statement)
+                self._exec(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self._cur.close()
+        self._conn.close()
+
+    # -- ledger ---------------------------------------------------------------------------------
+    def _job_row(self, where: str, params: tuple) -> Job | None:
+        rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", params)
+        return _job(rows[0]) if rows else None
+
+    def job(self, job_id: str) -> Job:
+        found = self._job_row("id = ?", (job_id,))
+        if found is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return found
+
+    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+             limit: int | None = None) -> list[Job]:
+        where, params = ["1=1"], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if partner_id:
+            where.append("partner_id = ?")
+            params.append(partner_id)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_job(r) for r in self._exec(sql, tuple(params))]
+
+    def attempts(self, job_id: str) -> list[dict]:
+        rows = self._exec("SELECT attempt, started_at, finished_at, status, error FROM job_attempts "
+                          "WHERE job_id = ? ORDER BY attempt", (job_id,))
+        return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
+
+    def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
+              mode: str, spool_path: str | None) -> Claim:
+        now = utcnow()
+        try:
+            with self._transaction():
+                original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
+                                         (partner_id, sha256))
+                if original is None:
+                    job_id = new_job_id()
+                    self._exec(
+                        "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
+                        " format, mode, status, attempt, spool_path, created_at, started_at, lease_until)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
+                        (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, fmt,
+                         mode, spool_path, now, now, _lease_until()))
+                    self._start_attempt(job_id, 1, now)
+                    return Claim("new", self.job(job_id))
+                resumable = original.status in ("queued", "failed") or (
+                    original.status == "running" and self._lease_expired(original.id, now))
+                if resumable:
+                    attempt = original.attempt + 1
+                    self._exec(
+                        "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
+                        " source_name = ?, format = ?, mode = ?, spool_path = ?, error = NULL,"
+                        " result = NULL, started_at = ?, finished_at = NULL, reported_at = NULL,"
+                        " lease_until = ? WHERE id = ?",
+                        (attempt, inbox, source.uri, source.name, fmt, mode, spool_path, now,
+                         _lease_until(), original.id))
+                    self._start_attempt(original.id, attempt, now)
+                    return Claim("resumed", self.job(original.id))
+                if original.status == "running":
+                    return Claim("busy", original)
+                if original.reported_at is None:
+                    return Claim("unreported", original)
+                job_id = new_job_id()
+                self._exec(
+                    "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
+                    " format, mode, status, attempt, duplicate_of, created_at, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
+                    (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, fmt,
+                     mode, original.id, now, now))
+                return Claim("duplicate", self.job(job_id))
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def _lease_expired(self, job_id: str, now: str) -> bool:
+        lease = self._one("SELECT lease_until FROM jobs WHERE id = ?", (job_id,))
+        return lease is None or lease < now
+
+    def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
+        self._exec("INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at) VALUES (?, ?, ?)",
+                   (job_id, attempt, now))
+
+    def _record_outcome(self, job: Job, outcome: Outcome) -> None:
+        now = utcnow()
+        self._exec("UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL"
+                   " WHERE id = ?",
+                   (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now,
+                    job.id))
+        self._exec("UPDATE job_attempts SET finished_at = ?, status = ?, error = ? WHERE job_id = ? AND attempt = ?",
+                   (now, outcome.status, outcome.error, job.id, job.attempt))
+
+    def finish(self, job: Job, outcome: Outcome) -> None:
+        """Record an outcome that changes no rows (rejected, failed, duplicate)."""
+        try:
+            with self._transaction():
+                self._record_outcome(job, outcome)
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def mark_reported(self, job_id: str) -> None:
+        self._exec("UPDATE jobs SET reported_at = ? WHERE id = ?", (utcnow(), job_id))
+
+    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+                partner_id: str | None = None) -> list[str]:
+        ids = list(ids)
+        with self._transaction():
+            if ids:
+                for job_id in ids:
+                    job = self._job_row("id = ?", (job_id,))
+                    if job is None:
+                        raise JobNotFound(f"no job {job_id!r}")
+                    if job.status not in REQUEUEABLE:
+                        raise JobNotFound(f"job {job_id} is {job.status}; only "
+                                          f"{', '.join(REQUEUEABLE)} jobs can be requeued")
+                chosen = ids
+            else:
+                where, params = ["status = ?"], [status]
+                if partner_id:
+                    where.append("partner_id = ?")
+                    params.append(partner_id)
+                chosen = [r[0] for r in self._exec(f"SELECT id FROM jobs WHERE {' AND '.join(where)}",
+                                                   tuple(params))]
+            for job_id in chosen:
+                self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
+        return chosen
+
+    # -- catalog --------------------------------------------------------------------------------
+    def load(self, job: Job) -> "SqliteLoad":
+        return SqliteLoad(self, job)
+
+
+class SqliteLoad:
+    """Stage → merge → commit for one job. Leaving the ``with`` block without commit rolls back."""
+
+    def __init__(self, store: SqliteStore, job: Job):
+        self._s, self.job = store, job
+        self._in_tx = False
+        self._done = False
+        try:
+            self._drop_stage()
+            store._cur.adbc_ingest("stage", CANONICAL_SCHEMA.empty_table(), mode="create", temporary=True)
+            store._cur.adbc_ingest("seen", _SEEN_SCHEMA.empty_table(), mode="create", temporary=True)
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def __enter__(self) -> "SqliteLoad":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._done:
+            self.abort()
+
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Array | None = None) -> None:
+        """Stage valid rows; ``rejected_keys`` are SKUs present in the file whose rows had errors:
+        a snapshot must not deactivate them for being "absent"."""
+        try:
+            if batch.num_rows:
+                self._s._cur.adbc_ingest("stage", batch, mode="append", temporary=True)
+            if rejected_keys is not None and len(rejected_keys):
+                self._s._cur.adbc_ingest("seen", pa.table({"sku_key": rejected_keys}, schema=_SEEN_SCHEMA),
+                                         mode="append", temporary=True)
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
+        s, partner, now = self._s, self.job.partner_id, utcnow()
+        try:
+            s._exec("BEGIN IMMEDIATE")
+            self._in_tx = True
+            staged, distinct = s._exec("SELECT count(*), count(DISTINCT sku_key) FROM temp.stage")[0]
+            deactivated = 0
+            if mode == "snapshot":
+                active = s._one("SELECT count(*) FROM products WHERE partner_id = ? AND active = 1", (partner,))
+                absent = ("partner_id = ? AND active = 1 AND sku_key NOT IN (SELECT sku_key FROM temp.stage)"
+                          " AND sku_key NOT IN (SELECT sku_key FROM temp.seen)")
+                deactivated = s._one(f"SELECT count(*) FROM products WHERE {absent}", (partner,))
+                if deactivated and deactivated > max_deactivate_ratio * active:
+                    raise DeactivationRefused(would_deactivate=deactivated, active=active,
+                                              max_ratio=max_deactivate_ratio)
+            before = s._one("SELECT count(*) FROM products WHERE partner_id = ?", (partner,))
+            cols = ", ".join(_MERGED)
+            changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
+            s._exec(
+                f"INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
+                f" SELECT ?, sku_key, {cols}, ?, ? FROM"
+                f" (SELECT sku_key, {cols}, max(row) FROM temp.stage GROUP BY sku_key)"
+                f" WHERE true ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("updated_at", "source_job_id"))
+                + f" WHERE {changed}",
+                (partner, now, self.job.id))
+            written = s._one("SELECT changes()")
+            after = s._one("SELECT count(*) FROM products WHERE partner_id = ?", (partner,))
+            if mode == "snapshot" and deactivated:
+                s._exec(f"UPDATE products SET active = 0, updated_at = ?, source_job_id = ? WHERE {absent}",
+                        (now, self.job.id, partner))
+            inserted = after - before
+            return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
+                               updated=written - inserted, unchanged=distinct - written,
+                               deactivated=deactivated)
+        except adbc_driver_manager.Error as exc:
+            self.abort()
+            raise _map_errors(exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self, outcome: Outcome) -> None:
+        """Record the job's outcome inside the merge transaction and commit both together."""
+        s = self._s
+        try:
+            if not self._in_tx:
+                s._exec("BEGIN IMMEDIATE")
+                self._in_tx = True
+            s._record_outcome(self.job, outcome)
+            s._exec("COMMIT")
+            self._in_tx = False
+            self._done = True
+        except adbc_driver_manager.Error as exc:
+            self.abort()
+            raise _map_errors(exc) from exc
+        finally:
+            self._drop_stage()
+
+    def abort(self) -> None:
+        if self._in_tx:
+            self._s._exec("ROLLBACK")
+            self._in_tx = False
+        self._done = True
+        self._drop_stage()
+
+    def _drop_stage(self) -> None:
+        try:
+            self._s._exec("DROP TABLE IF EXISTS temp.stage")
+            self._s._exec("DROP TABLE IF EXISTS temp.seen")
+        except adbc_driver_manager.Error:
+            pass   # the connection is gone; the temp table went with it
+
+
+def _statements(script: str) -> list[str]:
+    """Split one of our migration files into statements (they hold no ';' inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _job(row: tuple) -> Job:
+    names = [c.strip() for c in _JOB_COLUMNS.split(",")]
+    data = dict(zip(names, row))
+    data["result"] = json.loads(data["result"]) if data["result"] else None
+    return Job(**data)
