@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from adapters.canonical import MAX_LENGTH
 from adapters.presets import PRESETS
+from adapters.validation import PRICE_TEXT
 from config.model import PartnerConfig
 
 _FIELDS = {
@@ -17,7 +18,7 @@ _FIELDS = {
     "description": ("Free text, HTML allowed.", {"maxLength": MAX_LENGTH["description"]},
                      "Cotton shirt with a narrow collar."),
     "price": ("Non-negative amount: 9.99, \"9.99 USD\", \"$9.99\", \"1,299.00\".",
-              {"pattern": r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*[0-9][0-9.,' ]*(?:\s*[A-Za-z]{3})?$"}, "19.99"),
+              {"pattern": PRICE_TEXT}, "19.99"),
     "currency": ("ISO 4217 code; the partner's default when absent.", {"pattern": "^[A-Za-z]{3}$"}, "USD"),
     "stock": ("Whole number of units, 0 or more.", {"pattern": "^[0-9]+$"}, "12"),
     "active": ("true/false, 1/0 or yes/no; true when absent.",

@@ -84,7 +84,7 @@ def _json_string(values: pa.Array) -> pa.Array:
 
 
 def attributes_json(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.Array:
-    """``{"col": "value", ...}`` per row for the non-null unmapped values; null when none."""
+    """``{"col": "value", ...}`` per row for the non-empty unmapped values; null when none."""
     n = batch.num_rows
     if not columns:
         return pa.nulls(n, pa.string())
@@ -93,6 +93,8 @@ def attributes_json(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.Array
         values = batch.column(name)
         if values.null_count == n:
             continue
+        # an empty string is no value, whether the format had empty cells (CSV) or "" (JSON)
+        values = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
         member = pc.binary_join_element_wise(_json_key(name) + ':"', _json_string(values), '",', "")
         pieces.append(pc.fill_null(member, ""))
     if not pieces:

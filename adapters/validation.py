@@ -29,8 +29,8 @@ _NULL_INT = pa.scalar(None, pa.int64())
 _ISO = pa.array(sorted(ISO_4217))
 _TRUE = pa.array(["true", "1", "yes", "y", "t", "on"])
 _FALSE = pa.array(["false", "0", "no", "n", "f", "off"])
-# 9.99 | 1,299.99 | "9.99 USD" | "USD 9.99" | $9.99 | €9,99 | -5
-_PRICE_TEXT = r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*-?\s*[0-9][0-9.,' ]*(?:\s*[A-Za-z]{3})?$"
+# 9.99 | 1,299.99 | "9.99 USD" | "USD 9.99" | $9.99 | €9,99 | "9,99 €" | -5
+PRICE_TEXT = r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*-?\s*[0-9][0-9.,' ]*[$€£¥]?(?:\s*[A-Za-z]{3})?$"
 _INTEGER = r"^-?[0-9]{1,15}(?:\.0+)?$"
 
 
@@ -109,7 +109,7 @@ def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(cents, mask of unparseable prices, ISO code written inside the price or null)."""
-    shape_ok = pc.fill_null(pc.match_substring_regex(text, _PRICE_TEXT), False)
+    shape_ok = pc.fill_null(pc.match_substring_regex(text, PRICE_TEXT), False)
     number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
     if decimal == ",":
         number = pc.replace_substring(pc.replace_substring(number, ".", ""), ",", ".")
