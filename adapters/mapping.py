@@ -73,6 +73,8 @@ def _json_key(name: str) -> str:
 
 def _json_string(values: pa.Array) -> pa.Array:
     """Values as JSON string literals (without the quotes), whole column at a time."""
+    if not pc.any(pc.match_substring_regex(values, r'["\\\x00-\x1f]')).as_py():
+        return values                    # most attribute columns have nothing to escape
     for raw, escaped in _ESCAPES:
         values = pc.replace_substring(values, raw, escaped)
     if pc.any(pc.match_substring_regex(values, _OTHER_CONTROL)).as_py():
@@ -99,6 +101,8 @@ def attributes_json(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.Array
         pieces.append(pc.fill_null(member, ""))
     if not pieces:
         return pa.nulls(n, pa.string())
+    # Not JoinOptions(null_handling="skip"): in pyarrow 26 it drops all-null rows from the
+    # output, misaligning it with the batch. Empty members and one trailing-comma trim instead.
     body = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
     body = pc.utf8_rtrim(body, characters=",")
     obj = pc.binary_join_element_wise("{", body, "}", "")

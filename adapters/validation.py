@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -109,6 +110,11 @@ def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(cents, mask of unparseable prices, ISO code written inside the price or null)."""
+    plain = pc.match_substring_regex(text, r"^[0-9]{1,13}(?:\.[0-9]+)?$")
+    if pc.all(pc.fill_null(plain, True)).as_py():
+        # the common case, a column of plain numbers: no currency, separators or symbols to undo
+        cents = pc.cast(pc.round(pc.multiply(pc.cast(text, pa.float64()), 100.0)), pa.int64())
+        return cents, pa.array([False] * len(text)), pa.nulls(len(text), pa.string())
     shape_ok = pc.fill_null(pc.match_substring_regex(text, PRICE_TEXT), False)
     number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
     if decimal == ",":
@@ -128,20 +134,19 @@ def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.A
     return cents, bad, code
 
 
+_GTIN_WEIGHTS = np.array([3, 1] * 6 + [3], dtype=np.int64)   # GS1, on the 14-digit form
+
+
 def _gtin_valid(digits: pa.Array) -> pa.Array:
-    """GS1 check digit for 8/12/13/14-digit codes, computed on the 14-digit left-padded form."""
+    """GS1 check digit for 8/12/13/14-digit codes. Left-padded to 14 digits, the codes are one
+    fixed-width byte matrix: the check is a single matrix product, not a slice per position."""
     shaped = pc.fill_null(pc.match_substring_regex(digits, r"^(?:[0-9]{8}|[0-9]{12,14})$"), False)
-    padded = pc.utf8_lpad(pc.if_else(shaped, digits, "0" * 14), 14, "0")
-    total = None
-    for i in range(13):
-        d = pc.cast(pc.utf8_slice_codeunits(padded, i, i + 1), pa.int64())
-        term = pc.multiply(d, 3 if i % 2 == 0 else 1)
-        total = term if total is None else pc.add(total, term)
-    check = pc.cast(pc.utf8_slice_codeunits(padded, 13, 14), pa.int64())
-    remainder = pc.subtract(total, pc.multiply(pc.divide(total, 10), 10))   # integer division
-    expected = pc.subtract(10, remainder)
-    expected = pc.if_else(pc.equal(expected, 10), 0, expected)
-    return pc.and_(shaped, pc.equal(check, expected))
+    padded = pc.utf8_lpad(pc.if_else(shaped, digits, "0" * 14), 14, "0").cast(pa.binary(14))
+    n = len(padded)
+    matrix = (np.frombuffer(padded.buffers()[1], dtype=np.uint8, count=(padded.offset + n) * 14)
+              [padded.offset * 14:].reshape(n, 14).astype(np.int64) - ord("0"))
+    expected = (10 - (matrix[:, :13] @ _GTIN_WEIGHTS) % 10) % 10
+    return pc.and_(shaped, pa.array(matrix[:, 13] == expected))
 
 
 def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:

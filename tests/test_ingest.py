@@ -355,3 +355,14 @@ def test_console_script_ingests_in_an_empty_directory(tmp_path):
     assert (tmp_path / "var" / "catalog.db").is_file()
     manifest_path = tmp_path / done.stdout.splitlines()[1]
     assert json.loads(manifest_path.read_text())["status"] == "succeeded"
+
+
+def test_rows_without_attributes_keep_their_place(workdir, ingest):
+    """Attributes are built column-wise; rows whose unmapped cells are all empty must not shift
+    the attributes of the rows after them."""
+    path = write_csv(workdir / "attrs.csv", ["sku", "name", "a", "b"],
+                     [["R1", "x", "1", ""], ["R2", "x", "", ""], ["R3", "x", "", "3"], ["R4", "x", "", ""]])
+    ingest(path)
+    catalog = products(workdir)
+    assert [catalog[k]["attributes"] for k in ("r1", "r2", "r3", "r4")] == [
+        '{"a":"1"}', None, '{"b":"3"}', None]

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from inbox_daemon.errors import UnknownFormat, UnreadableFile
 
-BLOCK_SIZE = 1 << 20          # bytes pyarrow reads and parses at a time
+BLOCK_SIZE = 1 << 22          # bytes pyarrow reads and parses at a time
 PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through Python objects
 
 
