@@ -242,6 +242,10 @@ def build_config(data: dict, source: Path | None = None) -> Config:
         log_level=r.get(d, "log_level", "daemon", str, "info",
                         check=_choice("debug", "info", "warning", "error")),
         health=r.get(d, "health", "daemon", str, "127.0.0.1:9464", check=_host_port),
+        max_attempts=r.get(d, "max_attempts", "daemon", int, 5, check=_positive),
+        retry_base=r.get(d, "retry_base", "daemon", (str, int, float), 2.0, check=parse_duration),
+        retry_max=r.get(d, "retry_max", "daemon", (str, int, float), 300.0, check=parse_duration),
+        stop_timeout=r.get(d, "stop_timeout", "daemon", (str, int, float), 10.0, check=parse_duration),
     )
     s = r.table(data.get("store", {}), "store", {"url"})
     store = StoreConfig(url=r.get(s, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}",

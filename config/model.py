@@ -83,6 +83,10 @@ class DaemonConfig:
     log_format: Literal["json", "console"] | None = None   # None: console on a TTY, else json
     log_level: str = "info"
     health: str = "127.0.0.1:9464"
+    max_attempts: int = 5               # attempts of a job failing for transient reasons, then quarantined
+    retry_base: float = 2.0             # seconds; backoff doubles per attempt, with full jitter
+    retry_max: float = 300.0            # seconds; the backoff never exceeds this
+    stop_timeout: float = 10.0          # seconds in-flight jobs may take to finish on SIGTERM
 
     @property
     def spool_dir(self) -> Path:

@@ -98,8 +98,9 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
         raise UsageError(f"not a file: {path}")
     store = _store(config)
     try:
-        drop = Drop(inbox="cli", partner=partner.id, name=path.name, uri=path.resolve().as_uri(),
-                    size=path.stat().st_size, extra={})
+        stat = path.stat()
+        drop = Drop(inbox="cli", partner=partner.id, key=str(path.resolve()), name=path.name,
+                    uri=path.resolve().as_uri(), size=stat.st_size, version=str(stat.st_mtime_ns))
         progress = Progress(drop.size, path.name) if sys.stderr.isatty() and not args.json else None
         try:
             result = Pipeline(config, store, actor=default_actor()).process_path(
@@ -120,6 +121,13 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
             folder = config.daemon.results_dir / partner.id
             print(folder / result.manifest["diagnostics"])
     return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
+
+
+def cmd_run(args) -> int:
+    from inbox_daemon.daemon import Daemon
+    config = _config(args)
+    _setup_logs(config, args)
+    return Daemon(config, config_path=args.config, once=args.once).run()
 
 
 def cmd_validate(args) -> int:
@@ -165,7 +173,7 @@ def cmd_jobs(args) -> int:
             for job_id in ids:
                 job = store.job(job_id)
                 audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
-                             source={"uri": job.source_uri, "name": job.source_name, "size": job.size},
+                             source=job.source.as_dict(),
                              actor=default_actor(), details={"attempt": job.attempt})
             print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {i}" for i in ids)))
     finally:
@@ -245,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", parents=[common], help="the daemon: watch the inboxes and apply what arrives")
+    p.add_argument("--once", action="store_true", help="process what is there, then exit (cron, tests)")
+
     for name, helptext in (("ingest", "apply one file to the catalog"),
                            ("validate", "dry run: judge a file, write nothing to the catalog")):
         p = sub.add_parser(name, parents=[common], help=helptext)
@@ -280,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"ingest": cmd_ingest, "validate": cmd_validate, "jobs": cmd_jobs, "audit": cmd_audit,
+COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "validate": cmd_validate, "jobs": cmd_jobs, "audit": cmd_audit,
             "contract": cmd_contract, "config": cmd_config}
 
 

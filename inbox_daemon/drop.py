@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Drop:
-    inbox: str                  # the inbox's id (``local:inbox/acme``, ``s3:bucket/prefix``…)
-    partner: str                # from the inbox binding, never from the file
-    name: str                   # the file name as the partner gave it
-    uri: str                    # where it is, for people: file:///…, sftp://…, s3://…
+    inbox: str          # the inbox's id (``local:inbox/acme``, ``s3:bucket/prefix``…)
+    partner: str        # from the inbox binding, never from the file
+    key: str            # where the inbox finds it: path under the inbox root, or object key
+    name: str           # the file name as the partner gave it
+    uri: str            # for people: file:///…, sftp://…, s3://…
     size: int
-    extra: dict[str, Any] = field(default_factory=dict)   # mtime, ETag, version…
+    version: str        # mtime (ns) or ETag: with ``key``, names this exact file

@@ -11,6 +11,10 @@
     │   ├── StoreBusy (Transient)      locked / serialization failure: retry
     │   └── StoreUnavailable (Transient) cannot connect / I/O error: retry
     ├── JobNotFound                    ``jobs show|requeue`` with an unknown id
+    ├── Cancelled                      the daemon is stopping: the job is released, not failed
+    ├── InboxError                     an inbox could not list, fetch or archive
+    │   ├── InboxUnavailable (Transient)  I/O or network trouble: retry
+    │   └── InboxMisconfigured (Terminal) access denied, missing folder/bucket, host key refused
     └── SpoolError (Transient)         the local spool could not be written
 
 ``Terminal`` and ``Transient`` are markers mixed into domain errors. Foreign exceptions
@@ -107,3 +111,19 @@ class JobNotFound(InboxDaemonError, Terminal):
 
 class SpoolError(InboxDaemonError, Transient):
     code = "spool_error"
+
+
+class Cancelled(InboxDaemonError):
+    code = "cancelled"
+
+
+class InboxError(InboxDaemonError):
+    code = "inbox_error"
+
+
+class InboxUnavailable(InboxError, Transient):
+    code = "inbox_unavailable"
+
+
+class InboxMisconfigured(InboxError, Terminal):
+    code = "inbox_misconfigured"

@@ -10,6 +10,7 @@ an error means: a ``FeedError`` (Terminal) rejects the job with a diagnostics li
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import time
@@ -24,7 +25,7 @@ from config.model import Config, PartnerConfig
 from inbox_daemon import __version__
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import FeedError, TooManyRejects, Transient
+from inbox_daemon.errors import Cancelled, FeedError, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
 from inbox_daemon.spool import spool_file
@@ -80,7 +81,7 @@ class Pipeline:
         # a dry run gets its own spool name: the real one may be kept for a requeued job
         spooled, sha256, size = spool_file(path, self.config.daemon.spool_dir / partner.id,
                                            suffix=".validate" if dry_run else "")
-        drop = Drop(drop.inbox, drop.partner, drop.name, drop.uri, size, drop.extra)
+        drop = dataclasses.replace(drop, size=size)
         try:
             return self.process(spooled, sha256, drop, fmt=fmt, mode=mode, dry_run=dry_run,
                                 progress=progress)
@@ -90,10 +91,13 @@ class Pipeline:
 
     def process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None = None,
                 mode: str = "delta", dry_run: bool = False,
-                progress: Callable[[int], None] | None = None) -> Result:
+                progress: Callable[[int], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> Result:
+        """Run one spooled file through every stage. ``should_stop`` is asked between batches: when
+        it says yes the job is abandoned before its commit and released back to ``queued``."""
         partner = self.config.partner(drop.partner)
         log = get_logger(partner=partner.id, inbox=drop.inbox, file=drop.name, sha256=sha256[:12])
-        source = Source(uri=drop.uri, name=drop.name, size=drop.size, extra=dict(drop.extra))
+        source = Source(uri=drop.uri, name=drop.name, size=drop.size, version=drop.version)
         try:
             fmt = fmt or detect_format(drop.name)
         except FeedError:
@@ -109,19 +113,26 @@ class Pipeline:
                 return self._duplicate(job, spooled, log)
             if claim.kind == "unreported":
                 log.info("job.report_resumed")
-                return self._report(job, job.result, spooled, log)
+                return self.report(job, job.result, spooled, log)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)
                 return Result("running", {"job_id": job.id, "status": "running"}, None)
             log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
-        outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress, log=log)
+        try:
+            outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress,
+                                  should_stop=should_stop, log=log)
+        except Cancelled:
+            if not dry_run:
+                self.store.release(job)
+            log.info("job.released", reason="shutting down; nothing was applied")
+            raise
         if dry_run:
             return Result(outcome.status, outcome.result, None)
-        return self._report(job, outcome.result, spooled, log)
+        return self.report(job, outcome.result, spooled, log)
 
     # -- stages ---------------------------------------------------------------------------------
     def _apply(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
-               dry_run: bool, progress, log) -> Outcome:
+               dry_run: bool, progress, should_stop: Callable[[], bool], log) -> Outcome:
         started, clock = utcnow(), time.monotonic()
         folder = self.config.daemon.results_dir / partner.id
         diagnostics = DiagnosticsWriter(folder, job.id)
@@ -135,6 +146,8 @@ class Pipeline:
                 cmap: ColumnMap | None = None
                 names: list[str] | None = None
                 for block in read_blocks(spooled, name=job.source_name, fmt=fmt, options=options):
+                    if should_stop():
+                        raise Cancelled()
                     if block.batch.schema.names != names:
                         names = block.batch.schema.names
                         cmap = resolve_columns(names, partner, require=cmap is None)
@@ -145,6 +158,8 @@ class Pipeline:
                 if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
                     raise TooManyRejects(rejected=totals.rejected, read=totals.read,
                                          max_ratio=partner.max_reject_ratio)
+                if should_stop():
+                    raise Cancelled()
                 counts = load.merge(mode=mode, max_deactivate_ratio=partner.max_deactivate_ratio)
                 status = "partial" if totals.rejected else "succeeded"
                 manifest = self._manifest(job, status, totals, counts, diagnostics.finish(), started,
@@ -169,16 +184,19 @@ class Pipeline:
             log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
                         rejected=totals.rejected)
             return outcome
-        except Transient as exc:
+        except (Transient, Exception) as exc:
+            # Transient: worth another attempt. Anything else is a defect or a surprise from a
+            # library: the job fails (and is retried, then quarantined) rather than stay "running".
             diagnostics.discard()
             manifest = self._manifest(job, "failed", totals, None, None, started, clock, fmt, mode,
                                       dry_run=dry_run, message=str(exc))
             outcome = Outcome(status="failed", result=manifest, error=str(exc))
             if not dry_run:
                 self.store.finish(job, outcome)
-            log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt)
+            log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt,
+                      exc_info=not isinstance(exc, Transient))
             return outcome
-        except BaseException:
+        except BaseException:          # Cancelled, KeyboardInterrupt: the caller releases the job
             diagnostics.discard()
             raise
 
@@ -198,9 +216,9 @@ class Pipeline:
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
         if original.status not in KEEP_SPOOL:
             spooled.unlink(missing_ok=True)
-        return self._report(job, manifest, None, log)
+        return self.report(job, manifest, None, log)
 
-    def _report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
+    def report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
         path = write_manifest(self.config.daemon.results_dir, manifest)
         self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
@@ -247,7 +265,7 @@ def _rows(totals: Totals | None = None, counts=None) -> dict:
 
 
 def _source(job: Job) -> dict:
-    return {"uri": job.source_uri, "name": job.source_name, "size": job.size}
+    return job.source.as_dict()
 
 
 def _file_problem(exc: FeedError) -> pa.Table:
@@ -261,6 +279,6 @@ def _file_problem(exc: FeedError) -> pa.Table:
 def _dry_run_job(drop: Drop, sha256: str, source: Source, fmt, mode, spooled: Path) -> Job:
     now = utcnow()
     return Job(id=f"validate-{new_job_id()}", partner_id=drop.partner, inbox=drop.inbox, sha256=sha256,
-               source_uri=source.uri, source_name=source.name, size=source.size, format=fmt, mode=mode,
+               source_uri=source.uri, source_name=source.name, size=source.size, source_version=source.version, format=fmt, mode=mode,
                status="running", attempt=1, duplicate_of=None, spool_path=str(spooled), error=None,
                result=None, created_at=now, started_at=now, finished_at=None, reported_at=None)

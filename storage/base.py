@@ -34,7 +34,10 @@ class Source:
     uri: str
     name: str
     size: int
-    extra: dict[str, Any] = field(default_factory=dict)   # ETag, version, mtime…
+    version: str | None = None      # mtime or ETag
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "name": self.name, "size": self.size, "version": self.version}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Job:
     source_uri: str
     source_name: str
     size: int
+    source_version: str | None
     format: str | None
     mode: str
     status: str
@@ -61,6 +65,11 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def source(self) -> Source:
+        return Source(uri=self.source_uri, name=self.source_name, size=self.size,
+                      version=self.source_version)
 
 
 ClaimKind = Literal["new", "resumed", "duplicate", "unreported", "busy"]
@@ -108,6 +117,10 @@ class CatalogStore(Protocol):
     def load(self, job: Job) -> Load: ...
     def finish(self, job: Job, outcome: Outcome) -> None: ...
     def mark_reported(self, job_id: str) -> None: ...
+    def release(self, job: Job) -> None: ...
+    def recover(self, inboxes: Iterable[str]) -> list[str]: ...
+    def seen(self, *, inbox: str, uri: str, version: str) -> bool: ...
+    def queued(self, limit: int = 100) -> list[Job]: ...
     def job(self, job_id: str) -> Job: ...
     def jobs(self, *, status: str | None = None, partner_id: str | None = None,
              limit: int | None = None) -> list[Job]: ...

@@ -31,7 +31,7 @@ LEASE_SECONDS = 600         # a running job not finished by then is taken over b
 _MERGED = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
            "category", "gtin", "url", "image_url", "attributes")
 _SEEN_SCHEMA = pa.schema([("sku_key", pa.string())])
-_JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, format, mode, status, "
+_JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, status, "
                 "attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
                 "finished_at, reported_at")
 
@@ -151,10 +151,10 @@ class SqliteStore:
                     job_id = new_job_id()
                     self._exec(
                         "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                        " format, mode, status, attempt, spool_path, created_at, started_at, lease_until)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
-                        (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, fmt,
-                         mode, spool_path, now, now, _lease_until()))
+                        " source_version, format, mode, status, attempt, spool_path, created_at,"
+                        " started_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
+                        (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
+                         source.version, fmt, mode, spool_path, now, now, _lease_until()))
                     self._start_attempt(job_id, 1, now)
                     return Claim("new", self.job(job_id))
                 resumable = original.status in ("queued", "failed") or (
@@ -163,11 +163,11 @@ class SqliteStore:
                     attempt = original.attempt + 1
                     self._exec(
                         "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
-                        " source_name = ?, format = ?, mode = ?, spool_path = ?, error = NULL,"
-                        " result = NULL, started_at = ?, finished_at = NULL, reported_at = NULL,"
-                        " lease_until = ? WHERE id = ?",
-                        (attempt, inbox, source.uri, source.name, fmt, mode, spool_path, now,
-                         _lease_until(), original.id))
+                        " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
+                        " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
+                        " reported_at = NULL, lease_until = ? WHERE id = ?",
+                        (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
+                         spool_path, now, _lease_until(), original.id))
                     self._start_attempt(original.id, attempt, now)
                     return Claim("resumed", self.job(original.id))
                 if original.status == "running":
@@ -177,10 +177,10 @@ class SqliteStore:
                 job_id = new_job_id()
                 self._exec(
                     "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                    " format, mode, status, attempt, duplicate_of, created_at, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
-                    (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, fmt,
-                     mode, original.id, now, now))
+                    " source_version, format, mode, status, attempt, duplicate_of, created_at, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
+                    (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
+                     source.version, fmt, mode, original.id, now, now))
                 return Claim("duplicate", self.job(job_id))
         except adbc_driver_manager.Error as exc:
             raise _map_errors(exc) from exc
@@ -212,6 +212,39 @@ class SqliteStore:
 
     def mark_reported(self, job_id: str) -> None:
         self._exec("UPDATE jobs SET reported_at = ? WHERE id = ?", (utcnow(), job_id))
+
+    def release(self, job: Job) -> None:
+        """A job cut off before its commit (shutdown): nothing was applied, run it again later."""
+        self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ? AND status = 'running'",
+                   (job.id,))
+        self._exec("UPDATE job_attempts SET finished_at = ?, status = 'released' WHERE job_id = ? AND attempt = ?",
+                   (utcnow(), job.id, job.attempt))
+
+    def recover(self, inboxes: Iterable[str]) -> list[str]:
+        """At start-up: jobs of these inboxes left ``running`` by a daemon that died are queued again
+        (their rows never committed, so running them again is safe)."""
+        inboxes = list(inboxes)
+        if not inboxes:
+            return []
+        marks = ", ".join("?" * len(inboxes))
+        with self._transaction():
+            ids = [r[0] for r in self._exec(
+                f"SELECT id FROM jobs WHERE status = 'running' AND inbox IN ({marks})", tuple(inboxes))]
+            for job_id in ids:
+                self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
+        return ids
+
+    def seen(self, *, inbox: str, uri: str, version: str) -> bool:
+        """Was this exact file (same place, same mtime/ETag) already taken in? Then it need not be
+        fetched again: with ``on_success = "keep"`` the ledger alone prevents reprocessing."""
+        return self._one("SELECT 1 FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
+                         " AND status NOT IN ('queued', 'running', 'failed') LIMIT 1",
+                         (inbox, uri, version)) is not None
+
+    def queued(self, limit: int = 100) -> list[Job]:
+        rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY created_at"
+                          f" LIMIT {int(limit)}")
+        return [_job(r) for r in rows]
 
     def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
                 partner_id: str | None = None) -> list[str]:

@@ -54,6 +54,10 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             for batch in _csv_reader(stream, delimiter=delimiter, encoding=encoding, column_types=text):
                 yield Block(to_text(batch), next_row)
                 next_row += batch.num_rows
+        if next_row == HEADER_ROWS + 1:
+            # a header without rows still names its columns: a missing required one must show
+            empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(n, pa.string()) for n in names]))
+            yield Block(to_text(empty), next_row)
     except (pa.ArrowInvalid, UnicodeDecodeError, EOFError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         if "Empty CSV file" in reason:

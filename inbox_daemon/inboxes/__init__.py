@@ -1,0 +1,18 @@
+"""Inboxes: where partners drop files. One module per kind; ``INBOX_KINDS`` picks the class."""
+
+from __future__ import annotations
+
+from config.model import InboxConfig
+from inbox_daemon.inboxes.base import Inbox
+from inbox_daemon.inboxes.local import LocalInbox
+
+INBOX_KINDS: dict[str, type] = {"local": LocalInbox}
+
+
+def open_inbox(config: InboxConfig) -> Inbox:
+    try:
+        kind = INBOX_KINDS[config.kind]
+    except KeyError:
+        from inbox_daemon.errors import InboxMisconfigured
+        raise InboxMisconfigured(f"inbox kind {config.kind!r} is not available in this build") from None
+    return kind(config)

@@ -28,6 +28,7 @@ CREATE TABLE jobs (
     source_uri   TEXT NOT NULL,
     source_name  TEXT NOT NULL,
     size         INTEGER NOT NULL,
+    source_version TEXT,                    -- mtime or ETag of the file this content came from
     format       TEXT,
     mode         TEXT NOT NULL,
     status       TEXT NOT NULL,             -- queued running succeeded partial rejected failed quarantined duplicate
@@ -46,6 +47,7 @@ CREATE TABLE jobs (
 CREATE UNIQUE INDEX jobs_content ON jobs (partner_id, sha256) WHERE duplicate_of IS NULL;
 CREATE INDEX jobs_status ON jobs (status, partner_id);
 CREATE INDEX jobs_created ON jobs (created_at);
+CREATE INDEX jobs_source ON jobs (inbox, source_uri, source_version);
 
 CREATE TABLE job_attempts (
     job_id      TEXT NOT NULL REFERENCES jobs (id),

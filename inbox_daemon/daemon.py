@@ -1,0 +1,385 @@
+"""``inbox-daemon run``: watch every inbox, process what partners drop, survive restarts.
+
+Threads: one watcher per inbox (watchdog) puts ready files on a bounded queue; ``workers``
+worker threads, each with its own store connection, run the pipeline; the main thread handles
+signals, schedules retries, picks up requeued jobs, rescans inboxes as a safety net, pings the
+systemd watchdog and keeps the health state.
+
+Retry policy lives here and nowhere else: a job that ``failed`` (a Transient error) is run again
+after an exponential backoff with full jitter, up to ``max_attempts``, then ``quarantined``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import Config, ConfigError, load_config
+from inbox_daemon.drop import Drop
+from inbox_daemon.errors import Cancelled, InboxError, Transient
+from inbox_daemon.inboxes import open_inbox
+from inbox_daemon.logs import get_logger
+from inbox_daemon.metrics import HealthServer, Metrics
+from inbox_daemon.pipeline import Pipeline, Result
+from inbox_daemon.results import diagnostics_name, manifest_bytes
+from inbox_daemon.sdnotify import Notifier
+from inbox_daemon.webhooks import WebhookSender, backoff
+from storage import open_store
+from storage.base import Job, Outcome
+
+QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block beyond this
+POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
+RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
+TICK = 0.05                 # main loop period (signals, retries, watchdog)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    drop: Drop
+    job_id: str | None = None     # set: run this ledger job from its spool (requeue, retry)
+    attempt: int = 0              # fetch-level retries of a drop that never reached the ledger
+
+    @property
+    def key(self) -> tuple:
+        return ("job", self.job_id) if self.job_id else ("drop", self.drop.inbox, self.drop.key, self.drop.version)
+
+
+def _drop_of(job: Job) -> Drop:
+    """The drop a ledger job came from (its inbox finds the file by name, if it is still there)."""
+    return Drop(inbox=job.inbox, partner=job.partner_id, key=job.source_name, name=job.source_name,
+                uri=job.source_uri, size=job.size, version=job.source_version or "")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: str | None = None, once: bool = False,
+                 notifier: Notifier | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.once = once
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.log = get_logger(component="daemon")
+        self.queue: queue.Queue[WorkItem] = queue.Queue(maxsize=QUEUE_MAX)
+        self.inboxes: dict = {}
+        self._pending: set[tuple] = set()          # queued or in flight: never twice at once
+        self._lock = threading.Lock()
+        self._retries: list[tuple[float, int, WorkItem]] = []
+        self._seq = itertools.count()
+        self._stopping = threading.Event()
+        self._stop_deadline = float("inf")
+        self._reload = threading.Event()
+        self._in_flight = 0
+        self._workers: list[threading.Thread] = []
+        self._health_state: tuple[bool, dict] = (False, {"starting": True})
+        self.last_job: str = "none yet"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.config
+        for folder in (cfg.daemon.spool_dir, cfg.daemon.results_dir, cfg.daemon.audit_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(cfg.store.url)
+        self.webhooks = WebhookSender(metrics=self.metrics)
+        self.health = None
+        if cfg.daemon.health:
+            self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
+            self.health.start()
+        self._install_signals()
+        for inbox_cfg in cfg.inboxes:
+            self._start_inbox(inbox_cfg)
+        recovered = self.store.recover(self.inboxes)
+        if recovered:
+            self.log.warning("daemon.recovered", jobs=recovered, reason="left running by a stopped daemon")
+        for n in range(cfg.daemon.workers):
+            worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        for inbox in list(self.inboxes.values()):
+            self._scan(inbox)
+        self.log.info("daemon.started", inboxes=list(self.inboxes), workers=cfg.daemon.workers,
+                      store=cfg.store.url.split("://")[0], health=self.health.address if self.health else None,
+                      once=self.once, version=_version())
+        self.notifier.ready(self._status())
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _main_loop(self) -> None:
+        next_poll = next_rescan = next_ping = 0.0
+        interval = self.notifier.watchdog_interval
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+            self._release_due_retries(now)
+            if now >= next_poll:
+                self._poll_queued()
+                self._health_state = self._check_health()
+                self.notifier.status(self._status())
+                next_poll = now + POLL_QUEUED
+            if now >= next_rescan and not self.once:
+                if next_rescan:
+                    for inbox in list(self.inboxes.values()):
+                        self._scan(inbox)
+                next_rescan = now + RESCAN_EVERY
+            if interval and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + interval
+            if self.once and self._idle():
+                self.log.info("daemon.drained")
+                break
+            self._stopping.wait(TICK)
+
+    def _shutdown(self) -> None:
+        self.log.info("daemon.stopping", in_flight=self._in_flight,
+                      grace_s=self.config.daemon.stop_timeout)
+        self.notifier.stopping()
+        self._stop_deadline = time.monotonic() + self.config.daemon.stop_timeout
+        self._stopping.set()
+        for inbox in list(self.inboxes.values()):
+            inbox.close()
+        for worker in self._workers:
+            worker.join(timeout=self.config.daemon.stop_timeout + 30)
+        self.webhooks.close(timeout=2.0)
+        if self.health:
+            self.health.close()
+        self.store.close()
+        self.log.info("daemon.stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    # -- inboxes --------------------------------------------------------------------------------
+    def _start_inbox(self, inbox_cfg) -> None:
+        try:
+            inbox = open_inbox(inbox_cfg)
+            inbox.watch(self._on_ready)
+        except (InboxError, OSError) as exc:
+            self.log.error("inbox.unavailable", inbox=inbox_cfg.id, error=str(exc))
+            return
+        self.inboxes[inbox.id] = inbox
+        self.log.info("inbox.watching", inbox=inbox.id, partner=inbox_cfg.partner, mode=inbox_cfg.mode)
+
+    def _scan(self, inbox) -> None:
+        try:
+            for drop in inbox.scan():
+                self._on_ready(drop)
+        except (InboxError, OSError) as exc:
+            self.log.error("inbox.scan_failed", inbox=inbox.id, error=str(exc))
+
+    def _on_ready(self, drop: Drop) -> None:
+        self._enqueue(WorkItem(drop))
+
+    def _enqueue(self, item: WorkItem) -> bool:
+        with self._lock:
+            if item.key in self._pending or self._stopping.is_set():
+                return False
+            self._pending.add(item.key)
+        if item.job_id is None:
+            self.metrics.files_seen.labels(item.drop.inbox).inc()
+        self.queue.put(item)
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return True
+
+    def _reload_config(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", problems=exc.problems, kept="previous configuration")
+            self.notifier.ready(self._status())
+            return
+        if new.store.url != self.config.store.url or new.daemon.workers != self.config.daemon.workers:
+            self.log.warning("config.reload_partial", reason="store url and workers change on restart only")
+        old = {i.id: i for i in self.config.inboxes}
+        fresh = {i.id: i for i in new.inboxes}
+        self.config = dataclasses.replace(new, store=self.config.store,
+                                          daemon=dataclasses.replace(new.daemon, workers=self.config.daemon.workers))
+        for inbox_id in old.keys() - fresh.keys() | {k for k in old.keys() & fresh.keys() if old[k] != fresh[k]}:
+            inbox = self.inboxes.pop(inbox_id, None)
+            if inbox:
+                inbox.close()
+                self.log.info("inbox.stopped", inbox=inbox_id)
+        for inbox_id, inbox_cfg in fresh.items():
+            if inbox_id not in self.inboxes:
+                self._start_inbox(inbox_cfg)
+                if inbox_id in self.inboxes:
+                    self._scan(self.inboxes[inbox_id])
+        self.log.info("config.reloaded", inboxes=list(self.inboxes), partners=list(new.partners))
+        self.notifier.ready(self._status())
+
+    # -- retries and requeued jobs --------------------------------------------------------------
+    def _schedule_retry(self, item: WorkItem, attempt: int) -> None:
+        delay = backoff(attempt, self.config.daemon.retry_base, self.config.daemon.retry_max)
+        with self._lock:
+            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), item))
+        self.metrics.retries.labels(item.drop.inbox).inc()
+        self.log.info("job.retry_scheduled", file=item.drop.name, job_id=item.job_id, attempt=attempt,
+                      delay_s=round(delay, 3))
+
+    def _release_due_retries(self, now: float) -> None:
+        due = []
+        with self._lock:
+            while self._retries and self._retries[0][0] <= now:
+                due.append(heapq.heappop(self._retries)[2])
+        for item in due:
+            self._enqueue(item)
+
+    def _poll_queued(self) -> None:
+        for job in self.store.queued():
+            if job.partner_id in self.config.partners:
+                self._enqueue(WorkItem(_drop_of(job), job_id=job.id))
+
+    def _idle(self) -> bool:
+        with self._lock:
+            waiting = bool(self._pending) or bool(self._retries)
+        settling = any(getattr(i, "settling", lambda: 0)() for i in self.inboxes.values())
+        runnable = any(j.partner_id in self.config.partners for j in self.store.queued())
+        return not waiting and not settling and self.queue.empty() and not runnable
+
+    # -- workers --------------------------------------------------------------------------------
+    def _should_stop(self) -> bool:
+        return time.monotonic() > self._stop_deadline
+
+    def _worker(self) -> None:
+        store = open_store(self.config.store.url)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    item = self.queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self.metrics.queue_depth.set(self.queue.qsize())
+                if self._stopping.is_set():
+                    break
+                with self._lock:
+                    self._in_flight += 1
+                self.metrics.in_flight.inc()
+                try:
+                    self._process(store, item)
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
+                        self._pending.discard(item.key)
+                    self.metrics.in_flight.dec()
+        finally:
+            store.close()
+
+    def _process(self, store, item: WorkItem) -> None:
+        drop, cfg = item.drop, self.config
+        inbox = self.inboxes.get(drop.inbox)
+        inbox_cfg = inbox.config if inbox else None
+        log = self.log.bind(inbox=drop.inbox, partner=drop.partner, file=drop.name)
+        started = time.monotonic()
+        pipeline = Pipeline(cfg, store, actor="daemon")
+        try:
+            if drop.partner not in cfg.partners:
+                log.warning("job.skipped", reason="partner no longer configured")
+                return
+            if item.job_id:
+                job = store.job(item.job_id)
+                spooled = Path(job.spool_path) if job.spool_path else None
+                if spooled is None or not spooled.exists():
+                    if inbox is None:
+                        log.error("job.unrecoverable", job_id=job.id,
+                                  reason="its spooled copy is gone and its inbox is not watched: drop the file again")
+                        store.finish(job, Outcome("failed", job.result or {}, "spooled copy missing"))
+                        return
+                    spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
+                else:
+                    sha256 = job.sha256
+                fmt, mode = job.format, job.mode
+            else:
+                if inbox is None:
+                    return
+                if store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version):
+                    log.debug("file.already_taken_in", version=drop.version)
+                    return
+                spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
+                fmt, mode = inbox_cfg.format, inbox_cfg.mode
+            result = pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self._should_stop)
+        except Cancelled:
+            return
+        except Transient as exc:
+            attempt = item.attempt + 1
+            log.warning("file.transient_error", error=str(exc), attempt=attempt)
+            if attempt < cfg.daemon.max_attempts and not self._stopping.is_set():
+                self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
+            return
+        self._after(store, pipeline, inbox, drop, result, started, log)
+
+    def _after(self, store, pipeline: Pipeline, inbox, drop: Drop, result: Result, started: float, log) -> None:
+        """The outcome is durable: retry, quarantine, or archive; then tell the partner."""
+        manifest = result.manifest
+        status = result.status
+        if status == "running":
+            return
+        if status == "failed":
+            job = store.job(manifest["job_id"])
+            if job.attempt < self.config.daemon.max_attempts and not self._stopping.is_set():
+                self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
+                return
+            manifest = {**manifest, "status": "quarantined",
+                        "message": f"{manifest.get('message', '')} (gave up after {job.attempt} attempts)".strip()}
+            store.finish(job, Outcome("quarantined", manifest, error=job.error))
+            result = pipeline.report(job, manifest, None, log)
+            status = "quarantined"
+            log.error("job.quarantined", job_id=job.id, attempts=job.attempt)
+        if inbox is not None and drop.inbox == inbox.id:
+            try:
+                inbox.archive(drop, status)
+                self._write_back(inbox, drop, manifest)
+            except (InboxError, OSError) as exc:
+                log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+        partner = self.config.partners.get(drop.partner)
+        if partner and partner.webhook:
+            self.webhooks.submit(partner.webhook, manifest)
+        self.metrics.job_done(drop.inbox, manifest, time.monotonic() - started)
+        self.last_job = f"{manifest['job_id']} {status}"
+
+    def _write_back(self, inbox, drop: Drop, manifest: dict) -> None:
+        """The partner sees the outcome where they dropped the file (``results/``)."""
+        inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
+        if manifest.get("diagnostics"):
+            path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
+            inbox.write_back(drop, path.name, path.read_bytes())
+
+    # -- health ---------------------------------------------------------------------------------
+    def _check_health(self) -> tuple[bool, dict]:
+        dead = [i for i, inbox in self.inboxes.items() if not inbox.alive()]
+        try:
+            self.store.queued(limit=1)
+            store_ok = True
+        except Exception as exc:  # noqa: BLE001 — any store failure means unhealthy, reported as such
+            store_ok = False
+            self.log.error("store.unhealthy", error=str(exc))
+        workers = sum(w.is_alive() for w in self._workers)
+        ok = not dead and store_ok and workers == len(self._workers)
+        return ok, {"inboxes": len(self.inboxes), "dead_inboxes": dead, "store": store_ok,
+                    "workers": workers, "queue": self.queue.qsize()}
+
+    def _status(self) -> str:
+        return f"queue {self.queue.qsize()}, in flight {self._in_flight}, last job {self.last_job}"
+
+
+def _version() -> str:
+    from inbox_daemon import __version__
+    return __version__

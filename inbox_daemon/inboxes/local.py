@@ -1,0 +1,227 @@
+"""A local directory inbox, watched with watchdog (inotify on Linux).
+
+Readiness: a file renamed into the folder, or closed after writing (inotify IN_CLOSE_WRITE), is
+ready at once. A file seen only through created/modified events — the polling observer, network
+filesystems, files found at start-up that are still young — is ready once its size and mtime
+stayed unchanged for ``settle``. Only top-level regular files that match ``patterns`` are taken:
+never symlinks, temp names, or the ``processed/``, ``failed/`` and ``results/`` folders.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from watchdog.events import (
+    DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+    FileSystemEvent, FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from config.model import InboxConfig
+from inbox_daemon.drop import Drop
+from inbox_daemon.errors import InboxUnavailable
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, wanted
+from inbox_daemon.logs import get_logger
+from inbox_daemon.results import fsync_dir, write_atomic
+from inbox_daemon.spool import spool_file
+
+SETTLE_TICK = 0.25        # seconds between checks of files waiting to settle
+
+
+class LocalInbox:
+    def __init__(self, config: InboxConfig, *, observer_factory=Observer, clock=time.monotonic):
+        self.config = config
+        self.root = Path(config.path).resolve()
+        self._observer_factory = observer_factory
+        self._clock = clock
+        self._observer = None
+        self._settler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pending: dict[str, tuple[int, int, float]] = {}    # name -> (size, mtime_ns, since)
+        self._lock = threading.Lock()
+        self._on_ready: OnReady | None = None
+        self._close_events = False
+        self.log = get_logger(inbox=self.id, partner=config.partner)
+        for folder in (self.root, *(self.root / r for r in RESERVED)):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # -- finding files ------------------------------------------------------------------------
+    def _drop(self, name: str, stat: os.stat_result) -> Drop:
+        path = self.root / name
+        return Drop(inbox=self.id, partner=self.config.partner, key=name, name=name, uri=path.as_uri(),
+                    size=stat.st_size, version=str(stat.st_mtime_ns))
+
+    def _stat_candidate(self, name: str) -> os.stat_result | None:
+        """lstat of a top-level regular file we take, or None."""
+        if "/" in name or name in RESERVED or not wanted(name, self.config):
+            return None
+        try:
+            st = os.lstat(self.root / name)
+        except FileNotFoundError:
+            return None
+        import stat as stat_mod
+        return st if stat_mod.S_ISREG(st.st_mode) else None      # symlinks are not followed
+
+    def scan(self) -> Iterator[Drop]:
+        """Files present now. Young ones (changed within ``settle``) wait to settle instead."""
+        with os.scandir(self.root) as entries:
+            names = sorted(e.name for e in entries)
+        now_wall = time.time()
+        for name in names:
+            st = self._stat_candidate(name)
+            if st is None:
+                continue
+            if now_wall - st.st_mtime >= self.config.settle:
+                yield self._drop(name, st)
+            else:
+                self._track(name, st)
+
+    # -- watching -----------------------------------------------------------------------------
+    def watch(self, on_ready: OnReady) -> None:
+        self._on_ready = on_ready
+        self._observer = self._observer_factory()
+        self._close_events = _reports_close_write(self._observer)
+        self._observer.schedule(_Handler(self), str(self.root), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self._settler = threading.Thread(target=self._settle_loop, name=f"settle {self.id}", daemon=True)
+        self._settler.start()
+
+    def _track(self, name: str, st: os.stat_result) -> None:
+        with self._lock:
+            prev = self._pending.get(name)
+            if prev is None or prev[:2] != (st.st_size, st.st_mtime_ns):
+                self._pending[name] = (st.st_size, st.st_mtime_ns, self._clock())
+
+    def _ready_now(self, name: str) -> None:
+        with self._lock:
+            self._pending.pop(name, None)
+        st = self._stat_candidate(name)
+        if st is not None and self._on_ready is not None:
+            self._on_ready(self._drop(name, st))
+
+    def _event(self, name: str, *, final: bool) -> None:
+        if self._stat_candidate(name) is None:
+            return
+        if final:
+            self._ready_now(name)
+        elif not self._close_events:
+            # no close-after-write events from this observer: settle decides
+            st = self._stat_candidate(name)
+            if st is not None:
+                self._track(name, st)
+
+    def _settle_loop(self) -> None:
+        while not self._stop.wait(SETTLE_TICK):
+            now = self._clock()
+            with self._lock:
+                pending = list(self._pending.items())
+            for name, (size, mtime, since) in pending:
+                st = self._stat_candidate(name)
+                if st is None:
+                    with self._lock:
+                        self._pending.pop(name, None)
+                elif (st.st_size, st.st_mtime_ns) != (size, mtime):
+                    self._track(name, st)
+                elif now - since >= self.config.settle:
+                    self._ready_now(name)
+
+    def settling(self) -> int:
+        """Files seen but not yet ready (waiting for ``settle``)."""
+        with self._lock:
+            return len(self._pending)
+
+    def alive(self) -> bool:
+        return bool(self._observer and self._observer.is_alive() and self._settler
+                    and self._settler.is_alive())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._settler is not None:
+            self._settler.join(timeout=5)
+
+    # -- taking files in and out --------------------------------------------------------------
+    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+        try:
+            return spool_file(self.root / drop.key, spool_dir)
+        except FileNotFoundError as exc:
+            raise InboxUnavailable(f"{drop.key} disappeared before it could be read") from exc
+
+    def archive(self, drop: Drop, status: str) -> None:
+        """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise."""
+        source = self.root / drop.key
+        if not source.exists():
+            return
+        if status in ("succeeded", "partial", "duplicate"):
+            if self.config.on_success == "keep":
+                return
+            if self.config.on_success == "delete":
+                source.unlink(missing_ok=True)
+                fsync_dir(self.root)
+                return
+            folder = self.root / PROCESSED
+        else:
+            folder = self.root / FAILED
+        target = folder / drop.name
+        if target.exists():
+            stem = f"{drop.name}.{drop.version}"
+            target = folder / stem
+        os.replace(source, target)
+        fsync_dir(folder)
+        fsync_dir(self.root)
+
+    def write_back(self, drop: Drop, name: str, data: bytes) -> None:
+        write_atomic(self.root / RESULTS / name, data)
+
+
+def _reports_close_write(observer) -> bool:
+    """inotify reports close-after-write; the polling observer (network filesystems) does not."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:
+        return False
+    return isinstance(observer, InotifyObserver)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, inbox: LocalInbox):
+        self.inbox = inbox
+
+    def _name(self, path: str) -> str | None:
+        p = Path(os.fsdecode(path))
+        return p.name if p.parent == self.inbox.root else None
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)) and not event.is_directory:
+            name = self._name(event.dest_path)
+            if name:
+                self.inbox._event(name, final=True)
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            name = self._name(event.src_path)
+            if name:
+                self.inbox._event(name, final=True)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileCreatedEvent):
+            name = self._name(event.src_path)
+            if name:
+                self.inbox._event(name, final=False)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileModifiedEvent):
+            name = self._name(event.src_path)
+            if name:
+                self.inbox._event(name, final=False)
