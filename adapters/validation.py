@@ -61,7 +61,7 @@ class _Problems:
             self.items.append((mask, canonical, code, message, values, severity))
 
     def mask(self, severity: str) -> pa.Array:
-        out = pa.array([False] * len(self.rows))
+        out = pa.array([False] * len(self.rows), pa.bool_())
         for m, *_, sev in self.items:
             if sev == severity:
                 out = pc.or_(out, m)
@@ -114,12 +114,12 @@ def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.A
     if pc.all(pc.fill_null(plain, True)).as_py():
         # the common case, a column of plain numbers: no currency, separators or symbols to undo
         cents = pc.cast(pc.round(pc.multiply(pc.cast(text, pa.float64()), 100.0)), pa.int64())
-        return cents, pa.array([False] * len(text)), pa.nulls(len(text), pa.string())
+        return cents, pa.array([False] * len(text), pa.bool_()), pa.nulls(len(text), pa.string())
     shape_ok = pc.fill_null(pc.match_substring_regex(text, PRICE_TEXT), False)
     number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
     if decimal == ",":
         number = pc.replace_substring(pc.replace_substring(number, ".", ""), ",", ".")
-        ambiguous = pa.array([False] * len(text))
+        ambiguous = pa.array([False] * len(text), pa.bool_())
     else:
         # "9,99" with a "." partner is far likelier a decimal comma than nine hundred ninety-nine
         ambiguous = pc.fill_null(pc.match_substring_regex(text, r"^[^.]*,[0-9]{1,2}\D*$"), False)

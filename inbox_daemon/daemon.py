@@ -334,8 +334,10 @@ class Daemon:
             return
         if status == "failed":
             job = store.job(manifest["job_id"])
-            if job.attempt < self.config.daemon.max_attempts and not self._stopping.is_set():
-                self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
+            if job.attempt < self.config.daemon.max_attempts:
+                if not self._stopping.is_set():
+                    self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
+                # stopping: the job stays "failed"; the next start retries it from its file
                 return
             manifest = {**manifest, "status": "quarantined",
                         "message": f"{manifest.get('message', '')} (gave up after {job.attempt} attempts)".strip()}

@@ -5,7 +5,7 @@
 
 Each stage is a function of its own; ``Pipeline.process`` only sequences them and decides what
 an error means: a ``FeedError`` (Terminal) rejects the job with a diagnostics line, a
-``Transient`` error fails this attempt (the daemon retries), anything else propagates.
+``Transient`` error (or an unexpected one) fails this attempt: the daemon retries it.
 """
 
 from __future__ import annotations
@@ -184,7 +184,10 @@ class Pipeline:
             log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
                         rejected=totals.rejected)
             return outcome
-        except (Transient, Exception) as exc:
+        except Cancelled:
+            diagnostics.discard()
+            raise
+        except Exception as exc:
             # Transient: worth another attempt. Anything else is a defect or a surprise from a
             # library: the job fails (and is retried, then quarantined) rather than stay "running".
             diagnostics.discard()

@@ -1,9 +1,13 @@
 """A local directory inbox, watched with watchdog (inotify on Linux).
 
-Readiness: a file renamed into the folder, or closed after writing (inotify IN_CLOSE_WRITE), is
-ready at once. A file seen only through created/modified events — the polling observer, network
-filesystems, files found at start-up that are still young — is ready once its size and mtime
-stayed unchanged for ``settle``. Only top-level regular files that match ``patterns`` are taken:
+Readiness, with inotify: a file renamed within the folder, or closed after writing
+(IN_CLOSE_WRITE), is ready at once. A file moved in from another folder arrives as a bare
+"created" with no open or close (IN_MOVED_TO without its IN_MOVED_FROM); a writer's file is
+"created" then "opened" in the same instant. So a created file that nobody opens within
+``PROBE`` is complete; one that is opened or modified waits for its close. Without close events
+(the polling observer, network filesystems) and for young files found at start-up, a file is
+ready once its size and mtime stayed unchanged for ``settle``. Empty files never become ready by
+waiting: a writer may not have started. Only top-level regular files that match ``patterns`` are taken:
 never symlinks, temp names, or the ``processed/``, ``failed/`` and ``results/`` folders.
 """
 
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from watchdog.events import (
-    DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+    DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent,
     FileSystemEvent, FileSystemEventHandler,
 )
 from watchdog.observers import Observer
@@ -29,7 +33,8 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.results import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_file
 
-SETTLE_TICK = 0.25        # seconds between checks of files waiting to settle
+SETTLE_TICK = 0.05        # seconds between checks of files waiting to settle
+PROBE = 0.2               # seconds a created file must stay unopened to count as moved in whole
 
 
 class LocalInbox:
@@ -41,7 +46,8 @@ class LocalInbox:
         self._observer = None
         self._settler: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pending: dict[str, tuple[int, int, float]] = {}    # name -> (size, mtime_ns, since)
+        # name -> (size, mtime_ns, since, wait): ready when unchanged for ``wait`` seconds
+        self._pending: dict[str, tuple[int, int, float, float]] = {}
         self._lock = threading.Lock()
         self._on_ready: OnReady | None = None
         self._close_events = False
@@ -95,11 +101,12 @@ class LocalInbox:
         self._settler = threading.Thread(target=self._settle_loop, name=f"settle {self.id}", daemon=True)
         self._settler.start()
 
-    def _track(self, name: str, st: os.stat_result) -> None:
+    def _track(self, name: str, st: os.stat_result, wait: float | None = None) -> None:
         with self._lock:
             prev = self._pending.get(name)
+            wait = wait if wait is not None else (prev[3] if prev else self.config.settle)
             if prev is None or prev[:2] != (st.st_size, st.st_mtime_ns):
-                self._pending[name] = (st.st_size, st.st_mtime_ns, self._clock())
+                self._pending[name] = (st.st_size, st.st_mtime_ns, self._clock(), wait)
 
     def _ready_now(self, name: str) -> None:
         with self._lock:
@@ -108,30 +115,34 @@ class LocalInbox:
         if st is not None and self._on_ready is not None:
             self._on_ready(self._drop(name, st))
 
-    def _event(self, name: str, *, final: bool) -> None:
-        if self._stat_candidate(name) is None:
+    def _event(self, name: str, kind: str) -> None:
+        """``kind``: "final" (closed after writing, renamed in place), "created", "writing"."""
+        st = self._stat_candidate(name)
+        if st is None:
             return
-        if final:
+        if kind == "final":
             self._ready_now(name)
         elif not self._close_events:
-            # no close-after-write events from this observer: settle decides
-            st = self._stat_candidate(name)
-            if st is not None:
-                self._track(name, st)
+            self._track(name, st, self.config.settle)      # no close events: settle decides
+        elif kind == "created":
+            self._track(name, st, min(PROBE, self.config.settle))
+        else:                                               # a writer has it open: wait for close
+            with self._lock:
+                self._pending.pop(name, None)
 
     def _settle_loop(self) -> None:
         while not self._stop.wait(SETTLE_TICK):
             now = self._clock()
             with self._lock:
                 pending = list(self._pending.items())
-            for name, (size, mtime, since) in pending:
+            for name, (size, mtime, since, wait) in pending:
                 st = self._stat_candidate(name)
                 if st is None:
                     with self._lock:
                         self._pending.pop(name, None)
                 elif (st.st_size, st.st_mtime_ns) != (size, mtime):
                     self._track(name, st)
-                elif now - since >= self.config.settle:
+                elif now - since >= wait and st.st_size > 0:
                     self._ready_now(name)
 
     def settling(self) -> int:
@@ -206,22 +217,28 @@ class _Handler(FileSystemEventHandler):
         if isinstance(event, (FileMovedEvent, DirMovedEvent)) and not event.is_directory:
             name = self._name(event.dest_path)
             if name:
-                self.inbox._event(name, final=True)
+                self.inbox._event(name, "final")
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent):
             name = self._name(event.src_path)
             if name:
-                self.inbox._event(name, final=True)
+                self.inbox._event(name, "final")
+
+    def on_opened(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileOpenedEvent):
+            name = self._name(event.src_path)
+            if name:
+                self.inbox._event(name, "writing")
 
     def on_created(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileCreatedEvent):
             name = self._name(event.src_path)
             if name:
-                self.inbox._event(name, final=False)
+                self.inbox._event(name, "created")
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileModifiedEvent):
             name = self._name(event.src_path)
             if name:
-                self.inbox._event(name, final=False)
+                self.inbox._event(name, "writing")

@@ -1,0 +1,320 @@
+"""The daemon as operators run it: a real ``inbox-daemon run`` subprocess on temp directories."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import sqlite3
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import products, run_cli, write_csv
+from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
+
+
+def _drop(inbox, name: str, text: str) -> None:
+    """Write under a temp name, then rename into place: the way careful uploaders do it."""
+    tmp = inbox / f".{name}.part"
+    tmp.write_text(text)
+    tmp.rename(inbox / name)
+
+
+def _jobs(root) -> list[tuple]:
+    con = sqlite3.connect(root / "var" / "catalog.db")
+    try:
+        return con.execute("SELECT source_name, status, attempt FROM jobs ORDER BY created_at").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started = []
+
+    def start(cfg: str | None = None, **kw) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, cfg or config(), **kw)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.close()
+
+
+def test_renamed_file_is_applied_archived_and_answered_in_results(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    _drop(inbox, "feed.csv", "sku,name,price\nA,Shirt,9.99\nB,Hat,5\n")
+
+    [manifest] = wait_manifests(tmp_path, 1)
+
+    assert manifest["status"] == "succeeded" and manifest["rows"]["inserted"] == 2
+    assert manifest["inbox"] == "local:inbox/default"
+    wait_for(lambda: (inbox / "processed" / "feed.csv").exists(), what="archive to processed/")
+    assert not (inbox / "feed.csv").exists()
+    written_back = inbox / "results" / f"{manifest['job_id']}.result.json"
+    assert json.loads(wait_for(lambda: written_back.exists() and written_back.read_text()))["status"] == "succeeded"
+    assert set(products(tmp_path)) == {"a", "b"}
+    assert d.stop() == 0
+
+
+def test_slow_in_place_write_is_read_once_and_whole(tmp_path, daemon):
+    d = daemon()
+    path = tmp_path / "inbox" / "default" / "slow.csv"
+    with open(path, "w") as fh:            # one open, written in bursts, as a slow upload would
+        fh.write("sku,name\n")
+        for burst in range(5):
+            fh.write("".join(f"S{burst}-{i},n\n" for i in range(100)))
+            fh.flush()
+            time.sleep(0.3)                # the writer is slow; the daemon must not read yet
+    [manifest] = wait_manifests(tmp_path, 1)
+    assert manifest["rows"]["read"] == 500 and manifest["status"] == "succeeded"
+    time.sleep(1.0)                        # give a wrongly early second read the chance to show
+    assert len(manifests(tmp_path)) == 1
+    assert d.stop() == 0
+
+
+def test_temp_names_and_unknown_patterns_are_ignored(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    for name in ("upload.csv.part", "x.tmp", "y.filepart", "z.crdownload", ".hidden.csv", "notes.docx"):
+        (inbox / name).write_text("sku,name\nI,x\n")
+    _drop(inbox, "real.csv", "sku,name\nR,x\n")
+
+    [manifest] = wait_manifests(tmp_path, 1)
+
+    assert manifest["source"]["name"] == "real.csv"
+    time.sleep(1.0)                        # settle (0.5 s) has passed twice: still nothing else
+    assert len(manifests(tmp_path)) == 1
+    assert (inbox / "upload.csv.part").exists() and (inbox / ".hidden.csv").exists()
+    assert d.stop() == 0
+
+
+def test_symlinks_are_not_followed(tmp_path, daemon):
+    secret = tmp_path / "outside.csv"
+    secret.write_text("sku,name\nLEAK,x\n")
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    (inbox / "link.csv").symlink_to(secret)
+    _drop(inbox, "after.csv", "sku,name\nOK,x\n")
+    wait_manifests(tmp_path, 1)
+    time.sleep(1.0)
+    assert [m["source"]["name"] for m in manifests(tmp_path)] == ["after.csv"]
+    assert "leak" not in products(tmp_path)
+    assert d.stop() == 0
+
+
+def test_garbage_file_is_rejected_and_the_next_file_still_goes_through(tmp_path, daemon):
+    import random
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    tmp = inbox / ".g.part"
+    tmp.write_bytes(random.Random(3).randbytes(20_000))
+    tmp.rename(inbox / "garbage.csv")
+    _drop(inbox, "good.csv", "sku,name\nG,x\n")
+
+    found = wait_manifests(tmp_path, 2)
+
+    by_name = {m["source"]["name"]: m for m in found}
+    assert by_name["garbage.csv"]["status"] == "rejected"
+    assert by_name["good.csv"]["status"] == "succeeded"
+    wait_for(lambda: (inbox / "failed" / "garbage.csv").exists(), what="garbage moved to failed/")
+    assert d.stop() == 0
+
+
+def test_files_dropped_while_down_are_processed_at_start(tmp_path, daemon):
+    inbox = tmp_path / "inbox" / "default"
+    inbox.mkdir(parents=True)
+    for i in range(3):
+        write_csv(inbox / f"f{i}.csv", ["sku", "name"], [[f"D{i}", "x"]])
+    old = time.time() - 60                 # dropped a while ago: settled
+    import os
+    for i in range(3):
+        os.utime(inbox / f"f{i}.csv", (old, old))
+
+    d = daemon(once=True)
+    assert d.wait(30) == 0
+
+    assert sorted(m["status"] for m in manifests(tmp_path)) == ["succeeded"] * 3
+    assert set(products(tmp_path)) == {"d0", "d1", "d2"}
+
+
+def test_keep_leaves_the_file_and_the_ledger_prevents_a_second_apply(tmp_path, daemon):
+    cfg = config(inboxes='[[inboxes]]\npartner = "default"\npath = "inbox/default"\non_success = "keep"\n'
+                         'settle = "500ms"\n')
+    inbox = tmp_path / "inbox" / "default"
+    inbox.mkdir(parents=True)
+    write_csv(inbox / "kept.csv", ["sku", "name"], [["K", "x"]])
+    import os
+    os.utime(inbox / "kept.csv", (time.time() - 60,) * 2)
+    assert daemon(cfg, once=True).wait(30) == 0
+    assert daemon(cfg, once=True).wait(30) == 0      # the same file is still there
+    assert (inbox / "kept.csv").exists()
+    assert [(name, status) for name, status, _ in _jobs(tmp_path)] == [("kept.csv", "succeeded")]
+
+
+def test_sigterm_exits_zero_quickly_and_nothing_is_half_applied(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    big = tmp_path / "big.csv"
+    write_csv(big, ["sku", "name", "price"], [[f"B{i}", "n", "1.00"] for i in range(400_000)])
+    big.rename(inbox / "big.csv")
+    d.wait_event("job.started", file="big.csv")
+
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
+    assert time.monotonic() - t0 < 10
+
+    [(name, status, attempt)] = _jobs(tmp_path)
+    applied = len(products(tmp_path))
+    # either the job finished within the grace period, or it was released with nothing applied
+    assert (status, applied) in (("succeeded", 400_000), ("queued", 0))
+    # and the next start finishes it exactly once
+    assert daemon(once=True).wait(60) == 0
+    assert len(products(tmp_path)) == 400_000
+    assert [s for _, s, _ in _jobs(tmp_path)] == ["succeeded"]
+
+
+def test_killed_mid_job_the_restart_applies_it_exactly_once(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    big = tmp_path / "big.csv"
+    write_csv(big, ["sku", "name", "price"], [[f"K{i}", "n", "1.00"] for i in range(300_000)])
+    big.rename(inbox / "big.csv")
+    d.wait_event("job.started", file="big.csv")
+    d.kill()                                          # SIGKILL: no cleanup at all
+
+    assert len(products(tmp_path)) in (0, 300_000)    # never a part of the file
+    assert daemon(once=True).wait(60) == 0
+
+    assert len(products(tmp_path)) == 300_000
+    [(name, status, attempt)] = _jobs(tmp_path)
+    assert status == "succeeded"
+    done = [m for m in manifests(tmp_path) if m["status"] == "succeeded"]
+    assert len(done) == 1 and done[0]["rows"]["inserted"] == 300_000
+
+
+def test_sighup_adds_an_inbox(tmp_path, daemon):
+    d = daemon()
+    added = config(partners='[[partners]]\nid = "default"\n\n[[partners]]\nid = "acme"\n',
+                   inboxes='[[inboxes]]\npartner = "default"\npath = "inbox/default"\nsettle = "500ms"\n\n'
+                           '[[inboxes]]\npartner = "acme"\npath = "inbox/acme"\nsettle = "500ms"\n')
+    d.config_path.write_text(added)
+    d.signal(signal.SIGHUP)
+    d.wait_event("config.reloaded")
+    _drop(tmp_path / "inbox" / "acme", "acme.csv", "sku,name\nAC,x\n")
+
+    [manifest] = wait_manifests(tmp_path, 1, partner="acme")
+
+    assert manifest["partner"] == "acme" and set(products(tmp_path, "acme")) == {"ac"}
+    assert d.stop() == 0
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path, daemon):
+    d = daemon()
+    d.config_path.write_text("[daemon]\nworkers = 0\n")
+    d.signal(signal.SIGHUP)
+    d.wait_event("config.reload_failed")
+    _drop(tmp_path / "inbox" / "default", "still.csv", "sku,name\nS,x\n")
+    assert wait_manifests(tmp_path, 1)[0]["status"] == "succeeded"
+    assert d.stop() == 0
+
+
+def test_requeued_job_is_processed_again_by_the_running_daemon(tmp_path, daemon):
+    d = daemon()
+    _drop(tmp_path / "inbox" / "default", "ids.csv", "id,title\n1,Mug\n")
+    [rejected] = wait_manifests(tmp_path, 1)
+    assert rejected["errors"] == {"missing_column": 1}
+    # the partner's columns are explained in the config, then the job is requeued
+    d.config_path.write_text(config(partners='[[partners]]\nid = "default"\ncolumns = { sku = "id", name = "title" }\n'))
+    d.signal(signal.SIGHUP)
+    d.wait_event("config.reloaded")
+
+    done = run_cli("jobs", "requeue", rejected["job_id"], "--config", d.config_path, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    [again] = wait_manifests(tmp_path, 1, status="succeeded")
+    assert again["job_id"] == rejected["job_id"] and again["attempt"] == 2
+    assert products(tmp_path)["1"]["name"] == "Mug"
+    assert d.stop() == 0
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_is_signed_and_received(tmp_path, daemon):
+    _Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        cfg = config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}", secret_env = "HOOK_SECRET" }}\n')
+        d = daemon(cfg, env={"HOOK_SECRET": "s3cr3t-value"})
+        _drop(tmp_path / "inbox" / "default", "hooked.csv", "sku,name\nH,x\n")
+        [manifest] = wait_manifests(tmp_path, 1)
+
+        headers, body = wait_for(lambda: _Receiver.received and _Receiver.received[0], what="webhook POST")
+
+        expected = "sha256=" + hmac.new(b"s3cr3t-value", body, hashlib.sha256).hexdigest()
+        assert headers["X-Inbox-Signature"] == expected
+        assert int(headers["X-Inbox-Timestamp"]) > 0
+        assert json.loads(body)["job_id"] == manifest["job_id"]
+        assert d.stop() == 0
+        assert "s3cr3t-value" not in d.log_path.read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_metrics_and_healthz_answer(tmp_path, daemon):
+    d = daemon()
+    _drop(tmp_path / "inbox" / "default", "m.csv", "sku,name\nM,x\nN,y\n")
+    wait_manifests(tmp_path, 1)
+    base = f"http://{d.health}"
+
+    def metrics_show_the_job():
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        return text if 'inbox_jobs_total{partner="default",status="succeeded"} 1.0' in text else None
+    text = wait_for(metrics_show_the_job, what="job counted in /metrics")
+    assert 'inbox_rows_total{outcome="inserted",partner="default"} 2.0' in text
+    assert "inbox_job_duration_seconds_bucket" in text and "inbox_queue_depth" in text
+    assert 'inbox_last_success_timestamp_seconds{inbox="local:inbox/default"}' in text
+    health = wait_for(lambda: json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
+                      if True else None, what="/healthz")
+    assert health["ok"] is True and health["store"] is True and health["dead_inboxes"] == []
+    assert d.stop() == 0
+
+
+def test_run_without_config_creates_and_watches_inbox_default(tmp_path):
+    from tests.daemon_harness import EXE
+    import subprocess
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([EXE, "run"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                env={**__import__("os").environ, "INBOX_DAEMON_CONFIG": ""})
+        try:
+            inbox = wait_for(lambda: (tmp_path / "inbox" / "default").is_dir() and tmp_path / "inbox" / "default",
+                             what="./inbox/default")
+            wait_for(lambda: "daemon.started" in (tmp_path / "log").read_text(), what="start")
+            _drop(inbox, "first.csv", "sku,name\nF,x\n")
+            assert wait_manifests(tmp_path, 1)[0]["status"] == "succeeded"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
