@@ -75,13 +75,14 @@ def _json_string(values: pa.Array) -> pa.Array:
     """Values as JSON string literals (without the quotes), whole column at a time."""
     if not pc.any(pc.match_substring_regex(values, r'["\\\x00-\x1f]')).as_py():
         return values                    # most attribute columns have nothing to escape
+    if pc.any(pc.match_substring_regex(values, _OTHER_CONTROL)).as_py():
+        # Rare: control characters other than \n \r \t need \u escapes, which no Arrow kernel
+        # produces; this column is escaped by the json module instead.
+        import json
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False)[1:-1]
+                         for v in values.to_pylist()], pa.string())
     for raw, escaped in _ESCAPES:
         values = pc.replace_substring(values, raw, escaped)
-    if pc.any(pc.match_substring_regex(values, _OTHER_CONTROL)).as_py():
-        # Rare: other control characters need \\u escapes, which no Arrow kernel produces.
-        import json
-        values = pa.array([None if v is None else json.dumps(v)[1:-1] for v in values.to_pylist()],
-                          pa.string())
     return values
 
 

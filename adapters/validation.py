@@ -111,7 +111,7 @@ def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
 def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(cents, mask of unparseable prices, ISO code written inside the price or null)."""
     plain = pc.match_substring_regex(text, r"^[0-9]{1,13}(?:\.[0-9]+)?$")
-    if pc.all(pc.fill_null(plain, True)).as_py():
+    if decimal == "." and pc.all(pc.fill_null(plain, True)).as_py():
         # the common case, a column of plain numbers: no currency, separators or symbols to undo
         cents = pc.cast(pc.round(pc.multiply(pc.cast(text, pa.float64()), 100.0)), pa.int64())
         return cents, pa.array([False] * len(text), pa.bool_()), pa.nulls(len(text), pa.string())
@@ -119,10 +119,13 @@ def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.A
     number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
     if decimal == ",":
         number = pc.replace_substring(pc.replace_substring(number, ".", ""), ",", ".")
-        ambiguous = pa.array([False] * len(text), pa.bool_())
+        # a thousands separator after the decimal one ("1,299.50") is another convention
+        ambiguous = pc.fill_null(pc.match_substring_regex(text, r",.*\."), False)
     else:
-        # "9,99" with a "." partner is far likelier a decimal comma than nine hundred ninety-nine
-        ambiguous = pc.fill_null(pc.match_substring_regex(text, r"^[^.]*,[0-9]{1,2}\D*$"), False)
+        # "9,99" with a "." partner is far likelier a decimal comma than nine hundred ninety-nine;
+        # "12.345,67" is the other convention altogether
+        ambiguous = pc.or_(pc.fill_null(pc.match_substring_regex(text, r"^[^.]*,[0-9]{1,2}\D*$"), False),
+                           pc.fill_null(pc.match_substring_regex(text, r"\..*,"), False))
         number = pc.replace_substring(number, ",", "")
     numeric = pc.fill_null(pc.match_substring_regex(number, r"^-?[0-9]{1,13}(?:\.[0-9]+)?$"), False)
     bad = pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.and_(shape_ok, numeric), pc.invert(ambiguous))))

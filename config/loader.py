@@ -6,6 +6,7 @@ together, so one run of ``inbox-daemon config check`` shows everything that is w
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -44,8 +45,8 @@ def parse_duration(value: Any) -> float:
         if not m:
             raise ValueError(f"expected a duration such as \"5s\", \"500ms\" or \"1m\", got {value!r}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds < 0:
-        raise ValueError("must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a finite, non-negative duration, got {value!r}")
     return seconds
 
 

@@ -106,13 +106,15 @@ class AuditLog:
         return count, None
 
     def tail(self, n: int = 10) -> list[str]:
+        if n <= 0:
+            return []
         lines: list[str] = []
         for path in reversed(self._files()):
             with open(path, encoding="utf-8") as fh:
                 lines = fh.read().splitlines() + lines
             if len(lines) >= n:
                 break
-        return lines[-n:] if n else lines
+        return lines[-n:]
 
     def follow(self, poll: float = 0.5) -> Iterator[str]:
         """Yield lines appended from now on, across day files (``audit tail -f``)."""

@@ -14,8 +14,10 @@ from typing import Any, MutableMapping
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(pass(word)?|secret|token|credential|api_?key|authorization|private_key)$", re.I)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+# keys whose values are secrets; ``*_env``/``*_file`` keys only say where a secret lives
+_SECRET_KEY = re.compile(r"(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|secret_key|access_key"
+                         r"|authorization|private_key)$", re.I)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
 _known_secrets: set[str] = set()
 
 
