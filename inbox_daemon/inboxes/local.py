@@ -33,8 +33,8 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.results import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_file
 
-SETTLE_TICK = 0.05        # seconds between checks of files waiting to settle
-PROBE = 0.2               # seconds a created file must stay unopened to count as moved in whole
+SETTLE_TICK = 0.02        # seconds between checks of files waiting to settle
+PROBE = 0.05              # seconds a created file must stay unopened to count as moved in whole
 
 
 class LocalInbox:
@@ -95,7 +95,10 @@ class LocalInbox:
         self._on_ready = on_ready
         self._observer = self._observer_factory()
         self._close_events = _reports_close_write(self._observer)
-        self._observer.schedule(_Handler(self), str(self.root), recursive=False)
+        # Recursive, although only top-level files are input: archiving moves a file into
+        # processed/, and watchdog holds an IN_MOVED_FROM whose IN_MOVED_TO it cannot see for
+        # 0.5 s, delaying every event queued behind it. Watching the subfolders pairs the move.
+        self._observer.schedule(_Handler(self), str(self.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
         self._settler = threading.Thread(target=self._settle_loop, name=f"settle {self.id}", daemon=True)
