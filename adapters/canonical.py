@@ -1,4 +1,4 @@
-"""The canonical catalog row (DESIGN §4): its columns, limits and the Arrow schema batches take.
+"""The canonical catalog row: its columns, limits and the Arrow schema batches take.
 
 Everything a partner sends is mapped onto these names; everything the store writes comes from
 batches with exactly ``CANONICAL_SCHEMA``.

@@ -1,4 +1,4 @@
-"""The append-only, hash-chained audit trail (DESIGN §5).
+"""The append-only, hash-chained audit trail.
 
 One JSON object per line in ``audit-YYYY-MM-DD.jsonl``; each record's ``hash`` is the sha256 of
 the record without ``hash`` (sorted keys, compact separators, UTF-8) and its ``prev`` is the hash

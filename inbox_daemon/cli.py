@@ -1,4 +1,4 @@
-"""``inbox-daemon``: the command line (DESIGN §6).
+"""``inbox-daemon``: the command line.
 
 Exit codes: 0 applied (succeeded, partial, duplicate) · 1 failed · 2 usage or config error ·
 4 rejected (nothing applied).
@@ -245,7 +245,11 @@ def cmd_config(args) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inbox-daemon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="inbox-daemon",
+        description="Partner catalog files in, exactly-once catalog changes out.",
+        epilog="Exit codes: 0 applied (succeeded, partial, duplicate), 1 failed, 2 usage or configuration "
+               "error, 4 rejected (nothing applied).")
     parser.add_argument("--version", action="version", version=f"inbox-daemon {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH",

@@ -1,4 +1,4 @@
-"""The order of steps for one file, and nothing else (DESIGN §1):
+"""The order of steps for one file, and nothing else:
 
     spool + sha256 → claim → read → judge → stage → merge → commit (rows + outcome)
         → diagnostics + manifest → audit

@@ -1,4 +1,4 @@
-"""The files a job leaves for people: the result manifest and the diagnostics CSV (DESIGN §5).
+"""The files a job leaves for people: the result manifest and the diagnostics CSV.
 
 Both are written atomically (temporary file, fsync, rename), so a reader never sees half a file.
 Diagnostics stream: they are appended batch by batch while the file is read, then renamed into

@@ -10,7 +10,9 @@ def open_store(url: str) -> CatalogStore:
     if url.startswith("sqlite:///"):
         from storage.sqlite import SqliteStore
         return SqliteStore(url[len("sqlite:///"):])
-    raise ValueError(f"unsupported store url {url.split('://')[0]}://… (this build has the sqlite store)")
+    from config import ConfigError
+    raise ConfigError([f"store.url: {url.split('://')[0]}:// stores are not available in this version; "
+                       "use sqlite:///path"])
 
 
 __all__ = ["CatalogStore", "Claim", "Job", "MergeCounts", "Outcome", "Source", "open_store"]

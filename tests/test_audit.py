@@ -1,7 +1,7 @@
 """The hash-chained audit trail: ``AuditLog`` and ``inbox-daemon audit verify | tail``.
 
 The ``cli`` fixture runs in an empty directory, so the built-in default puts the trail in
-./var/audit. Hashes are recomputed here from the contract (DESIGN §5), not with project code.
+./var/audit. Hashes are recomputed here from the documented format, not with project code.
 """
 
 from __future__ import annotations
