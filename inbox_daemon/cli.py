@@ -235,11 +235,37 @@ def cmd_config(args) -> int:
         return EXIT_USAGE
     data = _plain(config)
     data["store"]["url"] = mask_url(data["store"]["url"])
+    if args.probe:
+        data["probe"] = _probe(config)
     data["source"] = str(config.source) if config.source else "built-in default"
     data["partners"] = list(data["partners"].values())
     print(json.dumps(data, indent=2, ensure_ascii=False))
+    if args.probe and not all(p["ok"] for p in data["probe"]):
+        for p in data["probe"]:
+            if not p["ok"]:
+                print(f"  {p['inbox']}: {p['detail']}", file=sys.stderr)
+        print("configuration valid, but some inboxes cannot be reached", file=sys.stderr)
+        return EXIT_FAILED
     print("configuration OK", file=sys.stderr)
     return EXIT_OK
+
+
+def _probe(config: Config) -> list[dict]:
+    """Connect to every inbox: reachability, authentication, host key (``config check --probe``)."""
+    from inbox_daemon.errors import InboxError
+    from inbox_daemon.inboxes import open_inbox
+    results = []
+    for inbox_cfg in config.inboxes:
+        try:
+            inbox = open_inbox(inbox_cfg)
+            try:
+                outcome = inbox.probe()
+            finally:
+                inbox.close()
+        except (InboxError, OSError) as exc:
+            outcome = {"ok": False, "detail": str(exc)}
+        results.append({"inbox": inbox_cfg.id, "kind": inbox_cfg.kind, **outcome})
+    return results
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -292,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", parents=[common], help="check and print the resolved configuration")
     p.add_argument("action", choices=("check",))
+    p.add_argument("--probe", action="store_true",
+                   help="also connect to every inbox: reachability, authentication, host key")
     return parser
 
 
@@ -302,7 +330,9 @@ COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "validate": cmd_validate, "job
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from inbox_daemon import logs
     from inbox_daemon.errors import JobNotFound, StoreError
+    logs.configure(level="warning", stream=sys.stderr)     # until a command sets its own
     try:
         if args.command == "jobs" and args.action == "show" and len(args.ids) != 1:
             raise UsageError("jobs show takes one job id")

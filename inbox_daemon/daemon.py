@@ -310,8 +310,12 @@ class Daemon:
             else:
                 if inbox is None:
                     return
-                if store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version):
-                    log.debug("file.already_taken_in", version=drop.version)
+                seen = store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
+                if seen:
+                    # taken in before (kept, or the daemon stopped between outcome and archive):
+                    # archive it by that outcome, which is a no-op for "keep"
+                    log.debug("file.already_taken_in", version=drop.version, status=seen)
+                    inbox.archive(drop, seen)
                     return
                 spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
                 fmt, mode = inbox_cfg.format, inbox_cfg.mode

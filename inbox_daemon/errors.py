@@ -25,12 +25,12 @@ the pipeline alone decides what a marker means for the job.
 from __future__ import annotations
 
 
-class Terminal:
-    """Retrying cannot help: the job's outcome is final until someone changes something."""
+class Terminal(Exception):
+    """Marker: retrying cannot help; the outcome is final until someone changes something."""
 
 
-class Transient:
-    """Worth another attempt after a backoff."""
+class Transient(Exception):
+    """Marker: worth another attempt after a backoff (``except Transient`` catches them all)."""
 
 
 class InboxDaemonError(Exception):

@@ -234,12 +234,13 @@ class SqliteStore:
                 self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
         return ids
 
-    def seen(self, *, inbox: str, uri: str, version: str) -> bool:
-        """Was this exact file (same place, same mtime/ETag) already taken in? Then it need not be
-        fetched again: with ``on_success = "keep"`` the ledger alone prevents reprocessing."""
-        return self._one("SELECT 1 FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
-                         " AND status NOT IN ('queued', 'running', 'failed') LIMIT 1",
-                         (inbox, uri, version)) is not None
+    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
+        """The final status of this exact file (same place, same mtime/ETag) if it was already
+        taken in, else None. Then it need not be fetched again: with ``on_success = "keep"`` the
+        ledger alone prevents reprocessing."""
+        return self._one("SELECT status FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
+                         " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
+                         " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
 
     def queued(self, limit: int = 100) -> list[Job]:
         rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY created_at"

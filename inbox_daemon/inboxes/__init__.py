@@ -5,8 +5,9 @@ from __future__ import annotations
 from config.model import InboxConfig
 from inbox_daemon.inboxes.base import Inbox
 from inbox_daemon.inboxes.local import LocalInbox
+from inbox_daemon.inboxes.sftp import SftpInbox
 
-INBOX_KINDS: dict[str, type] = {"local": LocalInbox}
+INBOX_KINDS: dict[str, type] = {"local": LocalInbox, "sftp": SftpInbox}
 
 
 def open_inbox(config: InboxConfig) -> Inbox:

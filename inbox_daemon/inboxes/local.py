@@ -148,6 +148,10 @@ class LocalInbox:
                 elif now - since >= wait and st.st_size > 0:
                     self._ready_now(name)
 
+    def probe(self) -> dict:
+        ok = os.access(self.root, os.R_OK | os.W_OK | os.X_OK)
+        return {"ok": ok, "detail": f"{self.root} is {'readable and writable' if ok else 'not writable'}"}
+
     def settling(self) -> int:
         """Files seen but not yet ready (waiting for ``settle``)."""
         with self._lock:

@@ -1,0 +1,190 @@
+"""An SFTP inbox (paramiko): poll a remote folder, download while hashing, archive by rename.
+
+Host keys are checked against the configured ``known_hosts`` only, with paramiko's
+``RejectPolicy``: an unknown host is refused, a changed key is refused, nothing is ever added
+(the convenience default of many clients, and an open door to a man in the middle). One
+connection per inbox, kept alive with SSH keepalives and reopened on the next call after any
+failure; calls are serialised on it. Every path is the configured folder joined with a plain
+file name (``safe_name``), so nothing the server lists can lead outside that folder.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import socket
+import stat
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import paramiko
+
+from config.model import InboxConfig
+from inbox_daemon.drop import Drop
+from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, safe_name
+from inbox_daemon.inboxes.polling import Entry, PollingInbox
+from inbox_daemon.logs import register_secret
+from inbox_daemon.spool import spool_stream
+
+KEEPALIVE_S = 30
+TIMEOUT_S = 20
+
+
+class SftpInbox(PollingInbox):
+    def __init__(self, config: InboxConfig, *, ssh_client_factory=paramiko.SSHClient):
+        super().__init__(config)
+        self._factory = ssh_client_factory
+        self._ssh: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._conn_lock = threading.RLock()
+        self.root = config.path.rstrip("/") or "/"
+
+    # -- connection -----------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """paramiko and socket errors → our inbox errors, at this boundary only."""
+        cfg = self.config
+        host = f"{cfg.host}:{cfg.port}"
+        try:
+            yield
+        except paramiko.BadHostKeyException as exc:
+            self.disconnect()
+            raise InboxMisconfigured(
+                f"host key of {host} CHANGED: the server presents {exc.key.get_name()} "
+                f"{exc.key.get_base64()[:24]}…, {cfg.known_hosts} has another. Refusing to connect; "
+                f"if the change is legitimate, replace the entry (ssh-keyscan -p {cfg.port} {cfg.host})") from exc
+        except paramiko.AuthenticationException as exc:
+            self.disconnect()
+            raise InboxMisconfigured(f"authentication as {cfg.username!r} on {host} failed: {exc}") from exc
+        except paramiko.SSHException as exc:
+            self.disconnect()
+            if "not found in known_hosts" in str(exc):
+                raise InboxMisconfigured(
+                    f"host key of {host} is unknown: it is not in {cfg.known_hosts}. Verify the key "
+                    f"out of band, then add it (ssh-keyscan -p {cfg.port} {cfg.host} >> {cfg.known_hosts})"
+                ) from exc
+            raise InboxUnavailable(f"{what} on {host}: SSH error: {exc}") from exc
+        except PermissionError as exc:
+            raise InboxMisconfigured(f"{what} on {host}: permission denied ({exc})") from exc
+        except FileNotFoundError as exc:
+            if what == "list":
+                raise InboxMisconfigured(f"folder {self.root!r} does not exist on {host}") from exc
+            raise InboxUnavailable(f"{what} on {host}: no such file ({exc})") from exc
+        except (OSError, EOFError, socket.timeout) as exc:
+            self.disconnect()
+            raise InboxUnavailable(f"{what} on {host}: {exc.__class__.__name__}: {exc}") from exc
+
+    def _client(self) -> paramiko.SFTPClient:
+        if self._sftp is not None:
+            transport = self._sftp.get_channel().get_transport()
+            if transport is not None and transport.is_active():
+                return self._sftp
+            self.disconnect()
+        cfg = self.config
+        ssh = self._factory()
+        ssh.load_host_keys(cfg.known_hosts)          # ONLY these keys; never the user's, never added
+        ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+        password = os.environ.get(cfg.password_env) if cfg.password_env else None
+        register_secret(password)
+        try:
+            ssh.connect(cfg.host, port=cfg.port, username=cfg.username, key_filename=cfg.key_file,
+                        password=password, look_for_keys=False, allow_agent=False, timeout=TIMEOUT_S,
+                        banner_timeout=TIMEOUT_S, auth_timeout=TIMEOUT_S)
+        except BaseException:
+            ssh.close()
+            raise
+        ssh.get_transport().set_keepalive(KEEPALIVE_S)
+        self._ssh, self._sftp = ssh, ssh.open_sftp()
+        self._sftp.get_channel().settimeout(TIMEOUT_S)
+        self.log.info("sftp.connected", host=cfg.host, port=cfg.port, username=cfg.username)
+        return self._sftp
+
+    def disconnect(self) -> None:
+        with self._conn_lock:
+            for closable in (self._sftp, self._ssh):
+                if closable is not None:
+                    try:
+                        closable.close()
+                    except (OSError, EOFError, paramiko.SSHException):
+                        pass       # already broken: that is why we are closing it
+            self._sftp = self._ssh = None
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    # -- PollingInbox ---------------------------------------------------------------------------
+    def uri(self, key: str) -> str:
+        cfg = self.config
+        return f"sftp://{cfg.username}@{cfg.host}:{cfg.port}{self._path(key)}"
+
+    def list_entries(self) -> Iterable[Entry]:
+        with self._conn_lock, self._errors("list"):
+            attrs = self._client().listdir_attr(self.root)
+        for a in attrs:
+            name = safe_name(a.filename)
+            if name is None or a.st_mode is None or not stat.S_ISREG(a.st_mode):
+                continue     # folders (processed/, failed/, results/), links, odd names
+            yield Entry(key=name, name=name, size=a.st_size or 0, version=f"{a.st_mtime}-{a.st_size}",
+                        modified=float(a.st_mtime or 0))
+
+    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+        name = self._checked(drop.key)
+        with self._conn_lock, self._errors("download"):
+            with self._client().open(self._path(name), "rb") as remote:
+                remote.prefetch(drop.size or None)
+                return spool_stream(remote, spool_dir)
+
+    def archive(self, drop: Drop, status: str) -> None:
+        name = self._checked(drop.key)
+        with self._conn_lock, self._errors("archive"):
+            sftp = self._client()
+            source = self._path(name)
+            try:
+                sftp.stat(source)
+            except FileNotFoundError:
+                return                    # archived already (a restart between outcome and archive)
+            if status in ("succeeded", "partial", "duplicate"):
+                if self.config.on_success == "keep":
+                    return
+                if self.config.on_success == "delete":
+                    sftp.remove(source)
+                    return
+                folder = PROCESSED
+            else:
+                folder = FAILED
+            self._mkdir(sftp, folder)
+            sftp.posix_rename(source, self._path(folder, name))
+
+    def write_back(self, drop: Drop, name: str, data: bytes) -> None:
+        name = self._checked(name)
+        with self._conn_lock, self._errors("write back"):
+            sftp = self._client()
+            self._mkdir(sftp, RESULTS)
+            tmp = self._path(RESULTS, f".{name}.part")
+            with sftp.open(tmp, "wb") as fh:
+                fh.write(data)
+            sftp.posix_rename(tmp, self._path(RESULTS, name))    # the partner never sees half a file
+
+    def probe(self) -> dict:
+        try:
+            with self._conn_lock, self._errors("list"):
+                count = len(self._client().listdir(self.root))
+        except (InboxMisconfigured, InboxUnavailable) as exc:
+            return {"ok": False, "detail": str(exc)}
+        return {"ok": True, "detail": f"connected, host key verified, {count} entries in {self.root}"}
+
+    def _mkdir(self, sftp: paramiko.SFTPClient, folder: str) -> None:
+        try:
+            sftp.stat(self._path(folder))
+        except FileNotFoundError:
+            sftp.mkdir(self._path(folder))
+
+    @staticmethod
+    def _checked(key: str) -> str:
+        name = safe_name(key)
+        if name is None:
+            raise InboxMisconfigured(f"refusing a path that leaves the inbox folder: {key!r}")
+        return name

@@ -1,0 +1,162 @@
+"""SFTP inboxes against a real SFTP server on loopback (asyncssh, key auth, chroot per user)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from config import build_config
+from inbox_daemon.errors import InboxMisconfigured
+from inbox_daemon.inboxes.sftp import SftpInbox
+from tests.conftest import products, run_cli, write_csv
+from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
+from tests.sftp_server import SftpTestServer
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {"host": asyncssh.generate_private_key("ssh-ed25519"),
+            "other_host": asyncssh.generate_private_key("ssh-ed25519"),
+            "client": asyncssh.generate_private_key("ssh-ed25519")}
+
+
+@pytest.fixture
+def server(tmp_path, keys):
+    srv = SftpTestServer(tmp_path / "sftp-root", host_key=keys["host"], client_key=keys["client"]).start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def secrets(tmp_path, keys, server):
+    key_file = tmp_path / "client_key"
+    key_file.write_bytes(keys["client"].export_private_key("openssh"))
+    key_file.chmod(0o600)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(server.known_hosts_line())
+    return key_file, known_hosts
+
+
+def _sftp_config(server, key_file, known_hosts, **extra) -> str:
+    lines = [f'{k} = "{v}"' for k, v in extra.items()]
+    inbox = ('[[inboxes]]\npartner = "globex"\nkind = "sftp"\nhost = "127.0.0.1"\n'
+             f'port = {server.port}\nusername = "globex"\nkey_file = "{key_file}"\n'
+             f'known_hosts = "{known_hosts}"\npath = "/outbound"\npoll_interval = "200ms"\nsettle = "200ms"\n'
+             + "\n".join(lines) + "\n")
+    return config(partners='[[partners]]\nid = "globex"\n', inboxes=inbox)
+
+
+def _inbox(server, key_file, known_hosts) -> SftpInbox:
+    import tomllib
+    cfg = build_config(tomllib.loads(_sftp_config(server, key_file, known_hosts)))
+    return SftpInbox(cfg.inboxes[0])
+
+
+def _outbound(server) -> Path:
+    folder = server.root / "globex" / "outbound"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_dropped_file_is_applied_and_the_answer_is_written_back_on_the_server(tmp_path, server, secrets):
+    outbound = _outbound(server)
+    d = DaemonProcess(tmp_path, _sftp_config(server, *secrets))
+    try:
+        write_csv(outbound / "catalog.csv", ["sku", "name", "price"], [["G1", "Gadget", "4.50"], ["G2", "Gizmo", "1"]])
+
+        [manifest] = wait_manifests(tmp_path, 1, partner="globex")
+
+        assert manifest["status"] == "succeeded" and manifest["rows"]["inserted"] == 2
+        assert manifest["source"]["uri"] == f"sftp://globex@127.0.0.1:{server.port}/outbound/catalog.csv"
+        assert set(products(tmp_path, "globex")) == {"g1", "g2"}
+        written = outbound / "results" / f"{manifest['job_id']}.result.json"
+        assert json.loads(wait_for(lambda: written.exists() and written.read_text(),
+                                   what="result written back over SFTP"))["status"] == "succeeded"
+        wait_for(lambda: (outbound / "processed" / "catalog.csv").exists(), what="archive by rename")
+        assert not (outbound / "catalog.csv").exists()
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_unknown_host_key_is_refused(tmp_path, server, secrets):
+    key_file, known_hosts = secrets
+    known_hosts.write_text("")                                   # nothing known
+    with pytest.raises(InboxMisconfigured, match="unknown"):
+        list(_inbox(server, key_file, known_hosts).list_entries())
+    assert known_hosts.read_text() == ""                        # and nothing was added
+
+
+def test_changed_host_key_is_refused(tmp_path, server, secrets, keys):
+    key_file, known_hosts = secrets
+    known_hosts.write_text(server.known_hosts_line(keys["other_host"]))
+    with pytest.raises(InboxMisconfigured, match="CHANGED"):
+        list(_inbox(server, key_file, known_hosts).list_entries())
+
+
+def test_daemon_never_reads_from_a_server_with_an_unknown_key(tmp_path, server, secrets):
+    key_file, known_hosts = secrets
+    known_hosts.write_text("")
+    write_csv(_outbound(server) / "catalog.csv", ["sku", "name"], [["X", "x"]])
+    d = DaemonProcess(tmp_path, _sftp_config(server, key_file, known_hosts))
+    try:
+        event = d.wait_event("inbox.poll_failed")
+        assert "unknown" in event["error"] and str(known_hosts) in event["error"]
+        assert manifests(tmp_path, "globex") == []
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_config_check_probe_reports_each_inbox(tmp_path, server, secrets):
+    key_file, known_hosts = secrets
+    _outbound(server)
+    (tmp_path / "ok.toml").write_text(_sftp_config(server, key_file, known_hosts))
+    done = run_cli("config", "check", "--probe", "--config", tmp_path / "ok.toml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [probe] = json.loads(done.stdout)["probe"]
+    assert probe["ok"] and "host key verified" in probe["detail"]
+
+    known_hosts.write_text("")
+    done = run_cli("config", "check", "--probe", "--config", tmp_path / "ok.toml", cwd=tmp_path)
+    assert done.returncode == 1
+    [probe] = json.loads(done.stdout)["probe"]
+    assert not probe["ok"] and "unknown" in probe["detail"]
+
+
+def test_server_killed_mid_download_is_retried_and_applied_once(tmp_path, server, secrets):
+    outbound = _outbound(server)
+    rows = [[f"K{i}", f"name {i}", "1.00"] for i in range(60_000)]
+    write_csv(tmp_path / "big.csv", ["sku", "name", "price"], rows)
+    (tmp_path / "big.csv").rename(outbound / "big.csv")
+    server.slow = 0.02
+    server.reading.clear()
+    d = DaemonProcess(tmp_path, _sftp_config(server, *secrets))
+    try:
+        assert server.reading.wait(20), "the download never started"
+        server.kill()                                          # mid-download
+        d.wait_event("file.transient_error")
+        server.slow = 0.0
+        server.start()                                         # same port: the daemon reconnects
+
+        [manifest] = wait_manifests(tmp_path, 1, partner="globex", timeout=60)
+
+        assert manifest["status"] == "succeeded" and manifest["rows"]["inserted"] == 60_000
+        assert len(products(tmp_path, "globex")) == 60_000
+        wait_for(lambda: (outbound / "processed" / "big.csv").exists(), what="archive after retry")
+        assert len(manifests(tmp_path, "globex")) == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_names_that_would_leave_the_folder_are_refused(tmp_path, server, secrets):
+    inbox = _inbox(server, *secrets)
+    from inbox_daemon.drop import Drop
+    evil = Drop(inbox=inbox.id, partner="globex", key="../secret.csv", name="secret.csv", uri="x", size=1, version="1")
+    with pytest.raises(InboxMisconfigured, match="leaves the inbox folder"):
+        inbox.fetch(evil, tmp_path)
+    inbox.close()
