@@ -184,7 +184,11 @@ def records_to_batch(records: list[dict]) -> pa.RecordBatch:
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r))
-    return pa.RecordBatch.from_pylist(records, schema=pa.schema([(n, pa.string()) for n in names]))
+    try:
+        return pa.RecordBatch.from_pylist(records, schema=pa.schema([(n, pa.string()) for n in names]))
+    except UnicodeEncodeError as exc:
+        # "\ud800": legal JSON escape syntax, but not a character; text must be valid Unicode
+        raise UnreadableFile(reason=f"a value is not valid Unicode (lone surrogate escape): {exc.reason}") from exc
 
 
 @contextlib.contextmanager

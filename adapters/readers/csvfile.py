@@ -66,7 +66,10 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
 
 
 def read_csv(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
-    delimiter = options.delimiter or sniff_delimiter(path, compressed=compressed, options=options)
+    try:
+        delimiter = options.delimiter or sniff_delimiter(path, compressed=compressed, options=options)
+    except (OSError, EOFError) as exc:
+        raise UnreadableFile(reason=f"cannot read the file: {exc}", row=None) from exc
     return _read(path, name=name, compressed=compressed, options=options, delimiter=delimiter)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -44,9 +45,60 @@ def _first_byte(path: Path, *, compressed: bool) -> bytes:
     return b""
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _skip_bom(stream) -> None:
+    if stream.peek(3)[:3] == _BOM:
+        stream.read(3)
+
+
+def _guard(path: Path, *, compressed: bool, step: str):
+    """Run ``step`` mapping decompression and I/O failures to ``UnreadableFile``."""
+    try:
+        return step()
+    except (OSError, EOFError) as exc:
+        raise UnreadableFile(reason=f"cannot read the file: {exc}") from exc
+
+
+def _check_depth(path: Path, *, compressed: bool) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` before a parser recurses into it (pyarrow's
+    reader crashes the process on some 20,000 levels). A vectorized count of opening brackets per
+    line finds the few files that could be that deep; only those get the exact ijson check."""
+    import numpy as np
+    suspicious, carry = False, 0
+    with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+        while chunk := stream.read(BLOCK_SIZE):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            opens = ((data == ord("[")) | (data == ord("{"))).astype(np.int64)
+            breaks = (data == ord("\n")) | (data == ord("\r"))
+            line = np.cumsum(breaks)
+            per_line = np.bincount(line, weights=opens)
+            per_line[0] += carry
+            if per_line.max() > MAX_DEPTH:
+                suspicious = True
+                break
+            carry = int(per_line[-1]) if not breaks[-1] else 0
+    if not suspicious:
+        return
+    depth = 0
+    try:
+        with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+            _skip_bom(stream)
+            for event, _ in ijson.basic_parse(stream, multiple_values=True):
+                if event in ("start_map", "start_array"):
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        raise UnreadableFile(reason=f"JSON nested deeper than {MAX_DEPTH} levels")
+                elif event in ("end_map", "end_array"):
+                    depth -= 1
+    except ijson.JSONError as exc:
+        raise UnreadableFile(reason=f"invalid JSON: {str(exc).splitlines()[0]}") from exc
+
+
 def read_json(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
     """A ``.json`` file is either one array of objects or one object per line."""
-    first = _first_byte(path, compressed=compressed)
+    first = _guard(path, compressed=compressed, step=lambda: _first_byte(path, compressed=compressed))
     if first == b"[":
         return _read_array(path, compressed=compressed, options=options)
     if first == b"{":
@@ -65,6 +117,7 @@ def _check_array_document(path: Path, *, compressed: bool) -> None:
     staged, and ``ijson.items`` never sees pathological nesting."""
     depth = 0
     with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+        _skip_bom(stream)
         for event, _ in ijson.basic_parse(stream, use_float=True):
             if event in ("start_map", "start_array"):
                 depth += 1
@@ -79,6 +132,7 @@ def _read_array(path: Path, *, compressed: bool, options: ReadOptions) -> Iterat
     try:
         _check_array_document(path, compressed=compressed)
         with open_stream(path, compressed=compressed, options=options) as stream:
+            _skip_bom(stream)
             items = ijson.items(stream, "item", use_float=True)
             while chunk := list(itertools.islice(items, PY_BATCH_ROWS)):
                 records = []
@@ -88,11 +142,48 @@ def _read_array(path: Path, *, compressed: bool, options: ReadOptions) -> Iterat
                     records.append(flatten_record(item))
                 yield Block(records_to_batch(records), row)
                 row += len(chunk)
+    except UnreadableFile:
+        raise
     except (ijson.JSONError, UnicodeDecodeError, ValueError, EOFError, OSError) as exc:
         raise UnreadableFile(reason=f"invalid JSON: {str(exc).splitlines()[0]}", row=row) from exc
 
 
+class _BadLine(Exception):
+    def __init__(self, line_no: int, error: Exception):
+        self.line_no, self.error = line_no, error
+
+
+class _Switch(Exception):
+    """The Arrow reader met something it would change (inferred timestamps): continue in Python."""
+
+
+def _arrow_would_rewrite(schema: pa.Schema) -> bool:
+    """Timestamps and dates inferred from strings come back reformatted, offsets lost."""
+    def bad(t: pa.DataType) -> bool:
+        if pa.types.is_struct(t):
+            return any(bad(t.field(i).type) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return bad(t.value_type)
+        return pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t)
+    return any(bad(f.type) for f in schema)
+
+
+def _reject_non_finite(batch: pa.RecordBatch, first_row: int) -> None:
+    """NaN and Infinity are not JSON; pyarrow's parser lets them through."""
+    import pyarrow.compute as pc
+    for column in batch.columns:
+        if pa.types.is_floating(column.type):
+            odd = pc.invert(pc.is_finite(column))
+            if pc.any(pc.fill_null(odd, False)).as_py():
+                raise UnreadableFile(reason="NaN or Infinity is not a valid JSON value",
+                                     row=first_row + pc.index(odd, True).as_py())
+
+
 def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
+    first = _guard(path, compressed=compressed, step=lambda: _first_byte(path, compressed=compressed))
+    if not first:
+        raise UnreadableFile(reason="the file is empty", row=None)
+    _guard(path, compressed=compressed, step=lambda: _check_depth(path, compressed=compressed))
     row = 1
     try:
         with open_stream(path, compressed=compressed, options=options) as stream:
@@ -102,35 +193,65 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
                 parse_options=pajson.ParseOptions(newlines_in_values=False, unexpected_field_behavior="infer"),
             )
             for batch in reader:
+                if _arrow_would_rewrite(batch.schema):
+                    raise _Switch()
+                _reject_non_finite(batch, row)
                 yield Block(to_text(batch), row)
                 row += batch.num_rows
         return
-    except (pa.ArrowInvalid, OSError, EOFError) as exc:
-        arrow_error = exc
-    # The Arrow reader stopped at ``row``: continue from there, record by record.
-    yield from _read_lines(path, compressed=compressed, options=options, skip=row - 1,
-                           arrow_error=arrow_error)
+    except (pa.ArrowInvalid, OSError, EOFError, _Switch) as exc:
+        arrow_stop = exc
+    # The Arrow reader stopped before record ``row``: continue from there, record by record.
+    yield from _read_values(path, compressed=compressed, options=options, skip=row - 1, cause=arrow_stop)
 
 
-def _read_lines(path: Path, *, compressed: bool, options: ReadOptions, skip: int,
-                arrow_error: Exception) -> Iterator[Block]:
-    row, records, first = 0, [], skip + 1
-    with open_stream(path, compressed=compressed, options=options) as stream:
-        for line_no, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            row += 1
-            if row <= skip:
-                continue
+def _values(stream) -> Iterator[tuple[int, object]]:
+    """(line number, value) for every JSON value, counted the way Arrow counts records: any number
+    of values per line, lines ended by \\n, \\r or \\r\\n."""
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    line_no, pending = 0, b""
+    while True:
+        chunk = stream.read(BLOCK_SIZE)
+        data = pending + chunk
+        lines = re.split(rb"\r\n|\r|\n", data)
+        pending = lines.pop() if chunk else b""
+        for raw in lines + ([pending] if not chunk else []):
+            line_no += 1
             try:
-                obj = _loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise UnreadableFile(reason=f"invalid JSON on line {line_no}: {exc}", row=row) from arrow_error
-            if not isinstance(obj, dict):
-                raise UnreadableFile(reason=f"line {line_no} is not a JSON object", row=row)
-            records.append(flatten_record(obj))
-            if len(records) == PY_BATCH_ROWS:
-                yield Block(records_to_batch(records), first)
-                first, records = row + 1, []
+                text = raw.decode("utf-8")
+                pos = 0
+                while True:
+                    while pos < len(text) and text[pos] in " \t":
+                        pos += 1
+                    if pos >= len(text):
+                        break
+                    value, pos = decoder.raw_decode(text, pos)
+                    yield line_no, value
+            except ValueError as exc:           # JSONDecodeError and UnicodeDecodeError
+                raise _BadLine(line_no, exc) from exc
+        if not chunk:
+            return
+
+
+def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: int,
+                 cause: Exception) -> Iterator[Block]:
+    row, records, first, line_no = 0, [], skip + 1, 0
+    try:
+        with open_stream(path, compressed=compressed, options=options) as stream:
+            _skip_bom(stream)
+            for line_no, value in _values(stream):
+                row += 1
+                if row <= skip:
+                    continue
+                if not isinstance(value, dict):
+                    raise UnreadableFile(reason=f"line {line_no} is not a JSON object", row=row)
+                records.append(flatten_record(value))
+                if len(records) == PY_BATCH_ROWS:
+                    yield Block(records_to_batch(records), first)
+                    first, records = row + 1, []
+    except _BadLine as bad:
+        raise UnreadableFile(reason=f"invalid JSON on line {bad.line_no}: {bad.error}", row=row + 1) from cause
+    except (OSError, EOFError) as exc:
+        raise UnreadableFile(reason=f"cannot read the file: {exc}", row=row + 1) from exc
     if records:
         yield Block(records_to_batch(records), first)

@@ -12,6 +12,7 @@ from adapters.readers import Block, ReadOptions, seekable_copy, to_text
 from inbox_daemon.errors import UnreadableFile
 
 BATCH_ROWS = 65_536
+MAX_ROW_GROUP_BYTES = 1 << 30     # uncompressed; a row group is decoded whole, so this bounds memory
 
 
 def read_parquet(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
@@ -19,9 +20,17 @@ def read_parquet(path: Path, *, name: str, compressed: bool, options: ReadOption
     try:
         with seekable_copy(path, compressed=compressed, options=options) as local:
             with pq.ParquetFile(local) as pf:
+                for i in range(pf.metadata.num_row_groups):
+                    size = pf.metadata.row_group(i).total_byte_size
+                    if size > MAX_ROW_GROUP_BYTES:
+                        raise UnreadableFile(
+                            reason=f"row group {i} declares {size / 2**20:,.0f} MiB uncompressed, more than "
+                                   f"{MAX_ROW_GROUP_BYTES / 2**20:,.0f} MiB: write smaller row groups", row=None)
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                     yield Block(to_text(batch), next_row)
                     next_row += batch.num_rows
+    except UnreadableFile:
+        raise
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
         raise UnreadableFile(reason=f"not a readable Parquet file: {str(exc).splitlines()[0]}",
                              row=next_row) from exc
