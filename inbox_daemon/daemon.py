@@ -297,15 +297,18 @@ class Daemon:
             if item.job_id:
                 job = store.job(item.job_id)
                 spooled = Path(job.spool_path) if job.spool_path else None
+                sha256 = job.sha256
                 if spooled is None or not spooled.exists():
-                    if inbox is None:
-                        log.error("job.unrecoverable", job_id=job.id,
-                                  reason="its spooled copy is gone and its inbox is not watched: drop the file again")
-                        store.finish(job, Outcome("failed", job.result or {}, "spooled copy missing"))
+                    try:
+                        if inbox is None:
+                            raise InboxError("its inbox is not watched by this daemon")
+                        spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
+                    except InboxError as exc:
+                        # neither our copy nor the partner's file is left: only a new drop can help
+                        reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
+                        log.error("job.unrecoverable", job_id=job.id, reason=reason)
+                        store.finish(job, Outcome("failed", {**(job.result or {}), "message": reason}, reason))
                         return
-                    spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
-                else:
-                    sha256 = job.sha256
                 fmt, mode = job.format, job.mode
             else:
                 if inbox is None:

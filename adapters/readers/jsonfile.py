@@ -10,6 +10,7 @@ elements, so a huge array never sits in memory.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import ijson
+import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
@@ -53,7 +55,7 @@ def _skip_bom(stream) -> None:
         stream.read(3)
 
 
-def _guard(path: Path, *, compressed: bool, step: str):
+def _guard(path: Path, *, compressed: bool, step):
     """Run ``step`` mapping decompression and I/O failures to ``UnreadableFile``."""
     try:
         return step()
@@ -61,39 +63,38 @@ def _guard(path: Path, *, compressed: bool, step: str):
         raise UnreadableFile(reason=f"cannot read the file: {exc}") from exc
 
 
-def _check_depth(path: Path, *, compressed: bool) -> None:
-    """Refuse JSON nested deeper than ``MAX_DEPTH`` before a parser recurses into it (pyarrow's
-    reader crashes the process on some 20,000 levels). A vectorized count of opening brackets per
-    line finds the few files that could be that deep; only those get the exact ijson check."""
-    import numpy as np
-    suspicious, carry = False, 0
-    with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
-        while chunk := stream.read(BLOCK_SIZE):
-            data = np.frombuffer(chunk, dtype=np.uint8)
-            opens = ((data == ord("[")) | (data == ord("{"))).astype(np.int64)
-            breaks = (data == ord("\n")) | (data == ord("\r"))
-            line = np.cumsum(breaks)
-            per_line = np.bincount(line, weights=opens)
-            per_line[0] += carry
-            if per_line.max() > MAX_DEPTH:
-                suspicious = True
-                break
-            carry = int(per_line[-1]) if not breaks[-1] else 0
-    if not suspicious:
-        return
-    depth = 0
-    try:
-        with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
-            _skip_bom(stream)
-            for event, _ in ijson.basic_parse(stream, multiple_values=True):
-                if event in ("start_map", "start_array"):
-                    depth += 1
-                    if depth > MAX_DEPTH:
-                        raise UnreadableFile(reason=f"JSON nested deeper than {MAX_DEPTH} levels")
-                elif event in ("end_map", "end_array"):
-                    depth -= 1
-    except ijson.JSONError as exc:
-        raise UnreadableFile(reason=f"invalid JSON: {str(exc).splitlines()[0]}") from exc
+class _NestingGuard(io.RawIOBase):
+    """A read-through stream that refuses JSON nested deeper than ``MAX_DEPTH`` before a parser
+    recurses into it (pyarrow's reader crashes the process at some 20,000 levels). A line
+    cannot nest deeper than it has opening brackets, so each chunk is checked, vectorized, as
+    it passes: the count of ``[``/``{`` per line (false alarms only for lines with more than
+    ``MAX_DEPTH`` brackets inside strings, which no catalog row has)."""
+
+    def __init__(self, raw):
+        self._raw, self._carry = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._raw.readinto(buf)
+        if n:
+            self._check(np.frombuffer(buf, dtype=np.uint8, count=n))
+        return n
+
+    def _check(self, data: np.ndarray) -> None:
+        opens = np.cumsum((data == ord("[")) | (data == ord("{")), dtype=np.int64)
+        ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))
+        at_ends = opens[ends]
+        per_line = np.diff(at_ends, prepend=0)
+        if len(per_line):
+            per_line[0] += self._carry
+            self._carry = int(opens[-1] - at_ends[-1])
+        else:
+            self._carry += int(opens[-1])
+        if max(per_line.max(initial=0), self._carry) > MAX_DEPTH:
+            raise UnreadableFile(reason=f"JSON nested deeper than {MAX_DEPTH} levels (or a line with "
+                                        f"more than {MAX_DEPTH} brackets)")
 
 
 def read_json(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
@@ -183,12 +184,11 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
     first = _guard(path, compressed=compressed, step=lambda: _first_byte(path, compressed=compressed))
     if not first:
         raise UnreadableFile(reason="the file is empty", row=None)
-    _guard(path, compressed=compressed, step=lambda: _check_depth(path, compressed=compressed))
     row = 1
     try:
         with open_stream(path, compressed=compressed, options=options) as stream:
             reader = pajson.open_json(
-                stream,
+                io.BufferedReader(_NestingGuard(stream), buffer_size=BLOCK_SIZE),
                 read_options=pajson.ReadOptions(block_size=BLOCK_SIZE),
                 parse_options=pajson.ParseOptions(newlines_in_values=False, unexpected_field_behavior="infer"),
             )
@@ -237,8 +237,9 @@ def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: in
                  cause: Exception) -> Iterator[Block]:
     row, records, first, line_no = 0, [], skip + 1, 0
     try:
-        with open_stream(path, compressed=compressed, options=options) as stream:
-            _skip_bom(stream)
+        with open_stream(path, compressed=compressed, options=options) as raw:
+            _skip_bom(raw)
+            stream = io.BufferedReader(_NestingGuard(raw), buffer_size=BLOCK_SIZE)
             for line_no, value in _values(stream):
                 row += 1
                 if row <= skip:

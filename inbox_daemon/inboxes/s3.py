@@ -1,0 +1,551 @@
+"""An S3 inbox: the objects directly under ``prefix`` in ``bucket`` are a partner's drops.
+
+Two ways to learn of new objects. Listing (the default) builds on ``PollingInbox``: list, settle,
+hand over. Event mode (``sqs_queue_url``) long-polls an SQS queue that the bucket's ObjectCreated
+notifications feed, so a busy prefix is never listed; a message is deleted only once the outcome
+of its drop is durable (``archive``), and a heartbeat keeps it hidden from other receivers
+meanwhile. A daemon that dies before that leaves the message to reappear: nothing is lost.
+
+botocore errors never leave this module: ``s3_errors`` maps them to ``InboxMisconfigured``
+(access, credentials, missing bucket or queue: retrying cannot help) or ``InboxUnavailable``
+(throttling, 5xx, network). Throttling and 5xx are first retried by botocore's "standard" retry
+mode, set on the clients; only what still fails after that reaches the daemon's retry policy.
+AWS credentials come from boto3's default chain, never from our configuration.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import threading
+import time
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import botocore.config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, \
+    ParamValidationError, PartialCredentialsError
+
+from config.model import InboxConfig
+from inbox_daemon.drop import Drop
+from inbox_daemon.errors import InboxError, InboxMisconfigured, InboxUnavailable
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
+from inbox_daemon.spool import spool_stream
+from inbox_daemon.webhooks import backoff
+
+RETRIES = {"mode": "standard", "max_attempts": 6}   # botocore retries throttling, 5xx, resets
+CONNECT_TIMEOUT = 10            # seconds
+READ_TIMEOUT = 60               # seconds without a byte; above SQS's longest long poll (20 s)
+FULL_LISTING_EVERY = 10         # polls: one in ten lists the whole prefix, the others the new keys
+COPY_OBJECT_LIMIT = 5 * 1024**3  # bytes: larger objects are copied in parts by the managed copy
+SUCCESS = ("succeeded", "partial", "duplicate")
+
+LONG_POLL_MAX = 20              # seconds: SQS's limit for WaitTimeSeconds
+VISIBILITY = 60                 # seconds a received message stays hidden from other receivers
+HEARTBEAT = 20                  # seconds between visibility extensions of messages in flight
+MAX_HOLD = 3600                 # seconds a message is kept hidden at most, then left to reappear
+CLOSE_WAIT = 2.0                # seconds close() waits for a long poll in progress
+ARCHIVED_MEMORY = 10_000        # (key, version) pairs remembered as archived, for late duplicates
+
+# ClientError codes, by what they mean for us. HEAD requests have no error body: their code is
+# the bare status ("403", "404").
+_ACCESS = {"AccessDenied", "AccessDeniedException", "AllAccessDisabled", "AccountProblem", "403",
+           "AuthorizationError", "KMS.AccessDeniedException"}
+_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
+                "UnrecognizedClientException", "InvalidToken", "MissingAuthenticationToken"}
+_MISSING = {"NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+_GONE = {"NoSuchKey", "NotFound", "404"}
+_CHANGED = {"PreconditionFailed", "412"}
+# temporary credentials that expired are refreshed by the chain on the next call
+_BUSY = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestThrottled",
+         "RequestLimitExceeded", "TooManyRequestsException", "ServiceUnavailable", "InternalError",
+         "ExpiredToken", "OperationAborted"}
+
+
+class ObjectGone(InboxUnavailable):
+    """The object was deleted (or moved) since it was listed or announced."""
+
+    def __init__(self, message: str, *, uri: str):
+        self.uri = uri
+        super().__init__(message)
+
+
+class ObjectChanged(InboxUnavailable):
+    """The object was overwritten since it was read: the new content is a new drop."""
+
+    def __init__(self, message: str, *, uri: str):
+        self.uri = uri
+        super().__init__(message)
+
+
+@contextmanager
+def s3_errors(what: str, *, action: str = "", target: str = "") -> Iterator[None]:
+    """Map botocore errors raised inside to the inbox error tree, raised ``from`` the original.
+
+    ``what`` says what we were doing ("list s3://bucket/prefix/"), ``action`` the IAM permission
+    that takes, ``target`` the object or bucket URI the error is about.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        detail = error.get("Message") or code
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        needs = f": the credentials need {action}" if action else ""
+        if (code in _GONE and exc.operation_name == "HeadBucket") or code in _MISSING:
+            raise InboxMisconfigured(f"{what}: {'the queue' if 'Queue' in code else 'the bucket'} "
+                                     f"does not exist ({code})") from exc
+        if code in _GONE:
+            raise ObjectGone(f"{what}: {target or 'the object'} is gone ({code})", uri=target) from exc
+        if code in _CHANGED:
+            raise ObjectChanged(f"{what}: {target or 'the object'} changed meanwhile ({code})",
+                                uri=target) from exc
+        if code in _ACCESS:
+            raise InboxMisconfigured(f"{what}: access denied ({detail}){needs}") from exc
+        if code in _CREDENTIALS:
+            raise InboxMisconfigured(f"{what}: the AWS credentials were refused ({code}: {detail}); "
+                                     "check the access key in the default credential chain") from exc
+        if code in _BUSY or status >= 500 or not status:
+            raise InboxUnavailable(f"{what}: {code or 'error'} ({detail})") from exc
+        # any other 4xx: a wrong region, bucket name or parameter; the same request fails again
+        raise InboxMisconfigured(f"{what}: {code} ({detail})") from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise InboxMisconfigured(f"{what}: no usable AWS credentials in the default chain "
+                                 f"(environment, profile, instance role): {exc}") from exc
+    except (NoRegionError, ParamValidationError) as exc:
+        raise InboxMisconfigured(f"{what}: {exc}") from exc
+    except BotoCoreError as exc:
+        # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ResponseStreamingError…
+        raise InboxUnavailable(f"{what}: {exc.__class__.__name__}: {exc}") from exc
+
+
+# -- S3 event notifications ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EventRecord:
+    event: str          # "ObjectCreated:Put", …
+    bucket: str
+    key: str            # decoded
+
+
+def event_records(body: str) -> list[EventRecord]:
+    """The object records of an S3 event notification, bare or wrapped by SNS.
+
+    ``s3:TestEvent`` (sent when a notification is configured) has none. Raises ``ValueError`` for
+    a body that is no S3 notification at all.
+    """
+    doc = json.loads(body)
+    if isinstance(doc, dict) and isinstance(doc.get("Message"), str) and doc.get("Type") == "Notification":
+        doc = json.loads(doc["Message"])       # delivered through an SNS topic
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("Event") == "s3:TestEvent":
+        return []
+    records = doc.get("Records")
+    if not isinstance(records, list):
+        raise ValueError("no Records")
+    out = []
+    for record in records:
+        try:
+            s3 = record["s3"]
+            # keys in notifications are URL-encoded, with "+" for a space
+            out.append(EventRecord(event=str(record.get("eventName", "")), bucket=s3["bucket"]["name"],
+                                   key=urllib.parse.unquote_plus(s3["object"]["key"])))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed record: {exc!r}") from exc
+    return out
+
+
+@dataclass
+class _Held:
+    """A received message whose drops are not archived yet."""
+    receipt: str
+    since: float                                    # monotonic: when this hold began
+    waiting: set[tuple[str, str]] = field(default_factory=set)     # (key, version)
+
+
+def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
+    """botocore sends SQS calls to the client's endpoint, not the queue URL's host: take both
+    endpoint and region from the URL, so the queue is reached wherever it lives."""
+    parts = urllib.parse.urlsplit(queue_url)
+    region = re.search(r"(?:^|\.)([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+)\.", parts.hostname or "")
+    return f"{parts.scheme}://{parts.netloc}", region.group(1) if region else None
+
+
+class S3Inbox(PollingInbox):
+    def __init__(self, config: InboxConfig, *, client=None, sqs=None):
+        super().__init__(config)
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self._client = client
+        self._sqs = sqs
+        self._client_lock = threading.Lock()
+        # listing watermark: entries of the last full listing plus the incremental ones since
+        self._listing_lock = threading.Lock()
+        self._known: dict[str, Entry] = {}
+        self._listings = 0
+        # event mode
+        self._held: dict[str, _Held] = {}                # SQS message id -> hold
+        self._archived: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._receiver: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+
+    # -- clients --------------------------------------------------------------------------------
+    @staticmethod
+    def _client_config() -> botocore.config.Config:
+        return botocore.config.Config(retries=RETRIES, connect_timeout=CONNECT_TIMEOUT,
+                                      read_timeout=READ_TIMEOUT)
+
+    def s3(self):
+        with self._client_lock:
+            if self._client is None:
+                self._client = boto3.session.Session().client(
+                    "s3", region_name=self.config.region, endpoint_url=self.config.endpoint_url,
+                    config=self._client_config())
+            return self._client
+
+    def sqs(self):
+        with self._client_lock:
+            if self._sqs is None:
+                endpoint, region = _sqs_endpoint(self.config.sqs_queue_url)
+                self._sqs = boto3.session.Session().client(
+                    "sqs", region_name=region or self.config.region, endpoint_url=endpoint,
+                    config=self._client_config())
+            return self._sqs
+
+    @property
+    def event_mode(self) -> bool:
+        return bool(self.config.sqs_queue_url)
+
+    # -- names ----------------------------------------------------------------------------------
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _key(self, drop: Drop) -> str:
+        # From the name, not ``drop.key``: a drop rebuilt from a ledger job carries only the name,
+        # and every drop is a plain name directly under the prefix.
+        return self.prefix + drop.name
+
+    # -- listing --------------------------------------------------------------------------------
+    def list_entries(self) -> list[Entry]:
+        """The objects directly under the prefix (``Delimiter`` folds processed/, failed/ and
+        results/ into common prefixes that are never read).
+
+        A prefix whose files are kept (``on_success = "keep"``) grows without end, and listing it
+        whole costs one request per 1,000 keys on every poll. So only one poll in
+        ``FULL_LISTING_EVERY`` lists everything; the others ask only for keys after the greatest
+        key known (``StartAfter``, the watermark) and merge them with what is known. New uploads
+        whose names sort last (dates, sequence numbers: the usual case) are seen at once. The
+        price: a key that sorts below the watermark (a new name that sorts early, or an object
+        overwritten in place) and a key deleted by someone else are noticed by the next full
+        listing, at most ``FULL_LISTING_EVERY`` polls later. Keys we archive are forgotten at once.
+        """
+        with self._listing_lock:
+            watermark = max(self._known) if self._known else None
+            full = watermark is None or self._listings % FULL_LISTING_EVERY == 0
+            self._listings += 1
+        params = {"Bucket": self.bucket, "Prefix": self.prefix, "Delimiter": "/"}
+        if not full:
+            params["StartAfter"] = watermark
+        listed: dict[str, Entry] = {}
+        with s3_errors(f"list {self.uri(self.prefix)}", action="s3:ListBucket",
+                       target=f"s3://{self.bucket}"):
+            for page in self.s3().get_paginator("list_objects_v2").paginate(**params):
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    listed[key] = Entry(key=key, name=key[len(self.prefix):], size=obj["Size"],
+                                        version=obj["ETag"].strip('"'),
+                                        modified=obj["LastModified"].timestamp())
+        with self._listing_lock:
+            if full:
+                self._known = listed
+            else:
+                self._known.update(listed)
+            return list(self._known.values())
+
+    def _forget(self, key: str) -> None:
+        with self._listing_lock:
+            self._known.pop(key, None)
+
+    # -- taking objects in and out --------------------------------------------------------------
+    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+        """Stream the object into the spool while hashing it. Whatever its ETag is by now, the
+        sha256 of what we read is what counts."""
+        key = self._key(drop)
+        try:
+            with s3_errors(f"read {self.uri(key)}", action="s3:GetObject", target=self.uri(key)):
+                body = self.s3().get_object(Bucket=self.bucket, Key=key)["Body"]
+                try:
+                    return spool_stream(body, spool_dir)
+                finally:
+                    body.close()
+        except ObjectGone:
+            self._forget(key)
+            raise
+
+    def archive(self, drop: Drop, status: str) -> None:
+        """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise.
+        In event mode, the drop's SQS message is deleted now, and only now."""
+        key = self._key(drop)
+        if self.event_mode:
+            self._remember_archived(key, drop.version)
+        try:
+            if status not in SUCCESS:
+                self._move(drop, key, FAILED)
+            elif self.config.on_success == "move":
+                self._move(drop, key, PROCESSED)
+            elif self.config.on_success == "delete":
+                self._delete(drop, key)
+        except ObjectGone:
+            self._forget(key)       # archived already (a restart between outcome and archive)
+        except ObjectChanged:
+            # overwritten since we read it: the new content is a drop of its own, leave it be
+            self.log.info("inbox.archive_skipped", key=key, version=drop.version,
+                          reason="object changed since it was read")
+        finally:
+            if self.event_mode:
+                self._release(key, drop.version)
+
+    def _move(self, drop: Drop, key: str, folder: str) -> None:
+        s3, source = self.s3(), {"Bucket": self.bucket, "Key": key}
+        target = f"{self.prefix}{folder}/{drop.name}"
+        if self._exists(target):
+            target = f"{target}.{drop.version}"     # an earlier file of that name is kept
+        what = f"archive {self.uri(key)} to {self.uri(target)}"
+        with s3_errors(what, action="s3:GetObject on the source, s3:PutObject on the target",
+                       target=self.uri(key)):
+            # only the content we read: an upload that replaced it meanwhile stays in the inbox
+            if drop.size > COPY_OBJECT_LIMIT:
+                s3.copy(source, self.bucket, target, ExtraArgs={"CopySourceIfMatch": drop.version})
+            else:
+                s3.copy_object(CopySource=source, Bucket=self.bucket, Key=target,
+                               CopySourceIfMatch=drop.version)
+        with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
+            s3.delete_object(Bucket=self.bucket, Key=key)
+        self._forget(key)
+
+    def _delete(self, drop: Drop, key: str) -> None:
+        if self._head(key)[1] != drop.version:
+            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
+            self.s3().delete_object(Bucket=self.bucket, Key=key)
+        self._forget(key)
+
+    def _head(self, key: str) -> tuple[int, str]:
+        """(size, ETag) of a live object; ``ObjectGone`` if there is none."""
+        # a HEAD of a missing key says 404 only to callers allowed s3:ListBucket, otherwise 403
+        with s3_errors(f"look up {self.uri(key)}", action="s3:GetObject and s3:ListBucket",
+                       target=self.uri(key)):
+            head = self.s3().head_object(Bucket=self.bucket, Key=key)
+        return head["ContentLength"], head["ETag"].strip('"')
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except ObjectGone:
+            return False
+        return True
+
+    def write_back(self, drop: Drop, name: str, data: bytes) -> None:
+        key = f"{self.prefix}{RESULTS}/{name}"
+        kind = "application/json" if name.endswith(".json") else "text/csv; charset=utf-8"
+        with s3_errors(f"write {self.uri(key)}", action="s3:PutObject", target=self.uri(key)):
+            self.s3().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=kind)
+
+    def probe(self) -> dict:
+        """Can we reach the bucket and list the prefix? For ``config check --probe``."""
+        try:
+            with s3_errors(f"open s3://{self.bucket}", action="s3:ListBucket", target=f"s3://{self.bucket}"):
+                self.s3().head_bucket(Bucket=self.bucket)
+            with s3_errors(f"list {self.uri(self.prefix)}", action="s3:ListBucket",
+                           target=f"s3://{self.bucket}"):
+                self.s3().list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/", MaxKeys=1)
+        except InboxError as exc:
+            return {"ok": False, "detail": str(exc)}
+        return {"ok": True, "detail": f"{self.uri(self.prefix)} is readable"}
+
+    # -- event mode -----------------------------------------------------------------------------
+    def watch(self, on_ready: OnReady) -> None:
+        if not self.event_mode:
+            super().watch(on_ready)
+            return
+        self._receiver = threading.Thread(target=self._receive_loop, args=(on_ready,), daemon=True,
+                                          name=f"sqs {self.id}")
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                           name=f"heartbeat {self.id}")
+        self._receiver.start()
+        self._heartbeat.start()
+
+    def scan(self) -> list[Drop]:
+        """Nothing to scan: the poll thread lists, or the queue announces."""
+        return []
+
+    def settling(self) -> int:
+        if self.event_mode:
+            return 0 if self._polled.is_set() else 1    # 1 until the first receive finished
+        return super().settling()
+
+    def alive(self) -> bool:
+        if self.event_mode:
+            return all(t is not None and t.is_alive() for t in (self._receiver, self._heartbeat))
+        return super().alive()
+
+    def close(self) -> None:
+        super().close()
+        # A long poll in progress cannot be interrupted; rather than hold up the daemon's shutdown
+        # for up to 20 s, leave the (daemon) thread to end with it. Whatever it receives after the
+        # stop is not handed on and reappears in the queue after VISIBILITY.
+        for thread, wait in ((self._heartbeat, 5.0), (self._receiver, CLOSE_WAIT)):
+            if thread is not None:
+                thread.join(timeout=wait)
+
+    def _wait_seconds(self) -> int:
+        return max(1, min(LONG_POLL_MAX, int(self.config.poll_interval)))
+
+    def _receive_loop(self, on_ready: OnReady) -> None:
+        queue_url = self.config.sqs_queue_url
+        while not self._stop.is_set():
+            try:
+                with s3_errors(f"receive from {queue_url}", action="sqs:ReceiveMessage"):
+                    messages = self.sqs().receive_message(
+                        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_seconds(),
+                        VisibilityTimeout=VISIBILITY).get("Messages", [])
+                self._failures = 0
+                for message in messages:
+                    if self._stop.is_set():
+                        break
+                    self._handle(message, on_ready)
+            except InboxError as exc:
+                self._failures += 1
+                delay = backoff(self._failures, 1.0, MAX_BACKOFF)
+                self.log.warning("inbox.receive_failed", error=str(exc), failures=self._failures,
+                                 retry_in_s=round(delay, 2))
+                self._stop.wait(delay)
+            finally:
+                self._polled.set()
+
+    def _handle(self, message: dict, on_ready: OnReady) -> None:
+        """Hand on the live objects a message announces; delete at once what announces nothing."""
+        message_id, body = message["MessageId"], message.get("Body", "")
+        try:
+            records = event_records(body)
+        except ValueError as exc:
+            self.log.warning("inbox.event_unreadable", message_id=message_id, error=str(exc), body=body[:200])
+            self._delete_message(message["ReceiptHandle"])
+            return
+        drops: list[Drop] = []
+        for record in records:
+            try:
+                drop = self._announced(record)
+            except InboxError as exc:
+                # cannot tell now: leave the whole message to come back after VISIBILITY
+                self.log.warning("inbox.event_deferred", message_id=message_id, key=record.key, error=str(exc))
+                return
+            if drop is not None:
+                drops.append(drop)
+        if not drops:
+            if not records:
+                self.log.info("inbox.event_ignored", message_id=message_id, reason="s3:TestEvent")
+            self._delete_message(message["ReceiptHandle"])
+            return
+        with self._lock:        # held before handed on: archive() may come at once from a worker
+            held = self._held.get(message_id)
+            if held is None:
+                held = self._held[message_id] = _Held(message["ReceiptHandle"], time.monotonic())
+            else:               # a redelivery: only the newest receipt handle is valid
+                held.receipt, held.since = message["ReceiptHandle"], time.monotonic()
+            held.waiting.update((d.key, d.version) for d in drops)
+        for drop in drops:
+            on_ready(drop)
+
+    def _announced(self, record: EventRecord) -> Drop | None:
+        """The drop a record announces, or None (logged) when it is none of ours or gone."""
+        name = record.key[len(self.prefix):] if record.key.startswith(self.prefix) else None
+        ignored = None
+        if not record.event.startswith("ObjectCreated:"):
+            ignored = f"event {record.event}"
+        elif record.bucket != self.bucket or name is None or safe_name(name) is None:
+            ignored = "outside the inbox"          # processed/, failed/, results/ land here too
+        elif not wanted(name, self.config):
+            ignored = "not a wanted name"
+        if ignored:
+            self.log.debug("inbox.event_ignored", key=record.key, reason=ignored)
+            return None
+        try:
+            size, version = self._head(record.key)
+        except ObjectGone:
+            self.log.info("inbox.event_ignored", key=record.key, reason="object already gone")
+            return None
+        with self._lock:
+            archived = (record.key, version) in self._archived
+        if archived:
+            self.log.info("inbox.event_ignored", key=record.key, reason="archived already")
+            return None
+        if size == 0:
+            self.log.info("inbox.event_ignored", key=record.key, reason="empty object")
+            return None
+        return Drop(inbox=self.id, partner=self.config.partner, key=record.key, name=name,
+                    uri=self.uri(record.key), size=size, version=version)
+
+    def _remember_archived(self, key: str, version: str) -> None:
+        with self._lock:
+            self._archived[(key, version)] = None
+            while len(self._archived) > ARCHIVED_MEMORY:
+                self._archived.popitem(last=False)
+
+    def _release(self, key: str, version: str) -> None:
+        """The drop's outcome is durable: delete each message that waited on it alone."""
+        done = []
+        with self._lock:
+            for message_id, held in list(self._held.items()):
+                held.waiting.discard((key, version))
+                if not held.waiting:
+                    done.append(self._held.pop(message_id).receipt)
+        for receipt in done:
+            try:
+                self._delete_message(receipt)
+            except InboxError as exc:
+                # it reappears after VISIBILITY; the ledger knows the file, so that costs a look-up
+                self.log.warning("inbox.message_not_deleted", key=key, error=str(exc))
+
+    def _delete_message(self, receipt: str) -> None:
+        with s3_errors(f"delete a message from {self.config.sqs_queue_url}", action="sqs:DeleteMessage"):
+            self.sqs().delete_message(QueueUrl=self.config.sqs_queue_url, ReceiptHandle=receipt)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self._extend_visibility()
+            except InboxError as exc:
+                self.log.warning("inbox.heartbeat_failed", error=str(exc))
+
+    def _extend_visibility(self) -> None:
+        """Keep the messages of drops in flight hidden, up to ``MAX_HOLD``: a drop the daemon
+        never archives (it skipped a file the ledger knew) must not be held for ever."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [m for m, h in self._held.items() if now - h.since > MAX_HOLD]
+            for message_id in expired:
+                del self._held[message_id]
+            held = [(m, h.receipt) for m, h in self._held.items()]
+        for message_id in expired:
+            self.log.warning("inbox.message_released", message_id=message_id, held_s=MAX_HOLD)
+        for start in range(0, len(held), 10):          # SQS batches hold 10 entries at most
+            batch = held[start:start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": VISIBILITY}
+                       for i, (_, receipt) in enumerate(batch)]
+            with s3_errors(f"extend visibility in {self.config.sqs_queue_url}",
+                           action="sqs:ChangeMessageVisibility"):
+                answer = self.sqs().change_message_visibility_batch(
+                    QueueUrl=self.config.sqs_queue_url, Entries=entries)
+            for failed in answer.get("Failed", []):
+                # deleted meanwhile, or redelivered to us with a newer handle: nothing to extend
+                message_id = batch[int(failed["Id"])][0]
+                self.log.info("inbox.heartbeat_refused", message_id=message_id, code=failed.get("Code"))
