@@ -318,3 +318,54 @@ def test_run_without_config_creates_and_watches_inbox_default(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(15) == 0
+
+
+class _FlakyReceiver(_Receiver):
+    """Answers 503 to the first POST, then 204: the sender must try again."""
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(503 if len(type(self).received) == 1 else 204)
+        self.end_headers()
+
+
+def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
+    _FlakyReceiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyReceiver)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        d = daemon(config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}" }}\n'))
+        _drop(tmp_path / "inbox" / "default", "retry.csv", "sku,name\nW,x\n")
+        wait_for(lambda: len(_FlakyReceiver.received) >= 2, what="a second delivery attempt")
+        first, second = _FlakyReceiver.received[:2]
+        assert first[1] == second[1]                               # the same manifest, again
+        attempts = [e for e in d.events() if e.get("event") == "webhook.attempt"]
+        assert [e.get("http_status") for e in attempts[:2]] == [503, 204]
+        assert d.stop() == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_requeued_job_with_nothing_left_to_read_fails_once_with_a_reason(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    _drop(inbox, "gone.csv", "id\n1\n")
+    [rejected] = wait_manifests(tmp_path, 1)
+    wait_for(lambda: (inbox / "failed" / "gone.csv").exists(), what="moved to failed/")
+    (inbox / "failed" / "gone.csv").unlink()
+    for spooled in (tmp_path / "var" / "spool" / "default").iterdir():
+        spooled.unlink()
+
+    assert run_cli("jobs", "requeue", rejected["job_id"], "--config", d.config_path, cwd=tmp_path).returncode == 0
+
+    event = d.wait_event("job.unrecoverable", job_id=rejected["job_id"])
+    assert "drop the file again" in event["reason"]
+    wait_for(lambda: _jobs(tmp_path)[0][1] == "failed", what="job marked failed")
+    time.sleep(1.5)                                   # the queued-job poll (1 s) must not pick it up again
+    assert len([e for e in d.events() if e.get("event") == "job.unrecoverable"]) == 1
+    assert d.stop() == 0
