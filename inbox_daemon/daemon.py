@@ -146,11 +146,11 @@ class Daemon:
                       grace_s=self.config.daemon.stop_timeout)
         self.notifier.stopping()
         self._stop_deadline = time.monotonic() + self.config.daemon.stop_timeout
-        self._stopping.set()
+        self._stopping.set()                 # no new work is queued from here on
+        for worker in self._workers:         # in-flight jobs still archive through their inbox
+            worker.join(timeout=self.config.daemon.stop_timeout + 30)
         for inbox in list(self.inboxes.values()):
             inbox.close()
-        for worker in self._workers:
-            worker.join(timeout=self.config.daemon.stop_timeout + 30)
         self.webhooks.close(timeout=2.0)
         if self.health:
             self.health.close()
@@ -275,6 +275,8 @@ class Daemon:
                 self.metrics.in_flight.inc()
                 try:
                     self._process(store, item)
+                except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
+                    self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
                     with self._lock:
                         self._in_flight -= 1
@@ -330,6 +332,11 @@ class Daemon:
             log.warning("file.transient_error", error=str(exc), attempt=attempt)
             if attempt < cfg.daemon.max_attempts and not self._stopping.is_set():
                 self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
+            return
+        except InboxError as exc:
+            # Terminal trouble with the inbox itself (permission denied, archived object): the
+            # file stays where it is; the operator sees this line, the next scan tries again.
+            log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
             return
         self._after(store, pipeline, inbox, drop, result, started, log)
 

@@ -28,8 +28,9 @@ from typing import Iterator
 
 import boto3
 import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, \
-    ParamValidationError, PartialCredentialsError
+from botocore.exceptions import (
+    BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
+)
 
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
@@ -138,8 +139,8 @@ class EventRecord:
 def event_records(body: str) -> list[EventRecord]:
     """The object records of an S3 event notification, bare or wrapped by SNS.
 
-    ``s3:TestEvent`` (sent when a notification is configured) has none. Raises ``ValueError`` for
-    a body that is no S3 notification at all.
+    Only ``s3:TestEvent`` (sent when a notification is configured) has none. Raises
+    ``ValueError`` for a body that is no S3 notification at all.
     """
     doc = json.loads(body)
     if isinstance(doc, dict) and isinstance(doc.get("Message"), str) and doc.get("Type") == "Notification":
@@ -149,7 +150,7 @@ def event_records(body: str) -> list[EventRecord]:
     if doc.get("Event") == "s3:TestEvent":
         return []
     records = doc.get("Records")
-    if not isinstance(records, list):
+    if not isinstance(records, list) or not records:
         raise ValueError("no Records")
     out = []
     for record in records:
@@ -186,6 +187,7 @@ class S3Inbox(PollingInbox):
         self.prefix = config.prefix
         self._client = client
         self._sqs = sqs
+        self._session = None
         self._client_lock = threading.Lock()
         # listing watermark: entries of the last full listing plus the incremental ones since
         self._listing_lock = threading.Lock()
@@ -203,21 +205,25 @@ class S3Inbox(PollingInbox):
         return botocore.config.Config(retries=RETRIES, connect_timeout=CONNECT_TIMEOUT,
                                       read_timeout=READ_TIMEOUT)
 
+    def _new_client(self, service: str, **kw):
+        """Called with ``_client_lock`` held: workers and the poll thread share the clients."""
+        if self._session is None:              # credentials: boto3's default chain, resolved once
+            self._session = boto3.session.Session()
+        return self._session.client(service, config=self._client_config(), **kw)
+
     def s3(self):
         with self._client_lock:
             if self._client is None:
-                self._client = boto3.session.Session().client(
-                    "s3", region_name=self.config.region, endpoint_url=self.config.endpoint_url,
-                    config=self._client_config())
+                self._client = self._new_client("s3", region_name=self.config.region,
+                                                endpoint_url=self.config.endpoint_url)
             return self._client
 
     def sqs(self):
         with self._client_lock:
             if self._sqs is None:
                 endpoint, region = _sqs_endpoint(self.config.sqs_queue_url)
-                self._sqs = boto3.session.Session().client(
-                    "sqs", region_name=region or self.config.region, endpoint_url=endpoint,
-                    config=self._client_config())
+                self._sqs = self._new_client("sqs", region_name=region or self.config.region,
+                                             endpoint_url=endpoint)
             return self._sqs
 
     @property
@@ -245,7 +251,9 @@ class S3Inbox(PollingInbox):
         whose names sort last (dates, sequence numbers: the usual case) are seen at once. The
         price: a key that sorts below the watermark (a new name that sorts early, or an object
         overwritten in place) and a key deleted by someone else are noticed by the next full
-        listing, at most ``FULL_LISTING_EVERY`` polls later. Keys we archive are forgotten at once.
+        listing, at most ``FULL_LISTING_EVERY`` polls later. Keys we archive or find gone are
+        forgotten at once, which also lowers the watermark: a daily ``products.csv`` that was moved
+        to processed/ is seen again the moment it is dropped again.
         """
         with self._listing_lock:
             watermark = max(self._known) if self._known else None
@@ -310,6 +318,8 @@ class S3Inbox(PollingInbox):
             self.log.info("inbox.archive_skipped", key=key, version=drop.version,
                           reason="object changed since it was read")
         finally:
+            # Even when the move failed: the outcome is durable, and a redelivered message would
+            # only find a file the ledger knows (the daemon logs the failed archive).
             if self.event_mode:
                 self._release(key, drop.version)
 
@@ -319,20 +329,20 @@ class S3Inbox(PollingInbox):
         if self._exists(target):
             target = f"{target}.{drop.version}"     # an earlier file of that name is kept
         what = f"archive {self.uri(key)} to {self.uri(target)}"
+        # only the content we read: an upload that replaced it meanwhile stays in the inbox
+        same = {"CopySourceIfMatch": drop.version} if drop.version else {}
         with s3_errors(what, action="s3:GetObject on the source, s3:PutObject on the target",
                        target=self.uri(key)):
-            # only the content we read: an upload that replaced it meanwhile stays in the inbox
             if drop.size > COPY_OBJECT_LIMIT:
-                s3.copy(source, self.bucket, target, ExtraArgs={"CopySourceIfMatch": drop.version})
+                s3.copy(source, self.bucket, target, ExtraArgs=same)
             else:
-                s3.copy_object(CopySource=source, Bucket=self.bucket, Key=target,
-                               CopySourceIfMatch=drop.version)
+                s3.copy_object(CopySource=source, Bucket=self.bucket, Key=target, **same)
         with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
             s3.delete_object(Bucket=self.bucket, Key=key)
         self._forget(key)
 
     def _delete(self, drop: Drop, key: str) -> None:
-        if self._head(key)[1] != drop.version:
+        if drop.version and self._head(key)[1] != drop.version:
             raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
         with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
             self.s3().delete_object(Bucket=self.bucket, Key=key)
