@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from adapters.canonical import INPUT_FIELDS, REQUIRED_FIELDS
 from adapters.presets import PRESETS
 from config.model import PartnerConfig
-from inbox_daemon.errors import MissingColumn
+from inbox_daemon.errors import DuplicateColumn, MissingColumn
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,13 @@ class ColumnMap:
 
 
 def resolve_columns(names: list[str], partner: PartnerConfig, *, require: bool = True) -> ColumnMap:
-    """Pick the partner column for each canonical column; raise ``MissingColumn`` for sku/name."""
+    """Pick the partner column for each canonical column; raise ``MissingColumn`` for sku/name
+    and ``DuplicateColumn`` when a name repeats (which of the two would be meant?)."""
+    seen_names: set[str] = set()
+    for n in names:
+        if n in seen_names:
+            raise DuplicateColumn(column=n)
+        seen_names.add(n)
     present = {}
     for n in names:
         present.setdefault(n, n)

@@ -39,7 +39,7 @@ _INTEGER = r"^-?[0-9]{1,15}(?:\.0+)?$"
 class Judged:
     """The outcome of judging one block."""
     valid: pa.RecordBatch                    # CANONICAL_SCHEMA, rows without errors
-    rejected_keys: pa.Array                  # sku_key of rejected rows that have a sku
+    rejected_keys: pa.Table                  # (sku_key, row) of rejected rows that have a sku
     diagnostics: pa.Table                    # DIAGNOSTICS_SCHEMA, sorted by row
     read: int
     rejected: int
@@ -61,7 +61,7 @@ class _Problems:
             self.items.append((mask, canonical, code, message, values, severity))
 
     def mask(self, severity: str) -> pa.Array:
-        out = pa.array([False] * len(self.rows), pa.bool_())
+        out = pa.array(np.zeros(len(self.rows), dtype=bool))
         for m, *_, sev in self.items:
             if sev == severity:
                 out = pc.or_(out, m)
@@ -114,19 +114,18 @@ def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.A
     if decimal == "." and pc.all(pc.fill_null(plain, True)).as_py():
         # the common case, a column of plain numbers: no currency, separators or symbols to undo
         cents = pc.cast(pc.round(pc.multiply(pc.cast(text, pa.float64()), 100.0)), pa.int64())
-        return cents, pa.array([False] * len(text), pa.bool_()), pa.nulls(len(text), pa.string())
+        return cents, pa.array(np.zeros(len(text), dtype=bool)), pa.nulls(len(text), pa.string())
     shape_ok = pc.fill_null(pc.match_substring_regex(text, PRICE_TEXT), False)
     number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
+    # The other separator is accepted only as thousands groups: "1.299,50" for a "," partner,
+    # "1,299.50" for a "." partner. "9.99" from a "," partner or "9,99" from a "." one is
+    # ambiguous, and a price off by a factor of 100 is worse than a rejected row.
+    group, point = (".", ",") if decimal == "," else (",", ".")
+    grouped = (rf"^-?(?:[0-9]{{1,3}}(?:\{group}[0-9]{{3}})+|[0-9]+)(?:\{point}[0-9]+)?$")
+    ambiguous = pc.invert(pc.fill_null(pc.match_substring_regex(number, grouped), True))
+    number = pc.replace_substring(number, group, "")
     if decimal == ",":
-        number = pc.replace_substring(pc.replace_substring(number, ".", ""), ",", ".")
-        # a thousands separator after the decimal one ("1,299.50") is another convention
-        ambiguous = pc.fill_null(pc.match_substring_regex(text, r",.*\."), False)
-    else:
-        # "9,99" with a "." partner is far likelier a decimal comma than nine hundred ninety-nine;
-        # "12.345,67" is the other convention altogether
-        ambiguous = pc.or_(pc.fill_null(pc.match_substring_regex(text, r"^[^.]*,[0-9]{1,2}\D*$"), False),
-                           pc.fill_null(pc.match_substring_regex(text, r"\..*,"), False))
-        number = pc.replace_substring(number, ",", "")
+        number = pc.replace_substring(number, ",", ".")
     numeric = pc.fill_null(pc.match_substring_regex(number, r"^-?[0-9]{1,13}(?:\.[0-9]+)?$"), False)
     bad = pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.and_(shape_ok, numeric), pc.invert(ambiguous))))
     as_float = pc.cast(_null_where(number, bad), pa.float64())
@@ -152,11 +151,13 @@ def _gtin_valid(digits: pa.Array) -> pa.Array:
     return pc.and_(shaped, pa.array(matrix[:, 13] == expected))
 
 
-def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:
-    """Map and validate one block; see the module docstring."""
+def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str | None = None) -> Judged:
+    """Map and validate one block; see the module docstring. ``decimal`` is the separator of
+    text prices (the partner's, for CSV/TSV); numbers from JSON and Parquet always use "."."""
+    decimal = decimal or partner.decimal_separator
     batch = block.batch
     n = batch.num_rows
-    rows = pa.array(range(block.first_row, block.first_row + n), pa.int64())
+    rows = pa.array(np.arange(block.first_row, block.first_row + n, dtype=np.int64))
     sku = _text(batch, cmap, "sku")
     p = _Problems(rows, sku, cmap)
 
@@ -179,8 +180,8 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:
         p.add(bad, "price_cents", "invalid_price", "price_cents is not a whole number of cents", raw)
     else:
         raw = _text(batch, cmap, "price")
-        price_cents, bad, price_code = _parse_price(raw, partner.decimal_separator)
-        example = "9,99" if partner.decimal_separator == "," else "9.99"
+        price_cents, bad, price_code = _parse_price(raw, decimal)
+        example = "9,99" if decimal == "," else "9.99"
         p.add(bad, "price", "invalid_price",
               f"price is not a number: expected e.g. {example}, \"{example} USD\" or \"${example}\"", raw)
     p.add(pc.less(price_cents, 0), "price_cents" if "price_cents" in cmap.source else "price",
@@ -223,7 +224,7 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:
     errors = p.mask(ERROR)
     keep = pc.invert(errors)
     canonical = pa.RecordBatch.from_arrays([
-        rows, sku, pc.utf8_lower(sku), name, texts["description"], price_cents, currency, stock,
+        rows, sku, pc.utf8_lower(pc.utf8_normalize(sku, "NFC")), name, texts["description"], price_cents, currency, stock,
         active, texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
     ], schema=CANONICAL_SCHEMA)
     diagnostics = p.table()
@@ -233,7 +234,9 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig) -> Judged:
             error_codes[code] = error_codes.get(code, 0) + pc.sum(mask).as_py()
     return Judged(
         valid=canonical.filter(keep),
-        rejected_keys=pc.drop_null(canonical.column("sku_key").filter(errors)),
+        rejected_keys=pa.table({"sku_key": canonical.column("sku_key").filter(errors),
+                                "row": rows.filter(errors)}).filter(
+            pc.is_valid(canonical.column("sku_key").filter(errors))),
         diagnostics=diagnostics,
         read=n,
         rejected=pc.sum(errors).as_py() or 0,

@@ -205,6 +205,8 @@ def _inbox(r: _Reader, data: dict, path: str, partners: set[str]) -> InboxConfig
     inbox_path = r.get(data, "path", path, str, None)
     if kind == "local":
         inbox_path = inbox_path or (f"inbox/{partner}" if partner else None)
+        # "inbox/acme" and "./inbox/acme/" are one folder: one id, so two bindings are caught
+        inbox_path = os.path.normpath(inbox_path) if inbox_path else None
     elif kind == "sftp":
         for key in ("host", "username", "known_hosts"):
             if not kw[key]:
@@ -305,4 +307,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError([f"file not found: {source}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"invalid TOML: {exc}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"], source) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"], source) from None
     return build_config(data, source)

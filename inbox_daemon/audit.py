@@ -60,6 +60,7 @@ class AuditLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            torn = self._repair_torn_tail()
             last = self._last_record()
             now = datetime.now(timezone.utc)
             record = {
@@ -69,6 +70,9 @@ class AuditLog:
                 "source": source, "actor": actor, "details": details or {},
                 "prev": last["hash"] if last else GENESIS,
             }
+            if torn:
+                # say so in the chain itself, before the record that was asked for
+                record["details"] = {**record["details"], "recovered_torn_tail": torn}
             record["hash"] = record_hash(record)
             line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
             with open(self.folder / f"audit-{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as fh:
@@ -76,6 +80,30 @@ class AuditLog:
                 fh.flush()
                 os.fsync(fh.fileno())
         return record
+
+    def _repair_torn_tail(self) -> dict | None:
+        """A power loss mid-append leaves a last line without its newline. Appends are fsynced
+        whole, so such a line was never completed: cut it off (and report it in the next record),
+        or every later record would chain onto garbage."""
+        files = self._files()
+        if not files:
+            return None
+        path = files[-1]
+        with open(path, "rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            if size == 0:
+                return None
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return None
+            fh.seek(max(0, size - 1_000_000))
+            tail = fh.read()
+            keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return {"file": path.name, "bytes": size - keep}
 
     def records(self) -> Iterator[tuple[Path, int, str]]:
         for path in self._files():

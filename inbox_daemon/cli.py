@@ -111,7 +111,9 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
                 progress.close()
     finally:
         store.close()
-    if args.json:
+    if result.status == "running":
+        print(f"inbox-daemon: {result.manifest['message']}; try again when it is done", file=sys.stderr)
+    elif args.json:
         print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
     else:
         print(_summary(result.manifest))

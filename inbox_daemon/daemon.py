@@ -39,6 +39,7 @@ QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block b
 POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
 RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
 TICK = 0.05                 # main loop period (signals, retries, watchdog)
+RUNNABLE = ("queued", "failed")   # job states a work item may (re)start
 
 
 @dataclass(frozen=True)
@@ -244,15 +245,14 @@ class Daemon:
             self._enqueue(item)
 
     def _poll_queued(self) -> None:
-        for job in self.store.queued():
-            if job.partner_id in self.config.partners:
-                self._enqueue(WorkItem(_drop_of(job), job_id=job.id))
+        for job in self.store.queued(partners=self.config.partners):
+            self._enqueue(WorkItem(_drop_of(job), job_id=job.id))
 
     def _idle(self) -> bool:
         with self._lock:
             waiting = bool(self._pending) or bool(self._retries)
         settling = any(getattr(i, "settling", lambda: 0)() for i in self.inboxes.values())
-        runnable = any(j.partner_id in self.config.partners for j in self.store.queued())
+        runnable = bool(self.store.queued(partners=self.config.partners, limit=1))
         return not waiting and not settling and self.queue.empty() and not runnable
 
     # -- workers --------------------------------------------------------------------------------
@@ -298,6 +298,8 @@ class Daemon:
                 return
             if item.job_id:
                 job = store.job(item.job_id)
+                if job.status not in RUNNABLE:
+                    return          # done meanwhile (its file was picked up too): nothing to redo
                 spooled = Path(job.spool_path) if job.spool_path else None
                 sha256 = job.sha256
                 if spooled is None or not spooled.exists():
@@ -305,11 +307,15 @@ class Daemon:
                         if inbox is None:
                             raise InboxError("its inbox is not watched by this daemon")
                         spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
+                        if sha256 != job.sha256:
+                            raise InboxError("the file under its name has other content now")
                     except InboxError as exc:
                         # neither our copy nor the partner's file is left: only a new drop can help
                         reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
-                        log.error("job.unrecoverable", job_id=job.id, reason=reason)
-                        store.finish(job, Outcome("failed", {**(job.result or {}), "message": reason}, reason))
+                        if store.job(job.id).status in RUNNABLE:     # an operator must act: quarantine
+                            log.error("job.unrecoverable", job_id=job.id, reason=reason)
+                            store.finish(job, Outcome("quarantined", {**(job.result or {}), "message": reason},
+                                                      reason))
                         return
                 fmt, mode = job.format, job.mode
             else:
@@ -351,7 +357,7 @@ class Daemon:
             if job.attempt < self.config.daemon.max_attempts:
                 if not self._stopping.is_set():
                     self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
-                # stopping: the job stays "failed"; the next start retries it from its file
+                # stopping: the job stays "failed"; the next start queues it again (store.recover)
                 return
             manifest = {**manifest, "status": "quarantined",
                         "message": f"{manifest.get('message', '')} (gave up after {job.attempt} attempts)".strip()}

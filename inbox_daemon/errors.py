@@ -5,6 +5,7 @@
     │   ├── UnknownFormat              no reader for this name / --format
     │   ├── UnreadableFile             a parser gave up (bad bytes, invalid JSON, ragged CSV)
     │   ├── MissingColumn              a required canonical column is not in the file
+    │   ├── DuplicateColumn            two columns of the file have the same name
     │   ├── TooManyRejects             more rows with errors than ``max_reject_ratio``
     │   └── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
     ├── StoreError                     the catalog store failed
@@ -73,6 +74,14 @@ class MissingColumn(FeedError):
         named = repr(expected) if expected == column else f"{expected!r} (canonical {column!r})"
         super().__init__(f"required column {named} is missing; "
                          f"the file has: {shown or 'no columns'}")
+
+
+class DuplicateColumn(FeedError):
+    code = "duplicate_column"
+
+    def __init__(self, *, column: str):
+        self.column = column
+        super().__init__(f"the file has more than one column named {column!r}: each name must be unique")
 
 
 class TooManyRejects(FeedError):

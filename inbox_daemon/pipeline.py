@@ -27,7 +27,7 @@ from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, FeedError, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
-from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
+from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
 
@@ -116,15 +116,16 @@ class Pipeline:
                 return self.report(job, job.result, spooled, log)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)
-                return Result("running", {"job_id": job.id, "status": "running"}, None)
+                return Result("running", {"job_id": job.id, "status": "running", "message":
+                              f"the same content is being processed right now as job {job.id}"}, None)
             log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
         try:
             outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress,
                                   should_stop=should_stop, log=log)
-        except Cancelled:
+        except (Cancelled, KeyboardInterrupt):
             if not dry_run:
                 self.store.release(job)
-            log.info("job.released", reason="shutting down; nothing was applied")
+            log.info("job.released", reason="stopped before its commit; nothing was applied")
             raise
         if dry_run:
             return Result(outcome.status, outcome.result, None)
@@ -143,6 +144,8 @@ class Pipeline:
                 detect_format(job.source_name)           # raises UnknownFormat with the reason
             with self.store.load(job) as load:
                 options = ReadOptions(encoding=partner.encoding, progress=progress)
+                # the partner's decimal separator is a convention of text files only
+                decimal = partner.decimal_separator if fmt in ("csv", "tsv") else "."
                 cmap: ColumnMap | None = None
                 names: list[str] | None = None
                 for block in read_blocks(spooled, name=job.source_name, fmt=fmt, options=options):
@@ -151,7 +154,7 @@ class Pipeline:
                     if block.batch.schema.names != names:
                         names = block.batch.schema.names
                         cmap = resolve_columns(names, partner, require=cmap is None)
-                    judged = judge(block, cmap, partner)
+                    judged = judge(block, cmap, partner, decimal=decimal)
                     diagnostics.write(judged.diagnostics)
                     load.stage(judged.valid, judged.rejected_keys)
                     totals.add(judged)
@@ -199,7 +202,7 @@ class Pipeline:
             log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt,
                       exc_info=not isinstance(exc, Transient))
             return outcome
-        except BaseException:          # Cancelled, KeyboardInterrupt: the caller releases the job
+        except BaseException:          # KeyboardInterrupt: the caller releases the job
             diagnostics.discard()
             raise
 

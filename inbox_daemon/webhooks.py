@@ -82,7 +82,8 @@ class WebhookSender:
                     code = response.status
             except urllib.error.HTTPError as exc:
                 code = exc.code
-            except (urllib.error.URLError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 — any receiver misbehaviour (bad status line,
+                # TLS, reset) is one failed attempt; this thread serves every partner and must live
                 code = None
                 self.log.warning("webhook.attempt", partner=partner, job_id=job_id, attempt=attempt,
                                  error=str(exc))

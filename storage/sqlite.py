@@ -30,7 +30,7 @@ CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages
 LEASE_SECONDS = 600         # a running job not finished by then is taken over by the next claim
 _MERGED = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
            "category", "gtin", "url", "image_url", "attributes")
-_SEEN_SCHEMA = pa.schema([("sku_key", pa.string())])
+_SEEN_SCHEMA = pa.schema([("sku_key", pa.string()), ("row", pa.int64())])
 _JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, status, "
                 "attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
                 "finished_at, reported_at")
@@ -70,11 +70,15 @@ class SqliteStore:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple = ()) -> list[tuple]:
-        self._cur.execute(sql, params if params else None)
+        """Every statement goes through here, so driver errors are mapped in this one place."""
+        try:
+            self._cur.execute(sql, params if params else None)
+        except adbc_driver_manager.Error as exc:
+            raise _map_errors(exc) from exc
         try:
             return self._cur.fetchall()
         except adbc_driver_manager.Error:
-            return []
+            return []           # a statement without a result set
 
     def _one(self, sql: str, params: tuple = ()) -> Any:
         rows = self._exec(sql, params)
@@ -89,8 +93,6 @@ class SqliteStore:
 
             def __exit__(self, exc_type, exc, tb):
                 store._exec("ROLLBACK" if exc_type else "COMMIT")
-                if isinstance(exc, adbc_driver_manager.Error):
-                    raise _map_errors(exc) from exc
         return _Tx()
 
     def _migrate(self) -> None:
@@ -221,15 +223,15 @@ class SqliteStore:
                    (utcnow(), job.id, job.attempt))
 
     def recover(self, inboxes: Iterable[str]) -> list[str]:
-        """At start-up: jobs of these inboxes left ``running`` by a daemon that died are queued again
-        (their rows never committed, so running them again is safe)."""
+        """At start-up: jobs of these inboxes left ``running`` by a daemon that died, and ``failed``
+        jobs whose retry was scheduled in that daemon's memory, are queued again (nothing of
+        theirs committed, so running them again is safe)."""
         inboxes = list(inboxes)
-        if not inboxes:
-            return []
-        marks = ", ".join("?" * len(inboxes))
+        marks = ", ".join("?" * len(inboxes)) or "NULL"
         with self._transaction():
             ids = [r[0] for r in self._exec(
-                f"SELECT id FROM jobs WHERE status = 'running' AND inbox IN ({marks})", tuple(inboxes))]
+                f"SELECT id FROM jobs WHERE (status = 'running' AND inbox IN ({marks})) OR status = 'failed'",
+                tuple(inboxes))]
             for job_id in ids:
                 self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
         return ids
@@ -242,9 +244,15 @@ class SqliteStore:
                          " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
                          " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
 
-    def queued(self, limit: int = 100) -> list[Job]:
-        rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY created_at"
-                          f" LIMIT {int(limit)}")
+    def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
+        """Jobs waiting to run, oldest first; only those of ``partners`` when given."""
+        where, params = "status = 'queued'", ()
+        if partners is not None:
+            partners = tuple(partners)
+            where += f" AND partner_id IN ({', '.join('?' * len(partners)) or 'NULL'})"
+            params = partners
+        rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created_at"
+                          f" LIMIT {int(limit)}", params)
         return [_job(r) for r in rows]
 
     def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
@@ -283,6 +291,7 @@ class SqliteLoad:
         self._s, self.job = store, job
         self._in_tx = False
         self._done = False
+        self._rejected = False
         try:
             self._drop_stage()
             store._cur.adbc_ingest("stage", CANONICAL_SCHEMA.empty_table(), mode="create", temporary=True)
@@ -297,15 +306,17 @@ class SqliteLoad:
         if not self._done:
             self.abort()
 
-    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Array | None = None) -> None:
-        """Stage valid rows; ``rejected_keys`` are SKUs present in the file whose rows had errors:
-        a snapshot must not deactivate them for being "absent"."""
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None:
+        """Stage valid rows. ``rejected_keys`` (sku_key, row) are rows of the file that had errors:
+        a snapshot must not deactivate their SKUs for being "absent", and when a SKU's LAST
+        occurrence was rejected, its earlier rows must not be applied in its stead."""
         try:
             if batch.num_rows:
                 self._s._cur.adbc_ingest("stage", batch, mode="append", temporary=True)
-            if rejected_keys is not None and len(rejected_keys):
-                self._s._cur.adbc_ingest("seen", pa.table({"sku_key": rejected_keys}, schema=_SEEN_SCHEMA),
+            if rejected_keys is not None and rejected_keys.num_rows:
+                self._s._cur.adbc_ingest("seen", rejected_keys.select(["sku_key", "row"]).cast(_SEEN_SCHEMA),
                                          mode="append", temporary=True)
+                self._rejected = True
         except adbc_driver_manager.Error as exc:
             raise _map_errors(exc) from exc
 
@@ -327,11 +338,20 @@ class SqliteLoad:
             before = s._one("SELECT count(*) FROM products WHERE partner_id = ?", (partner,))
             cols = ", ".join(_MERGED)
             changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
+            # the last valid row per key (SQLite's bare columns of max()), in key order
+            last = f"SELECT sku_key, {cols}, max(row) AS last_row FROM temp.stage GROUP BY sku_key"
+            blocked, keep = 0, "true"
+            if self._rejected:
+                # a key whose last occurrence in the file was rejected is left as it is
+                s._exec("CREATE INDEX temp.seen_key ON seen (sku_key, row)")
+                keep = ("NOT EXISTS (SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key"
+                        " AND r.row > l.last_row)")
+                blocked = s._one(f"SELECT count(*) FROM ({last}) l WHERE NOT ({keep})")
+            distinct -= blocked
             s._exec(
                 f"INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-                f" SELECT ?, sku_key, {cols}, ?, ? FROM"
-                f" (SELECT sku_key, {cols}, max(row) FROM temp.stage GROUP BY sku_key)"
-                f" WHERE true ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+                f" SELECT ?, sku_key, {cols}, ?, ? FROM ({last}) l"
+                f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("updated_at", "source_job_id"))
                 + f" WHERE {changed}",
                 (partner, now, self.job.id))

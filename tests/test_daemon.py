@@ -351,7 +351,7 @@ def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
         thread.join()
 
 
-def test_requeued_job_with_nothing_left_to_read_fails_once_with_a_reason(tmp_path, daemon):
+def test_requeued_job_with_nothing_left_to_read_is_quarantined_once_with_a_reason(tmp_path, daemon):
     d = daemon()
     inbox = tmp_path / "inbox" / "default"
     _drop(inbox, "gone.csv", "id\n1\n")
@@ -365,7 +365,7 @@ def test_requeued_job_with_nothing_left_to_read_fails_once_with_a_reason(tmp_pat
 
     event = d.wait_event("job.unrecoverable", job_id=rejected["job_id"])
     assert "drop the file again" in event["reason"]
-    wait_for(lambda: _jobs(tmp_path)[0][1] == "failed", what="job marked failed")
+    wait_for(lambda: _jobs(tmp_path)[0][1] == "quarantined", what="job quarantined")
     time.sleep(1.5)                                   # the queued-job poll (1 s) must not pick it up again
     assert len([e for e in d.events() if e.get("event") == "job.unrecoverable"]) == 1
     assert d.stop() == 0

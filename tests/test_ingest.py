@@ -366,3 +366,41 @@ def test_rows_without_attributes_keep_their_place(workdir, ingest):
     catalog = products(workdir)
     assert [catalog[k]["attributes"] for k in ("r1", "r2", "r3", "r4")] == [
         '{"a":"1"}', None, '{"b":"3"}', None]
+
+
+def test_a_sku_whose_last_row_is_rejected_keeps_its_catalog_value(workdir, ingest):
+    """The partner's latest intent for A-1 is the rejected row: the earlier row must not be
+    applied in its stead; it counts as superseded."""
+    (workdir / "partners.toml").write_text('[[partners]]\nid = "default"\nmax_reject_ratio = 0.5\n')
+    ingest(write_csv(workdir / "v1.csv", ["sku", "name", "price"], [["A-1", "Current", "2.00"]]),
+           "--config", str(workdir / "partners.toml"))
+    path = write_csv(workdir / "v2.csv", ["sku", "name", "price"],
+                     [["A-1", "Old name", "1.00"], ["a-1", "New name", "oops"], ["B-2", "Other", "3.00"]])
+
+    code, manifest = ingest(path, "--config", str(workdir / "partners.toml"))
+
+    rows = manifest["rows"]
+    assert manifest["status"] == "partial" and rows["rejected"] == 1 and rows["superseded"] == 1
+    assert (rows["inserted"], rows["updated"], rows["unchanged"]) == (1, 0, 0)
+    assert rows["inserted"] + rows["updated"] + rows["unchanged"] == rows["valid"] - rows["superseded"]
+    catalog = products(workdir)
+    assert (catalog["a-1"]["name"], catalog["a-1"]["price_cents"]) == ("Current", 200)
+
+
+def test_decimal_comma_partner_refuses_dot_decimals_rather_than_multiplying_them(workdir, cli):
+    (workdir / "p.toml").write_text('[[partners]]\nid = "eu"\ncurrency = "EUR"\ndecimal_separator = ","\n'
+                                    'max_reject_ratio = 0.5\n')
+    path = write_csv(workdir / "eu.csv", ["sku", "name", "price"],
+                     [["E1", "x", "1.299,50"], ["E2", "x", "9,99"], ["E3", "x", "9.99"]], delimiter=";")
+    manifest = cli("ingest", path, "--partner", "eu", "--config", workdir / "p.toml", "--json").json()
+    catalog = products(workdir, "eu")
+    assert (catalog["e1"]["price_cents"], catalog["e2"]["price_cents"]) == (129950, 999)
+    assert "e3" not in catalog and manifest["errors"] == {"invalid_price": 1}
+
+
+def test_numbers_in_json_are_not_read_with_the_partners_text_decimal_comma(workdir, cli):
+    (workdir / "p.toml").write_text('[[partners]]\nid = "eu"\ncurrency = "EUR"\ndecimal_separator = ","\n')
+    path = workdir / "eu.ndjson"
+    path.write_text('{"sku": "J1", "name": "x", "price": 9.99}\n')
+    assert cli("ingest", path, "--partner", "eu", "--config", workdir / "p.toml").code == 0
+    assert products(workdir, "eu")["j1"]["price_cents"] == 999

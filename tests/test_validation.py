@@ -263,7 +263,7 @@ def test_gtin_warnings_count_rows_in_warned_not_rejected():
                      "gtin": ["4006381333932", "4006381333931", "12345678"]})
     assert (result.read, result.valid.num_rows, result.rejected, result.warned) == (3, 3, 0, 2)
     assert result.valid.column("gtin").to_pylist() == [None, "4006381333931", None]
-    assert result.rejected_keys.to_pylist() == []
+    assert result.rejected_keys.column("sku_key").to_pylist() == []
 
 
 def test_gtin_check_holds_for_a_batch_sliced_out_of_a_larger_one():
@@ -285,7 +285,7 @@ def test_missing_or_blank_sku_is_a_missing_value(sku):
     assert result.valid.column("sku").to_pylist() == ["OK"]
     assert [(d["row"], d["column"], d["code"]) for d in result.diagnostics.to_pylist()] == [
         (3, "sku", "missing_value")]
-    assert result.rejected_keys.to_pylist() == []       # a rejected row without a sku has no key
+    assert result.rejected_keys.column("sku_key").to_pylist() == []       # a rejected row without a sku has no key
 
 
 @pytest.mark.parametrize("name", [None, "", "  "])
@@ -293,7 +293,7 @@ def test_missing_or_blank_name_is_a_missing_value(name):
     result = judged({"sku": ["OK", "NoName"], "name": ["n", name]})
     assert [(d["row"], d["sku"], d["column"], d["code"]) for d in result.diagnostics.to_pylist()] == [
         (3, "NoName", "name", "missing_value")]
-    assert result.rejected_keys.to_pylist() == ["noname"]
+    assert result.rejected_keys.column("sku_key").to_pylist() == ["noname"]
 
 
 def test_sku_and_name_are_trimmed_and_sku_key_is_lower_cased():
@@ -330,7 +330,7 @@ def test_attributes_longer_than_the_limit_reject_the_row():
                      "notes": ["short", "z" * (MAX_LENGTH["attributes"] + 1)]})
     assert result.valid.column("sku").to_pylist() == ["A"]
     assert result.error_codes == {"too_long": 1}
-    assert result.rejected_keys.to_pylist() == ["b"]
+    assert result.rejected_keys.column("sku_key").to_pylist() == ["b"]
 
 
 # -- the diagnostics table -----------------------------------------------------------------------
@@ -389,7 +389,7 @@ def test_counts_add_up_and_error_codes_count_each_code():
     assert result.warned == 1
     assert result.error_codes == {"missing_value": 1, "invalid_stock": 2, "invalid_price": 1,
                                   "negative_price": 1}
-    assert sorted(result.rejected_keys.to_pylist()) == ["badprice", "badstock", "both", "noname"]
+    assert sorted(result.rejected_keys.column("sku_key").to_pylist()) == ["badprice", "badstock", "both", "noname"]
     assert result.valid.column("sku").to_pylist() == ["OK-1", "Warn"]
 
 
@@ -538,7 +538,7 @@ def test_rejected_keys_are_the_lower_cased_skus_of_rejected_rows():
                      "stock": ["1", "-1", "1", "1", "1"],
                      "price": ["1", "1", "x", "1", "1"],
                      "gtin": ["", "", "", "", "123"]})
-    assert sorted(result.rejected_keys.to_pylist()) == ["bad-price", "bad-stock"]
+    assert sorted(result.rejected_keys.column("sku_key").to_pylist()) == ["bad-price", "bad-stock"]
     assert result.rejected == 3
 
 

@@ -14,6 +14,7 @@ never symlinks, temp names, or the ``processed/``, ``failed/`` and ``results/`` 
 from __future__ import annotations
 
 import os
+import stat as stat_mod
 import threading
 import time
 from pathlib import Path
@@ -27,11 +28,11 @@ from watchdog.observers import Observer
 
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import InboxUnavailable
+from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
 from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, wanted
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import fsync_dir, write_atomic
-from inbox_daemon.spool import spool_file
+from inbox_daemon.spool import spool_stream
 
 SETTLE_TICK = 0.02        # seconds between checks of files waiting to settle
 PROBE = 0.05              # seconds a created file must stay unopened to count as moved in whole
@@ -73,7 +74,6 @@ class LocalInbox:
             st = os.lstat(self.root / name)
         except FileNotFoundError:
             return None
-        import stat as stat_mod
         return st if stat_mod.S_ISREG(st.st_mode) else None      # symlinks are not followed
 
     def scan(self) -> Iterator[Drop]:
@@ -171,16 +171,40 @@ class LocalInbox:
 
     # -- taking files in and out --------------------------------------------------------------
     def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+        """Spool exactly the file that was judged ready: opened without following a symlink,
+        a regular file, still the version (mtime) seen. Anything else waits for its own event."""
+        path = self.root / drop.key
         try:
-            return spool_file(self.root / drop.key, spool_dir)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise InboxUnavailable(f"{drop.key} disappeared before it could be read") from exc
+        except OSError as exc:           # ELOOP: it became a symlink
+            raise InboxMisconfigured(f"{drop.key} is not a regular file any more; not read ({exc})") from exc
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise InboxMisconfigured(f"{drop.key} is not a regular file; not read")
+            if str(st.st_mtime_ns) != drop.version:
+                raise InboxUnavailable(f"{drop.key} changed since it was seen; it is read once it is ready again")
+            return spool_stream(fh, spool_dir)
+
+    def _same_file(self, drop: Drop) -> os.stat_result | None:
+        """The file at ``drop.key`` if it is still the version that was processed, else None."""
+        try:
+            st = os.lstat(self.root / drop.key)
+        except FileNotFoundError:
+            return None
+        if not stat_mod.S_ISREG(st.st_mode) or str(st.st_mtime_ns) != drop.version:
+            return None     # replaced by a newer upload (or a link): that one gets its own job
+        return st
 
     def archive(self, drop: Drop, status: str) -> None:
-        """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise."""
-        source = self.root / drop.key
-        if not source.exists():
+        """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise.
+        Only the very version that was processed is moved: a newer upload under the same name
+        stays for its own job."""
+        if self._same_file(drop) is None:
             return
+        source = self.root / drop.key
         if status in ("succeeded", "partial", "duplicate"):
             if self.config.on_success == "keep":
                 return
@@ -193,8 +217,7 @@ class LocalInbox:
             folder = self.root / FAILED
         target = folder / drop.name
         if target.exists():
-            stem = f"{drop.name}.{drop.version}"
-            target = folder / stem
+            target = folder / f"{drop.name}.{drop.version}"
         os.replace(source, target)
         fsync_dir(folder)
         fsync_dir(self.root)

@@ -143,9 +143,11 @@ class SftpInbox(PollingInbox):
             sftp = self._client()
             source = self._path(name)
             try:
-                sftp.stat(source)
+                st = sftp.stat(source)
             except FileNotFoundError:
                 return                    # archived already (a restart between outcome and archive)
+            if f"{st.st_mtime}-{st.st_size}" != drop.version:
+                return                    # a newer upload under the same name: it gets its own job
             if status in ("succeeded", "partial", "duplicate"):
                 if self.config.on_success == "keep":
                     return
@@ -156,7 +158,13 @@ class SftpInbox(PollingInbox):
             else:
                 folder = FAILED
             self._mkdir(sftp, folder)
-            sftp.posix_rename(source, self._path(folder, name))
+            target = self._path(folder, name)
+            try:
+                sftp.stat(target)
+                target = self._path(folder, f"{name}.{drop.version}")    # never overwrite an archive
+            except FileNotFoundError:
+                pass
+            sftp.posix_rename(source, target)
 
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
         name = self._checked(name)

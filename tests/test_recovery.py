@@ -1,0 +1,115 @@
+"""What must hold when things go wrong around a job: files replaced or swapped under the same
+name, a torn audit line after a power cut, unreadable configuration, ambiguous headers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from config import build_config
+from inbox_daemon.audit import AuditLog
+from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
+from inbox_daemon.inboxes.local import LocalInbox
+from tests.conftest import read_diagnostics
+
+
+@pytest.fixture
+def local_inbox(tmp_path):
+    cfg = build_config({"inboxes": [{"partner": "default", "path": str(tmp_path / "in")}]})
+    return LocalInbox(cfg.inboxes[0])
+
+
+def _drop_for(inbox: LocalInbox, name: str):
+    return inbox._drop(name, os.lstat(inbox.root / name))
+
+
+def test_a_newer_upload_under_the_same_name_is_not_archived_by_the_older_job(local_inbox, tmp_path):
+    path = local_inbox.root / "feed.csv"
+    path.write_text("sku,name\nOLD,x\n")
+    old = _drop_for(local_inbox, "feed.csv")
+    time.sleep(0.01)
+    replacement = local_inbox.root / ".feed.part"
+    replacement.write_text("sku,name\nNEW,x\n")
+    os.utime(replacement, ns=(time.time_ns(), time.time_ns() + 10**9))
+    replacement.rename(path)                     # the partner uploads again while v1 is applied
+
+    local_inbox.archive(old, "succeeded")
+
+    assert path.read_text() == "sku,name\nNEW,x\n"                  # left for its own job
+    assert not (local_inbox.root / "processed" / "feed.csv").exists()
+
+
+def test_archiving_never_overwrites_an_earlier_archive(local_inbox):
+    for content in ("sku,name\nA,x\n", "sku,name\nB,x\n"):
+        path = local_inbox.root / "daily.csv"
+        path.write_text(content)
+        local_inbox.archive(_drop_for(local_inbox, "daily.csv"), "succeeded")
+    archived = sorted(p.read_text() for p in (local_inbox.root / "processed").iterdir())
+    assert archived == ["sku,name\nA,x\n", "sku,name\nB,x\n"]
+
+
+def test_a_file_swapped_for_a_symlink_is_not_followed_at_fetch(local_inbox, tmp_path):
+    secret = tmp_path / "secret.env"
+    secret.write_text("OTHER_PARTNER_SECRET=hunter2\n")
+    path = local_inbox.root / "feed.csv"
+    path.write_text("sku,name\nA,x\n")
+    drop = _drop_for(local_inbox, "feed.csv")
+    path.unlink()
+    path.symlink_to(secret)                      # swapped while the drop waited in the queue
+
+    with pytest.raises(InboxMisconfigured, match="not a regular file"):
+        local_inbox.fetch(drop, tmp_path / "spool")
+    assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").iterdir())
+
+
+def test_a_file_changed_after_it_was_seen_is_not_read_as_that_version(local_inbox, tmp_path):
+    path = local_inbox.root / "feed.csv"
+    path.write_text("sku,name\nA,x\n")
+    drop = _drop_for(local_inbox, "feed.csv")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(InboxUnavailable, match="changed since it was seen"):
+        local_inbox.fetch(drop, tmp_path / "spool")
+
+
+def test_a_torn_last_audit_line_is_cut_off_and_reported_in_the_chain(tmp_path):
+    audit = AuditLog(tmp_path / "audit")
+    audit.append("job.succeeded", job_id="j1")
+    [day] = list((tmp_path / "audit").glob("audit-*.jsonl"))
+    with open(day, "a") as fh:
+        fh.write('{"seq":2,"ts":"2026-')          # power cut in the middle of an append
+
+    record = audit.append("job.succeeded", job_id="j2")
+
+    assert record["seq"] == 2 and record["details"]["recovered_torn_tail"]["bytes"] > 0
+    count, problem = audit.verify()
+    assert problem is None and count == 2
+
+
+def test_a_config_that_is_not_utf8_is_a_configuration_error(cli, workdir):
+    (workdir / "bad.toml").write_bytes("# caf\xe9\n[daemon]\n".encode("latin-1"))
+    result = cli("config", "check", "--config", workdir / "bad.toml")
+    assert result.code == 2 and "not UTF-8" in result.err
+
+
+def test_a_config_path_that_is_a_folder_is_a_configuration_error(cli, workdir):
+    (workdir / "folder.toml").mkdir()
+    assert cli("config", "check", "--config", workdir / "folder.toml").code == 2
+
+
+def test_two_columns_with_the_same_name_reject_the_file(workdir, ingest):
+    path = workdir / "dup.csv"
+    path.write_text("sku,name,Tag,Tag\nA,x,1,2\n")
+    code, manifest = ingest(path)
+    assert code == 4 and manifest["errors"] == {"duplicate_column": 1}
+    assert read_diagnostics(manifest, workdir)[0]["column"] == "Tag"
+
+
+def test_the_same_local_folder_cannot_be_bound_to_two_partners(cli, workdir):
+    (workdir / "c.toml").write_text(
+        '[[partners]]\nid = "a"\n[[partners]]\nid = "b"\n'
+        '[[inboxes]]\npartner = "a"\npath = "inbox/shared"\n[[inboxes]]\npartner = "b"\npath = "./inbox/shared/"\n')
+    result = cli("config", "check", "--config", workdir / "c.toml")
+    assert result.code == 2 and "same location" in result.err
