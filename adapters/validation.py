@@ -157,7 +157,7 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     decimal = decimal or partner.decimal_separator
     batch = block.batch
     n = batch.num_rows
-    rows = pa.array(np.arange(block.first_row, block.first_row + n, dtype=np.int64))
+    rows = block.row_numbers()
     sku = _text(batch, cmap, "sku")
     p = _Problems(rows, sku, cmap)
 

@@ -235,14 +235,15 @@ READABLE_CSV = [
 
 
 def _python_csv(path: Path, encoding: str) -> tuple[list[str], list[tuple]]:
-    """Header and rows as Python's csv module reads them, empty cells as None."""
+    """Header and rows as Python's csv module reads them, empty cells as None; rows whose every
+    cell is empty are no rows (the reader drops them, keeping the row numbers after them)."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         raw = gzip.decompress(raw)
     text = raw.decode("utf-8-sig" if encoding == "utf-8" else encoding)
     delimiter = "\t" if ".tsv" in path.suffixes else ","
     header, *body = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    return header, [tuple(v if v != "" else None for v in row) for row in body if row]
+    return header, [tuple(v if v != "" else None for v in row) for row in body if any(v != "" for v in row)]
 
 
 @pytest.mark.parametrize("rel, encoding", READABLE_CSV, ids=[Path(r).name for r, _ in READABLE_CSV])

@@ -404,3 +404,12 @@ def test_numbers_in_json_are_not_read_with_the_partners_text_decimal_comma(workd
     path.write_text('{"sku": "J1", "name": "x", "price": 9.99}\n')
     assert cli("ingest", path, "--partner", "eu", "--config", workdir / "p.toml").code == 0
     assert products(workdir, "eu")["j1"]["price_cents"] == 999
+
+
+def test_diagnostics_rows_count_blank_lines_like_a_spreadsheet(workdir, ingest):
+    path = workdir / "gaps.csv"
+    path.write_text("sku,name,price\nA,x,1\n\nB,y,bad\n" + "".join(f"S{i},n,1\n" for i in range(30)))
+    code, manifest = ingest(path)
+    assert manifest["rows"]["read"] == 32                   # the blank line is no row
+    [line] = read_diagnostics(manifest, workdir)
+    assert (line["row"], line["sku"]) == ("4", "B")         # header 1, A 2, blank 3, B 4

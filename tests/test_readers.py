@@ -301,13 +301,21 @@ def test_quoted_fields_keep_delimiters_quotes_and_embedded_newlines(tmp_path):
 
 def test_empty_cells_are_null_but_null_like_words_stay_text(tmp_path):
     path = tmp_path / "feed.csv"
-    path.write_text('a,b,c\n1,,3\n,"",\nNULL,NA,N/A\n')
+    path.write_text('a,b,c\n1,,3\n"",x,\nNULL,NA,N/A\n')
 
     assert records(read(path)) == [
         {"a": "1", "b": None, "c": "3"},
-        {"a": None, "b": None, "c": None},
+        {"a": None, "b": "x", "c": None},
         {"a": "NULL", "b": "NA", "c": "N/A"},
     ]
+
+
+def test_blank_lines_and_all_empty_rows_are_dropped_and_later_rows_keep_their_numbers(tmp_path):
+    path = tmp_path / "feed.csv"
+    path.write_text("sku,name\nA,x\n\n,\nB,y\n")
+    [block] = read(path)
+    assert block.batch.column("sku").to_pylist() == ["A", "B"]
+    assert block.row_numbers().to_pylist() == [2, 5]
 
 
 BIG_CSV_ROWS = 300_000

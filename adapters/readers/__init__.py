@@ -33,9 +33,18 @@ PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through P
 
 @dataclass(frozen=True)
 class Block:
-    """One batch of a file: all-text columns; ``first_row`` is the partner's number of its first row."""
+    """One batch of a file: all-text columns; ``first_row`` is the partner's number of its first
+    row. ``rows``, when set, numbers each row explicitly (rows were dropped from the batch, e.g.
+    blank lines, and the ones after them keep the numbers the partner sees)."""
     batch: pa.RecordBatch
     first_row: int
+    rows: pa.Array | None = None
+
+    def row_numbers(self) -> pa.Array:
+        if self.rows is not None:
+            return self.rows
+        import numpy as np
+        return pa.array(np.arange(self.first_row, self.first_row + self.batch.num_rows, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import codecs
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from adapters.readers import BLOCK_SIZE, Block, ReadOptions, open_stream, to_text
@@ -34,7 +36,8 @@ def sniff_delimiter(path: Path, *, compressed: bool, options: ReadOptions) -> st
 
 def _csv_reader(stream, *, delimiter: str, encoding: str, column_types=None):
     read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding=encoding)
-    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    # blank lines are kept as rows, so later rows keep the numbers a spreadsheet shows
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False)
     convert = pacsv.ConvertOptions(
         column_types=column_types or {}, strings_can_be_null=True, quoted_strings_can_be_null=True,
         null_values=[""],
@@ -49,10 +52,12 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
     try:
         with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
             names = _csv_reader(stream, delimiter=delimiter, encoding=encoding).schema.names
+        if not any(n.strip().lstrip("\ufeff") for n in names):
+            raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
         text = {n: pa.string() for n in names}
         with open_stream(path, compressed=compressed, options=options) as stream:
             for batch in _csv_reader(stream, delimiter=delimiter, encoding=encoding, column_types=text):
-                yield Block(to_text(batch), next_row)
+                yield _without_blank_lines(to_text(batch), next_row)
                 next_row += batch.num_rows
         if next_row == HEADER_ROWS + 1:
             # a header without rows still names its columns: a missing required one must show
@@ -63,6 +68,20 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         if "Empty CSV file" in reason:
             reason = "the file is empty: a header line is required"
         raise UnreadableFile(reason=reason, row=next_row) from exc
+
+
+def _without_blank_lines(batch: pa.RecordBatch, first_row: int) -> Block:
+    """Drop rows whose every cell is empty (blank lines, ",,,"), numbering the rest as they were."""
+    if batch.num_rows == 0:
+        return Block(batch, first_row)
+    blank = pc.is_null(batch.column(0))
+    for column in batch.columns[1:]:
+        blank = pc.and_(blank, pc.is_null(column))
+    if not pc.any(blank).as_py():
+        return Block(batch, first_row)
+    keep = pc.invert(blank)
+    rows = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)).filter(keep)
+    return Block(batch.filter(keep), first_row, rows)
 
 
 def read_csv(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
