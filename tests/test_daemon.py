@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -258,13 +259,23 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_is_signed_and_received(tmp_path, daemon):
-    _Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+@contextlib.contextmanager
+def webhook_receiver(handler):
+    """A real HTTP server on loopback recording POSTs in ``handler.received``; yields its URL."""
+    handler.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_webhook_is_signed_and_received(tmp_path, daemon):
+    with webhook_receiver(_Receiver) as url:
         cfg = config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}", secret_env = "HOOK_SECRET" }}\n')
         d = daemon(cfg, env={"HOOK_SECRET": "s3cr3t-value"})
         _drop(tmp_path / "inbox" / "default", "hooked.csv", "sku,name\nH,x\n")
@@ -278,10 +289,6 @@ def test_webhook_is_signed_and_received(tmp_path, daemon):
         assert json.loads(body)["job_id"] == manifest["job_id"]
         assert d.stop() == 0
         assert "s3cr3t-value" not in d.log_path.read_text()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_metrics_and_healthz_answer(tmp_path, daemon):
@@ -331,12 +338,7 @@ class _FlakyReceiver(_Receiver):
 
 
 def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
-    _FlakyReceiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyReceiver)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_receiver(_FlakyReceiver) as url:
         d = daemon(config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}" }}\n'))
         _drop(tmp_path / "inbox" / "default", "retry.csv", "sku,name\nW,x\n")
         wait_for(lambda: len(_FlakyReceiver.received) >= 2, what="a second delivery attempt")
@@ -345,10 +347,6 @@ def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
         attempts = [e for e in d.events() if e.get("event") == "webhook.attempt"]
         assert [e.get("http_status") for e in attempts[:2]] == [503, 204]
         assert d.stop() == 0
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_requeued_job_with_nothing_left_to_read_is_quarantined_once_with_a_reason(tmp_path, daemon):
