@@ -367,3 +367,23 @@ def test_requeued_job_with_nothing_left_to_read_is_quarantined_once_with_a_reaso
     time.sleep(1.5)                                   # the queued-job poll (1 s) must not pick it up again
     assert len([e for e in d.events() if e.get("event") == "job.unrecoverable"]) == 1
     assert d.stop() == 0
+
+
+def test_systemd_is_told_ready_status_watchdog_and_stopping(tmp_path, daemon):
+    import socket
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(10)
+    try:
+        d = daemon(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+        messages = []
+        while not any("WATCHDOG=1" in m for m in messages) or not any("STATUS=" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert any("READY=1" in m for m in messages)
+        assert any(m.startswith("STATUS=queue ") or "\nSTATUS=queue " in m for m in messages)
+        assert d.stop() == 0
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
