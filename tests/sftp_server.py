@@ -15,8 +15,10 @@ import asyncssh
 
 
 class SftpTestServer:
-    def __init__(self, root: Path, *, host_key: asyncssh.SSHKey, client_key: asyncssh.SSHKey):
+    def __init__(self, root: Path, *, host_key: asyncssh.SSHKey, client_key: asyncssh.SSHKey,
+                 passwords: dict[str, str] | None = None):
         self.root = root
+        self.passwords = passwords or {}
         self.host_key = host_key
         self.client_key = client_key
         self.port = 0
@@ -50,10 +52,17 @@ class SftpTestServer:
 
         authorized = asyncssh.import_authorized_keys(self.client_key.export_public_key().decode())
 
+        class Auth(asyncssh.SSHServer):
+            def password_auth_supported(self):
+                return bool(server.passwords)
+
+            def validate_password(self, username, password):
+                return server.passwords.get(username) == password
+
         async def listen():
             return await asyncssh.listen(
                 "127.0.0.1", self.port, server_host_keys=[self.host_key], authorized_client_keys=authorized,
-                sftp_factory=ChrootServer, allow_scp=False, reuse_address=True,
+                server_factory=Auth, sftp_factory=ChrootServer, allow_scp=False, reuse_address=True,
                 acceptor=self._conns.append)
         self._acceptor = self._run(listen())
         self.port = self._acceptor.sockets[0].getsockname()[1]

@@ -160,3 +160,33 @@ def test_names_that_would_leave_the_folder_are_refused(tmp_path, server, secrets
     with pytest.raises(InboxMisconfigured, match="leaves the inbox folder"):
         inbox.fetch(evil, tmp_path)
     inbox.close()
+
+
+def test_password_from_the_environment_authenticates_and_never_reaches_the_log(tmp_path, keys):
+    srv = SftpTestServer(tmp_path / "pw-root", host_key=keys["host"], client_key=keys["client"],
+                         passwords={"globex": "correct horse battery"}).start()
+    try:
+        (tmp_path / "known_hosts").write_text(srv.known_hosts_line())
+        folder = srv.root / "globex" / "outbound"
+        folder.mkdir(parents=True)
+        write_csv(folder / "pw.csv", ["sku", "name"], [["P1", "x"]])
+        inbox = ('[[inboxes]]\npartner = "globex"\nkind = "sftp"\nhost = "127.0.0.1"\n'
+                 f'port = {srv.port}\nusername = "globex"\npassword_env = "GLOBEX_SFTP_PASSWORD"\n'
+                 f'known_hosts = "{tmp_path / "known_hosts"}"\npath = "/outbound"\npoll_interval = "200ms"\n'
+                 'settle = "200ms"\n')
+        cfg = config(partners='[[partners]]\nid = "globex"\n', inboxes=inbox)
+        d = DaemonProcess(tmp_path, cfg, env={"GLOBEX_SFTP_PASSWORD": "correct horse battery"})
+        try:
+            [manifest] = wait_manifests(tmp_path, 1, partner="globex")
+            assert manifest["status"] == "succeeded"
+            assert d.stop() == 0
+            assert "correct horse battery" not in d.log_path.read_text()
+        finally:
+            d.close()
+        wrong = DaemonProcess(tmp_path, cfg, env={"GLOBEX_SFTP_PASSWORD": "wrong"})
+        try:
+            assert "authentication" in wrong.wait_event("inbox.poll_failed")["error"]
+        finally:
+            wrong.close()
+    finally:
+        srv.close()
