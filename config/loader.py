@@ -223,8 +223,6 @@ def _inbox(r: _Reader, data: dict, path: str, partners: set[str]) -> InboxConfig
         if kw["prefix"] and not kw["prefix"].endswith("/"):
             kw["prefix"] += "/"
         inbox_path = inbox_path or kw["prefix"]
-    if kw["password_env"] and kw["password_env"] not in os.environ:
-        r.problems.append(f"{path}.password_env: environment variable {kw['password_env']} is not set")
     if partner is None or kind is None or inbox_path is None:
         return None
     return InboxConfig(partner=partner, kind=kind, path=inbox_path, **kw)
@@ -287,6 +285,21 @@ def build_config(data: dict, source: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems, source)
     return Config(daemon=daemon, store=store, partners=partners, inboxes=tuple(inboxes), source=source)
+
+
+def missing_secrets(config: Config) -> list[str]:
+    """Secrets named by ``*_env`` keys but absent from this process's environment. Not an error
+    of the file: an admin's shell rarely has the daemon's secrets; the daemon warns at start."""
+    missing = []
+    for i, inbox in enumerate(config.inboxes):
+        if inbox.password_env and inbox.password_env not in os.environ:
+            missing.append(f"inboxes[{i}].password_env: environment variable {inbox.password_env} is not set")
+    for i, partner in enumerate(config.partners.values()):
+        hook = partner.webhook
+        if hook and hook.secret_env and hook.secret_env not in os.environ:
+            missing.append(f"partners[{i}].webhook.secret_env: environment variable {hook.secret_env} "
+                           "is not set (webhooks would go out unsigned)")
+    return missing
 
 
 def default_config() -> Config:

@@ -242,6 +242,9 @@ def cmd_config(args) -> int:
     data["source"] = str(config.source) if config.source else "built-in default"
     data["partners"] = list(data["partners"].values())
     print(json.dumps(data, indent=2, ensure_ascii=False))
+    from config import missing_secrets
+    for warning in missing_secrets(config):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.probe and not all(p["ok"] for p in data["probe"]):
         for p in data["probe"]:
             if not p["ok"]:

@@ -94,6 +94,9 @@ class Daemon:
             self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
             self.health.start()
         self._install_signals()
+        from config import missing_secrets
+        for warning in missing_secrets(cfg):
+            self.log.warning("config.secret_missing", problem=warning)
         for inbox_cfg in cfg.inboxes:
             self._start_inbox(inbox_cfg)
         recovered = self.store.recover(self.inboxes)

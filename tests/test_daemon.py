@@ -387,3 +387,15 @@ def test_systemd_is_told_ready_status_watchdog_and_stopping(tmp_path, daemon):
             messages.append(sock.recv(4096).decode())
     finally:
         sock.close()
+
+
+def test_run_once_ends_while_an_empty_file_waits_in_the_inbox(tmp_path, daemon):
+    inbox = tmp_path / "inbox" / "default"
+    inbox.mkdir(parents=True)
+    (inbox / "placeholder.csv").touch()                     # an uploader that never wrote
+    write_csv(inbox / "real.csv", ["sku", "name"], [["R", "x"]])
+    import os
+    os.utime(inbox / "real.csv", (time.time() - 60,) * 2)
+    assert daemon(once=True).wait(30) == 0
+    assert [m["source"]["name"] for m in manifests(tmp_path)] == ["real.csv"]
+    assert (inbox / "placeholder.csv").exists()

@@ -153,9 +153,12 @@ class LocalInbox:
         return {"ok": ok, "detail": f"{self.root} is {'readable and writable' if ok else 'not writable'}"}
 
     def settling(self) -> int:
-        """Files seen but not yet ready (waiting for ``settle``)."""
+        """Files seen but not yet ready (waiting for ``settle``). An empty file that stayed empty
+        past its wait does not count: it may never be written, and ``run --once`` must end."""
+        now = self._clock()
         with self._lock:
-            return len(self._pending)
+            return sum(not (size == 0 and now - since >= wait)
+                       for size, _, since, wait in self._pending.values())
 
     def alive(self) -> bool:
         return bool(self._observer and self._observer.is_alive() and self._settler

@@ -88,6 +88,8 @@ class SftpInbox(PollingInbox):
         ssh.load_host_keys(cfg.known_hosts)          # ONLY these keys; never the user's, never added
         ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
         password = os.environ.get(cfg.password_env) if cfg.password_env else None
+        if cfg.password_env and password is None:
+            raise InboxMisconfigured(f"environment variable {cfg.password_env} (password_env) is not set")
         register_secret(password)
         try:
             ssh.connect(cfg.host, port=cfg.port, username=cfg.username, key_filename=cfg.key_file,
