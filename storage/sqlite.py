@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import adbc_driver_manager
 import adbc_driver_sqlite.dbapi as adbc_sqlite
@@ -84,16 +85,16 @@ class SqliteStore:
         rows = self._exec(sql, params)
         return rows[0][0] if rows else None
 
-    def _transaction(self):
-        store = self
-
-        class _Tx:
-            def __enter__(self):
-                store._exec("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, exc, tb):
-                store._exec("ROLLBACK" if exc_type else "COMMIT")
-        return _Tx()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; the write lock is taken at once (no upgrade deadlocks)."""
+        self._exec("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._exec("ROLLBACK")
+            raise
+        self._exec("COMMIT")
 
     def _migrate(self) -> None:
         version = self._one("PRAGMA user_version") or 0
@@ -145,47 +146,44 @@ class SqliteStore:
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None) -> Claim:
         now = utcnow()
-        try:
-            with self._transaction():
-                original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
-                                         (partner_id, sha256))
-                if original is None:
-                    job_id = new_job_id()
-                    self._exec(
-                        "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                        " source_version, format, mode, status, attempt, spool_path, created_at,"
-                        " started_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
-                        (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
-                         source.version, fmt, mode, spool_path, now, now, _lease_until()))
-                    self._start_attempt(job_id, 1, now)
-                    return Claim("new", self.job(job_id))
-                resumable = original.status in ("queued", "failed") or (
-                    original.status == "running" and self._lease_expired(original.id, now))
-                if resumable:
-                    attempt = original.attempt + 1
-                    self._exec(
-                        "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
-                        " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
-                        " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
-                        " reported_at = NULL, lease_until = ? WHERE id = ?",
-                        (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
-                         spool_path, now, _lease_until(), original.id))
-                    self._start_attempt(original.id, attempt, now)
-                    return Claim("resumed", self.job(original.id))
-                if original.status == "running":
-                    return Claim("busy", original)
-                if original.reported_at is None:
-                    return Claim("unreported", original)
+        with self._transaction():
+            original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
+                                     (partner_id, sha256))
+            if original is None:
                 job_id = new_job_id()
                 self._exec(
                     "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                    " source_version, format, mode, status, attempt, duplicate_of, created_at, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
+                    " source_version, format, mode, status, attempt, spool_path, created_at,"
+                    " started_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
                     (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
-                     source.version, fmt, mode, original.id, now, now))
-                return Claim("duplicate", self.job(job_id))
-        except adbc_driver_manager.Error as exc:
-            raise _map_errors(exc) from exc
+                     source.version, fmt, mode, spool_path, now, now, _lease_until()))
+                self._start_attempt(job_id, 1, now)
+                return Claim("new", self.job(job_id))
+            resumable = original.status in ("queued", "failed") or (
+                original.status == "running" and self._lease_expired(original.id, now))
+            if resumable:
+                attempt = original.attempt + 1
+                self._exec(
+                    "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
+                    " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
+                    " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
+                    " reported_at = NULL, lease_until = ? WHERE id = ?",
+                    (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
+                     spool_path, now, _lease_until(), original.id))
+                self._start_attempt(original.id, attempt, now)
+                return Claim("resumed", self.job(original.id))
+            if original.status == "running":
+                return Claim("busy", original)
+            if original.reported_at is None:
+                return Claim("unreported", original)
+            job_id = new_job_id()
+            self._exec(
+                "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
+                " source_version, format, mode, status, attempt, duplicate_of, created_at, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
+                (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
+                 source.version, fmt, mode, original.id, now, now))
+            return Claim("duplicate", self.job(job_id))
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
         lease = self._one("SELECT lease_until FROM jobs WHERE id = ?", (job_id,))
@@ -206,11 +204,8 @@ class SqliteStore:
 
     def finish(self, job: Job, outcome: Outcome) -> None:
         """Record an outcome that changes no rows (rejected, failed, duplicate)."""
-        try:
-            with self._transaction():
-                self._record_outcome(job, outcome)
-        except adbc_driver_manager.Error as exc:
-            raise _map_errors(exc) from exc
+        with self._transaction():
+            self._record_outcome(job, outcome)
 
     def mark_reported(self, job_id: str) -> None:
         self._exec("UPDATE jobs SET reported_at = ? WHERE id = ?", (utcnow(), job_id))
@@ -364,9 +359,6 @@ class SqliteLoad:
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=written - inserted, unchanged=distinct - written,
                                deactivated=deactivated)
-        except adbc_driver_manager.Error as exc:
-            self.abort()
-            raise _map_errors(exc) from exc
         except BaseException:
             self.abort()
             raise
@@ -382,16 +374,21 @@ class SqliteLoad:
             s._exec("COMMIT")
             self._in_tx = False
             self._done = True
-        except adbc_driver_manager.Error as exc:
+        except BaseException:
             self.abort()
-            raise _map_errors(exc) from exc
+            raise
         finally:
             self._drop_stage()
 
     def abort(self) -> None:
+        """Roll back whatever this load did. Never raises: it runs while another error is
+        propagating, and a connection too broken to roll back has no transaction left anyway."""
         if self._in_tx:
-            self._s._exec("ROLLBACK")
             self._in_tx = False
+            try:
+                self._s._exec("ROLLBACK")
+            except StoreError:
+                pass
         self._done = True
         self._drop_stage()
 
@@ -399,8 +396,8 @@ class SqliteLoad:
         try:
             self._s._exec("DROP TABLE IF EXISTS temp.stage")
             self._s._exec("DROP TABLE IF EXISTS temp.seen")
-        except adbc_driver_manager.Error:
-            pass   # the connection is gone; the temp table went with it
+        except StoreError:
+            pass   # the connection is gone; the temp tables went with it
 
 
 def _statements(script: str) -> list[str]:

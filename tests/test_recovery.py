@@ -113,3 +113,33 @@ def test_the_same_local_folder_cannot_be_bound_to_two_partners(cli, workdir):
         '[[inboxes]]\npartner = "a"\npath = "inbox/shared"\n[[inboxes]]\npartner = "b"\npath = "./inbox/shared/"\n')
     result = cli("config", "check", "--config", workdir / "c.toml")
     assert result.code == 2 and "same location" in result.err
+
+
+def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(workdir, ingest):
+    """A crash after the commit and before the manifest: the file is seen again; the committed
+    outcome is reported (manifest, audit) instead of being taken for a duplicate."""
+    from config import default_config
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+    from storage import open_store
+
+    from tests.conftest import products, write_csv
+    path = write_csv(workdir / "feed.csv", ["sku", "name"], [["C1", "x"]])
+    config = default_config()
+    store = open_store(config.store.url)
+    pipeline = Pipeline(config, store)
+    reported = []
+    pipeline.report = lambda *args, **kw: reported.append(args)       # the crash: never reported
+    stat = path.stat()
+    drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
+                size=stat.st_size, version=str(stat.st_mtime_ns))
+    pipeline.process_path(path, drop)
+    store.close()
+    assert reported and products(workdir)["c1"]["name"] == "x"
+    assert not list((workdir / "var" / "results" / "default").glob("*.result.json"))
+
+    code, manifest = ingest(path)
+
+    assert code == 0 and manifest["status"] == "succeeded" and "duplicate_of" not in manifest
+    assert manifest["rows"]["inserted"] == 1
+    assert len(list((workdir / "var" / "results" / "default").glob("*.result.json"))) == 1
