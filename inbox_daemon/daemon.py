@@ -33,7 +33,7 @@ from inbox_daemon.results import diagnostics_name, manifest_bytes
 from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.webhooks import WebhookSender, backoff
 from storage import open_store
-from storage.base import Job, Outcome
+from storage.base import Job
 
 QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block beyond this
 POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
@@ -317,8 +317,8 @@ class Daemon:
                         reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
                         if store.job(job.id).status in RUNNABLE:     # an operator must act: quarantine
                             log.error("job.unrecoverable", job_id=job.id, reason=reason)
-                            store.finish(job, Outcome("quarantined", {**(job.result or {}), "message": reason},
-                                                      reason))
+                            result = pipeline.give_up(job, reason, log)
+                            self.metrics.job_done(drop.inbox, result.manifest, time.monotonic() - started)
                         return
                 fmt, mode = job.format, job.mode
             else:
@@ -362,12 +362,9 @@ class Daemon:
                     self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
                 # stopping: the job stays "failed"; the next start queues it again (store.recover)
                 return
-            manifest = {**manifest, "status": "quarantined",
-                        "message": f"{manifest.get('message', '')} (gave up after {job.attempt} attempts)".strip()}
-            store.finish(job, Outcome("quarantined", manifest, error=job.error))
-            result = pipeline.report(job, manifest, None, log)
-            status = "quarantined"
-            log.error("job.quarantined", job_id=job.id, attempts=job.attempt)
+            reason = f"{manifest.get('message', 'failed')} (gave up after {job.attempt} attempts)"
+            result = pipeline.give_up(job, reason, log)
+            manifest, status = result.manifest, "quarantined"
         if inbox is not None and drop.inbox == inbox.id:
             try:
                 inbox.archive(drop, status)

@@ -224,6 +224,16 @@ class Pipeline:
             spooled.unlink(missing_ok=True)
         return self.report(job, manifest, None, log)
 
+    def give_up(self, job: Job, reason: str, log) -> Result:
+        """Quarantine a job that retrying cannot help any more, and tell the partner why."""
+        rows = (job.result or {}).get("rows")
+        manifest = {**self._manifest(job, "quarantined", Totals(), None, None, job.started_at or utcnow(),
+                                     time.monotonic(), job.format, job.mode, dry_run=False, message=reason),
+                    **({"rows": rows} if rows else {}), "duration_ms": 0}
+        self.store.finish(job, Outcome(status="quarantined", result=manifest, error=reason))
+        log.error("job.quarantined", job_id=job.id, attempts=job.attempt, reason=reason)
+        return self.report(job, manifest, None, log)
+
     def report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
         path = write_manifest(self.config.daemon.results_dir, manifest)

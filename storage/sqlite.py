@@ -75,11 +75,21 @@ class SqliteStore:
         try:
             self._cur.execute(sql, params if params else None)
         except adbc_driver_manager.Error as exc:
+            # A failed statement leaves its bound parameters on the ADBC cursor, and the next
+            # statement (the ROLLBACK!) would fail on them: start over with a fresh cursor.
+            self._reset_cursor()
             raise _map_errors(exc) from exc
         try:
             return self._cur.fetchall()
         except adbc_driver_manager.Error:
             return []           # a statement without a result set
+
+    def _reset_cursor(self) -> None:
+        try:
+            self._cur.close()
+        except adbc_driver_manager.Error:
+            pass            # it is being replaced because it is in a bad state
+        self._cur = self._conn.cursor()
 
     def _one(self, sql: str, params: tuple = ()) -> Any:
         rows = self._exec(sql, params)
@@ -292,6 +302,7 @@ class SqliteLoad:
             store._cur.adbc_ingest("stage", CANONICAL_SCHEMA.empty_table(), mode="create", temporary=True)
             store._cur.adbc_ingest("seen", _SEEN_SCHEMA.empty_table(), mode="create", temporary=True)
         except adbc_driver_manager.Error as exc:
+            store._reset_cursor()
             raise _map_errors(exc) from exc
 
     def __enter__(self) -> "SqliteLoad":
@@ -313,6 +324,7 @@ class SqliteLoad:
                                          mode="append", temporary=True)
                 self._rejected = True
         except adbc_driver_manager.Error as exc:
+            self._s._reset_cursor()
             raise _map_errors(exc) from exc
 
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:

@@ -403,3 +403,25 @@ def test_run_once_ends_while_an_empty_file_waits_in_the_inbox(tmp_path, daemon):
     assert time.monotonic() - t0 < 15
     assert [m["source"]["name"] for m in manifests(tmp_path)] == ["real.csv"]
     assert (inbox / "placeholder.csv").exists()
+
+
+def test_a_job_that_keeps_failing_is_retried_then_quarantined(tmp_path, daemon):
+    import sqlite3
+    cfg = config(daemon="max_attempts = 2\n")
+    d = daemon(cfg)                              # creates the catalog
+    con = sqlite3.connect(tmp_path / "var" / "catalog.db")
+    con.execute("CREATE TRIGGER broken_disk BEFORE INSERT ON products "
+                "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END")
+    con.commit()
+    con.close()
+    inbox = tmp_path / "inbox" / "default"
+    _drop(inbox, "doomed.csv", "sku,name\nD,x\n")
+
+    [manifest] = wait_manifests(tmp_path, 1, status="quarantined")
+
+    assert "gave up after 2 attempts" in manifest["message"]
+    wait_for(lambda: (inbox / "failed" / "doomed.csv").exists(), what="quarantined file moved to failed/")
+    shown = json.loads(run_cli("jobs", "show", manifest["job_id"], "--config", d.config_path, cwd=tmp_path).stdout)
+    assert [a["status"] for a in shown["attempts"]] == ["failed", "quarantined"]
+    assert products(tmp_path) == {}
+    assert d.stop() == 0
