@@ -366,9 +366,13 @@ class Daemon:
             result = pipeline.give_up(job, reason, log)
             manifest, status = result.manifest, "quarantined"
         if inbox is not None and drop.inbox == inbox.id:
+            # the partner's answer first: it must not depend on the archive succeeding
+            try:
+                self._write_back(inbox, drop, manifest)
+            except (InboxError, OSError) as exc:
+                log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
             try:
                 inbox.archive(drop, status)
-                self._write_back(inbox, drop, manifest)
             except (InboxError, OSError) as exc:
                 log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
         partner = self.config.partners.get(drop.partner)

@@ -19,23 +19,36 @@ CHUNK = 1 << 20
 
 def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:
     """Copy ``src`` into ``spool_dir`` while hashing it: (spooled path, sha256 hex, size)."""
+    digest, size = hashlib.sha256(), 0
     try:
         spool_dir.mkdir(parents=True, exist_ok=True)
-        digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=spool_dir)
-        with os.fdopen(fd, "wb") as out:
+        out = os.fdopen(fd, "wb")
+    except OSError as exc:
+        raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
+    try:
+        with out:
+            # read errors belong to the source (network, inbox) and propagate as they are, for
+            # the inbox to map; only write errors are the spool's
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
                 size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
         sha256 = digest.hexdigest()
         final = spool_dir / f"{sha256}{suffix}"
         os.replace(tmp, final)
         return final, sha256, size
-    except OSError as exc:
-        raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)          # no orphaned partial copies
+        raise
 
 
 def spool_file(path: Path, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:

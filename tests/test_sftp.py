@@ -190,3 +190,38 @@ def test_password_from_the_environment_authenticates_and_never_reaches_the_log(t
             wrong.close()
     finally:
         srv.close()
+
+
+def test_an_old_mtime_on_the_server_does_not_make_a_file_ready_at_first_sight(tmp_path, server, secrets):
+    """The server's clock may be behind ours, and an upload in progress can carry an old mtime:
+    only our own listings, unchanged across settle, make a remote file ready."""
+    import os
+    import time as clock
+    folder = _outbound(server)
+    write_csv(folder / "old.csv", ["sku", "name"], [["O", "x"]])
+    os.utime(folder / "old.csv", (clock.time() - 3600,) * 2)
+    inbox = _inbox(server, *secrets)                       # settle = 200 ms
+    try:
+        assert inbox.ready_entries() == []
+        clock.sleep(0.3)
+        assert [e.name for e in inbox.ready_entries()] == ["old.csv"]
+        assert inbox.ready_entries() == []                 # handed over once, not every poll
+    finally:
+        inbox.close()
+
+
+def test_a_broken_known_hosts_line_is_reported_and_the_inbox_recovers_once_fixed(tmp_path, server, secrets):
+    key_file, known_hosts = secrets
+    good = known_hosts.read_text()
+    known_hosts.write_text(good.split(" ")[0] + " ssh-ed25519 AAAA-not-base64\n")
+    write_csv(_outbound(server) / "later.csv", ["sku", "name"], [["L", "x"]])
+    d = DaemonProcess(tmp_path, _sftp_config(server, key_file, known_hosts))
+    try:
+        event = d.wait_event("inbox.poll_failed")
+        assert "known_hosts" in event["error"] or "unreadable" in event["error"]
+        known_hosts.write_text(good)                       # the operator fixes the file
+        [manifest] = wait_manifests(tmp_path, 1, partner="globex", timeout=30)
+        assert manifest["status"] == "succeeded"
+        assert d.stop() == 0
+    finally:
+        d.close()

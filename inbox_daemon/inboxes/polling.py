@@ -24,6 +24,7 @@ from inbox_daemon.webhooks import backoff
 
 JITTER = 0.1
 MAX_BACKOFF = 300.0
+REOFFER_S = 300.0       # a file handed over but still there is offered again after this long
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,20 @@ class Entry:
 
 class PollingInbox:
     """Base for remote inboxes. Subclasses implement ``list_entries``, ``fetch``, ``archive``,
-    ``write_back`` and ``disconnect``; ``uri(key)`` names a file for people."""
+    ``write_back`` and ``disconnect``; ``uri(key)`` names a file for people.
+
+    ``atomic_uploads``: the store shows an object only once it is complete (S3), so an object
+    last modified more than ``settle`` ago is ready at first sight. Otherwise (SFTP) a file is
+    ready only after our own listings saw it unchanged across ``settle``: the server's clock may
+    be off, and a file being uploaded can carry an old mtime."""
+
+    atomic_uploads = False
 
     def __init__(self, config: InboxConfig, *, clock=time.time):
         self.config = config
         self._clock = clock
         self._seen: dict[str, tuple[int, str, float]] = {}     # key -> (size, version, since)
-        self._handed: set[tuple[str, str]] = set()              # (key, version) given to the daemon
+        self._handed: dict[tuple[str, str], float] = {}         # (key, version) -> when handed over
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,7 +81,8 @@ class PollingInbox:
                 yield entry
 
     def ready_entries(self) -> list[Entry]:
-        """One listing: the entries that are ready now (see the module docstring)."""
+        """One listing: the entries to hand over now (see the class docstring). Each version is
+        handed over once; one still there after ``REOFFER_S`` (its job could not run) again."""
         now = self._clock()
         ready, present = [], set()
         for entry in self._candidates():
@@ -85,16 +94,19 @@ class PollingInbox:
                     since = now
                 else:
                     since = prev[2]
-            settled = now - since >= self.config.settle or now - entry.modified >= self.config.settle
-            if settled and entry.size > 0:
+                handed = self._handed.get((entry.key, entry.version))
+            settled = now - since >= self.config.settle or (
+                self.atomic_uploads and now - entry.modified >= self.config.settle)
+            fresh = handed is None or now - handed >= REOFFER_S
+            if settled and entry.size > 0 and fresh:
                 ready.append(entry)
                 with self._lock:
-                    self._handed.add((entry.key, entry.version))
+                    self._handed[(entry.key, entry.version)] = now
         with self._lock:
             for key in list(self._seen):
                 if key not in present:
                     del self._seen[key]
-            self._handed = {h for h in self._handed if h[0] in present}
+            self._handed = {h: t for h, t in self._handed.items() if h[0] in present}
         return ready
 
     def drop_for(self, entry: Entry) -> Drop:
@@ -113,23 +125,26 @@ class PollingInbox:
 
     def _poll_loop(self, on_ready: OnReady) -> None:
         while not self._stop.is_set():
+            failed = False
             try:
                 entries = self.ready_entries()
                 self._failures = 0
                 for entry in entries:
                     on_ready(self.drop_for(entry))
                 delay = self.config.poll_interval * (1 + random.uniform(-JITTER, JITTER))
-            except InboxError as exc:
+            except Exception as exc:  # noqa: BLE001 — this thread is the inbox: it must outlive any error
+                failed = True
                 self._failures += 1
                 self.disconnect()
                 cap = min(MAX_BACKOFF, max(10 * self.config.poll_interval, 5.0))
                 delay = backoff(self._failures, min(self.config.poll_interval, 1.0), cap)
-                self.log.warning("inbox.poll_failed", error=str(exc), failures=self._failures,
-                                 retry_in_s=round(delay, 2))
+                self.log.warning("inbox.poll_failed", error=str(exc), error_type=type(exc).__name__,
+                                 failures=self._failures, retry_in_s=round(delay, 2),
+                                 exc_info=not isinstance(exc, InboxError))
             finally:
                 self._polled.set()
             # poll sooner while something waits to settle, so it is taken as soon as it may be
-            if self._waiting():
+            if not failed and self._waiting():
                 delay = min(delay, max(self.config.settle / 2, 0.05))
             self._stop.wait(delay)
 
@@ -140,8 +155,13 @@ class PollingInbox:
         return self._waiting()
 
     def _waiting(self) -> int:
+        """Entries not handed over yet, except empty ones that stayed empty past ``settle``
+        (an upload that never started must not hold ``run --once`` or keep polling fast)."""
+        now = self._clock()
         with self._lock:
-            return sum((key, v[1]) not in self._handed for key, v in self._seen.items())
+            return sum((key, version) not in self._handed
+                       and not (size == 0 and now - since >= self.config.settle)
+                       for key, (size, version, since) in self._seen.items())
 
     def alive(self) -> bool:
         return bool(self._thread and self._thread.is_alive())

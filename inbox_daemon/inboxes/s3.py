@@ -159,7 +159,7 @@ def event_records(body: str) -> list[EventRecord]:
             # keys in notifications are URL-encoded, with "+" for a space
             out.append(EventRecord(event=str(record.get("eventName", "")), bucket=s3["bucket"]["name"],
                                    key=urllib.parse.unquote_plus(s3["object"]["key"])))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed record: {exc!r}") from exc
     return out
 
@@ -181,6 +181,8 @@ def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
 
 
 class S3Inbox(PollingInbox):
+    atomic_uploads = True           # an S3 object is visible only once its upload completed
+
     def __init__(self, config: InboxConfig, *, client=None, sqs=None):
         super().__init__(config)
         self.bucket = config.bucket
@@ -432,11 +434,12 @@ class S3Inbox(PollingInbox):
                     if self._stop.is_set():
                         break
                     self._handle(message, on_ready)
-            except InboxError as exc:
+            except Exception as exc:  # noqa: BLE001 — this thread is the inbox: it must outlive any error
                 self._failures += 1
                 delay = backoff(self._failures, 1.0, MAX_BACKOFF)
-                self.log.warning("inbox.receive_failed", error=str(exc), failures=self._failures,
-                                 retry_in_s=round(delay, 2))
+                self.log.warning("inbox.receive_failed", error=str(exc), error_type=type(exc).__name__,
+                                 failures=self._failures, retry_in_s=round(delay, 2),
+                                 exc_info=not isinstance(exc, InboxError))
                 self._stop.wait(delay)
             finally:
                 self._polled.set()

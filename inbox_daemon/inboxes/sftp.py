@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import paramiko
+import paramiko.hostkeys
 
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
@@ -56,6 +57,12 @@ class SftpInbox(PollingInbox):
                 f"host key of {host} CHANGED: the server presents {exc.key.get_name()} "
                 f"{exc.key.get_base64()[:24]}…, {cfg.known_hosts} has another. Refusing to connect; "
                 f"if the change is legitimate, replace the entry (ssh-keyscan -p {cfg.port} {cfg.host})") from exc
+        except paramiko.hostkeys.InvalidHostKey as exc:
+            self.disconnect()
+            raise InboxMisconfigured(f"{cfg.known_hosts} has an unreadable entry: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InboxMisconfigured(f"{what} on {host}: a file name in {self.root!r} is not UTF-8 "
+                                     f"({exc.object[max(0, exc.start - 20):exc.end + 20]!r})") from exc
         except paramiko.AuthenticationException as exc:
             self.disconnect()
             raise InboxMisconfigured(f"authentication as {cfg.username!r} on {host} failed: {exc}") from exc
@@ -73,7 +80,7 @@ class SftpInbox(PollingInbox):
             if what == "list":
                 raise InboxMisconfigured(f"folder {self.root!r} does not exist on {host}") from exc
             raise InboxUnavailable(f"{what} on {host}: no such file ({exc})") from exc
-        except (OSError, EOFError, socket.timeout) as exc:
+        except (OSError, EOFError, socket.timeout, paramiko.SFTPError) as exc:
             self.disconnect()
             raise InboxUnavailable(f"{what} on {host}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -98,8 +105,13 @@ class SftpInbox(PollingInbox):
         except BaseException:
             ssh.close()
             raise
-        ssh.get_transport().set_keepalive(KEEPALIVE_S)
-        self._ssh, self._sftp = ssh, ssh.open_sftp()
+        try:
+            ssh.get_transport().set_keepalive(KEEPALIVE_S)
+            sftp = ssh.open_sftp()
+        except BaseException:
+            ssh.close()
+            raise
+        self._ssh, self._sftp = ssh, sftp
         self._sftp.get_channel().settimeout(TIMEOUT_S)
         self.log.info("sftp.connected", host=cfg.host, port=cfg.port, username=cfg.username)
         return self._sftp
@@ -182,7 +194,7 @@ class SftpInbox(PollingInbox):
         try:
             with self._conn_lock, self._errors("list"):
                 count = len(self._client().listdir(self.root))
-        except (InboxMisconfigured, InboxUnavailable) as exc:
+        except Exception as exc:  # noqa: BLE001 — a probe reports every failure, whatever its type
             return {"ok": False, "detail": str(exc)}
         return {"ok": True, "detail": f"connected, host key verified, {count} entries in {self.root}"}
 
