@@ -223,20 +223,20 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
 
     errors = p.mask(ERROR)
     keep = pc.invert(errors)
+    sku_key = pc.utf8_lower(pc.utf8_normalize(sku, "NFC"))
     canonical = pa.RecordBatch.from_arrays([
-        rows, sku, pc.utf8_lower(pc.utf8_normalize(sku, "NFC")), name, texts["description"], price_cents, currency, stock,
-        active, texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
+        rows, sku, sku_key, name, texts["description"], price_cents, currency, stock, active,
+        texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
     ], schema=CANONICAL_SCHEMA)
     diagnostics = p.table()
+    rejected = pa.table({"sku_key": sku_key.filter(errors), "row": rows.filter(errors)})
     error_codes: dict[str, int] = {}
     for mask, _, code, _, _, severity in p.items:
         if severity == ERROR:
             error_codes[code] = error_codes.get(code, 0) + pc.sum(mask).as_py()
     return Judged(
         valid=canonical.filter(keep),
-        rejected_keys=pa.table({"sku_key": canonical.column("sku_key").filter(errors),
-                                "row": rows.filter(errors)}).filter(
-            pc.is_valid(canonical.column("sku_key").filter(errors))),
+        rejected_keys=rejected.filter(pc.is_valid(rejected.column("sku_key"))),
         diagnostics=diagnostics,
         read=n,
         rejected=pc.sum(errors).as_py() or 0,

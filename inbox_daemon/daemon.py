@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import os
 import queue
 import signal
 import threading
@@ -22,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, load_config, missing_secrets
+from inbox_daemon import __version__
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, InboxError, Transient
 from inbox_daemon.inboxes import open_inbox
@@ -94,7 +94,6 @@ class Daemon:
             self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
             self.health.start()
         self._install_signals()
-        from config import missing_secrets
         for warning in missing_secrets(cfg):
             self.log.warning("config.secret_missing", problem=warning)
         for inbox_cfg in cfg.inboxes:
@@ -110,7 +109,7 @@ class Daemon:
             self._scan(inbox)
         self.log.info("daemon.started", inboxes=list(self.inboxes), workers=cfg.daemon.workers,
                       store=cfg.store.url.split("://")[0], health=self.health.address if self.health else None,
-                      once=self.once, version=_version())
+                      once=self.once, version=__version__)
         self.notifier.ready(self._status())
         try:
             self._main_loop()
@@ -404,8 +403,3 @@ class Daemon:
 
     def _status(self) -> str:
         return f"queue {self.queue.qsize()}, in flight {self._in_flight}, last job {self.last_job}"
-
-
-def _version() -> str:
-    from inbox_daemon import __version__
-    return __version__

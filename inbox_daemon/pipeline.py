@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+
 from adapters.mapping import ColumnMap, resolve_columns
 from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
@@ -30,8 +32,6 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
-
-import pyarrow as pa
 
 KEEP_SPOOL = ("queued", "running", "rejected", "failed", "quarantined")   # requeue reads the spool
 
@@ -208,16 +208,10 @@ class Pipeline:
 
     def _duplicate(self, job: Job, spooled: Path, log) -> Result:
         original = self.store.job(job.duplicate_of)
-        now = utcnow()
-        manifest = {
-            "job_id": job.id, "partner": job.partner_id, "inbox": job.inbox,
-            "source": _source(job), "sha256": job.sha256, "format": job.format, "mode": job.mode,
-            "status": "duplicate", "attempt": 1, "duplicate_of": original.id,
-            "rows": _rows(), "errors": {}, "diagnostics": None,
-            "started_at": job.started_at, "finished_at": now, "duration_ms": 0,
-            "version": __version__,
-            "message": f"the same content was already received as job {original.id} ({original.status})",
-        }
+        message = f"the same content was already received as job {original.id} ({original.status})"
+        manifest = self._manifest(job, "duplicate", Totals(), None, None, job.started_at, time.monotonic(),
+                                  job.format, job.mode, dry_run=False, message=message)
+        manifest["duplicate_of"] = original.id
         self.store.finish(job, Outcome(status="duplicate", result=manifest))
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
         if original.status not in KEEP_SPOOL:
@@ -226,10 +220,10 @@ class Pipeline:
 
     def give_up(self, job: Job, reason: str, log) -> Result:
         """Quarantine a job that retrying cannot help any more, and tell the partner why."""
-        rows = (job.result or {}).get("rows")
-        manifest = {**self._manifest(job, "quarantined", Totals(), None, None, job.started_at or utcnow(),
-                                     time.monotonic(), job.format, job.mode, dry_run=False, message=reason),
-                    **({"rows": rows} if rows else {}), "duration_ms": 0}
+        manifest = self._manifest(job, "quarantined", Totals(), None, None, job.started_at or utcnow(),
+                                  time.monotonic(), job.format, job.mode, dry_run=False, message=reason)
+        if job.result and job.result.get("rows"):
+            manifest["rows"] = job.result["rows"]       # what the last attempt got to see
         self.store.finish(job, Outcome(status="quarantined", result=manifest, error=reason))
         log.error("job.quarantined", job_id=job.id, attempts=job.attempt, reason=reason)
         return self.report(job, manifest, None, log)
@@ -253,7 +247,7 @@ class Pipeline:
                   started: str, clock: float, fmt: str | None, mode: str, *, dry_run: bool,
                   message: str | None = None) -> dict:
         manifest = {
-            "job_id": job.id, "partner": job.partner_id, "inbox": job.inbox, "source": _source(job),
+            "job_id": job.id, "partner": job.partner_id, "inbox": job.inbox, "source": job.source.as_dict(),
             "sha256": job.sha256, "format": fmt, "mode": mode, "status": status, "attempt": job.attempt,
             "rows": _rows(totals, counts), "errors": dict(sorted(totals.error_codes.items())),
             "diagnostics": diagnostics, "started_at": started, "finished_at": utcnow(),
@@ -266,22 +260,14 @@ class Pipeline:
         return manifest
 
 
-def _rows(totals: Totals | None = None, counts=None) -> dict:
-    read = totals.read if totals else 0
-    rejected = totals.rejected if totals else 0
+def _rows(totals: Totals, counts) -> dict:
+    """The manifest's ``rows``; ``counts`` (the merge's) is None when nothing was merged."""
     return {
-        "read": read, "valid": read - rejected, "rejected": rejected,
-        "warnings": totals.warnings if totals else 0,
-        "superseded": counts.superseded if counts else 0,
-        "inserted": counts.inserted if counts else 0,
-        "updated": counts.updated if counts else 0,
-        "unchanged": counts.unchanged if counts else 0,
-        "deactivated": counts.deactivated if counts else 0,
+        "read": totals.read, "valid": totals.read - totals.rejected, "rejected": totals.rejected,
+        "warnings": totals.warnings,
+        **{k: getattr(counts, k) if counts else 0
+           for k in ("superseded", "inserted", "updated", "unchanged", "deactivated")},
     }
-
-
-def _source(job: Job) -> dict:
-    return job.source.as_dict()
 
 
 def _file_problem(exc: FeedError) -> pa.Table:
@@ -295,6 +281,7 @@ def _file_problem(exc: FeedError) -> pa.Table:
 def _dry_run_job(drop: Drop, sha256: str, source: Source, fmt, mode, spooled: Path) -> Job:
     now = utcnow()
     return Job(id=f"validate-{new_job_id()}", partner_id=drop.partner, inbox=drop.inbox, sha256=sha256,
-               source_uri=source.uri, source_name=source.name, size=source.size, source_version=source.version, format=fmt, mode=mode,
-               status="running", attempt=1, duplicate_of=None, spool_path=str(spooled), error=None,
-               result=None, created_at=now, started_at=now, finished_at=None, reported_at=None)
+               source_uri=source.uri, source_name=source.name, size=source.size,
+               source_version=source.version, format=fmt, mode=mode, status="running", attempt=1,
+               duplicate_of=None, spool_path=str(spooled), error=None, result=None, created_at=now,
+               started_at=now, finished_at=None, reported_at=None)

@@ -8,7 +8,7 @@ off before the commit left nothing behind and is simply run again.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, Protocol
 

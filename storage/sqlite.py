@@ -159,14 +159,11 @@ class SqliteStore:
         with self._transaction():
             original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
                                      (partner_id, sha256))
+            new = dict(partner_id=partner_id, sha256=sha256, inbox=inbox, source=source, fmt=fmt, mode=mode,
+                       now=now)
             if original is None:
-                job_id = new_job_id()
-                self._exec(
-                    "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                    " source_version, format, mode, status, attempt, spool_path, created_at,"
-                    " started_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?)",
-                    (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
-                     source.version, fmt, mode, spool_path, now, now, _lease_until()))
+                job_id = self._insert_job(**new, status="running", spool_path=spool_path,
+                                          lease_until=_lease_until())
                 self._start_attempt(job_id, 1, now)
                 return Claim("new", self.job(job_id))
             resumable = original.status in ("queued", "failed") or (
@@ -186,14 +183,20 @@ class SqliteStore:
                 return Claim("busy", original)
             if original.reported_at is None:
                 return Claim("unreported", original)
-            job_id = new_job_id()
-            self._exec(
-                "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
-                " source_version, format, mode, status, attempt, duplicate_of, created_at, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'duplicate', 1, ?, ?, ?)",
-                (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size,
-                 source.version, fmt, mode, original.id, now, now))
+            job_id = self._insert_job(**new, status="duplicate", duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
+
+    def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
+                    mode: str, now: str, status: str, spool_path: str | None = None,
+                    duplicate_of: str | None = None, lease_until: str | None = None) -> str:
+        job_id = new_job_id()
+        self._exec(
+            "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
+            " format, mode, status, attempt, spool_path, duplicate_of, created_at, started_at, lease_until)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+            (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version, fmt,
+             mode, status, spool_path, duplicate_of, now, now, lease_until))
+        return job_id
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
         lease = self._one("SELECT lease_until FROM jobs WHERE id = ?", (job_id,))

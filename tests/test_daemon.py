@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -159,13 +160,17 @@ def test_keep_leaves_the_file_and_the_ledger_prevents_a_second_apply(tmp_path, d
     assert [(name, status) for name, status, _ in _jobs(tmp_path)] == [("kept.csv", "succeeded")]
 
 
+def _drop_big_and_wait_for_its_start(tmp_path, d, rows: int) -> None:
+    """A file large enough to be cut off mid-job: written aside, renamed in, job started."""
+    big = tmp_path / "big.csv"
+    write_csv(big, ["sku", "name", "price"], [[f"B{i}", "n", "1.00"] for i in range(rows)])
+    big.rename(tmp_path / "inbox" / "default" / "big.csv")
+    d.wait_event("job.started", file="big.csv")
+
+
 def test_sigterm_exits_zero_quickly_and_nothing_is_half_applied(tmp_path, daemon):
     d = daemon()
-    inbox = tmp_path / "inbox" / "default"
-    big = tmp_path / "big.csv"
-    write_csv(big, ["sku", "name", "price"], [[f"B{i}", "n", "1.00"] for i in range(400_000)])
-    big.rename(inbox / "big.csv")
-    d.wait_event("job.started", file="big.csv")
+    _drop_big_and_wait_for_its_start(tmp_path, d, 400_000)
 
     t0 = time.monotonic()
     d.signal(signal.SIGTERM)
@@ -184,11 +189,7 @@ def test_sigterm_exits_zero_quickly_and_nothing_is_half_applied(tmp_path, daemon
 
 def test_killed_mid_job_the_restart_applies_it_exactly_once(tmp_path, daemon):
     d = daemon()
-    inbox = tmp_path / "inbox" / "default"
-    big = tmp_path / "big.csv"
-    write_csv(big, ["sku", "name", "price"], [[f"K{i}", "n", "1.00"] for i in range(300_000)])
-    big.rename(inbox / "big.csv")
-    d.wait_event("job.started", file="big.csv")
+    _drop_big_and_wait_for_its_start(tmp_path, d, 300_000)
     d.kill()                                          # SIGKILL: no cleanup at all
 
     assert len(products(tmp_path)) in (0, 300_000)    # never a part of the file
@@ -233,7 +234,8 @@ def test_requeued_job_is_processed_again_by_the_running_daemon(tmp_path, daemon)
     [rejected] = wait_manifests(tmp_path, 1)
     assert rejected["errors"] == {"missing_column": 1}
     # the partner's columns are explained in the config, then the job is requeued
-    d.config_path.write_text(config(partners='[[partners]]\nid = "default"\ncolumns = { sku = "id", name = "title" }\n'))
+    d.config_path.write_text(config(
+        partners='[[partners]]\nid = "default"\ncolumns = { sku = "id", name = "title" }\n'))
     d.signal(signal.SIGHUP)
     d.wait_event("config.reloaded")
 
@@ -276,7 +278,8 @@ def webhook_receiver(handler):
 
 def test_webhook_is_signed_and_received(tmp_path, daemon):
     with webhook_receiver(_Receiver) as url:
-        cfg = config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}", secret_env = "HOOK_SECRET" }}\n')
+        cfg = config(partners=f'[[partners]]\nid = "default"\n'
+                              f'webhook = {{ url = "{url}", secret_env = "HOOK_SECRET" }}\n')
         d = daemon(cfg, env={"HOOK_SECRET": "s3cr3t-value"})
         _drop(tmp_path / "inbox" / "default", "hooked.csv", "sku,name\nH,x\n")
         [manifest] = wait_manifests(tmp_path, 1)
@@ -304,8 +307,12 @@ def test_metrics_and_healthz_answer(tmp_path, daemon):
     assert 'inbox_rows_total{outcome="inserted",partner="default"} 2.0' in text
     assert "inbox_job_duration_seconds_bucket" in text and "inbox_queue_depth" in text
     assert 'inbox_last_success_timestamp_seconds{inbox="local:inbox/default"}' in text
-    health = wait_for(lambda: json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
-                      if True else None, what="/healthz")
+    def healthy():
+        try:
+            return json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
+        except urllib.error.HTTPError:          # 503 until the first health check has run
+            return None
+    health = wait_for(healthy, what="/healthz answering 200")
     assert health["ok"] is True and health["store"] is True and health["dead_inboxes"] == []
     assert d.stop() == 0
 

@@ -3,7 +3,6 @@ name, a torn audit line after a power cut, unreadable configuration, ambiguous h
 
 from __future__ import annotations
 
-import json
 import os
 import time
 

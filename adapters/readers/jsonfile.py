@@ -28,39 +28,32 @@ from adapters.readers import (
 from inbox_daemon.errors import UnreadableFile
 
 
+MAX_DEPTH = 64   # deeper nesting is no catalog; ijson's prefixes would cost O(depth²) memory
+_BOM = b"\xef\xbb\xbf"
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _loads(text: str | bytes):
-    return json.loads(text, parse_constant=_reject_constant)
-
-
 def _first_byte(path: Path, *, compressed: bool) -> bytes:
-    with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
-        while chunk := stream.read(4096):
-            stripped = chunk.lstrip(b" \t\r\n")
-            if stripped.startswith(b"\xef\xbb\xbf"):
-                stripped = stripped[3:].lstrip(b" \t\r\n")
-            if stripped:
-                return stripped[:1]
+    """The first byte that is not whitespace or a BOM ("[", "{", …), or b"" for an empty file."""
+    try:
+        with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+            while chunk := stream.read(4096):
+                stripped = chunk.lstrip(b" \t\r\n")
+                if stripped.startswith(_BOM):
+                    stripped = stripped[3:].lstrip(b" \t\r\n")
+                if stripped:
+                    return stripped[:1]
+    except (OSError, EOFError) as exc:          # not gzip, truncated gzip, I/O
+        raise UnreadableFile(reason=f"cannot read the file: {exc}") from exc
     return b""
-
-
-_BOM = b"\xef\xbb\xbf"
 
 
 def _skip_bom(stream) -> None:
     if stream.peek(3)[:3] == _BOM:
         stream.read(3)
-
-
-def _guard(path: Path, *, compressed: bool, step):
-    """Run ``step`` mapping decompression and I/O failures to ``UnreadableFile``."""
-    try:
-        return step()
-    except (OSError, EOFError) as exc:
-        raise UnreadableFile(reason=f"cannot read the file: {exc}") from exc
 
 
 class _NestingGuard(io.RawIOBase):
@@ -99,7 +92,7 @@ class _NestingGuard(io.RawIOBase):
 
 def read_json(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
     """A ``.json`` file is either one array of objects or one object per line."""
-    first = _guard(path, compressed=compressed, step=lambda: _first_byte(path, compressed=compressed))
+    first = _first_byte(path, compressed=compressed)
     if first == b"[":
         return _read_array(path, compressed=compressed, options=options)
     if first == b"{":
@@ -107,9 +100,6 @@ def read_json(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
     if not first:
         raise UnreadableFile(reason="the file is empty", row=None)
     raise UnreadableFile(reason="expected a JSON array of objects or one JSON object per line", row=1)
-
-
-MAX_DEPTH = 64   # deeper nesting is no catalog; ijson's prefixes would cost O(depth²) memory
 
 
 def _check_array_document(path: Path, *, compressed: bool) -> None:
@@ -181,7 +171,7 @@ def _reject_non_finite(batch: pa.RecordBatch, first_row: int) -> None:
 
 
 def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
-    first = _guard(path, compressed=compressed, step=lambda: _first_byte(path, compressed=compressed))
+    first = _first_byte(path, compressed=compressed)
     if not first:
         raise UnreadableFile(reason="the file is empty", row=None)
     row = 1

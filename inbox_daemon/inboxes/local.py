@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from watchdog.events import (
-    DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent,
+    FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent,
     FileSystemEvent, FileSystemEventHandler,
 )
 from watchdog.observers import Observer
@@ -238,40 +238,24 @@ def _reports_close_write(observer) -> bool:
     return isinstance(observer, InotifyObserver)
 
 
+# watchdog event → (the path that names the file, what it says about readiness)
+_EVENT_KINDS = {
+    FileMovedEvent: ("dest_path", "final"),        # renamed into place
+    FileClosedEvent: ("src_path", "final"),        # closed after writing
+    FileCreatedEvent: ("src_path", "created"),     # a bare create may be a move from elsewhere
+    FileOpenedEvent: ("src_path", "writing"),      # someone has it open: wait for the close
+    FileModifiedEvent: ("src_path", "writing"),
+}
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, inbox: LocalInbox):
         self.inbox = inbox
 
-    def _name(self, path: str) -> str | None:
-        p = Path(os.fsdecode(path))
-        return p.name if p.parent == self.inbox.root else None
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if isinstance(event, (FileMovedEvent, DirMovedEvent)) and not event.is_directory:
-            name = self._name(event.dest_path)
-            if name:
-                self.inbox._event(name, "final")
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent):
-            name = self._name(event.src_path)
-            if name:
-                self.inbox._event(name, "final")
-
-    def on_opened(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileOpenedEvent):
-            name = self._name(event.src_path)
-            if name:
-                self.inbox._event(name, "writing")
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileCreatedEvent):
-            name = self._name(event.src_path)
-            if name:
-                self.inbox._event(name, "created")
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileModifiedEvent):
-            name = self._name(event.src_path)
-            if name:
-                self.inbox._event(name, "writing")
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        spec = _EVENT_KINDS.get(type(event))
+        if spec is None:
+            return                                  # directories, deletions, closed-without-write
+        path = Path(os.fsdecode(getattr(event, spec[0])))
+        if path.parent == self.inbox.root:          # top-level files only
+            self.inbox._event(path.name, spec[1])
