@@ -11,9 +11,13 @@ import pyarrow as pa
 # Columns a partner may send (after renaming through the partner's ``columns``/preset).
 INPUT_FIELDS = (
     "sku", "name", "description", "price", "price_cents", "currency", "stock", "active",
-    "brand", "category", "gtin", "url", "image_url",
+    "brand", "category", "gtin", "url", "image_url", "availability",
 )
 REQUIRED_FIELDS = ("sku", "name")
+# ``availability`` is not stored: it only says "stock 0" when a feed has no quantity.
+AVAILABILITY = {"in stock": "in stock", "instock": "in stock", "out of stock": "out of stock",
+                "outofstock": "out of stock", "preorder": "preorder", "pre order": "preorder",
+                "backorder": "backorder", "back order": "backorder"}
 TEXT_FIELDS = ("description", "brand", "category", "url", "image_url")
 
 # Longest accepted value per column, in characters.

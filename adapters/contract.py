@@ -6,8 +6,10 @@ every value is described as the text a CSV cell holds, since that is what partne
 
 from __future__ import annotations
 
-from adapters.canonical import MAX_LENGTH
-from adapters.presets import PRESETS
+import dataclasses
+
+from adapters.canonical import AVAILABILITY, MAX_LENGTH
+from adapters.mapping import candidates, preset_of
 from adapters.validation import PRICE_TEXT
 from config.model import PartnerConfig
 
@@ -29,14 +31,34 @@ _FIELDS = {
              {"pattern": r"^[0-9\s-]{8,18}$"}, "4006381333931"),
     "url": ("Product page.", {"maxLength": MAX_LENGTH["url"]}, "https://shop.example/p/abc-123"),
     "image_url": ("Main image.", {"maxLength": MAX_LENGTH["image_url"]}, "https://shop.example/i/abc-123.jpg"),
+    "availability": ("in stock, out of stock, preorder or backorder (not stored; out of stock without "
+                     "a stock value means stock 0).",
+                     {"pattern": "^(?i:" + "|".join(sorted(AVAILABILITY, key=len, reverse=True)).replace(" ", "[ _-]?")
+                      + ")$"}, "in stock"),
 }
 
 
 def partner_column(partner: PartnerConfig, canonical: str) -> str:
-    if canonical in partner.columns:
-        return partner.columns[canonical]
-    preset = PRESETS.get(partner.preset or "", {})
-    return preset.get(canonical, (canonical,))[0]
+    return candidates(partner, canonical)[0]
+
+
+def effective_mapping(partner: PartnerConfig) -> dict:
+    """What ``resolve_columns`` will try for this partner, preset and overrides composed."""
+    preset = preset_of(partner)
+    mapping = {
+        "preset": partner.preset,
+        "columns": {c: list(candidates(partner, c)) for c in _FIELDS},
+        "overrides": dict(partner.columns),
+    }
+    if preset is not None:
+        mapping["description"] = " ".join(preset.description.split())
+        mapping["values"] = {k: dict(v) for k, v in preset.values.items()}
+        mapping["lists"] = dict(preset.lists)
+        mapping["key_value_attributes"] = list(preset.key_value)
+        mapping["rows"] = ({k: v for k, v in dataclasses.asdict(preset.rows).items() if v not in (None, ())}
+                           if preset.rows else None)
+    mapping["delimiter"] = partner.delimiter or (preset.delimiter if preset else None)
+    return mapping
 
 
 def contract(partner: PartnerConfig) -> dict:
@@ -59,4 +81,5 @@ def contract(partner: PartnerConfig) -> dict:
         "properties": properties,
         "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
         "examples": [example],
+        "x-mapping": effective_mapping(partner),
     }

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.canonical import CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
+from adapters.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
 from adapters.mapping import ColumnMap, attributes_json
 from adapters.readers import Block
 from config.model import PartnerConfig
@@ -30,6 +30,8 @@ _NULL_INT = pa.scalar(None, pa.int64())
 _ISO = pa.array(sorted(ISO_4217))
 _TRUE = pa.array(["true", "1", "yes", "y", "t", "on"])
 _FALSE = pa.array(["false", "0", "no", "n", "f", "off"])
+_AVAILABILITY_WORDS = pa.array(list(AVAILABILITY), pa.string())
+_AVAILABILITY_MEANS = pa.array(list(AVAILABILITY.values()), pa.string())
 # 9.99 | 1,299.99 | "9.99 USD" | "USD 9.99" | $9.99 | €9,99 | "9,99 €" | -5
 PRICE_TEXT = r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*-?\s*[0-9][0-9.,' ]*[$€£¥]?(?:\s*[A-Za-z]{3})?$"
 _INTEGER = r"^-?[0-9]{1,15}(?:\.0+)?$"
@@ -55,10 +57,12 @@ class _Problems:
         self.items: list[tuple[pa.Array, str, str, str, pa.Array, str]] = []
 
     def add(self, mask: pa.Array, canonical: str, code: str, message: str, values: pa.Array,
-            severity: str = ERROR) -> None:
+            severity: str = ERROR, *, column: str | None = None) -> None:
+        """``column``: the partner's column when it is none of the canonical ones."""
         mask = pc.fill_null(mask, False)
         if pc.any(mask).as_py():
-            self.items.append((mask, canonical, code, message, values, severity))
+            self.items.append((mask, column or self.cmap.partner_column(canonical), code, message,
+                               values, severity))
 
     def mask(self, severity: str) -> pa.Array:
         out = pa.array(np.zeros(len(self.rows), dtype=bool))
@@ -69,14 +73,14 @@ class _Problems:
 
     def table(self) -> pa.Table:
         parts = []
-        for mask, canonical, code, message, values, severity in self.items:
+        for mask, column, code, message, values, severity in self.items:
             n = pc.sum(mask).as_py()
             shown = pc.utf8_slice_codeunits(values.filter(mask), 0, MAX_VALUE_SHOWN)
             parts.append(pa.table({
                 "row": self.rows.filter(mask),
                 "sku": self.sku.filter(mask),
                 "severity": pa.repeat(severity, n),
-                "column": pa.repeat(self.cmap.partner_column(canonical), n),
+                "column": pa.repeat(column, n),
                 "code": pa.repeat(code, n),
                 "message": pa.repeat(message, n),
                 "value": shown.cast(pa.string()),
@@ -93,7 +97,8 @@ def _text(batch: pa.RecordBatch, cmap: ColumnMap, canonical: str) -> pa.Array:
     if name is None:
         return pa.nulls(batch.num_rows, pa.string())
     values = pc.utf8_trim_whitespace(batch.column(name))
-    return pc.if_else(pc.equal(values, ""), _NULL_STR, values)
+    values = pc.if_else(pc.equal(values, ""), _NULL_STR, values)
+    return cmap.apply_rules(canonical, values)
 
 
 def _null_where(values: pa.Array, mask: pa.Array) -> pa.Array:
@@ -161,6 +166,11 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     sku = _text(batch, cmap, "sku")
     p = _Problems(rows, sku, cmap)
 
+    # cells the reader could not decode: the row is rejected, the rest of the file goes on
+    for column, bad in block.bad_cells:
+        p.add(bad, "", "invalid_encoding", f"not valid {block.encoding} text; the value is shown with "
+              "the undecodable bytes replaced", batch.column(column), column=column)
+
     # sku and name: required, bounded
     name = _text(batch, cmap, "name")
     for canonical, values in (("sku", sku), ("name", name)):
@@ -201,6 +211,17 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw_stock)
     p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw_stock)
 
+    # availability: not stored, but "out of stock" without a quantity is stock 0
+    raw_availability = _text(batch, cmap, "availability")
+    availability = pc.take(_AVAILABILITY_MEANS, pc.index_in(
+        pc.replace_substring_regex(pc.utf8_lower(raw_availability), r"[\s_-]+", " "),
+        value_set=_AVAILABILITY_WORDS))
+    p.add(pc.and_(pc.is_valid(raw_availability), pc.is_null(availability)), "availability",
+          "invalid_availability", "availability must be in stock, out of stock, preorder or backorder",
+          raw_availability)
+    stock = pc.if_else(pc.and_(pc.is_null(stock), pc.fill_null(pc.equal(availability, "out of stock"), False)),
+                       pa.scalar(0, pa.int64()), stock)
+
     # active: boolean, default true
     raw_active = _text(batch, cmap, "active")
     lowered = pc.utf8_lower(raw_active)
@@ -217,7 +238,7 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
           "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)
     gtin = _null_where(gtin_digits, gtin_bad)
 
-    attributes = attributes_json(batch, cmap.unmapped)
+    attributes = attributes_json(batch, cmap.unmapped, cmap.key_value)
     p.add(pc.greater(pc.utf8_length(attributes), MAX_LENGTH["attributes"]), "sku", "too_long",
           f"unmapped columns exceed {MAX_LENGTH['attributes']} characters of attributes", sku)
 

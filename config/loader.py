@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from config.model import (
-    DEFAULT_PARTNER, Config, DaemonConfig, InboxConfig, PartnerConfig, StoreConfig, WebhookConfig,
+    DEFAULT_PARTNER, Config, DaemonConfig, InboxConfig, Limits, PartnerConfig, StoreConfig, WebhookConfig,
 )
 
 CONFIG_ENV = "INBOX_DAEMON_CONFIG"
@@ -150,6 +150,10 @@ def _partner(r: _Reader, data: dict, path: str) -> PartnerConfig | None:
     kw["max_deactivate_ratio"] = r.get(data, "max_deactivate_ratio", path, float, 0.2, check=_ratio)
     kw["encoding"] = r.get(data, "encoding", path, str, "utf-8", check=_encoding)
     kw["decimal_separator"] = r.get(data, "decimal_separator", path, str, ".", check=_choice(".", ","))
+    kw["delimiter"] = r.get(data, "delimiter", path, str, None, check=_choice(",", ";", "\t", "|"))
+    kw["sheet"] = r.get(data, "sheet", path, str, None)
+    kw["locale"] = r.get(data, "locale", path, str, "en_US", check=_token)
+    kw["channel"] = r.get(data, "channel", path, str, "ecommerce", check=_token)
     columns = r.get(data, "columns", path, dict, {})
     from adapters.canonical import INPUT_FIELDS
     for canonical, column in columns.items():
@@ -168,6 +172,12 @@ def _partner(r: _Reader, data: dict, path: str) -> PartnerConfig | None:
             r.problems.append(f"{hp}.url: expected an http:// or https:// URL")
         kw["webhook"] = WebhookConfig(url=url or "", secret_env=r.get(hook, "secret_env", hp, str))
     return PartnerConfig(id=pid, **kw) if pid else None
+
+
+def _token(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_]{1,32}$", value):
+        raise ValueError(f"expected letters, digits and '_' (e.g. en_US); got {value!r}")
+    return value
 
 
 def _preset(value: str) -> str:
@@ -232,9 +242,9 @@ def build_config(data: dict, source: Path | None = None) -> Config:
     """Turn parsed TOML into a ``Config``; raise ``ConfigError`` listing every problem."""
     problems: list[str] = []
     r = _Reader(problems)
-    data = r.table(data, "", {"daemon", "store", "partners", "inboxes"})
+    data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits"})
 
-    d = r.table(data.get("daemon", {}), "daemon", {f.name for f in fields(DaemonConfig)})
+    d = r.table(data.get("daemon", {}), "daemon", {f.name for f in fields(DaemonConfig)} - {"limits"})
     state_dir = Path(r.get(d, "state_dir", "daemon", str, "var"))
     daemon = DaemonConfig(
         state_dir=state_dir,
@@ -247,6 +257,7 @@ def build_config(data: dict, source: Path | None = None) -> Config:
         retry_base=r.get(d, "retry_base", "daemon", (str, int, float), 2.0, check=parse_duration),
         retry_max=r.get(d, "retry_max", "daemon", (str, int, float), 300.0, check=parse_duration),
         stop_timeout=r.get(d, "stop_timeout", "daemon", (str, int, float), 10.0, check=parse_duration),
+        limits=_limits(r, data.get("limits", {})),
     )
     s = r.table(data.get("store", {}), "store", {"url"})
     store = StoreConfig(url=r.get(s, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}",
@@ -285,6 +296,24 @@ def build_config(data: dict, source: Path | None = None) -> Config:
     if problems:
         raise ConfigError(problems, source)
     return Config(daemon=daemon, store=store, partners=partners, inboxes=tuple(inboxes), source=source)
+
+
+def _limits(r: _Reader, data: dict) -> Limits:
+    data = r.table(data, "limits", {f.name for f in fields(Limits)})
+    default = Limits()
+
+    def ratio(value: float) -> float:
+        if not value >= 1.0 or not math.isfinite(value):
+            raise ValueError(f"must be a finite number of at least 1; got {value}")
+        return value
+    return Limits(
+        max_columns=r.get(data, "max_columns", "limits", int, default.max_columns, check=_positive),
+        max_line_bytes=r.get(data, "max_line_bytes", "limits", int, default.max_line_bytes, check=_positive),
+        max_uncompressed_bytes=r.get(data, "max_uncompressed_bytes", "limits", int,
+                                     default.max_uncompressed_bytes, check=_positive),
+        max_compression_ratio=r.get(data, "max_compression_ratio", "limits", float,
+                                    default.max_compression_ratio, check=ratio),
+    )
 
 
 def missing_secrets(config: Config) -> list[str]:

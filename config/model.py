@@ -18,6 +18,7 @@ DEFAULT_PARTNER = "default"
 DEFAULT_PATTERNS = (
     "*.csv", "*.tsv", "*.txt", "*.json", "*.ndjson", "*.jsonl", "*.parquet",
     "*.csv.gz", "*.tsv.gz", "*.txt.gz", "*.json.gz", "*.ndjson.gz", "*.jsonl.gz", "*.parquet.gz",
+    "*.xlsx",
 )
 
 
@@ -36,8 +37,12 @@ class PartnerConfig:
     max_deactivate_ratio: float = 0.2
     # canonical column name -> the partner's column name
     columns: Mapping[str, str] = field(default_factory=dict)
-    encoding: str = "utf-8"
+    encoding: str = "utf-8"             # text files without a BOM; a UTF-8/16/32 BOM always wins
     decimal_separator: str = "."
+    delimiter: str | None = None        # CSV: None = sniffed from the header line
+    sheet: str | None = None            # .xlsx: None = the first sheet
+    locale: str = "en_US"               # presets with localized columns (name-en_US)
+    channel: str = "ecommerce"          # presets with channel-scoped columns (description-en_US-ecommerce)
     webhook: WebhookConfig | None = None
 
 
@@ -77,6 +82,15 @@ class InboxConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What any input file may cost at most; beyond it the file is rejected with the reason."""
+    max_columns: int = 2_000                    # columns in a header / fields of a record
+    max_line_bytes: int = 16 << 20              # one physical line of a text file
+    max_uncompressed_bytes: int = 20 << 30      # a .gz file (or an .xlsx sheet) once inflated
+    max_compression_ratio: float = 200.0        # inflated / compressed, checked past the first MiB
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path = Path("var")
     workers: int = 2
@@ -87,6 +101,7 @@ class DaemonConfig:
     retry_base: float = 2.0             # seconds; backoff doubles per attempt, with full jitter
     retry_max: float = 300.0            # seconds; the backoff never exceeds this
     stop_timeout: float = 10.0          # seconds in-flight jobs may take to finish on SIGTERM
+    limits: Limits = Limits()
 
     @property
     def spool_dir(self) -> Path:

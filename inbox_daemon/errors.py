@@ -6,6 +6,7 @@
     │   ├── UnreadableFile             a parser gave up (bad bytes, invalid JSON, ragged CSV)
     │   ├── MissingColumn              a required canonical column is not in the file
     │   ├── DuplicateColumn            two columns of the file have the same name
+    │   ├── LimitExceeded              too many columns, a line too long, a gzip bomb
     │   ├── TooManyRejects             more rows with errors than ``max_reject_ratio``
     │   └── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
     ├── StoreError                     the catalog store failed
@@ -62,6 +63,15 @@ class UnreadableFile(FeedError):
     def __init__(self, *, reason: str, row: int | None = None):
         self.reason, self.row = reason, row
         super().__init__(reason)
+
+
+class LimitExceeded(FeedError):
+    """The file is bigger than ``[limits]`` allows in one respect; nothing was applied."""
+    code = "limit_exceeded"
+
+    def __init__(self, *, limit: str, reason: str, row: int | None = None):
+        self.limit, self.reason, self.row = limit, reason, row
+        super().__init__(f"{reason} (limits.{limit})")
 
 
 class MissingColumn(FeedError):

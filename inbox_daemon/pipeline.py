@@ -20,10 +20,11 @@ from typing import Callable
 
 import pyarrow as pa
 
-from adapters.mapping import ColumnMap, resolve_columns
+from adapters.mapping import ColumnMap, preset_of, requested_paths, resolve_columns
 from adapters.readers import ReadOptions, detect_format, read_blocks
+from adapters.rows import shaper_for
 from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
-from config.model import Config, PartnerConfig
+from config.model import Config, Limits, PartnerConfig
 from inbox_daemon import __version__
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
@@ -36,11 +37,21 @@ from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
 KEEP_SPOOL = ("queued", "running", "rejected", "failed", "quarantined")   # requeue reads the spool
 
 
+def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
+    """How this partner's files are read: encoding, delimiter (the partner's, else the preset's,
+    else sniffed), sheet, nested paths the mapping names, and the limits."""
+    preset = preset_of(partner)
+    return ReadOptions(encoding=partner.encoding, progress=progress,
+                       delimiter=partner.delimiter or (preset.delimiter if preset else None),
+                       paths=requested_paths(partner), sheet=partner.sheet, limits=limits)
+
+
 @dataclass
 class Totals:
     read: int = 0
     rejected: int = 0
     warnings: int = 0
+    skipped: int = 0              # rows that are no catalog row of their own (Shopify image rows)
     error_codes: dict[str, int] = field(default_factory=dict)
 
     def add(self, judged: Judged) -> None:
@@ -143,14 +154,17 @@ class Pipeline:
             if fmt is None:
                 detect_format(job.source_name)           # raises UnknownFormat with the reason
             with self.store.load(job) as load:
-                options = ReadOptions(encoding=partner.encoding, progress=progress)
+                options = read_options(partner, self.config.daemon.limits, progress)
                 # the partner's decimal separator is a convention of text files only
-                decimal = partner.decimal_separator if fmt in ("csv", "tsv") else "."
+                decimal = partner.decimal_separator if fmt in ("csv", "tsv", "xlsx") else "."
+                shaper = shaper_for(preset.rows if (preset := preset_of(partner)) else None)
                 cmap: ColumnMap | None = None
                 names: list[str] | None = None
                 for block in read_blocks(spooled, name=job.source_name, fmt=fmt, options=options):
                     if should_stop():
                         raise Cancelled()
+                    block = shaper.shape(block)
+                    totals.skipped = shaper.skipped
                     if block.batch.schema.names != names:
                         names = block.batch.schema.names
                         cmap = resolve_columns(names, partner, require=cmap is None)
@@ -264,7 +278,7 @@ def _rows(totals: Totals, counts) -> dict:
     """The manifest's ``rows``; ``counts`` (the merge's) is None when nothing was merged."""
     return {
         "read": totals.read, "valid": totals.read - totals.rejected, "rejected": totals.rejected,
-        "warnings": totals.warnings,
+        "warnings": totals.warnings, "skipped": totals.skipped,
         **{k: getattr(counts, k) if counts else 0
            for k in ("superseded", "inserted", "updated", "unchanged", "deactivated")},
     }

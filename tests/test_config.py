@@ -13,7 +13,7 @@ from config import (
     CONFIG_ENV, ConfigError, DaemonConfig, InboxConfig, PartnerConfig, StoreConfig, WebhookConfig,
     build_config, load_config, parse_duration,
 )
-from config.model import DEFAULT_PATTERNS
+from config.model import DEFAULT_PATTERNS, Limits
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -298,11 +298,13 @@ def _documented_example() -> dict:
 
 @pytest.mark.parametrize("model, section", [
     (DaemonConfig, "daemon"), (StoreConfig, "store"), (PartnerConfig, "partners"),
-    (WebhookConfig, "webhook"), (InboxConfig, "inboxes"),
+    (WebhookConfig, "webhook"), (InboxConfig, "inboxes"), (Limits, "limits"),
 ])
 def test_example_toml_documents_every_key_of_the_model(model, section):
     doc = _documented_example()
-    if section in ("daemon", "store"):
+    if section == "daemon":
+        keys = set(doc[section]) | {"limits"}       # its own [limits] table
+    elif section in ("store", "limits"):
         keys = set(doc[section])
     elif section == "webhook":
         keys = {k for p in doc["partners"] if "webhook" in p for k in p["webhook"]}
@@ -314,8 +316,8 @@ def test_example_toml_documents_every_key_of_the_model(model, section):
 
 def test_example_toml_uses_no_key_the_model_lacks():
     doc = _documented_example()
-    assert set(doc) <= {"daemon", "store", "partners", "inboxes"}
-    for section, model in (("daemon", DaemonConfig), ("store", StoreConfig)):
+    assert set(doc) <= {"daemon", "store", "partners", "inboxes", "limits"}
+    for section, model in (("daemon", DaemonConfig), ("store", StoreConfig), ("limits", Limits)):
         assert set(doc[section]) <= {f.name for f in dataclasses.fields(model)}
     for table in doc["partners"]:
         assert set(table) <= {f.name for f in dataclasses.fields(PartnerConfig)}

@@ -262,9 +262,6 @@ def test_real_world_csv_reads_like_pythons_csv_module(corpus, rel, encoding):
     "csvkit-examples/examples/bad.csv",                       # a row longer than the header
     "csvkit-examples/examples/test_join_short_rows.csv",      # a row shorter than the header
     "csvkit-examples/examples/empty.csv",                     # no bytes at all
-    "csvkit-examples/examples/test_latin1.csv",               # latin-1 read as UTF-8
-    "messytables-horror/horror/characters.csv",               # Big5 read as UTF-8
-    "messytables-horror/horror/utf-16le_encoded.csv",         # UTF-16 read as UTF-8
     "messytables-horror/horror/weird_head_padding.csv",       # a banner line above the header
 ], ids=lambda rel: Path(rel).name)
 def test_broken_real_world_csv_is_unreadable(corpus, rel):

@@ -305,7 +305,7 @@ def test_manifest_has_every_contract_field(workdir, ingest):
     assert set(manifest) >= {"job_id", "partner", "inbox", "source", "sha256", "format", "mode", "status",
                              "attempt", "rows", "errors", "diagnostics", "started_at", "finished_at",
                              "duration_ms", "version"}
-    assert set(manifest["rows"]) == {"read", "valid", "rejected", "warnings", "superseded", "inserted",
+    assert set(manifest["rows"]) == {"read", "valid", "rejected", "warnings", "skipped", "superseded", "inserted",
                                      "updated", "unchanged", "deactivated"}
     assert set(manifest["source"]) >= {"uri", "name", "size"}
     on_disk = json.loads((workdir / "var" / "results" / "default" / f"{manifest['job_id']}.result.json").read_text())

@@ -197,7 +197,7 @@ def test_detect_format_uses_the_extension_under_an_optional_gzip_suffix(name, fm
     assert detect_format(name) == fmt
 
 
-@pytest.mark.parametrize("name", ["feed.xml", "feed", "feed.gz", "feed.csv.bz2", "feed.tar.gz", "feed.xlsx"])
+@pytest.mark.parametrize("name", ["feed.xml", "feed", "feed.gz", "feed.csv.bz2", "feed.tar.gz", "feed.xls"])
 def test_unknown_extension_is_an_unknown_format(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(encode("csv"))
@@ -354,12 +354,15 @@ def test_progress_callback_receives_increasing_byte_counts_ending_at_the_file_si
     assert seen[-1] == big_csv.stat().st_size
 
 
-def test_invalid_utf8_bytes_are_unreadable(tmp_path):
+def test_invalid_utf8_bytes_mark_their_own_cell_and_the_rest_reads(tmp_path):
     path = tmp_path / "feed.csv"
-    path.write_bytes(b"sku,name\nA-1,Caf\xe9\n")     # latin-1 é in a file read as UTF-8
+    path.write_bytes(b"sku,name\nA-1,Caf\xe9\nB-2,Tea\n")     # latin-1 \xe9 in a file read as UTF-8
 
-    with pytest.raises(UnreadableFile):
-        read(path)
+    [block] = read(path)
+
+    assert block.batch.column("name").to_pylist() == ["Caf\ufffd", "Tea"]
+    [(column, mask)] = block.bad_cells
+    assert column == "name" and mask.to_pylist() == [True, False]
 
 
 def test_invalid_utf8_in_the_header_is_unreadable(tmp_path):
@@ -370,12 +373,15 @@ def test_invalid_utf8_in_the_header_is_unreadable(tmp_path):
         read(path)
 
 
-def test_bytes_undefined_in_the_given_encoding_are_unreadable(tmp_path):
+def test_bytes_undefined_in_the_given_encoding_mark_their_cell(tmp_path):
     path = tmp_path / "feed.csv"
-    path.write_bytes(b"sku,name\nA-1,\x81\n")         # 0x81 has no character in cp1252
+    path.write_bytes(b"sku,name\nA-1,\x81\nB-2,Caf\xe9\n")         # 0x81 has no character in cp1252
 
-    with pytest.raises(UnreadableFile):
-        read(path, options=ReadOptions(encoding="cp1252"))
+    [block] = read(path, options=ReadOptions(encoding="cp1252"))
+
+    assert block.batch.column("name").to_pylist() == ["\ufffd", "Café"]
+    assert [(c, m.to_pylist()) for c, m in block.bad_cells] == [("name", [True, False])]
+    assert block.encoding == "cp1252"
 
 
 @pytest.mark.parametrize("name", ["feed.csv", "feed.tsv"])

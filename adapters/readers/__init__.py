@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inbox_daemon.errors import UnknownFormat, UnreadableFile
+from config.model import Limits
+from inbox_daemon.errors import LimitExceeded, UnknownFormat, UnreadableFile
 
 BLOCK_SIZE = 1 << 22          # bytes pyarrow reads and parses at a time
 PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through Python objects
@@ -39,6 +41,9 @@ class Block:
     batch: pa.RecordBatch
     first_row: int
     rows: pa.Array | None = None
+    # (column, mask) of cells that were not valid text in ``encoding``; shown with U+FFFD
+    bad_cells: tuple[tuple[str, pa.Array], ...] = ()
+    encoding: str = "utf-8"
 
     def row_numbers(self) -> pa.Array:
         if self.rows is not None:
@@ -49,16 +54,19 @@ class Block:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    encoding: str = "utf-8"           # CSV/TSV only; JSON and Parquet are UTF-8 by definition
+    encoding: str = "utf-8"           # CSV/TSV only, when no BOM says otherwise; JSON and Parquet are UTF-8
     delimiter: str | None = None      # CSV only; None: by extension, else sniffed from the header
     progress: Callable[[int], None] | None = None   # called with bytes of the file consumed
+    paths: tuple[str, ...] = ()       # nested values to extract as columns: "brands[0]", "images[0].uri"
+    sheet: str | None = None          # .xlsx: None = the first sheet
+    limits: Limits = Limits()
 
 
 _COMPRESSED = (".gz", ".gzip")
 _BY_EXTENSION = {
     ".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv",
     ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson",
-    ".parquet": "parquet", ".pq": "parquet",
+    ".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx",
 }
 
 
@@ -99,15 +107,48 @@ class _Counting(io.RawIOBase):
         super().close()
 
 
+class _BoundedInflate(io.RawIOBase):
+    """A gzip stream that stops a decompression bomb while it inflates: more than
+    ``max_uncompressed_bytes`` out, or past the first MiB more than ``max_compression_ratio``
+    times the compressed bytes read so far, is ``LimitExceeded`` — never inflated to the end."""
+
+    def __init__(self, compressed: io.BufferedReader, raw_file, limits: Limits):
+        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
+        self._raw_file, self._limits, self._out = raw_file, limits, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._gzip.readinto(buf)
+        self._out += n
+        limits = self._limits
+        if self._out > limits.max_uncompressed_bytes:
+            raise LimitExceeded(limit="max_uncompressed_bytes",
+                                reason=f"the file inflates to more than {limits.max_uncompressed_bytes} bytes")
+        consumed = max(self._raw_file.tell(), 1)
+        if self._out > (1 << 20) and self._out > limits.max_compression_ratio * consumed:
+            raise LimitExceeded(limit="max_compression_ratio",
+                                reason=f"the file inflates more than {limits.max_compression_ratio:g} times "
+                                       "its compressed size (a decompression bomb?)")
+        return n
+
+    def close(self) -> None:
+        self._gzip.close()
+        super().close()
+
+
 @contextlib.contextmanager
 def open_stream(path: Path, *, compressed: bool, options: ReadOptions) -> Iterator[io.BufferedIOBase]:
     """The decompressed byte stream of a spooled file."""
-    raw = open(path, "rb", buffering=0)
-    if options.progress:
-        raw = _Counting(raw, options.progress)
+    file = open(path, "rb", buffering=0)
+    raw = _Counting(file, options.progress) if options.progress else file
     stream = io.BufferedReader(raw, buffer_size=BLOCK_SIZE)
     try:
-        yield gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream
+        if compressed:
+            yield io.BufferedReader(_BoundedInflate(stream, file, options.limits), buffer_size=BLOCK_SIZE)
+        else:
+            yield stream
     finally:
         stream.close()
 
@@ -119,7 +160,12 @@ def read_blocks(path: Path, *, name: str, fmt: str | None = None,
     if fmt not in FORMATS:
         raise UnknownFormat(name=name, known=sorted(FORMATS))
     _, compressed = split_name(name)
-    yield from FORMATS[fmt](path, name=name, compressed=compressed, options=options)
+    max_columns = options.limits.max_columns
+    for block in FORMATS[fmt](path, name=name, compressed=compressed, options=options):
+        if block.batch.num_columns > max_columns:
+            raise LimitExceeded(limit="max_columns", row=block.first_row,
+                                reason=f"{block.batch.num_columns} columns, more than {max_columns}")
+        yield block
 
 
 # -- normalisation: whatever types a reader produced, mapping sees text ----------------------
@@ -130,9 +176,42 @@ def _json_text(array: pa.Array) -> pa.Array:
                      for v in array.to_pylist()], pa.string())
 
 
-def to_text(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Flatten structs to ``a.b`` names and turn every column into strings."""
+_PATH_STEP = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
+
+
+def parse_path(path: str) -> list[str | int]:
+    """``"images[0].uri"`` -> ``["images", 0, "uri"]``."""
+    return [int(i) if i else name for i, name in _PATH_STEP.findall(path)]
+
+
+def _at_path(array: pa.Array, steps: list[str | int]) -> pa.Array | None:
+    """The value at ``steps`` inside nested Arrow values, null where a row has none."""
+    for step in steps:
+        t = array.type
+        if isinstance(step, int):
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                return None
+            long_enough = pc.fill_null(pc.greater(pc.list_value_length(array), step), False)
+            # list_element refuses short lists: those rows get a one-element null list first
+            padded = pc.if_else(long_enough, array, pa.scalar([None], t))
+            array = pc.list_element(padded, step)
+        else:
+            if not pa.types.is_struct(t) or t.get_field_index(step) < 0:
+                return None
+            array = pc.struct_field(array, [t.get_field_index(step)])
+    return array
+
+
+def to_text(batch: pa.RecordBatch, paths: tuple[str, ...] = ()) -> pa.RecordBatch:
+    """Flatten structs to ``a.b`` names and turn every column into strings; ``paths`` that go
+    through lists (``brands[0]``) become columns of their own."""
     names, arrays = [], []
+    for path in paths:
+        steps = parse_path(path)
+        if steps and isinstance(steps[0], str) and steps[0] in batch.schema.names:
+            found = _at_path(batch.column(steps[0]), steps[1:])
+            if found is not None and not (pa.types.is_struct(found.type) or pa.types.is_list(found.type)):
+                batch = batch.append_column(path, found)
 
     def add(name: str, array: pa.Array) -> None:
         t = array.type
@@ -171,9 +250,24 @@ def to_text(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def flatten_record(obj: dict, prefix: str = "", out: dict | None = None) -> dict:
+def _record_at(obj, steps: list[str | int]):
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(obj, list) or len(obj) <= step:
+                return None
+        elif not isinstance(obj, dict) or step not in obj:
+            return None
+        obj = obj[step]
+    return obj
+
+
+def flatten_record(obj: dict, prefix: str = "", out: dict | None = None, paths: tuple[str, ...] = ()) -> dict:
     """A parsed JSON object as ``{dotted.name: text}``, the shape ``to_text`` gives Arrow batches."""
     out = {} if out is None else out
+    for path in paths:
+        value = _record_at(obj, parse_path(path))
+        if value is not None and not isinstance(value, (dict, list)):
+            flatten_record({path: value}, "", out)
     for key, value in obj.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -220,6 +314,7 @@ def seekable_copy(path: Path, *, compressed: bool, options: ReadOptions) -> Iter
 from adapters.readers.csvfile import read_csv, read_tsv          # noqa: E402  (registry below)
 from adapters.readers.jsonfile import read_json, read_ndjson     # noqa: E402
 from adapters.readers.parquetfile import read_parquet            # noqa: E402
+from adapters.readers.xlsxfile import read_xlsx                  # noqa: E402
 
 FORMATS: dict[str, Callable[..., Iterator[Block]]] = {
     "csv": read_csv,
@@ -227,4 +322,5 @@ FORMATS: dict[str, Callable[..., Iterator[Block]]] = {
     "json": read_json,
     "ndjson": read_ndjson,
     "parquet": read_parquet,
+    "xlsx": read_xlsx,
 }

@@ -2,12 +2,20 @@
 
 Every column is read as text: inference per block would turn ``00123`` into 123 and fail on a
 later block whose values no longer fit the first block's type. The header is read once to learn
-the column names, then the file is streamed with those names typed as strings.
+the column names, then the file is streamed with those names typed as bytes and checked as
+UTF-8 a column at a time, so a cell that is not valid text rejects its own row (with a
+diagnostics line) instead of the whole file.
+
+Encodings: a UTF-8, UTF-16 or UTF-32 byte-order mark decides; otherwise the partner's
+``encoding``. Anything but UTF-8 is transcoded to UTF-8 on the way in; bytes the encoding cannot
+decode travel through as invalid UTF-8 (``surrogateescape``) and are caught by the same check.
+Line endings may be ``\\n``, ``\\r\\n`` or a lone ``\\r``, mixed; quoted cells may hold newlines.
 """
 
 from __future__ import annotations
 
 import codecs
+import io
 from pathlib import Path
 from typing import Iterator
 
@@ -17,25 +25,119 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from adapters.readers import BLOCK_SIZE, Block, ReadOptions, open_stream, to_text
-from inbox_daemon.errors import UnreadableFile
+from config.model import Limits
+from inbox_daemon.errors import LimitExceeded, UnreadableFile
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 HEADER_ROWS = 1
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
-def sniff_delimiter(path: Path, *, compressed: bool, options: ReadOptions) -> str:
+def detect_encoding(head: bytes, default: str) -> str:
+    """The encoding a byte-order mark names, else the partner's."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    return default
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+class _ToUtf8(io.RawIOBase):
+    """Transcodes a byte stream in any encoding to UTF-8, incrementally. Undecodable bytes are
+    carried through unchanged (``surrogateescape``): they arrive as invalid UTF-8 in their cell."""
+
+    def __init__(self, raw, encoding: str):
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._pending:
+            chunk = self._raw.read(BLOCK_SIZE)
+            text = self._decoder.decode(chunk, final=not chunk)
+            self._pending = text.encode("utf-8", errors="surrogateescape")
+            if not chunk:
+                break
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class _LineGuard(io.RawIOBase):
+    """Refuses a physical line longer than ``max_line_bytes`` as it streams past, so a file
+    that is one endless line is rejected before a parser tries to hold it. Vectorized: the
+    distance between line breaks of each chunk, with numpy."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._limit, self._run = raw, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._raw.readinto(buf)
+        if n:
+            data = np.frombuffer(buf, dtype=np.uint8, count=n)
+            breaks = np.flatnonzero((data == 10) | (data == 13))
+            if len(breaks) == 0:
+                longest, self._run = self._run + n, self._run + n
+            else:
+                gaps = np.diff(breaks)
+                longest = max(self._run + int(breaks[0]), int(gaps.max(initial=0)))
+                self._run = n - 1 - int(breaks[-1])
+            if longest > self._limit:
+                raise LimitExceeded(limit="max_line_bytes",
+                                    reason=f"a line is longer than {self._limit} bytes")
+        return n
+
+
+def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding: str, progress: bool):
+    """The file as a guarded UTF-8 byte stream (a context manager)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def opened():
+        with open_stream(path, compressed=compressed, options=options if progress else
+                         ReadOptions(limits=options.limits)) as stream:
+            raw = stream if _is_utf8(encoding) else _ToUtf8(stream, encoding)
+            yield io.BufferedReader(_LineGuard(raw, options.limits.max_line_bytes), buffer_size=BLOCK_SIZE)
+    return opened()
+
+
+def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str]:
+    """(encoding, header line) from the first bytes of the file, checked against the limits."""
+    limits: Limits = options.limits
+    with open_stream(path, compressed=compressed, options=ReadOptions(limits=limits)) as stream:
+        head = stream.read(min(limits.max_line_bytes, 1 << 20) + 4)
+    encoding = detect_encoding(head, options.encoding)
+    text = codecs.decode(head, encoding, errors="replace") if head else ""
+    text = text.lstrip("\ufeff")
+    first_line = text.splitlines()[0] if text.strip() else ""
+    if len(first_line.encode("utf-8", errors="replace")) > min(limits.max_line_bytes, 1 << 20):
+        raise LimitExceeded(limit="max_line_bytes", row=1,
+                            reason=f"the header line is longer than {min(limits.max_line_bytes, 1 << 20)} bytes")
+    return encoding, first_line
+
+
+def sniff_delimiter(header: str) -> str:
     """The candidate that appears most often in the header line (ties: comma)."""
-    with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
-        head = stream.read(64 * 1024)
-    text = codecs.decode(head, options.encoding, errors="replace")
-    header = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     counts = {d: header.count(d) for d in CANDIDATE_DELIMITERS}
     best = max(CANDIDATE_DELIMITERS, key=lambda d: (counts[d], d == ","))
     return best if counts[best] else ","
 
 
-def _csv_reader(stream, *, delimiter: str, encoding: str, column_types=None):
-    read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding=encoding)
+def _csv_reader(stream, *, delimiter: str, column_types=None):
+    read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8")
     # blank lines are kept as rows, so later rows keep the numbers a spreadsheet shows
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False)
     convert = pacsv.ConvertOptions(
@@ -45,19 +147,73 @@ def _csv_reader(stream, *, delimiter: str, encoding: str, column_types=None):
     return pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
 
 
+def _bad_rows(values: pa.Array) -> np.ndarray:
+    """Positions of the cells of a binary column that are not valid UTF-8: bisection with
+    Arrow's own validation, so a clean half is cleared in one vectorized check."""
+    bad: list[int] = []
+
+    def search(lo: int, hi: int) -> None:
+        try:
+            values.slice(lo, hi - lo).cast(pa.string())
+            return
+        except pa.ArrowInvalid:
+            if hi - lo == 1:
+                bad.append(lo)
+                return
+        mid = (lo + hi) // 2
+        search(lo, mid)
+        search(mid, hi)
+    search(0, len(values))
+    return np.array(bad, dtype=np.int64)
+
+
+def _as_text(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, tuple[tuple[str, pa.Array], ...]]:
+    """Binary columns as strings; cells that are not UTF-8 are shown with U+FFFD and reported."""
+    arrays, bad_cells = [], []
+    for name, column in zip(batch.schema.names, batch.columns):
+        try:
+            arrays.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        positions = _bad_rows(column)
+        mask = np.zeros(len(column), dtype=bool)
+        mask[positions] = True
+        shown = [column[int(i)].as_py().decode("utf-8", errors="replace") for i in positions]
+        cleaned = pc.replace_with_mask(column, pa.array(mask), pa.array(shown, pa.binary()))
+        arrays.append(cleaned.cast(pa.string()))
+        bad_cells.append((name.strip().lstrip("\ufeff"), pa.array(mask)))
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names), tuple(bad_cells)
+
+
 def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
-          delimiter: str) -> Iterator[Block]:
-    encoding = options.encoding
+          delimiter: str | None) -> Iterator[Block]:
     next_row = HEADER_ROWS + 1
     try:
-        with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
-            names = _csv_reader(stream, delimiter=delimiter, encoding=encoding).schema.names
+        encoding, header = _header(path, compressed=compressed, options=options)
+        delimiter = delimiter or sniff_delimiter(header)
+        if header.count(delimiter) + 1 > options.limits.max_columns:
+            raise LimitExceeded(limit="max_columns", row=1,
+                                reason=f"the header has more than {options.limits.max_columns} columns")
+        shown_encoding = "UTF-8" if _is_utf8(encoding) else encoding
+        with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
+                          progress=False) as stream:
+            names = _csv_reader(stream, delimiter=delimiter).schema.names
         if not any(n.strip().lstrip("\ufeff") for n in names):
             raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
-        text = {n: pa.string() for n in names}
-        with open_stream(path, compressed=compressed, options=options) as stream:
-            for batch in _csv_reader(stream, delimiter=delimiter, encoding=encoding, column_types=text):
-                yield _without_blank_lines(to_text(batch), next_row)
+        as_bytes = {n: pa.binary() for n in names}
+        with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
+                          progress=True) as stream:
+            for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes):
+                batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
+                text, bad_cells = _as_text(batch)
+                block = _without_blank_lines(to_text(text), next_row)
+                if bad_cells:
+                    keep = block.rows is not None
+                    bad_cells = tuple((c, m.filter(_kept(batch, next_row, block)) if keep else m)
+                                      for c, m in bad_cells)
+                    block = Block(block.batch, block.first_row, block.rows, bad_cells, shown_encoding)
+                yield block
                 next_row += batch.num_rows
         if next_row == HEADER_ROWS + 1:
             # a header without rows still names its columns: a missing required one must show
@@ -68,6 +224,12 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         if "Empty CSV file" in reason:
             reason = "the file is empty: a header line is required"
         raise UnreadableFile(reason=reason, row=next_row) from exc
+
+
+def _kept(batch: pa.RecordBatch, first_row: int, block: Block) -> pa.Array:
+    """Which rows of ``batch`` survived into ``block`` (blank lines dropped)."""
+    numbers = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64))
+    return pc.is_in(numbers, value_set=block.rows)
 
 
 def _without_blank_lines(batch: pa.RecordBatch, first_row: int) -> Block:
@@ -85,11 +247,7 @@ def _without_blank_lines(batch: pa.RecordBatch, first_row: int) -> Block:
 
 
 def read_csv(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
-    try:
-        delimiter = options.delimiter or sniff_delimiter(path, compressed=compressed, options=options)
-    except (OSError, EOFError) as exc:
-        raise UnreadableFile(reason=f"cannot read the file: {exc}", row=None) from exc
-    return _read(path, name=name, compressed=compressed, options=options, delimiter=delimiter)
+    return _read(path, name=name, compressed=compressed, options=options, delimiter=options.delimiter)
 
 
 def read_tsv(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:

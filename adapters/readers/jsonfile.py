@@ -130,7 +130,7 @@ def _read_array(path: Path, *, compressed: bool, options: ReadOptions) -> Iterat
                 for offset, item in enumerate(chunk):
                     if not isinstance(item, dict):
                         raise UnreadableFile(reason="array element is not a JSON object", row=row + offset)
-                    records.append(flatten_record(item))
+                    records.append(flatten_record(item, paths=options.paths))
                 yield Block(records_to_batch(records), row)
                 row += len(chunk)
     except UnreadableFile:
@@ -186,7 +186,7 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
                 if _arrow_would_rewrite(batch.schema):
                     raise _Switch()
                 _reject_non_finite(batch, row)
-                yield Block(to_text(batch), row)
+                yield Block(to_text(batch, options.paths), row)
                 row += batch.num_rows
         return
     except (pa.ArrowInvalid, OSError, EOFError, _Switch) as exc:
@@ -236,7 +236,7 @@ def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: in
                     continue
                 if not isinstance(value, dict):
                     raise UnreadableFile(reason=f"line {line_no} is not a JSON object", row=row)
-                records.append(flatten_record(value))
+                records.append(flatten_record(value, paths=options.paths))
                 if len(records) == PY_BATCH_ROWS:
                     yield Block(records_to_batch(records), first)
                     first, records = row + 1, []

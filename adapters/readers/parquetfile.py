@@ -27,7 +27,7 @@ def read_parquet(path: Path, *, name: str, compressed: bool, options: ReadOption
                             reason=f"row group {i} declares {size / 2**20:,.0f} MiB uncompressed, more than "
                                    f"{MAX_ROW_GROUP_BYTES / 2**20:,.0f} MiB: write smaller row groups", row=None)
                 for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-                    yield Block(to_text(batch), next_row)
+                    yield Block(to_text(batch, options.paths), next_row)
                     next_row += batch.num_rows
     except UnreadableFile:
         raise
