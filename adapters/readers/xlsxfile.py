@@ -30,6 +30,8 @@ def _cell_text(value) -> str | None:
         return "true" if value else "false"
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, dt.datetime) and value.time() == dt.time(0):
+        return value.date().isoformat()       # Excel has no date type: a date is midnight
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     text = str(value)
@@ -59,9 +61,11 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
     next_row = 1
     with seekable_copy(path, compressed=compressed, options=options) as local:
         _check_archive(local, options)
+        handle = open(local, "rb")       # a file object: openpyxl judges a path by its extension
         try:
-            workbook = openpyxl.load_workbook(local, read_only=True, data_only=True)
+            workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
         except Exception as exc:  # openpyxl raises whatever its XML/zip layers raise
+            handle.close()
             raise UnreadableFile(reason=f"not a readable .xlsx file: {type(exc).__name__}: {exc}") from exc
         try:
             if options.sheet is not None and options.sheet not in workbook.sheetnames:
@@ -104,3 +108,4 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
             raise UnreadableFile(reason=f"cannot read the sheet: {type(exc).__name__}: {exc}", row=next_row) from exc
         finally:
             workbook.close()
+            handle.close()
