@@ -13,7 +13,8 @@ values are ``take``n by index and ``coalesce``d into the empty cells.
   ``<Handle>/<option values joined by "/">``, or ``<Handle>`` alone when the only option value is
   ``key_default`` ("Default Title"): stable across exports, since it depends on no row position.
 - ``ParentShaper`` (WooCommerce): a row naming a ``parent`` (a SKU, or ``id:<ID>``) inherits the
-  ``inherit`` columns where empty from that parent, if the parent came earlier in the file.
+  ``inherit`` columns where empty from that parent, if the parent came earlier in the file
+  (the last such definition of it).
 """
 
 from __future__ import annotations
@@ -125,11 +126,15 @@ class ParentShaper(Shaper):
         if m.parent not in batch.schema.names or batch.num_rows == 0:
             return block
         inherit = _present(batch, m.inherit)
-        self._remember_parents(batch, inherit)
+        rows = block.row_numbers()
+        self._remember_parents(batch, inherit, rows)
         if self._parents is None:
             return block
         parent = pc.utf8_trim_whitespace(_blank_to_null(batch.column(m.parent)))
         where = pc.index_in(parent, value_set=self._parents.column("ref").combine_chunks())
+        # only a parent defined above the row counts, whatever the batch boundaries
+        above = pc.less(pc.take(self._parents.column("at").combine_chunks(), where), rows)
+        where = pc.if_else(pc.fill_null(above, False), where, pa.scalar(None, where.type))
         new = {}
         for name in inherit:
             if name in self._parents.column_names:
@@ -137,7 +142,7 @@ class ParentShaper(Shaper):
                 new[name] = pc.coalesce(_blank_to_null(batch.column(name)), inherited)
         return Block(_replace_columns(batch, new), block.first_row, block.rows, block.bad_cells, block.encoding)
 
-    def _remember_parents(self, batch: pa.RecordBatch, inherit: list[str]) -> None:
+    def _remember_parents(self, batch: pa.RecordBatch, inherit: list[str], rows: pa.Array) -> None:
         m = self.model
         names = batch.schema.names
         is_parent = pc.is_null(_blank_to_null(batch.column(m.parent)))
@@ -148,12 +153,13 @@ class ParentShaper(Shaper):
         if not pc.any(is_parent).as_py():
             return
         chosen = batch.filter(is_parent)
+        at = rows.filter(is_parent)
         refs = []
         if m.key in names:
             refs.append(pc.utf8_trim_whitespace(chosen.column(m.key)))
         if m.id and m.id in names:
             refs.append(pc.binary_join_element_wise("id:", pc.utf8_trim_whitespace(chosen.column(m.id)), ""))
-        tables = [pa.table({"ref": ref, **{n: chosen.column(n) for n in inherit}}) for ref in refs]
+        tables = [pa.table({"ref": ref, "at": at, **{n: chosen.column(n) for n in inherit}}) for ref in refs]
         if not tables:
             return
         known = [self._parents] if self._parents is not None else []

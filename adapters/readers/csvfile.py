@@ -15,6 +15,7 @@ Line endings may be ``\\n``, ``\\r\\n`` or a lone ``\\r``, mixed; quoted cells m
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 from pathlib import Path
 from typing import Iterator
@@ -196,9 +197,21 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             raise LimitExceeded(limit="max_columns", row=1,
                                 reason=f"the header has more than {options.limits.max_columns} columns")
         shown_encoding = "UTF-8" if _is_utf8(encoding) else encoding
-        with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                          progress=False) as stream:
-            names = _csv_reader(stream, delimiter=delimiter).schema.names
+        try:
+            with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
+                              progress=False) as stream:
+                names = _csv_reader(stream, delimiter=delimiter).schema.names
+        except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
+            raise UnreadableFile(reason=f"the header line is not valid {shown_encoding} text "
+                                        "(is the partner's encoding set?)", row=1) from exc
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" not in str(exc) or not header.strip():
+                raise
+            # one header line and nothing after it, not even a line break: no rows to read
+            names = next(csv.reader([header], delimiter=delimiter))
+            yield Block(to_text(pa.RecordBatch.from_pylist(
+                [], schema=pa.schema([(n, pa.string()) for n in names]))), next_row)
+            return
         if not any(n.strip().lstrip("\ufeff") for n in names):
             raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
         as_bytes = {n: pa.binary() for n in names}
