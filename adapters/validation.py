@@ -168,8 +168,8 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
 
     # cells the reader could not decode: the row is rejected, the rest of the file goes on
     for column, bad in block.bad_cells:
-        p.add(bad, "", "invalid_encoding", f"not valid {block.encoding} text; the value is shown with "
-              "the undecodable bytes replaced", batch.column(column), column=column)
+        p.add(bad, "", "invalid_encoding", f"not valid {block.encoding} text (undecodable bytes or a NUL "
+              "character); the value is shown with them replaced by U+FFFD", batch.column(column), column=column)
 
     # sku and name: required, bounded
     name = _text(batch, cmap, "name")

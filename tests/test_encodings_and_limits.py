@@ -256,3 +256,21 @@ def test_an_xlsx_zip_bomb_is_refused_unopened(workdir, ingest):
     code, manifest = ingest(path)
 
     assert code == 4 and "max_compression_ratio" in manifest["message"]
+
+
+def test_a_nul_character_rejects_its_row_and_is_named(workdir, ingest):
+    rows = [(f"S-{i}", f"Item {i}", "1.00", "1") for i in range(30)]
+    data = _csv_text(rows).encode().replace(b"Item 7,", b"It\x00em 7,")
+    (workdir / "feed.csv").write_bytes(data)
+
+    code, manifest = ingest(workdir / "feed.csv")
+
+    [line] = read_diagnostics(manifest, workdir)
+    assert (line["row"], line["sku"], line["column"], line["code"]) == ("9", "S-7", "name", "invalid_encoding")
+    assert "s-7" not in products(workdir) and len(products(workdir)) == 29
+
+
+def test_a_row_larger_than_a_read_block_is_rejected_with_the_reason(workdir, ingest):
+    (workdir / "huge.csv").write_text("sku,name\nA,a\nB," + "x" * (12 << 20) + "\n")
+    code, manifest = ingest(workdir / "huge.csv")
+    assert code == 4 and "MiB" in manifest["message"] and products(workdir) == {}

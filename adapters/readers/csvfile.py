@@ -168,22 +168,34 @@ def _bad_rows(values: pa.Array) -> np.ndarray:
     return np.array(bad, dtype=np.int64)
 
 
+def _has_nul(values: pa.Array) -> bool:
+    """One pass over the column's value bytes: is there a NUL anywhere?"""
+    data = values.buffers()[2]
+    return data is not None and np.frombuffer(data, dtype=np.uint8).min(initial=1) == 0
+
+
 def _as_text(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, tuple[tuple[str, pa.Array], ...]]:
-    """Binary columns as strings; cells that are not UTF-8 are shown with U+FFFD and reported."""
+    """Binary columns as strings. Cells that are not UTF-8, or that hold a NUL (which no text
+    column downstream can store), are shown with U+FFFD and reported."""
     arrays, bad_cells = [], []
     for name, column in zip(batch.schema.names, batch.columns):
+        mask = None
         try:
-            arrays.append(column.cast(pa.string()))
-            continue
+            text = column.cast(pa.string())
         except pa.ArrowInvalid:
-            pass
-        positions = _bad_rows(column)
-        mask = np.zeros(len(column), dtype=bool)
-        mask[positions] = True
-        shown = [column[int(i)].as_py().decode("utf-8", errors="replace") for i in positions]
-        cleaned = pc.replace_with_mask(column, pa.array(mask), pa.array(shown, pa.binary()))
-        arrays.append(cleaned.cast(pa.string()))
-        bad_cells.append((name.strip().lstrip("\ufeff"), pa.array(mask)))
+            positions = _bad_rows(column)
+            mask = np.zeros(len(column), dtype=bool)
+            mask[positions] = True
+            shown = [column[int(i)].as_py().decode("utf-8", errors="replace") for i in positions]
+            text = pc.replace_with_mask(column, pa.array(mask), pa.array(shown, pa.binary())).cast(pa.string())
+            mask = pa.array(mask)
+        if _has_nul(column):
+            nul = pc.fill_null(pc.match_substring(text, "\x00"), False)
+            text = pc.replace_substring(text, "\x00", "\ufffd")
+            mask = nul if mask is None else pc.or_(mask, nul)
+        arrays.append(text)
+        if mask is not None:
+            bad_cells.append((name.strip().lstrip("\ufeff"), mask))
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names), tuple(bad_cells)
 
 
@@ -236,6 +248,8 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         reason = str(exc).splitlines()[0]
         if "Empty CSV file" in reason:
             reason = "the file is empty: a header line is required"
+        elif "straddles two block boundaries" in reason:
+            reason = f"a row is larger than {BLOCK_SIZE >> 20} MiB, the most one row may hold"
         raise UnreadableFile(reason=reason, row=next_row) from exc
 
 
