@@ -133,7 +133,19 @@ def _currency(value: str) -> str:
 def _store_url(value: str) -> str:
     if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
         raise ValueError("expected sqlite:///relative/path, sqlite:////absolute/path or postgresql://...")
+    if value.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import urlsplit
+        if urlsplit(value).password is not None:
+            raise ValueError("a password must not be written in the file: use store.password_env, "
+                             "PGPASSWORD or ~/.pgpass")
     return value
+
+
+def _lease(value) -> float:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"must be at least 1s; got {value!r}")
+    return seconds
 
 
 def _partner(r: _Reader, data: dict, path: str) -> PartnerConfig | None:
@@ -259,9 +271,11 @@ def build_config(data: dict, source: Path | None = None) -> Config:
         stop_timeout=r.get(d, "stop_timeout", "daemon", (str, int, float), 10.0, check=parse_duration),
         limits=_limits(r, data.get("limits", {})),
     )
-    s = r.table(data.get("store", {}), "store", {"url"})
+    s = r.table(data.get("store", {}), "store", {f.name for f in fields(StoreConfig)})
     store = StoreConfig(url=r.get(s, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}",
-                                  check=_store_url))
+                                  check=_store_url),
+                        password_env=r.get(s, "password_env", "store", str, None),
+                        lease=r.get(s, "lease", "store", (str, int, float), 30.0, check=_lease))
 
     raw_partners = data.get("partners", [{"id": DEFAULT_PARTNER}])
     partners: dict[str, PartnerConfig] = {}
@@ -320,6 +334,8 @@ def missing_secrets(config: Config) -> list[str]:
     """Secrets named by ``*_env`` keys but absent from this process's environment. Not an error
     of the file: an admin's shell rarely has the daemon's secrets; the daemon warns at start."""
     missing = []
+    if config.store.password_env and config.store.password_env not in os.environ:
+        missing.append(f"store.password_env: environment variable {config.store.password_env} is not set")
     for i, inbox in enumerate(config.inboxes):
         if inbox.password_env and inbox.password_env not in os.environ:
             missing.append(f"inboxes[{i}].password_env: environment variable {inbox.password_env} is not set")

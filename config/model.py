@@ -119,6 +119,8 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     url: str
+    password_env: str | None = None     # PostgreSQL: the password's environment variable (else libpq's own)
+    lease: float = 30.0                 # seconds a claim lives without a heartbeat (renewed every lease/3)
 
 
 @dataclass(frozen=True)

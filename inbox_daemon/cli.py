@@ -38,7 +38,7 @@ def _partner(config: Config, partner_id: str):
 
 def _store(config: Config):
     from storage import open_store
-    return open_store(config.store.url)
+    return open_store(config.store)
 
 
 def _setup_logs(config: Config, args) -> None:

@@ -7,6 +7,12 @@ systemd watchdog and keeps the health state.
 
 Retry policy lives here and nowhere else: a job that ``failed`` (a Transient error) is run again
 after an exponential backoff with full jitter, up to ``max_attempts``, then ``quarantined``.
+
+Several daemons may share one store (PostgreSQL) and the same remote inboxes. A worker claims a
+file in the store before downloading it (another daemon's claim: skipped, offered again once
+that claim could have expired); a heartbeat thread renews every claim and job lease this daemon
+holds every ``lease``/3 and queues the jobs of daemons whose leases ran out, which any daemon
+then runs again.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ class Daemon:
         cfg = self.config
         for folder in (cfg.daemon.spool_dir, cfg.daemon.results_dir, cfg.daemon.audit_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.store = open_store(cfg.store.url)
+        self.store = open_store(cfg.store)
         self.webhooks = WebhookSender(metrics=self.metrics)
         self.health = None
         if cfg.daemon.health:
@@ -101,6 +107,9 @@ class Daemon:
         recovered = self.store.recover(self.inboxes)
         if recovered:
             self.log.warning("daemon.recovered", jobs=recovered, reason="left running by a stopped daemon")
+        self._heartbeat_ok = True
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat.start()
         for n in range(cfg.daemon.workers):
             worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
             worker.start()
@@ -152,6 +161,7 @@ class Daemon:
         self._stopping.set()                 # no new work is queued from here on
         for worker in self._workers:         # in-flight jobs still archive through their inbox
             worker.join(timeout=self.config.daemon.stop_timeout + 30)
+        self._heartbeat.join(timeout=10)     # after the workers: their leases live until they end
         for inbox in list(self.inboxes.values()):
             inbox.close()
         self.webhooks.close(timeout=2.0)
@@ -257,12 +267,43 @@ class Daemon:
         runnable = bool(self.store.queued(partners=self.config.partners, limit=1))
         return not waiting and not settling and self.queue.empty() and not runnable
 
+    # -- leases ---------------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        """Renew what this daemon holds; queue what dead daemons held. Own store connection:
+        the workers' are busy inside their transactions."""
+        period = max(self.config.store.lease / 3, 0.2)
+        store, next_beat = None, 0.0
+        while True:
+            if time.monotonic() < next_beat:
+                # stop only once the workers are done: an in-flight job keeps its lease to the end
+                if self._stopping.is_set() and not any(w.is_alive() for w in self._workers):
+                    break
+                time.sleep(0.1)
+                continue
+            next_beat = time.monotonic() + period
+            try:
+                store = store or open_store(self.config.store)
+                store.renew()
+                expired = store.expire_leases()
+                if expired:
+                    self.log.warning("jobs.lease_expired", jobs=expired,
+                                     reason="their daemon stopped renewing them; queued to run again")
+                self._heartbeat_ok = True
+            except Exception as exc:  # noqa: BLE001 — the heartbeat must outlive any store trouble
+                self._heartbeat_ok = False
+                self.log.error("store.heartbeat_failed", error=str(exc), error_type=type(exc).__name__)
+                if store is not None:
+                    store.close()
+                    store = None
+        if store is not None:
+            store.close()
+
     # -- workers --------------------------------------------------------------------------------
     def _should_stop(self) -> bool:
         return time.monotonic() > self._stop_deadline
 
     def _worker(self) -> None:
-        store = open_store(self.config.store.url)
+        store = open_store(self.config.store)
         try:
             while not self._stopping.is_set():
                 try:
@@ -280,6 +321,7 @@ class Daemon:
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
                     self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
+                    self._release_file(store, item.drop)
                     with self._lock:
                         self._in_flight -= 1
                         self._pending.discard(item.key)
@@ -305,6 +347,8 @@ class Daemon:
                 spooled = Path(job.spool_path) if job.spool_path else None
                 sha256 = job.sha256
                 if spooled is None or not spooled.exists():
+                    if not self._claim_file(store, inbox, drop, log):
+                        return
                     try:
                         if inbox is None:
                             raise InboxError("its inbox is not watched by this daemon")
@@ -321,7 +365,7 @@ class Daemon:
                         return
                 fmt, mode = job.format, job.mode
             else:
-                if inbox is None:
+                if inbox is None or not self._claim_file(store, inbox, drop, log):
                     return
                 seen = store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
                 if seen:
@@ -347,6 +391,25 @@ class Daemon:
             log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
             return
         self._after(store, pipeline, inbox, drop, result, started, log)
+
+    def _claim_file(self, store, inbox, drop: Drop, log) -> bool:
+        """This file version is ours to download, unless another daemon sharing the store holds
+        it: then its inbox offers it again once that claim could have run out."""
+        if store.claim_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version):
+            return True
+        log.debug("file.claimed_elsewhere", version=drop.version)
+        offer_again = getattr(inbox, "offer_again_in", None)
+        if offer_again is not None:
+            offer_again(drop, self.config.store.lease)
+        return False
+
+    def _release_file(self, store, drop: Drop) -> None:
+        """Whatever became of it, this daemon no longer holds the file (archived, or left for
+        the next look); released at once rather than kept alive by the heartbeat."""
+        try:
+            store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
+        except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
+            self.log.warning("file.release_failed", file=drop.name, error=str(exc))
 
     def _after(self, store, pipeline: Pipeline, inbox, drop: Drop, result: Result, started: float, log) -> None:
         """The outcome is durable: retry, quarantine, or archive; then tell the partner."""
@@ -397,9 +460,10 @@ class Daemon:
             store_ok = False
             self.log.error("store.unhealthy", error=str(exc))
         workers = sum(w.is_alive() for w in self._workers)
-        ok = not dead and store_ok and workers == len(self._workers)
+        heartbeat = self._heartbeat.is_alive() and self._heartbeat_ok
+        ok = not dead and store_ok and heartbeat and workers == len(self._workers)
         return ok, {"inboxes": len(self.inboxes), "dead_inboxes": dead, "store": store_ok,
-                    "workers": workers, "queue": self.queue.qsize()}
+                    "heartbeat": heartbeat, "workers": workers, "queue": self.queue.qsize()}
 
     def _status(self) -> str:
         return f"queue {self.queue.qsize()}, in flight {self._in_flight}, last job {self.last_job}"

@@ -14,6 +14,7 @@
     │   └── StoreUnavailable (Transient) cannot connect / I/O error: retry
     ├── JobNotFound                    ``jobs show|requeue`` with an unknown id
     ├── Cancelled                      the daemon is stopping: the job is released, not failed
+    │   └── LeaseLost                  another daemon took the job over: this attempt commits nothing
     ├── InboxError                     an inbox could not list, fetch or archive
     │   ├── InboxUnavailable (Transient)  I/O or network trouble: retry
     │   └── InboxMisconfigured (Terminal) access denied, missing folder/bucket, host key refused
@@ -134,6 +135,12 @@ class SpoolError(InboxDaemonError, Transient):
 
 class Cancelled(InboxDaemonError):
     code = "cancelled"
+
+
+class LeaseLost(Cancelled):
+    """Our claim on the job expired and another daemon holds it now (its attempt number moved
+    on): this attempt must not commit. Raised by the store at commit, so it is never too late."""
+    code = "lease_lost"
 
 
 class InboxError(InboxDaemonError):

@@ -7,16 +7,31 @@ off before the commit left nothing behind and is simply run again.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, Protocol
 
 import pyarrow as pa
 
+# the canonical columns a merge writes, and the ledger's columns as a Job has them
+MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
+                  "category", "gtin", "url", "image_url", "attributes")
+JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
+               "status, attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
+               "finished_at, reported_at")
 FINAL = ("succeeded", "partial", "rejected", "failed", "quarantined", "duplicate")
 REQUEUEABLE = ("rejected", "failed", "quarantined")
 STATUSES = ("queued", "running") + FINAL
+
+
+def default_holder() -> str:
+    """Who holds a claim: this daemon process (host and pid). Its workers share it, so one
+    heartbeat renews everything the daemon holds."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def utcnow() -> str:
@@ -112,6 +127,10 @@ class Load(Protocol):
 
 
 class CatalogStore(Protocol):
+    """Claims are leases held by ``holder`` (a daemon): ``renew`` extends all of them at once,
+    ``expire_leases`` queues jobs whose holder stopped renewing. The ``attempt`` number of a
+    job is its fencing token: a commit of an attempt that was taken over raises ``LeaseLost``."""
+
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None) -> Claim: ...
     def load(self, job: Job) -> Load: ...
@@ -127,4 +146,22 @@ class CatalogStore(Protocol):
     def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
                 partner_id: str | None = None) -> list[str]: ...
     def attempts(self, job_id: str) -> list[dict]: ...
+    def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool: ...
+    def release_drop(self, *, inbox: str, uri: str, version: str) -> None: ...
+    def renew(self) -> None: ...
+    def expire_leases(self) -> list[str]: ...
     def close(self) -> None: ...
+
+
+def job_from_row(row: tuple) -> Job:
+    """A ``SELECT JOB_COLUMNS`` row as a ``Job``."""
+    names = [c.strip() for c in JOB_COLUMNS.split(",")]
+    data = dict(zip(names, row))
+    data["result"] = json.loads(data["result"]) if data["result"] else None
+    return Job(**data)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split one of our migration files into statements (they hold no ';' inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -21,20 +21,17 @@ import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
 
 from adapters.canonical import CANONICAL_SCHEMA
-from inbox_daemon.errors import DeactivationRefused, JobNotFound, StoreBusy, StoreError, StoreUnavailable
+from inbox_daemon.errors import (
+    DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
+)
 from storage.base import (
-    REQUEUEABLE, Claim, Job, MergeCounts, Outcome, Source, new_job_id, utcnow,
+    JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, MergeCounts, Outcome,
+    Source, default_holder, job_from_row as _job, new_job_id, split_statements as _statements, utcnow,
 )
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages far less often
-LEASE_SECONDS = 600         # a running job not finished by then is taken over by the next claim
-_MERGED = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
-           "category", "gtin", "url", "image_url", "attributes")
 _SEEN_SCHEMA = pa.schema([("sku_key", pa.string()), ("row", pa.int64())])
-_JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, status, "
-                "attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
-                "finished_at, reported_at")
 
 
 def _map_errors(exc: Exception) -> StoreError:
@@ -47,16 +44,18 @@ def _map_errors(exc: Exception) -> StoreError:
     return StoreError(text)
 
 
-def _lease_until() -> str:
+def _in(seconds: float) -> str:
     from datetime import datetime, timedelta, timezone
-    t = datetime.now(timezone.utc) + timedelta(seconds=LEASE_SECONDS)
+    t = datetime.now(timezone.utc) + timedelta(seconds=seconds)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SqliteStore:
-    """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection."""
+    """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection.
+    Leases use the host's clock: every daemon sharing the file runs on this host."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, lease: float = 30.0, holder: str | None = None):
+        self.lease, self.holder = lease, holder or default_holder()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -163,7 +162,7 @@ class SqliteStore:
                        now=now)
             if original is None:
                 job_id = self._insert_job(**new, status="running", spool_path=spool_path,
-                                          lease_until=_lease_until())
+                                          lease_until=_in(self.lease))
                 self._start_attempt(job_id, 1, now)
                 return Claim("new", self.job(job_id))
             resumable = original.status in ("queued", "failed") or (
@@ -174,9 +173,9 @@ class SqliteStore:
                     "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
                     " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
                     " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
-                    " reported_at = NULL, lease_until = ? WHERE id = ?",
+                    " reported_at = NULL, lease_until = ?, claimed_by = ? WHERE id = ?",
                     (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
-                     spool_path, now, _lease_until(), original.id))
+                     spool_path, now, _in(self.lease), self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
             if original.status == "running":
@@ -192,10 +191,10 @@ class SqliteStore:
         job_id = new_job_id()
         self._exec(
             "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-            " format, mode, status, attempt, spool_path, duplicate_of, created_at, started_at, lease_until)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+            " format, mode, status, attempt, spool_path, duplicate_of, created_at, started_at, lease_until,"
+            " claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
             (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version, fmt,
-             mode, status, spool_path, duplicate_of, now, now, lease_until))
+             mode, status, spool_path, duplicate_of, now, now, lease_until, self.holder))
         return job_id
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
@@ -207,11 +206,15 @@ class SqliteStore:
                    (job_id, attempt, now))
 
     def _record_outcome(self, job: Job, outcome: Outcome) -> None:
+        """The outcome of this attempt, fenced by its number: if another daemon took the job over
+        (a newer attempt), nothing is recorded and the transaction must roll back."""
         now = utcnow()
         self._exec("UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL"
-                   " WHERE id = ?",
+                   " WHERE id = ? AND attempt = ?",
                    (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now,
-                    job.id))
+                    job.id, job.attempt))
+        if self._one("SELECT changes()") != 1:
+            raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
         self._exec("UPDATE job_attempts SET finished_at = ?, status = ?, error = ? WHERE job_id = ? AND attempt = ?",
                    (now, outcome.status, outcome.error, job.id, job.attempt))
 
@@ -225,8 +228,8 @@ class SqliteStore:
 
     def release(self, job: Job) -> None:
         """A job cut off before its commit (shutdown): nothing was applied, run it again later."""
-        self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ? AND status = 'running'",
-                   (job.id,))
+        self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
+                   " WHERE id = ? AND status = 'running' AND attempt = ?", (job.id, job.attempt))
         self._exec("UPDATE job_attempts SET finished_at = ?, status = 'released' WHERE job_id = ? AND attempt = ?",
                    (utcnow(), job.id, job.attempt))
 
@@ -286,6 +289,39 @@ class SqliteStore:
             for job_id in chosen:
                 self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
         return chosen
+
+    # -- claims across daemons ---------------------------------------------------------------
+    def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool:
+        """Take this version of a remote file for download, unless another daemon holds it."""
+        with self._transaction():
+            self._exec("INSERT INTO drop_claims (inbox, uri, version, holder, until) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (inbox, uri, version) DO UPDATE SET holder = excluded.holder,"
+                       " until = excluded.until WHERE drop_claims.until < ? OR drop_claims.holder = excluded.holder",
+                       (inbox, uri, version, self.holder, _in(self.lease), utcnow()))
+            return self._one("SELECT changes()") == 1
+
+    def release_drop(self, *, inbox: str, uri: str, version: str) -> None:
+        self._exec("DELETE FROM drop_claims WHERE inbox = ? AND uri = ? AND version = ? AND holder = ?",
+                   (inbox, uri, version, self.holder))
+
+    def renew(self) -> None:
+        """The heartbeat: everything this daemon holds lives another ``lease``."""
+        until = _in(self.lease)
+        with self._transaction():
+            self._exec("UPDATE jobs SET lease_until = ? WHERE claimed_by = ? AND status = 'running'",
+                       (until, self.holder))
+            self._exec("UPDATE drop_claims SET until = ? WHERE holder = ?", (until, self.holder))
+
+    def expire_leases(self) -> list[str]:
+        """Running jobs whose holder stopped renewing: queued again (nothing of theirs committed)."""
+        now = utcnow()
+        with self._transaction():
+            ids = [r[0] for r in self._exec(
+                "SELECT id FROM jobs WHERE status = 'running' AND lease_until < ?", (now,))]
+            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
+                       " WHERE status = 'running' AND lease_until < ?", (now,))
+            self._exec("DELETE FROM drop_claims WHERE until < ?", (now,))
+        return ids
 
     # -- catalog --------------------------------------------------------------------------------
     def load(self, job: Job) -> "SqliteLoad":
@@ -413,16 +449,3 @@ class SqliteLoad:
             self._s._exec("DROP TABLE IF EXISTS temp.seen")
         except StoreError:
             pass   # the connection is gone; the temp tables went with it
-
-
-def _statements(script: str) -> list[str]:
-    """Split one of our migration files into statements (they hold no ';' inside literals)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def _job(row: tuple) -> Job:
-    names = [c.strip() for c in _JOB_COLUMNS.split(",")]
-    data = dict(zip(names, row))
-    data["result"] = json.loads(data["result"]) if data["result"] else None
-    return Job(**data)

@@ -351,6 +351,9 @@ def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
         wait_for(lambda: len(_FlakyReceiver.received) >= 2, what="a second delivery attempt")
         first, second = _FlakyReceiver.received[:2]
         assert first[1] == second[1]                               # the same manifest, again
+        # the daemon logs an attempt once the answer is in: wait for the second line too
+        wait_for(lambda: len([e for e in d.events() if e.get("event") == "webhook.attempt"]) >= 2,
+                 what="the second attempt logged")
         attempts = [e for e in d.events() if e.get("event") == "webhook.attempt"]
         assert [e.get("http_status") for e in attempts[:2]] == [503, 204]
         assert d.stop() == 0

@@ -125,7 +125,7 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     from tests.conftest import products, write_csv
     path = write_csv(workdir / "feed.csv", ["sku", "name"], [["C1", "x"]])
     config = default_config()
-    store = open_store(config.store.url)
+    store = open_store(config.store)
     pipeline = Pipeline(config, store)
     reported = []
     pipeline.report = lambda *args, **kw: reported.append(args)       # the crash: never reported

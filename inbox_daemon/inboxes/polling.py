@@ -109,6 +109,13 @@ class PollingInbox:
             self._handed = {h: t for h, t in self._handed.items() if h[0] in present}
         return ready
 
+    def offer_again_in(self, drop: Drop, seconds: float) -> None:
+        """Another daemon holds this file: hand it over again after ``seconds`` (when its
+        claim may have run out), not at once, and without polling faster meanwhile."""
+        with self._lock:
+            if (drop.key, drop.version) in self._handed:
+                self._handed[(drop.key, drop.version)] = self._clock() - REOFFER_S + seconds
+
     def drop_for(self, entry: Entry) -> Drop:
         return Drop(inbox=self.id, partner=self.config.partner, key=entry.key, name=entry.name,
                     uri=self.uri(entry.key), size=entry.size, version=entry.version)

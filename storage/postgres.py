@@ -1,0 +1,419 @@
+"""The scale-out catalog store: PostgreSQL through psycopg 3, shared by several daemons.
+
+The contract is SQLite's (``storage.base``): rows and the job's outcome commit in one
+transaction. Batches go in with ``COPY`` (pyarrow writes the CSV, in C++; PostgreSQL's CSV
+format tells a null from an empty string exactly as pyarrow writes them) into a temporary
+staging table, and one set-based ``INSERT … SELECT DISTINCT ON (sku_key) … ON CONFLICT DO
+UPDATE … WHERE … IS DISTINCT FROM`` merges them in key order, skipping unchanged rows.
+
+PostgreSQL is also what coordinates the daemons, with nothing but rows and locks:
+
+- a job per (partner, sha256) is unique; ``claim`` takes it with ``SELECT … FOR UPDATE``, so two
+  daemons never both run it;
+- a running job and a claimed remote file carry a lease (``lease_until``, the database's clock)
+  held by one daemon and renewed by its heartbeat (``renew``); when a daemon dies its leases run
+  out and ``expire_leases`` (any daemon, every few seconds) queues its jobs again;
+- the attempt number fences commits: the outcome is written only ``WHERE attempt = <ours>``, so a
+  daemon that was merely slow cannot commit a job another daemon took over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, Iterable, Iterator
+
+import psycopg
+import psycopg.errors
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from adapters.canonical import CANONICAL_SCHEMA
+from inbox_daemon.errors import (
+    DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
+)
+from storage.base import (
+    JOB_COLUMNS, MERGED_COLUMNS, REQUEUEABLE, Claim, Job, MergeCounts, Outcome, Source, default_holder,
+    job_from_row, new_job_id, split_statements, utcnow,
+)
+
+CONNECT_TIMEOUT_S = 10
+MIGRATION_LOCK = 0x1B0CDAE0           # pg_advisory_xact_lock key: one daemon migrates at a time
+_COPY_OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+_STAGE_COLUMNS = ", ".join(f'"{n}"' for n in CANONICAL_SCHEMA.names)
+_BUSY = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+         psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+
+
+def _map_errors(exc: psycopg.Error) -> StoreError:
+    if isinstance(exc, _BUSY):
+        return StoreBusy(str(exc))
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return StoreUnavailable(str(exc).strip() or type(exc).__name__)
+    return StoreError(str(exc))
+
+
+class PostgresStore:
+    """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
+
+    def __init__(self, url: str, *, password: str | None = None, lease: float = 30.0,
+                 holder: str | None = None):
+        self.lease, self.holder = lease, holder or default_holder()
+        extra = {"password": password} if password else {}
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                         application_name="inbox-daemon", **extra)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {str(exc).strip()}") from exc
+        self._in_tx = False
+        self._migrate()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _exec(self, sql: str, params: tuple | None = None) -> list[tuple]:
+        """Every statement goes through here, so driver errors are mapped in this one place."""
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def _one(self, sql: str, params: tuple | None = None) -> Any:
+        rows = self._exec(sql, params)
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._exec("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        self._exec("COMMIT")
+
+    def _rollback(self) -> None:
+        """Never raises: it runs while another error propagates; a broken connection has no
+        transaction left to roll back."""
+        try:
+            self._exec("ROLLBACK")
+        except StoreError:
+            pass
+
+    def _migrate(self) -> None:
+        from config import ConfigError
+        folder = resources.files("storage") / "migrations" / "postgres"
+        scripts = sorted((int(p.name.split("_", 1)[0]), p) for p in folder.iterdir() if p.name.endswith(".sql"))
+        known = scripts[-1][0] if scripts else 0
+        with self._transaction():
+            self._exec("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            if self._one("SELECT to_regclass('inbox_schema_version')") is None:
+                if self._one("SELECT to_regclass('products')") is not None:
+                    raise ConfigError(["store.url: the database has a products table that inbox-daemon did not "
+                                       "create (no inbox_schema_version table): use an empty database or schema"])
+                self._exec("CREATE TABLE inbox_schema_version (version integer NOT NULL, applied_at text NOT NULL)")
+                self._exec("INSERT INTO inbox_schema_version VALUES (0, %s)", (utcnow(),))
+            version = self._one("SELECT max(version) FROM inbox_schema_version")
+            if version > known:
+                raise ConfigError([f"store.url: the database schema is version {version}, newer than this "
+                                   f"inbox-daemon knows ({known}): upgrade the daemon"])
+            for number, script in scripts:
+                if number > version:
+                    for statement in split_statements(script.read_text()):
+                        self._exec(statement)
+                    self._exec("INSERT INTO inbox_schema_version VALUES (%s, %s)", (number, utcnow()))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- ledger ---------------------------------------------------------------------------------
+    def _job_row(self, where: str, params: tuple, *, lock: bool = False) -> Job | None:
+        rows = self._exec(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}{' FOR UPDATE' if lock else ''}", params)
+        return job_from_row(rows[0]) if rows else None
+
+    def job(self, job_id: str) -> Job:
+        found = self._job_row("id = %s", (job_id,))
+        if found is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return found
+
+    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+             limit: int | None = None) -> list[Job]:
+        where, params = ["true"], []
+        if status:
+            where.append("status = %s")
+            params.append(status)
+        if partner_id:
+            where.append("partner_id = %s")
+            params.append(partner_id)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [job_from_row(r) for r in self._exec(sql, tuple(params))]
+
+    def attempts(self, job_id: str) -> list[dict]:
+        rows = self._exec("SELECT attempt, started_at, finished_at, status, error FROM job_attempts "
+                          "WHERE job_id = %s ORDER BY attempt", (job_id,))
+        return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
+
+    def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
+              mode: str, spool_path: str | None) -> Claim:
+        now = utcnow()
+        where = ("partner_id = %s AND sha256 = %s AND duplicate_of IS NULL", (partner_id, sha256))
+        with self._transaction():
+            original = self._job_row(*where, lock=True)
+            if original is None:
+                job_id = new_job_id()
+                inserted = self._exec(
+                    "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
+                    " format, mode, status, attempt, spool_path, created_at, started_at, lease_until, claimed_by)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'running', 1, %s, %s, %s,"
+                    " now() + make_interval(secs => %s), %s)"
+                    " ON CONFLICT (partner_id, sha256) WHERE duplicate_of IS NULL DO NOTHING RETURNING id",
+                    (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
+                     fmt, mode, spool_path, now, now, self.lease, self.holder))
+                if inserted:
+                    self._start_attempt(job_id, 1, now)
+                    return Claim("new", self.job(job_id))
+                original = self._job_row(*where, lock=True)       # another daemon inserted it first
+            expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
+                                (original.id,))
+            if original.status in ("queued", "failed") or (original.status == "running" and expired):
+                attempt = original.attempt + 1
+                self._exec(
+                    "UPDATE jobs SET status = 'running', attempt = %s, inbox = %s, source_uri = %s,"
+                    " source_name = %s, size = %s, source_version = %s, format = %s, mode = %s,"
+                    " spool_path = %s, error = NULL, result = NULL, started_at = %s, finished_at = NULL,"
+                    " reported_at = NULL, lease_until = now() + make_interval(secs => %s), claimed_by = %s"
+                    " WHERE id = %s",
+                    (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
+                     spool_path, now, self.lease, self.holder, original.id))
+                self._start_attempt(original.id, attempt, now)
+                return Claim("resumed", self.job(original.id))
+            if original.status == "running":
+                return Claim("busy", original)
+            if original.reported_at is None:
+                return Claim("unreported", original)
+            job_id = new_job_id()
+            self._exec(
+                "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
+                " format, mode, status, attempt, duplicate_of, created_at, started_at, claimed_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'duplicate', 1, %s, %s, %s, %s)",
+                (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
+                 fmt, mode, original.id, now, now, self.holder))
+            return Claim("duplicate", self.job(job_id))
+
+    def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
+        self._exec("INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)"
+                   " ON CONFLICT (job_id, attempt) DO UPDATE SET started_at = excluded.started_at,"
+                   " finished_at = NULL, status = NULL, error = NULL", (job_id, attempt, now))
+
+    def _record_outcome(self, job: Job, outcome: Outcome) -> None:
+        """Fenced by the attempt number: nothing is written for an attempt that was taken over."""
+        now = utcnow()
+        done = self._exec(
+            "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s, lease_until = NULL"
+            " WHERE id = %s AND attempt = %s RETURNING id",
+            (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, job.id,
+             job.attempt))
+        if not done:
+            raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
+        self._exec("UPDATE job_attempts SET finished_at = %s, status = %s, error = %s"
+                   " WHERE job_id = %s AND attempt = %s", (now, outcome.status, outcome.error, job.id, job.attempt))
+
+    def finish(self, job: Job, outcome: Outcome) -> None:
+        with self._transaction():
+            self._record_outcome(job, outcome)
+
+    def mark_reported(self, job_id: str) -> None:
+        self._exec("UPDATE jobs SET reported_at = %s WHERE id = %s", (utcnow(), job_id))
+
+    def release(self, job: Job) -> None:
+        with self._transaction():
+            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
+                       " WHERE id = %s AND status = 'running' AND attempt = %s", (job.id, job.attempt))
+            self._exec("UPDATE job_attempts SET finished_at = %s, status = 'released'"
+                       " WHERE job_id = %s AND attempt = %s", (utcnow(), job.id, job.attempt))
+
+    def recover(self, inboxes: Iterable[str]) -> list[str]:
+        """At start-up: only what no live daemon holds — running jobs whose lease ran out, and
+        failed jobs (their retry was scheduled in some daemon's memory) — is queued again. Other
+        daemons' running jobs are left alone, whatever the inbox."""
+        with self._transaction():
+            rows = self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
+                              " WHERE (status = 'running' AND lease_until < now()) OR status = 'failed'"
+                              " RETURNING id")
+        return [r[0] for r in rows]
+
+    def expire_leases(self) -> list[str]:
+        with self._transaction():
+            rows = self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
+                              " WHERE status = 'running' AND lease_until < now() RETURNING id")
+            self._exec("DELETE FROM drop_claims WHERE until < now()")
+        return [r[0] for r in rows]
+
+    def renew(self) -> None:
+        with self._transaction():
+            self._exec("UPDATE jobs SET lease_until = now() + make_interval(secs => %s)"
+                       " WHERE claimed_by = %s AND status = 'running'", (self.lease, self.holder))
+            self._exec("UPDATE drop_claims SET until = now() + make_interval(secs => %s) WHERE holder = %s",
+                       (self.lease, self.holder))
+
+    def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool:
+        rows = self._exec(
+            "INSERT INTO drop_claims (inbox, uri, version, holder, until)"
+            " VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (inbox, uri, version) DO UPDATE SET holder = excluded.holder, until = excluded.until"
+            " WHERE drop_claims.until < now() OR drop_claims.holder = excluded.holder RETURNING holder",
+            (inbox, uri, version, self.holder, self.lease))
+        return bool(rows)
+
+    def release_drop(self, *, inbox: str, uri: str, version: str) -> None:
+        self._exec("DELETE FROM drop_claims WHERE inbox = %s AND uri = %s AND version = %s AND holder = %s",
+                   (inbox, uri, version, self.holder))
+
+    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
+        return self._one("SELECT status FROM jobs WHERE inbox = %s AND source_uri = %s AND source_version = %s"
+                         " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
+                         " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
+
+    def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
+        where, params = "status = 'queued'", []
+        if partners is not None:
+            where += " AND partner_id = ANY(%s)"
+            params.append(list(partners))
+        rows = self._exec(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created_at"
+                          f" LIMIT {int(limit)}", tuple(params))
+        return [job_from_row(r) for r in rows]
+
+    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+                partner_id: str | None = None) -> list[str]:
+        ids = list(ids)
+        with self._transaction():
+            if ids:
+                for job_id in ids:
+                    job = self._job_row("id = %s", (job_id,), lock=True)
+                    if job is None:
+                        raise JobNotFound(f"no job {job_id!r}")
+                    if job.status not in REQUEUEABLE:
+                        raise JobNotFound(f"job {job_id} is {job.status}; only "
+                                          f"{', '.join(REQUEUEABLE)} jobs can be requeued")
+                chosen = ids
+            else:
+                where, params = ["status = %s"], [status]
+                if partner_id:
+                    where.append("partner_id = %s")
+                    params.append(partner_id)
+                chosen = [r[0] for r in self._exec(f"SELECT id FROM jobs WHERE {' AND '.join(where)} FOR UPDATE",
+                                                   tuple(params))]
+            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ANY(%s)", (chosen,))
+        return chosen
+
+    # -- catalog --------------------------------------------------------------------------------
+    def load(self, job: Job) -> "PostgresLoad":
+        return PostgresLoad(self, job)
+
+
+class PostgresLoad:
+    """Stage → merge → commit for one job, all in one transaction. Leaving the ``with`` block
+    without commit rolls it back, staging tables and all (they are ``ON COMMIT DROP``)."""
+
+    def __init__(self, store: PostgresStore, job: Job):
+        self._s, self.job = store, job
+        self._done = False
+        self._rejected = False
+        store._exec("BEGIN")
+        try:
+            store._exec(
+                "CREATE TEMP TABLE stage (\"row\" bigint, sku text, sku_key text, name text, description text,"
+                " price_cents bigint, currency text, stock bigint, active boolean, brand text, category text,"
+                " gtin text, url text, image_url text, attributes text) ON COMMIT DROP")
+            store._exec("CREATE TEMP TABLE seen (sku_key text, \"row\" bigint) ON COMMIT DROP")
+        except BaseException:
+            store._rollback()
+            raise
+
+    def __enter__(self) -> "PostgresLoad":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._done:
+            self.abort()
+
+    def _copy(self, table: str, columns: str, batch) -> None:
+        buffer = io.BytesIO()
+        pacsv.write_csv(batch, buffer, write_options=_COPY_OPTIONS)
+        try:
+            with self._s._conn.cursor() as cur:
+                with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+                    copy.write(buffer.getbuffer())
+        except psycopg.Error as exc:
+            raise _map_errors(exc) from exc
+
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None:
+        """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage``."""
+        if batch.num_rows:
+            self._copy("stage", _STAGE_COLUMNS, batch)
+        if rejected_keys is not None and rejected_keys.num_rows:
+            self._copy("seen", 'sku_key, "row"', rejected_keys.select(["sku_key", "row"]))
+            self._rejected = True
+
+    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
+        s, partner, now = self._s, self.job.partner_id, utcnow()
+        try:
+            s._exec("ANALYZE stage")
+            staged, distinct = s._exec("SELECT count(*), count(DISTINCT sku_key) FROM stage")[0]
+            deactivated = 0
+            absent = ("partner_id = %s AND active AND NOT EXISTS (SELECT 1 FROM stage g WHERE g.sku_key ="
+                      " products.sku_key) AND NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = products.sku_key)")
+            if mode == "snapshot":
+                active = s._one("SELECT count(*) FROM products WHERE partner_id = %s AND active", (partner,))
+                deactivated = s._one(f"SELECT count(*) FROM products WHERE {absent}", (partner,))
+                if deactivated and deactivated > max_deactivate_ratio * active:
+                    raise DeactivationRefused(would_deactivate=deactivated, active=active,
+                                              max_ratio=max_deactivate_ratio)
+            cols = ", ".join(MERGED_COLUMNS)
+            last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
+                    ' ORDER BY sku_key, "row" DESC')
+            blocked, keep = 0, "true"
+            if self._rejected:
+                s._exec('CREATE INDEX ON seen (sku_key, "row")')
+                keep = 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
+                blocked = s._one(f"SELECT count(*) FROM ({last}) l WHERE NOT ({keep})")
+            distinct -= blocked
+            theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
+            ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
+            inserted, updated = s._exec(
+                f"WITH up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
+                f" SELECT %s, sku_key, {cols}, %s, %s FROM ({last}) l WHERE {keep} ORDER BY sku_key"
+                " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
+                + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) RETURNING (xmax = 0) AS fresh)"
+                " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
+                (partner, now, self.job.id))[0]
+            if mode == "snapshot" and deactivated:
+                s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s WHERE {absent}",
+                        (now, self.job.id, partner))
+            return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
+                               updated=updated, unchanged=distinct - inserted - updated,
+                               deactivated=deactivated)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self, outcome: Outcome) -> None:
+        """Record the job's outcome in the merge's transaction and commit both together."""
+        try:
+            self._s._record_outcome(self.job, outcome)
+            self._s._exec("COMMIT")
+            self._done = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._s._rollback()
