@@ -67,8 +67,11 @@ class PostgresStore:
                                          application_name="inbox-daemon", **extra)
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {str(exc).strip()}") from exc
-        self._in_tx = False
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     # -- plumbing -------------------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple | None = None) -> list[tuple]:

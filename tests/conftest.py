@@ -111,3 +111,50 @@ def products(root: Path, partner: str = "default") -> dict[str, dict]:
     finally:
         con.close()
     return {r["sku_key"]: dict(r) for r in rows}
+
+
+# -- PostgreSQL: a real server, one fresh schema per test -------------------------------------------
+
+PG_URL = os.environ.get("INBOX_DAEMON_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 — any failure to connect is the skip reason
+        return f"PostgreSQL not reachable at {PG_URL} (set INBOX_DAEMON_TEST_PG): {str(exc).strip()[:200]}"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    reason = _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A store URL whose search_path is a schema of its own, dropped afterwards."""
+    import secrets
+    from urllib.parse import quote
+
+    import psycopg
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in pg_server else "?"
+    yield f"{pg_server}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def pg_products(url: str, partner: str) -> dict[str, dict]:
+    """The PostgreSQL catalog as a user would query it (plain psycopg, no project code)."""
+    import psycopg
+    from psycopg.rows import dict_row
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT * FROM products WHERE partner_id = %s", (partner,)).fetchall()
+    return {r["sku_key"]: {**r, "active": int(r["active"])} for r in rows}

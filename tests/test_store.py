@@ -1,0 +1,250 @@
+"""The ``CatalogStore`` contract, run on both stores: SQLite (embedded) and PostgreSQL (a real
+server on 127.0.0.1:5432, a schema per test; skipped with the reason where there is none).
+
+Rows are read back with plain sqlite3/psycopg, not with the store under test. SQLite is read
+from another process: two copies of the SQLite library in one process (ADBC's and Python's)
+do not see each other's POSIX locks, and closing one's file descriptor drops the other's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pyarrow as pa
+import pytest
+
+from adapters.canonical import CANONICAL_SCHEMA
+from config.model import StoreConfig
+from inbox_daemon.errors import DeactivationRefused, LeaseLost, StoreUnavailable
+from storage import open_store
+from storage.base import Outcome, Source
+from tests.conftest import pg_products
+from tests.daemon_harness import wait_for
+
+SOURCE = Source(uri="file:///in/feed.csv", name="feed.csv", size=10, version="1")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def make_store(store_url):
+    opened = []
+
+    def make(*, holder: str = "host-a:1", lease: float = 30.0):
+        store = open_store(StoreConfig(url=store_url, lease=lease), holder=holder)
+        opened.append(store)
+        return store
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    return make_store()
+
+
+@pytest.fixture
+def catalog(store_url):
+    def read(partner: str = "p") -> dict[str, dict]:
+        if store_url.startswith("postgresql"):
+            return pg_products(store_url, partner)
+        script = ("import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.row_factory = sqlite3.Row;"
+                  " print(json.dumps([dict(r) for r in c.execute("
+                  "'SELECT * FROM products WHERE partner_id = ?', (sys.argv[2],))]))")
+        out = subprocess.run([sys.executable, "-c", script, store_url[len("sqlite:///"):], partner],
+                             capture_output=True, text=True, check=True).stdout
+        return {r["sku_key"]: r for r in json.loads(out)}
+    return read
+
+
+def rows(*items, first_row: int = 2) -> pa.RecordBatch:
+    """Canonical rows from (sku, name[, price_cents]) tuples, numbered from ``first_row``."""
+    records = []
+    for i, item in enumerate(items):
+        sku, name, *rest = item
+        records.append({"row": first_row + i, "sku": sku, "sku_key": sku.lower(), "name": name,
+                        "price_cents": rest[0] if rest else None, "currency": "USD", "active": 1,
+                        "description": None if name != "quoted" else 'a "b", c\nd', "attributes": None})
+    return pa.RecordBatch.from_pylist(records, schema=CANONICAL_SCHEMA)
+
+
+def claim(store, sha="a" * 64, partner="p"):
+    return store.claim(partner_id=partner, sha256=sha, inbox="local:in", source=SOURCE, fmt="csv",
+                       mode="delta", spool_path=None)
+
+
+def apply(store, job, *batches, mode="delta", rejected=None, ratio=0.2):
+    with store.load(job) as load:
+        for batch in batches:
+            load.stage(batch, rejected)
+        counts = load.merge(mode=mode, max_deactivate_ratio=ratio)
+        load.commit(Outcome(status="succeeded", result={"job_id": job.id}))
+    store.mark_reported(job.id)
+    return counts
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+
+def test_same_content_is_new_then_busy_then_a_duplicate(store):
+    first = claim(store)
+    assert (first.kind, first.job.status, first.job.attempt) == ("new", "running", 1)
+    assert claim(store).kind == "busy"
+    apply(store, first.job, rows(("A", "a")))
+    again = claim(store)
+    assert again.kind == "duplicate" and again.job.duplicate_of == first.job.id
+
+
+def test_committed_but_unreported_is_reported_not_duplicated(store):
+    job = claim(store).job
+    with store.load(job) as load:
+        load.stage(rows(("A", "a")))
+        load.merge(mode="delta", max_deactivate_ratio=0.2)
+        load.commit(Outcome(status="succeeded", result={"job_id": job.id}))
+    assert claim(store).kind == "unreported"
+
+
+def test_requeue_queued_attempts_and_listing(store):
+    job = claim(store).job
+    store.finish(job, Outcome(status="rejected", result={}, error="bad"))
+    assert store.requeue(status="rejected", partner_id="p") == [job.id]
+    assert [j.id for j in store.queued(partners=["p"])] == [job.id]
+    assert store.queued(partners=["other"]) == []
+    resumed = claim(store)
+    assert (resumed.kind, resumed.job.attempt) == ("resumed", 2)
+    assert [a["attempt"] for a in store.attempts(job.id)] == [1, 2]
+    assert [j.id for j in store.jobs(partner_id="p")] == [job.id]
+    assert store.requeue(status="rejected") == []
+
+
+def test_two_daemons_claiming_the_same_content_at_once_one_wins(make_store):
+    stores = [make_store(holder=f"host-{i}:1") for i in range(4)]
+    kinds, barrier = [], threading.Barrier(len(stores))
+
+    def race(store):
+        barrier.wait()
+        kinds.append(claim(store).kind)
+    threads = [threading.Thread(target=race, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(kinds) == ["busy"] * 3 + ["new"]
+
+
+# -- the catalog ---------------------------------------------------------------------------------
+
+def test_last_occurrence_wins_case_insensitively_and_counts_add_up(store, catalog):
+    job = claim(store).job
+    counts = apply(store, job, rows(("A-1", "first", 100), ("b", "bee", 5)),
+                   rows(("a-1", "second", 200), ("C", "quoted"), first_row=4))
+    assert (counts.staged, counts.superseded, counts.inserted, counts.updated, counts.unchanged) == (4, 1, 3, 0, 0)
+    got = catalog()
+    assert (got["a-1"]["sku"], got["a-1"]["name"], got["a-1"]["price_cents"]) == ("a-1", "second", 200)
+    assert got["c"]["description"] == 'a "b", c\nd' and got["b"]["description"] is None
+
+
+def test_unchanged_rows_are_not_written_and_changed_ones_are(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+    written_by = catalog()["a"]["source_job_id"]
+    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 1), ("B", "b", 3), ("C", "c")))
+    assert (counts.inserted, counts.updated, counts.unchanged) == (1, 1, 1)
+    assert catalog()["a"]["source_job_id"] == written_by          # untouched
+    assert catalog()["b"]["price_cents"] == 3
+
+
+def test_a_load_left_without_commit_leaves_nothing(store, catalog):
+    job = claim(store).job
+    with store.load(job) as load:
+        load.stage(rows(("A", "a")))
+        load.merge(mode="delta", max_deactivate_ratio=0.2)
+    assert catalog() == {}
+    assert store.job(job.id).status == "running"
+
+
+def test_snapshot_deactivates_what_the_file_omits_within_the_ratio(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(*[(f"S{i}", "x") for i in range(10)]))
+    counts = apply(store, claim(store, "2" * 64).job, rows(*[(f"S{i}", "x") for i in range(9)]), mode="snapshot")
+    assert counts.deactivated == 1 and catalog()["s9"]["active"] == 0
+    job = claim(store, "3" * 64).job
+    with pytest.raises(DeactivationRefused):
+        apply(store, job, rows(("S0", "x")), mode="snapshot")
+    assert sum(r["active"] for r in catalog().values()) == 9        # nothing of the refused file
+
+
+def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(("A", "old")))
+    rejected = pa.table({"sku_key": ["a"], "row": pa.array([3], pa.int64())})
+    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "new")), rejected=rejected)
+    assert catalog()["a"]["name"] == "old" and counts.updated == 0
+
+
+# -- leases, fencing and file claims across daemons -----------------------------------------------
+
+def test_a_job_whose_daemon_stopped_renewing_is_taken_over_and_the_old_attempt_cannot_commit(make_store, catalog):
+    slow, other = make_store(holder="host-a:1", lease=1), make_store(holder="host-b:2", lease=1)
+    job = claim(slow).job
+    wait_for(lambda: other.expire_leases(), timeout=10, what="the lease to run out")
+    taken = claim(other)
+    assert (taken.kind, taken.job.attempt) == ("resumed", 2)
+
+    with pytest.raises(LeaseLost):
+        apply(slow, job, rows(("A", "from the slow daemon")))
+    assert catalog() == {}
+    apply(other, taken.job, rows(("A", "from the new holder")))
+    assert catalog()["a"]["name"] == "from the new holder"
+    assert other.job(job.id).status == "succeeded"
+
+
+def test_renewed_leases_do_not_expire(make_store):
+    holder, other = make_store(holder="host-a:1", lease=1), make_store(holder="host-b:2", lease=1)
+    job = claim(holder).job
+    for _ in range(4):
+        holder.renew()
+        assert other.expire_leases() == []
+        threading.Event().wait(0.4)                  # between renewals, less than the lease
+    assert other.job(job.id).status == "running"
+
+
+def test_a_file_claimed_by_one_daemon_is_refused_to_another_until_released_or_expired(make_store):
+    a, b = make_store(holder="host-a:1", lease=1), make_store(holder="host-b:2", lease=1)
+    key = dict(inbox="s3:drops/p/", uri="s3://drops/p/feed.csv", version='"etag-1"')
+    assert a.claim_drop(**key) and a.claim_drop(**key)          # its own claim, again
+    assert not b.claim_drop(**key)
+    assert b.claim_drop(**{**key, "version": '"etag-2"'})         # another version is another file
+    a.release_drop(**key)
+    assert b.claim_drop(**key)
+    wait_for(lambda: a.claim_drop(**key), timeout=10, what="b's claim to run out")
+
+
+# -- PostgreSQL specifics ------------------------------------------------------------------------
+
+def test_postgres_refuses_a_database_it_did_not_create(pg_url):
+    import psycopg
+    from config import ConfigError
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE products (id int)")
+    with pytest.raises(ConfigError, match="did not create"):
+        open_store(StoreConfig(url=pg_url))
+
+
+def test_postgres_schema_newer_than_the_daemon_is_a_clear_error(pg_url):
+    from config import ConfigError
+    open_store(StoreConfig(url=pg_url)).close()
+    import psycopg
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO inbox_schema_version VALUES (999, 'later')")
+    with pytest.raises(ConfigError, match="newer than this inbox-daemon"):
+        open_store(StoreConfig(url=pg_url))
+
+
+def test_postgres_unreachable_is_transient():
+    with pytest.raises(StoreUnavailable):
+        open_store(StoreConfig(url="postgresql://127.0.0.1:1/test?connect_timeout=2"))
