@@ -41,6 +41,7 @@ from storage.base import (
 
 CONNECT_TIMEOUT_S = 10
 MIGRATION_LOCK = 0x1B0CDAE0           # pg_advisory_xact_lock key: one daemon migrates at a time
+SORT_MEMORY = "256MB"                 # work_mem of a merge: the file's rows are sorted by key once
 _COPY_OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 _STAGE_COLUMNS = ", ".join(f'"{n}"' for n in CANONICAL_SCHEMA.names)
 _BUSY = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
@@ -366,8 +367,8 @@ class PostgresLoad:
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
         s, partner, now = self._s, self.job.partner_id, utcnow()
         try:
-            s._exec("ANALYZE stage")
-            staged, distinct = s._exec("SELECT count(*), count(DISTINCT sku_key) FROM stage")[0]
+            # the whole file is sorted by key once: give that sort memory rather than temp files
+            s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
             deactivated = 0
             absent = ("partner_id = %s AND active AND NOT EXISTS (SELECT 1 FROM stage g WHERE g.sku_key ="
                       " products.sku_key) AND NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = products.sku_key)")
@@ -380,25 +381,28 @@ class PostgresLoad:
             cols = ", ".join(MERGED_COLUMNS)
             last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
                     ' ORDER BY sku_key, "row" DESC')
-            blocked, keep = 0, "true"
+            keep = "true"
             if self._rejected:
                 s._exec('CREATE INDEX ON seen (sku_key, "row")')
                 keep = 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
-                blocked = s._one(f"SELECT count(*) FROM ({last}) l WHERE NOT ({keep})")
-            distinct -= blocked
             theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
             ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
-            inserted, updated = s._exec(
-                f"WITH up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-                f" SELECT %s, sku_key, {cols}, %s, %s FROM ({last}) l WHERE {keep} ORDER BY sku_key"
+            # one statement: the last row per key (sorted once, in key order), the upsert of the
+            # kept ones skipping unchanged rows, and the counts of all three
+            staged, distinct, inserted, updated = s._exec(
+                f"WITH last AS MATERIALIZED ({last}),"
+                f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
+                f" SELECT %s, sku_key, {cols}, %s, %s FROM last l WHERE {keep}"
                 " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
                 + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) RETURNING (xmax = 0) AS fresh)"
-                " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
+                f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
+                " count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
                 (partner, now, self.job.id))[0]
             if mode == "snapshot" and deactivated:
                 s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s WHERE {absent}",
                         (now, self.job.id, partner))
+            # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated,
                                deactivated=deactivated)

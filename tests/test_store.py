@@ -181,9 +181,10 @@ def test_snapshot_deactivates_what_the_file_omits_within_the_ratio(store, catalo
 
 def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog):
     apply(store, claim(store, "1" * 64).job, rows(("A", "old")))
-    rejected = pa.table({"sku_key": ["a"], "row": pa.array([3], pa.int64())})
-    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "new")), rejected=rejected)
-    assert catalog()["a"]["name"] == "old" and counts.updated == 0
+    rejected = pa.table({"sku_key": ["a"], "row": pa.array([9], pa.int64())})
+    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "new"), ("B", "b")), rejected=rejected)
+    assert catalog()["a"]["name"] == "old"
+    assert (counts.staged, counts.superseded, counts.inserted, counts.updated, counts.unchanged) == (2, 1, 1, 0, 0)
 
 
 # -- leases, fencing and file claims across daemons -----------------------------------------------
@@ -248,3 +249,24 @@ def test_postgres_schema_newer_than_the_daemon_is_a_clear_error(pg_url):
 def test_postgres_unreachable_is_transient():
     with pytest.raises(StoreUnavailable):
         open_store(StoreConfig(url="postgresql://127.0.0.1:1/test?connect_timeout=2"))
+
+
+# -- the command line on PostgreSQL ----------------------------------------------------------------
+
+def test_ingest_jobs_and_requeue_through_the_cli_on_postgres(pg_url, workdir, cli):
+    from tests.conftest import write_csv
+    (workdir / "pg.toml").write_text(f'[store]\nurl = {json.dumps(pg_url)}\n[[partners]]\nid = "p"\n')
+    good = write_csv(workdir / "good.csv", ["sku", "name", "price"], [["A-1", "Shirt", "9.99"], ["a-1", "Shirt 2", "8"]])
+    bad = write_csv(workdir / "bad.csv", ["sku", "title"], [["B", "x"]])
+
+    first = cli("ingest", good, "--partner", "p", "--config", workdir / "pg.toml", "--json")
+    rejected = cli("ingest", bad, "--partner", "p", "--config", workdir / "pg.toml", "--json")
+
+    assert first.code == 0 and first.json()["rows"]["superseded"] == 1
+    assert rejected.code == 4
+    catalog = pg_products(pg_url, "p")
+    assert (catalog["a-1"]["name"], catalog["a-1"]["price_cents"], catalog["a-1"]["active"]) == ("Shirt 2", 800, 1)
+    listed = cli("jobs", "list", "--json", "--config", workdir / "pg.toml").json()
+    assert sorted(j["status"] for j in listed) == ["rejected", "succeeded"]
+    requeued = cli("jobs", "requeue", "--status", "rejected", "--config", workdir / "pg.toml")
+    assert requeued.code == 0 and rejected.json()["job_id"] in requeued.out
