@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import resources
 from typing import Any, Iterable, Iterator
 
 import psycopg
 import psycopg.errors
+from psycopg.copy import QueuedLibpqWriter
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -327,7 +328,8 @@ class PostgresLoad:
     def __init__(self, store: PostgresStore, job: Job):
         self._s, self.job = store, job
         self._done = False
-        self._rejected = False
+        self._rejected: list[pa.Table] = []
+        self._copy: ExitStack | None = None
         store._exec("BEGIN")
         try:
             store._exec(
@@ -346,27 +348,45 @@ class PostgresLoad:
         if not self._done:
             self.abort()
 
-    def _copy(self, table: str, columns: str, batch) -> None:
-        buffer = io.BytesIO()
-        pacsv.write_csv(batch, buffer, write_options=_COPY_OPTIONS)
-        try:
-            with self._s._conn.cursor() as cur:
-                with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                    copy.write(buffer.getbuffer())
-        except psycopg.Error as exc:
-            raise _map_errors(exc) from exc
-
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None:
-        """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage``."""
+        """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage``. One ``COPY`` stays open
+        for the whole file and a writer thread feeds it, so the server ingests a batch while the
+        next one is read and judged."""
         if batch.num_rows:
-            self._copy("stage", _STAGE_COLUMNS, batch)
+            if self._copy is None:
+                self._copy = ExitStack()
+                cursor = self._copy.enter_context(self._s._conn.cursor())
+                self._stream = self._copy.enter_context(cursor.copy(
+                    f"COPY stage ({_STAGE_COLUMNS}) FROM STDIN WITH (FORMAT csv)", writer=QueuedLibpqWriter(cursor)))
+            buffer = io.BytesIO()
+            pacsv.write_csv(batch, buffer, write_options=_COPY_OPTIONS)
+            try:
+                self._stream.write(buffer.getvalue())
+            except psycopg.Error as exc:
+                raise _map_errors(exc) from exc
         if rejected_keys is not None and rejected_keys.num_rows:
-            self._copy("seen", 'sku_key, "row"', rejected_keys.select(["sku_key", "row"]))
-            self._rejected = True
+            self._rejected.append(rejected_keys.select(["sku_key", "row"]))   # few: copied at the merge
+
+    def _finish_copy(self) -> None:
+        if self._copy is not None:
+            copy, self._copy = self._copy, None
+            try:
+                copy.close()
+            except psycopg.Error as exc:
+                raise _map_errors(exc) from exc
+        if self._rejected:
+            buffer = io.BytesIO()
+            pacsv.write_csv(pa.concat_tables(self._rejected), buffer, write_options=_COPY_OPTIONS)
+            try:
+                with self._s._conn.cursor() as cur, cur.copy('COPY seen (sku_key, "row") FROM STDIN WITH (FORMAT csv)') as copy:
+                    copy.write(buffer.getvalue())
+            except psycopg.Error as exc:
+                raise _map_errors(exc) from exc
 
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
         s, partner, now = self._s, self.job.partner_id, utcnow()
         try:
+            self._finish_copy()
             # the whole file is sorted by key once: give that sort memory rather than temp files
             s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
             deactivated = 0
@@ -423,4 +443,10 @@ class PostgresLoad:
     def abort(self) -> None:
         if not self._done:
             self._done = True
+            if self._copy is not None:
+                copy, self._copy = self._copy, None
+                try:       # leaving the COPY with an error sends CopyFail: the server drops it
+                    copy.__exit__(StoreError, StoreError("load aborted"), None)
+                except (psycopg.Error, StoreError):
+                    pass
             self._s._rollback()

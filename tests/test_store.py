@@ -169,6 +169,17 @@ def test_a_load_left_without_commit_leaves_nothing(store, catalog):
     assert store.job(job.id).status == "running"
 
 
+def test_a_load_abandoned_while_staging_leaves_nothing_and_the_store_goes_on(store, catalog):
+    job = claim(store, "1" * 64).job
+    with pytest.raises(RuntimeError):
+        with store.load(job) as load:
+            load.stage(rows(("A", "a")))
+            raise RuntimeError("the reader gave up mid-file")
+    assert catalog() == {}
+    apply(store, claim(store, "2" * 64).job, rows(("B", "b")))
+    assert set(catalog()) == {"b"}
+
+
 def test_snapshot_deactivates_what_the_file_omits_within_the_ratio(store, catalog):
     apply(store, claim(store, "1" * 64).job, rows(*[(f"S{i}", "x") for i in range(10)]))
     counts = apply(store, claim(store, "2" * 64).job, rows(*[(f"S{i}", "x") for i in range(9)]), mode="snapshot")
