@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import urllib.request
 
 import asyncssh
@@ -21,7 +22,7 @@ from tests.daemon_harness import DaemonProcess, wait_for
 from tests.sftp_server import SftpTestServer
 
 BUCKET = "drops"
-S3_FILES, SFTP_FILES, LARGE_ROWS = 300, 30, 40_000
+S3_FILES, SFTP_FILES, LARGE_ROWS = 300, 30, 150_000
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
            "AWS_EC2_METADATA_DISABLED": "true"}
@@ -120,25 +121,28 @@ def test_three_daemons_share_the_work_and_a_killed_one_loses_nothing(tmp_path, p
     acme = _files("A", S3_FILES, large={5, 150, 290})
     globex = _files("G", SFTP_FILES, large=set())
     roots = [tmp_path / f"host-{i}" for i in range(3)]
-    daemons = []
     for root in roots:
         root.mkdir()
-        daemons.append(DaemonProcess(root, _config(pg_url, s3_url, sftp), env=AWS_ENV))
+    outbound = server.root / "globex" / "outbound"
+    outbound.mkdir(parents=True, exist_ok=True)
+    for name, body in globex.items():
+        (outbound / name).write_bytes(body)
+    for name, body in acme.items():
+        client.put_object(Bucket=BUCKET, Key=f"acme/{name}", Body=body)
+    # daemon 0 starts first and lists the large files first ("big-" < "feed-"); the others join
+    # while it applies one, and it is killed in the middle of that job
+    daemons = [DaemonProcess(roots[0], _config(pg_url, s3_url, sftp), env=AWS_ENV)]
     try:
-        outbound = server.root / "globex" / "outbound"
-        outbound.mkdir(parents=True, exist_ok=True)
-        for name, body in globex.items():
-            (outbound / name).write_bytes(body)
-        for name, body in acme.items():
-            client.put_object(Bucket=BUCKET, Key=f"acme/{name}", Body=body)
-
-        # the kill lands while daemon 0 has a job under way (a large one, when it gets one)
         victim = daemons[0]
-        try:
-            wait_for(lambda: _running(victim, "big"), timeout=20, interval=0.01, what="daemon 0 on a large file")
-        except AssertionError:
-            wait_for(lambda: _running(victim, ""), timeout=60, interval=0.01, what="daemon 0 on any file")
-        victim.kill()
+        holder = f"{socket.gethostname()}:{victim.proc.pid}"
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            wait_for(lambda: _running(conn, holder, "big-%"), timeout=60, interval=0.005,
+                     what="daemon 0 applying a large file")
+            for root in roots[1:]:
+                daemons.append(DaemonProcess(root, _config(pg_url, s3_url, sftp), env=AWS_ENV))
+            wait_for(lambda: _running(conn, holder, "%"), timeout=60, interval=0.005,
+                     what="daemon 0 applying a file")
+            victim.kill()
 
         def done():
             applied = [r for r in _ledger(pg_url) if r[3] == "succeeded" and r[5] is None]
@@ -162,8 +166,14 @@ def test_three_daemons_share_the_work_and_a_killed_one_loses_nothing(tmp_path, p
     catalog = pg_products(pg_url, "acme")
     assert len(catalog) == sum(body.count(b"\n") - 1 for body in acme.values())
     job_of = {r[2]: r[0] for r in applied if r[1] == "acme"}
-    assert catalog["a150-39999"]["source_job_id"] == job_of["big-150.csv"]
-    assert catalog["a150-39999"]["price_cents"] == (39999 % 97) * 100 + 39999 % 100
+    last = LARGE_ROWS - 1
+    assert catalog[f"a150-{last}"]["source_job_id"] == job_of["big-150.csv"]
+    assert catalog[f"a150-{last}"]["price_cents"] == (last % 97) * 100 + last % 100
+    # the job daemon 0 was killed in was taken over: run again, as a later attempt, by another
+    with psycopg.connect(pg_url) as conn:
+        taken_over = conn.execute("SELECT count(*) FROM jobs WHERE attempt > 1 AND claimed_by <> %s",
+                                  (holder,)).fetchone()[0]
+    assert taken_over >= 1
     assert len(pg_products(pg_url, "globex")) == sum(body.count(b"\n") - 1 for body in globex.values())
     # every job's manifest was written back where the partner looks
     answered = {o["Key"].rsplit("/", 1)[-1].split(".")[0] for page in client.get_paginator("list_objects_v2")
@@ -179,12 +189,10 @@ def test_three_daemons_share_the_work_and_a_killed_one_loses_nothing(tmp_path, p
     print(f"manifests per daemon: {per_daemon}")
 
 
-def _running(daemon: DaemonProcess, name_part: str) -> bool:
-    """A job of a file whose name holds ``name_part`` was started and is not reported yet."""
-    events = daemon.events()
-    started = {e.get("file") for e in events if e.get("event") == "job.started" and name_part in str(e.get("file"))}
-    reported = {e.get("file") for e in events if e.get("event") == "job.reported"}
-    return bool(started - reported)
+def _running(conn, holder: str, name_like: str) -> bool:
+    """``holder`` (a daemon: host:pid) has a running job of a file named like ``name_like``."""
+    return conn.execute("SELECT count(*) FROM jobs WHERE status = 'running' AND claimed_by = %s"
+                        " AND source_name LIKE %s", (holder, name_like)).fetchone()[0] > 0
 
 
 def _remaining(client, server) -> list[str]:
