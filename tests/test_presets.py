@@ -187,6 +187,16 @@ def test_paths_into_lists_are_null_where_the_list_is_short(workdir, ingest, layo
     assert "brands[0]" not in json.loads(catalog["g-1"]["attributes"])        # not kept twice
 
 
+def test_a_path_may_name_any_position_of_a_list(workdir, ingest):
+    records = [{"id": "G-1", "title": "Pen", "images": [{"uri": "https://i/front"}, {"uri": "https://i/back"}]},
+               {"id": "G-2", "title": "Cap", "images": [{"uri": "https://i/only"}]}]
+    (workdir / "g.ndjson").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    _ingest(ingest, workdir, workdir / "g.ndjson",
+            columns='{ sku = "id", name = "title", image_url = "images[1].uri" }')
+    catalog = products(workdir, "p")
+    assert (catalog["g-1"]["image_url"], catalog["g-2"]["image_url"]) == ("https://i/back", None)
+
+
 # -- contract ----------------------------------------------------------------------------------------
 
 def test_contract_shows_the_effective_mapping(workdir, cli):

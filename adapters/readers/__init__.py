@@ -192,8 +192,8 @@ def _at_path(array: pa.Array, steps: list[str | int]) -> pa.Array | None:
             if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
                 return None
             long_enough = pc.fill_null(pc.greater(pc.list_value_length(array), step), False)
-            # list_element refuses short lists: those rows get a one-element null list first
-            padded = pc.if_else(long_enough, array, pa.scalar([None], t))
+            # list_element refuses short lists: those rows get a list of nulls long enough first
+            padded = pc.if_else(long_enough, array, pa.scalar([None] * (step + 1), t))
             array = pc.list_element(padded, step)
         else:
             if not pa.types.is_struct(t) or t.get_field_index(step) < 0:
