@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import Config, ConfigError, load_config, missing_secrets
-from inbox_daemon import __version__
+from inbox_daemon import __version__, failpoints
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, InboxError, Transient
 from inbox_daemon.inboxes import open_inbox
@@ -435,6 +435,7 @@ class Daemon:
                 log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
             try:
                 inbox.archive(drop, status)
+                failpoints.reached("after_archive")
             except (InboxError, OSError) as exc:
                 log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
         partner = self.config.partners.get(drop.partner)

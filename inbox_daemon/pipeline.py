@@ -25,7 +25,7 @@ from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.rows import shaper_for
 from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
 from config.model import Config, Limits, PartnerConfig
-from inbox_daemon import __version__
+from inbox_daemon import __version__, failpoints
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, FeedError, TooManyRejects, Transient
@@ -92,6 +92,7 @@ class Pipeline:
         # a dry run gets its own spool name: the real one may be kept for a requeued job
         spooled, sha256, size = spool_file(path, self.config.daemon.spool_dir / partner.id,
                                            suffix=".validate" if dry_run else "")
+        failpoints.reached("after_spool")
         drop = dataclasses.replace(drop, size=size)
         try:
             return self.process(spooled, sha256, drop, fmt=fmt, mode=mode, dry_run=dry_run,
@@ -130,6 +131,7 @@ class Pipeline:
                 return Result("running", {"job_id": job.id, "status": "running", "message":
                               f"the same content is being processed right now as job {job.id}"}, None)
             log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
+            failpoints.reached("after_claim")
         try:
             outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress,
                                   should_stop=should_stop, log=log)
@@ -171,6 +173,7 @@ class Pipeline:
                     judged = judge(block, cmap, partner, decimal=decimal)
                     diagnostics.write(judged.diagnostics)
                     load.stage(judged.valid, judged.rejected_keys)
+                    failpoints.reached("mid_stage")
                     totals.add(judged)
                 if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
                     raise TooManyRejects(rejected=totals.rejected, read=totals.read,
@@ -185,7 +188,9 @@ class Pipeline:
                 if dry_run:
                     load.abort()
                 else:
+                    failpoints.reached("before_commit")
                     load.commit(outcome)
+                    failpoints.reached("after_commit")
             log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
                      inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
                      deactivated=counts.deactivated, duration_ms=manifest["duration_ms"])
@@ -245,12 +250,14 @@ class Pipeline:
     def report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
         path = write_manifest(self.config.daemon.results_dir, manifest)
+        failpoints.reached("after_manifest")
         self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
                           sha256=job.sha256, source=manifest["source"], actor=self.actor,
                           details={"status": manifest["status"], "rows": manifest["rows"],
                                    "errors": manifest["errors"], "attempt": manifest["attempt"],
                                    "duplicate_of": manifest.get("duplicate_of"),
                                    "manifest": str(path)})
+        failpoints.reached("after_audit")
         self.store.mark_reported(job.id)
         if spooled is not None and manifest["status"] not in KEEP_SPOOL:
             spooled.unlink(missing_ok=True)
