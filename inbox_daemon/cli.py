@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, is_dataclass
@@ -331,9 +332,15 @@ COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "validate": cmd_validate, "job
             "contract": cmd_contract, "config": cmd_config}
 
 
+PRIVATE_UMASK = 0o027      # results, audit, spool and catalog: never world-readable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Partner data and the audit trail are nobody else's business: whatever umask the shell
+    # gave us, nothing this process creates is world-accessible (stricter umasks are kept).
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
     from inbox_daemon import logs
     from inbox_daemon.errors import JobNotFound, StoreError
     logs.configure(level="warning", stream=sys.stderr)     # until a command sets its own
