@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from inbox_daemon.results import json_text
+
 GENESIS = "0" * 64
 
 
@@ -74,7 +76,7 @@ class AuditLog:
                 # say so in the chain itself, before the record that was asked for
                 record["details"] = {**record["details"], "recovered_torn_tail": torn}
             record["hash"] = record_hash(record)
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+            line = json_text(record, separators=(",", ":")) + "\n"     # the hash is of the value
             with open(self.folder / f"audit-{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(line)
                 fh.flush()
@@ -139,7 +141,10 @@ class AuditLog:
         lines: list[str] = []
         for path in reversed(self._files()):
             with open(path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines() + lines
+                # records end in "\n" and nothing else: str.splitlines() would also split at
+                # characters JSON may carry inside a string
+                parts = fh.read().split("\n")
+                lines = (parts[:-1] if parts and parts[-1] == "" else parts) + lines
             if len(lines) >= n:
                 break
         return lines[-n:]

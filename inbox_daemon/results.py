@@ -8,6 +8,7 @@ place before the job's outcome commits.
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 from pathlib import Path
@@ -62,8 +63,21 @@ def diagnostics_name(job_id: str) -> str:
     return f"{job_id}.diagnostics.csv"
 
 
+# Characters that some readers take for line breaks or terminal controls: DEL, the C1 controls
+# (NEL, CSI …) and the Unicode line/paragraph separators. JSON may carry them raw; we never do.
+_LINE_BREAKERS = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def json_text(value, **options) -> str:
+    """``json.dumps(value, ensure_ascii=False, **options)`` with the characters above escaped
+    as ``\\uXXXX``: the same JSON value, readable UTF-8, and one line stays one line in every
+    reader (``str.splitlines``, a terminal, a log shipper)."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return _LINE_BREAKERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def manifest_bytes(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    return (json_text(manifest, indent=2) + "\n").encode()
 
 
 def write_manifest(results_dir: Path, manifest: dict) -> Path:

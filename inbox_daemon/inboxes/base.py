@@ -7,7 +7,6 @@ the one place a kind is mapped to its class.
 from __future__ import annotations
 
 import fnmatch
-from pathlib import PurePosixPath
 from typing import Callable, Iterable, Protocol
 
 from config.model import InboxConfig
@@ -30,13 +29,16 @@ def wanted(name: str, cfg: InboxConfig) -> bool:
 
 
 def safe_name(key: str) -> str | None:
-    """The plain file name of a key that stays inside its folder, or None (``..``, ``/``, NUL)."""
-    if not key or "\x00" in key:
+    """``key`` itself if it is a plain file name, else None: anything with a ``/`` (even
+    ``./x`` or ``x/``, which a path library would quietly normalise), ``.``, ``..``, NUL, or a
+    name that is not valid Unicode text (it could not be named in a manifest)."""
+    if not key or "/" in key or "\x00" in key or key in (".", ".."):
         return None
-    path = PurePosixPath(key)
-    if path.is_absolute() or len(path.parts) != 1 or path.name in ("", ".", ".."):
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:           # undecodable bytes, carried as surrogates by the OS layer
         return None
-    return path.name
+    return key
 
 
 class Inbox(Protocol):

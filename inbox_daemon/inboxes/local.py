@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, wanted
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_stream
@@ -52,6 +52,7 @@ class LocalInbox:
         self._lock = threading.Lock()
         self._on_ready: OnReady | None = None
         self._close_events = False
+        self._refused: set[str] = set()          # names already reported as unusable
         self.log = get_logger(inbox=self.id, partner=config.partner)
         for folder in (self.root, *(self.root / r for r in RESERVED)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,13 @@ class LocalInbox:
 
     def _stat_candidate(self, name: str) -> os.stat_result | None:
         """lstat of a top-level regular file we take, or None."""
-        if "/" in name or name in RESERVED or not wanted(name, self.config):
+        if safe_name(name) is None:
+            if "/" not in name and name not in self._refused:
+                self._refused.add(name)      # once per name: the rescan would repeat it
+                self.log.warning("file.refused", name=name.encode("utf-8", "backslashreplace").decode("ascii"),
+                                 reason="the name is not valid UTF-8 text: rename the file")
+            return None
+        if name in RESERVED or not wanted(name, self.config):
             return None
         try:
             st = os.lstat(self.root / name)
@@ -173,10 +180,32 @@ class LocalInbox:
             self._settler.join(timeout=5)
 
     # -- taking files in and out --------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        """The inbox file a key names; a key that is no plain name (from a ledger, a bug, an
+        attacker) never leads outside the folder."""
+        if safe_name(key) is None:
+            raise InboxMisconfigured(f"{key!r} is not a plain file name in this inbox; not touched")
+        return self.root / key
+
+    def _folder(self, name: str) -> Path:
+        """One of our own subfolders (processed/, failed/, results/), created if missing; refused
+        if it is a symlink or anything but a real folder, which could lead files out of the
+        inbox (into another partner's inbox, even)."""
+        folder = self.root / name
+        try:
+            folder.mkdir(exist_ok=True)
+        except FileExistsError:
+            pass
+        st = os.lstat(folder)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise InboxMisconfigured(f"{folder} is not a folder of its own (a symlink?): nothing is moved "
+                                     "or written there")
+        return folder
+
     def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
         """Spool exactly the file that was judged ready: opened without following a symlink,
         a regular file, still the version (mtime) seen. Anything else waits for its own event."""
-        path = self.root / drop.key
+        path = self._path(drop.key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -194,7 +223,7 @@ class LocalInbox:
     def _same_file(self, drop: Drop) -> os.stat_result | None:
         """The file at ``drop.key`` if it is still the version that was processed, else None."""
         try:
-            st = os.lstat(self.root / drop.key)
+            st = os.lstat(self._path(drop.key))
         except FileNotFoundError:
             return None
         if not stat_mod.S_ISREG(st.st_mode) or str(st.st_mtime_ns) != drop.version:
@@ -207,7 +236,7 @@ class LocalInbox:
         stays for its own job."""
         if self._same_file(drop) is None:
             return
-        source = self.root / drop.key
+        source = self._path(drop.key)
         if status in ("succeeded", "partial", "duplicate"):
             if self.config.on_success == "keep":
                 return
@@ -215,18 +244,20 @@ class LocalInbox:
                 source.unlink(missing_ok=True)
                 fsync_dir(self.root)
                 return
-            folder = self.root / PROCESSED
+            folder = self._folder(PROCESSED)
         else:
-            folder = self.root / FAILED
-        target = folder / drop.name
+            folder = self._folder(FAILED)
+        target = folder / source.name
         if target.exists():
-            target = folder / f"{drop.name}.{drop.version}"
+            target = folder / f"{source.name}.{drop.version}"
         os.replace(source, target)
         fsync_dir(folder)
         fsync_dir(self.root)
 
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
-        write_atomic(self.root / RESULTS / name, data)
+        if safe_name(name) is None:
+            raise InboxMisconfigured(f"{name!r} is not a plain file name; not written")
+        write_atomic(self._folder(RESULTS) / name, data)
 
 
 def _reports_close_write(observer) -> bool:
