@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gave us, nothing this process creates is world-accessible (stricter umasks are kept).
     os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
     from inbox_daemon import logs
-    from inbox_daemon.errors import JobNotFound, StoreError
+    from inbox_daemon.errors import InboxDaemonError, JobNotFound, StoreError
     logs.configure(level="warning", stream=sys.stderr)     # until a command sets its own
     try:
         if args.command == "jobs" and args.action == "show" and len(args.ids) != 1:
@@ -356,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except StoreError as exc:
         print(f"inbox-daemon: store error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except InboxDaemonError as exc:         # e.g. the results could not be written: try again
+        print(f"inbox-daemon: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

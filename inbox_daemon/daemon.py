@@ -86,6 +86,7 @@ class Daemon:
         self._in_flight = 0
         self._workers: list[threading.Thread] = []
         self._health_state: tuple[bool, dict] = (False, {"starting": True})
+        self._faults: dict[str, dict] = {}       # component -> the last transient error, until a job succeeds
         self.last_job: str = "none yet"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -381,7 +382,8 @@ class Daemon:
             return
         except Transient as exc:
             attempt = item.attempt + 1
-            log.warning("file.transient_error", error=str(exc), attempt=attempt)
+            self._note_fault(exc, drop)
+            log.warning("file.transient_error", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
             if attempt < cfg.daemon.max_attempts and not self._stopping.is_set():
                 self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
             return
@@ -418,6 +420,8 @@ class Daemon:
         if status == "running":
             return
         if status == "failed":
+            with self._lock:      # e.g. the catalog locked by another process: retried, and reported
+                self._faults["jobs"] = {"error": str(manifest.get("message", "failed"))[:300], "since": time.time()}
             job = store.job(manifest["job_id"])
             if job.attempt < self.config.daemon.max_attempts:
                 if not self._stopping.is_set():
@@ -443,6 +447,8 @@ class Daemon:
             self.webhooks.submit(partner.webhook, manifest)
         self.metrics.job_done(drop.inbox, manifest, time.monotonic() - started)
         self.last_job = f"{manifest['job_id']} {status}"
+        if status != "quarantined":
+            self._clear_faults(drop)        # a job went all the way through: spool, store, results work
 
     def _write_back(self, inbox, drop: Drop, manifest: dict) -> None:
         """The partner sees the outcome where they dropped the file (``results/``)."""
@@ -452,6 +458,24 @@ class Daemon:
             inbox.write_back(drop, path.name, path.read_bytes())
 
     # -- health ---------------------------------------------------------------------------------
+    _FAULT_COMPONENTS = (("SpoolError", "spool"), ("ResultsUnwritable", "results"), ("Store", "store"),
+                         ("Inbox", "inbox"))
+
+    def _note_fault(self, exc: Exception, drop: Drop) -> None:
+        """Remember what is failing, for /healthz, until a job goes through again."""
+        name = type(exc).__name__
+        component = next((c for prefix, c in self._FAULT_COMPONENTS if name.startswith(prefix)), "other")
+        if component == "inbox":
+            component = f"inbox {drop.inbox}"
+        with self._lock:
+            self._faults[component] = {"error": str(exc)[:300], "since": time.time()}
+
+    def _clear_faults(self, drop: Drop) -> None:
+        with self._lock:
+            for component in list(self._faults):
+                if not component.startswith("inbox ") or component == f"inbox {drop.inbox}":
+                    del self._faults[component]
+
     def _check_health(self) -> tuple[bool, dict]:
         dead = [i for i, inbox in self.inboxes.items() if not inbox.alive()]
         try:
@@ -462,9 +486,12 @@ class Daemon:
             self.log.error("store.unhealthy", error=str(exc))
         workers = sum(w.is_alive() for w in self._workers)
         heartbeat = self._heartbeat.is_alive() and self._heartbeat_ok
-        ok = not dead and store_ok and heartbeat and workers == len(self._workers)
+        with self._lock:
+            degraded = dict(self._faults)
+        ok = not dead and store_ok and heartbeat and workers == len(self._workers) and not degraded
         return ok, {"inboxes": len(self.inboxes), "dead_inboxes": dead, "store": store_ok,
-                    "heartbeat": heartbeat, "workers": workers, "queue": self.queue.qsize()}
+                    "heartbeat": heartbeat, "workers": workers, "queue": self.queue.qsize(),
+                    "degraded": degraded}
 
     def _status(self) -> str:
         return f"queue {self.queue.qsize()}, in flight {self._in_flight}, last job {self.last_job}"

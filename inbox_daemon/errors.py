@@ -18,7 +18,8 @@
     ├── InboxError                     an inbox could not list, fetch or archive
     │   ├── InboxUnavailable (Transient)  I/O or network trouble: retry
     │   └── InboxMisconfigured (Terminal) access denied, missing folder/bucket, host key refused
-    └── SpoolError (Transient)         the local spool could not be written
+    ├── SpoolError (Transient)         the local spool could not be written
+    └── ResultsUnwritable (Transient)  a manifest or audit record could not be written
 
 ``Terminal`` and ``Transient`` are markers mixed into domain errors. Foreign exceptions
 (pyarrow, ijson, sqlite, OS) are mapped where they are caught and raised ``from`` the original;
@@ -131,6 +132,12 @@ class JobNotFound(InboxDaemonError, Terminal):
 
 class SpoolError(InboxDaemonError, Transient):
     code = "spool_error"
+
+
+class ResultsUnwritable(InboxDaemonError, Transient):
+    """The outcome is committed but its manifest or audit record could not be written (disk
+    full, a folder in the way): reporting is retried; the ledger says "unreported" meanwhile."""
+    code = "results_unwritable"
 
 
 class Cancelled(InboxDaemonError):

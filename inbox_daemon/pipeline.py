@@ -28,7 +28,7 @@ from config.model import Config, Limits, PartnerConfig
 from inbox_daemon import __version__, failpoints
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import Cancelled, FeedError, TooManyRejects, Transient
+from inbox_daemon.errors import Cancelled, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
@@ -249,14 +249,18 @@ class Pipeline:
 
     def report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
-        path = write_manifest(self.config.daemon.results_dir, manifest)
-        failpoints.reached("after_manifest")
-        self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
-                          sha256=job.sha256, source=manifest["source"], actor=self.actor,
-                          details={"status": manifest["status"], "rows": manifest["rows"],
-                                   "errors": manifest["errors"], "attempt": manifest["attempt"],
-                                   "duplicate_of": manifest.get("duplicate_of"),
-                                   "manifest": str(path)})
+        try:
+            path = write_manifest(self.config.daemon.results_dir, manifest)
+            failpoints.reached("after_manifest")
+            self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
+                              sha256=job.sha256, source=manifest["source"], actor=self.actor,
+                              details={"status": manifest["status"], "rows": manifest["rows"],
+                                       "errors": manifest["errors"], "attempt": manifest["attempt"],
+                                       "duplicate_of": manifest.get("duplicate_of"),
+                                       "manifest": str(path)})
+        except OSError as exc:
+            raise ResultsUnwritable(f"the outcome of job {job.id} is committed but could not be reported: "
+                                    f"{exc}") from exc
         failpoints.reached("after_audit")
         self.store.mark_reported(job.id)
         if spooled is not None and manifest["status"] not in KEEP_SPOOL:
