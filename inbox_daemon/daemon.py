@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import Config, ConfigError, load_config, missing_secrets
-from inbox_daemon import __version__, failpoints
+from inbox_daemon import __version__, failpoints, tempfiles
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, InboxError, Transient
 from inbox_daemon.inboxes import open_inbox
 from inbox_daemon.logs import get_logger
 from inbox_daemon.metrics import HealthServer, Metrics
-from inbox_daemon.pipeline import Pipeline, Result
+from inbox_daemon.pipeline import KEEP_SPOOL, Pipeline, Result
 from inbox_daemon.results import diagnostics_name, manifest_bytes
 from inbox_daemon.sdnotify import Notifier
+from inbox_daemon.spool import SPOOL_TEMP
 from inbox_daemon.webhooks import WebhookSender, backoff
 from storage import open_store
 from storage.base import Job
@@ -94,6 +95,11 @@ class Daemon:
         cfg = self.config
         for folder in (cfg.daemon.spool_dir, cfg.daemon.results_dir, cfg.daemon.audit_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        # what a killed process was writing (copies, manifests, diagnostics): never finished
+        debris = (tempfiles.remove_debris(cfg.daemon.spool_dir, (SPOOL_TEMP, ".unpacked-"))
+                  + tempfiles.remove_debris(cfg.daemon.results_dir, (".",)))
+        if debris:
+            self.log.info("daemon.debris_removed", files=[str(p) for p in debris])
         self.store = open_store(cfg.store)
         self.webhooks = WebhookSender(metrics=self.metrics)
         self.health = None
@@ -105,9 +111,10 @@ class Daemon:
             self.log.warning("config.secret_missing", problem=warning)
         for inbox_cfg in cfg.inboxes:
             self._start_inbox(inbox_cfg)
-        recovered = self.store.recover(self.inboxes)
+        recovered = self.store.recover()
         if recovered:
             self.log.warning("daemon.recovered", jobs=recovered, reason="left running by a stopped daemon")
+        self._remove_orphaned_copies()
         self._heartbeat_ok = True
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat.start()
@@ -126,6 +133,19 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _remove_orphaned_copies(self) -> None:
+        """Spooled copies no job will read again (a kill after the copy, before its claim or
+        after its outcome): the partner's file is still in the inbox and is copied again."""
+        # by (partner folder, content name): the ledger's paths may be relative to another cwd
+        keep = {Path(j.spool_path).parts[-2:] for status in KEEP_SPOOL
+                for j in self.store.jobs(status=status) if j.spool_path}
+        orphans = [p for p in self.config.daemon.spool_dir.glob("*/*")
+                   if p.is_file() and not p.name.startswith(".") and p.parts[-2:] not in keep]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        if orphans:
+            self.log.info("daemon.orphaned_copies_removed", files=[str(p) for p in orphans])
 
     def _main_loop(self) -> None:
         next_poll = next_rescan = next_ping = 0.0
@@ -418,6 +438,10 @@ class Daemon:
         manifest = result.manifest
         status = result.status
         if status == "running":
+            # the same content is being applied right now (another name, another worker): look
+            # again once that is done; it will be this file's duplicate, answered and archived
+            if not self._stopping.is_set():
+                self._schedule_retry(WorkItem(drop), 1)
             return
         if status == "failed":
             with self._lock:      # e.g. the catalog locked by another process: retried, and reported

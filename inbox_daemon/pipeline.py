@@ -92,7 +92,6 @@ class Pipeline:
         # a dry run gets its own spool name: the real one may be kept for a requeued job
         spooled, sha256, size = spool_file(path, self.config.daemon.spool_dir / partner.id,
                                            suffix=".validate" if dry_run else "")
-        failpoints.reached("after_spool")
         drop = dataclasses.replace(drop, size=size)
         try:
             return self.process(spooled, sha256, drop, fmt=fmt, mode=mode, dry_run=dry_run,
@@ -107,6 +106,7 @@ class Pipeline:
                 should_stop: Callable[[], bool] = lambda: False) -> Result:
         """Run one spooled file through every stage. ``should_stop`` is asked between batches: when
         it says yes the job is abandoned before its commit and released back to ``queued``."""
+        failpoints.reached("after_spool")
         partner = self.config.partner(drop.partner)
         log = get_logger(partner=partner.id, inbox=drop.inbox, file=drop.name, sha256=sha256[:12])
         source = Source(uri=drop.uri, name=drop.name, size=drop.size, version=drop.version)

@@ -8,9 +8,8 @@ place before the job's outcome commits.
 from __future__ import annotations
 
 import json
-import re
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from adapters.validation import DIAGNOSTICS_SCHEMA
+from inbox_daemon import tempfiles
 
 # Spreadsheets run cells that start with these as formulas (OWASP "CSV injection").
 _FORMULA_START = r"^[=+\-@\t\r]"
@@ -33,7 +33,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfiles.create(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -108,7 +108,7 @@ class DiagnosticsWriter:
             return
         if self._writer is None:
             self._folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self._folder)
+            fd, tmp = tempfiles.create(self._folder, f".{self.path.name}.")
             self._tmp, self._fh = Path(tmp), os.fdopen(fd, "wb")
             self._writer = pacsv.CSVWriter(self._fh, DIAGNOSTICS_SCHEMA,
                                            write_options=pacsv.WriteOptions(quoting_style="needed"))

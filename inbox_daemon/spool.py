@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from inbox_daemon import tempfiles
 from inbox_daemon.errors import SpoolError
 
 CHUNK = 1 << 20
+SPOOL_TEMP = ".incoming-"          # a copy being written; its final name is its sha256
 
 
 def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:
@@ -22,7 +23,7 @@ def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[P
     digest, size = hashlib.sha256(), 0
     try:
         spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=spool_dir)
+        fd, tmp = tempfiles.create(spool_dir, SPOOL_TEMP)
         out = os.fdopen(fd, "wb")
     except OSError as exc:
         raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc

@@ -34,6 +34,23 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_is_dead(holder: str | None) -> bool:
+    """A holder on this host whose process is gone: its claims can be dropped at once, rather
+    than when their lease runs out. Holders on other hosts are judged by their leases alone."""
+    if not holder:
+        return True
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False            # alive, another user's
+    return False
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -137,7 +154,7 @@ class CatalogStore(Protocol):
     def finish(self, job: Job, outcome: Outcome) -> None: ...
     def mark_reported(self, job_id: str) -> None: ...
     def release(self, job: Job) -> None: ...
-    def recover(self, inboxes: Iterable[str]) -> list[str]: ...
+    def recover(self) -> list[str]: ...
     def seen(self, *, inbox: str, uri: str, version: str) -> str | None: ...
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]: ...
     def job(self, job_id: str) -> Job: ...

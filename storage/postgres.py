@@ -37,7 +37,7 @@ from inbox_daemon.errors import (
 )
 from storage.base import (
     JOB_COLUMNS, MERGED_COLUMNS, REQUEUEABLE, Claim, Job, MergeCounts, Outcome, Source, default_holder,
-    job_from_row, new_job_id, split_statements, utcnow,
+    holder_is_dead, job_from_row, new_job_id, split_statements, utcnow,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -201,6 +201,12 @@ class PostgresStore:
                 return Claim("busy", original)
             if original.reported_at is None:
                 return Claim("unreported", original)
+            # this very file recorded as a duplicate already, but not reported (a crash between)
+            pending = self._job_row("partner_id = %s AND sha256 = %s AND duplicate_of IS NOT NULL AND reported_at"
+                                    " IS NULL AND inbox = %s AND source_uri = %s AND source_version IS NOT DISTINCT"
+                                    " FROM %s", (partner_id, sha256, inbox, source.uri, source.version))
+            if pending is not None:      # its outcome recorded or not: finish and report that job
+                return Claim("unreported" if pending.result else "duplicate", pending)
             job_id = new_job_id()
             self._exec(
                 "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
@@ -242,14 +248,19 @@ class PostgresStore:
             self._exec("UPDATE job_attempts SET finished_at = %s, status = 'released'"
                        " WHERE job_id = %s AND attempt = %s", (utcnow(), job.id, job.attempt))
 
-    def recover(self, inboxes: Iterable[str]) -> list[str]:
-        """At start-up: only what no live daemon holds — running jobs whose lease ran out, and
-        failed jobs (their retry was scheduled in some daemon's memory) — is queued again. Other
-        daemons' running jobs are left alone, whatever the inbox."""
+    def recover(self) -> list[str]:
+        """At start-up: only what no live daemon holds — running jobs whose lease ran out or whose
+        daemon on this host is dead, and failed jobs (their retry was scheduled in some daemon's
+        memory) — is queued again; dead local daemons' file claims are dropped. Other daemons'
+        running jobs are left alone."""
+        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = 'running'"
+                                            " UNION SELECT DISTINCT holder FROM drop_claims")}
+        dead = [h for h in holders if h and holder_is_dead(h)]
         with self._transaction():
             rows = self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                              " WHERE (status = 'running' AND lease_until < now()) OR status = 'failed'"
-                              " RETURNING id")
+                              " WHERE (status = 'running' AND (lease_until < now() OR claimed_by = ANY(%s)))"
+                              " OR status = 'failed' RETURNING id", (dead,))
+            self._exec("DELETE FROM drop_claims WHERE holder = ANY(%s)", (dead,))
         return [r[0] for r in rows]
 
     def expire_leases(self) -> list[str]:

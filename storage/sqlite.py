@@ -26,7 +26,8 @@ from inbox_daemon.errors import (
 )
 from storage.base import (
     JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, MergeCounts, Outcome,
-    Source, default_holder, job_from_row as _job, new_job_id, split_statements as _statements, utcnow,
+    Source, default_holder, holder_is_dead, job_from_row as _job, new_job_id, split_statements as _statements,
+    utcnow,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -182,6 +183,12 @@ class SqliteStore:
                 return Claim("busy", original)
             if original.reported_at is None:
                 return Claim("unreported", original)
+            # this very file recorded as a duplicate already, but not reported (a crash between)
+            pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL"
+                                    " AND inbox = ? AND source_uri = ? AND source_version IS ?",
+                                    (partner_id, sha256, inbox, source.uri, source.version))
+            if pending is not None:      # its outcome recorded or not: finish and report that job
+                return Claim("unreported" if pending.result else "duplicate", pending)
             job_id = self._insert_job(**new, status="duplicate", duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
 
@@ -233,18 +240,22 @@ class SqliteStore:
         self._exec("UPDATE job_attempts SET finished_at = ?, status = 'released' WHERE job_id = ? AND attempt = ?",
                    (utcnow(), job.id, job.attempt))
 
-    def recover(self, inboxes: Iterable[str]) -> list[str]:
-        """At start-up: jobs of these inboxes left ``running`` by a daemon that died, and ``failed``
-        jobs whose retry was scheduled in that daemon's memory, are queued again (nothing of
-        theirs committed, so running them again is safe)."""
-        inboxes = list(inboxes)
-        marks = ", ".join("?" * len(inboxes)) or "NULL"
+    def recover(self) -> list[str]:
+        """At start-up: jobs left ``running`` by a daemon that is gone (its process is dead, or
+        its lease ran out) and ``failed`` jobs whose retry was scheduled in some daemon's memory
+        are queued again (nothing of theirs committed, so running them again is safe); the dead
+        daemons' file claims are dropped, so their files are taken at once."""
+        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = 'running'")}
+        holders |= {r[0] for r in self._exec("SELECT DISTINCT holder FROM drop_claims")}
+        dead = [h for h in holders if h and holder_is_dead(h)]
+        marks = ", ".join("?" * len(dead)) or "NULL"
         with self._transaction():
             ids = [r[0] for r in self._exec(
-                f"SELECT id FROM jobs WHERE (status = 'running' AND inbox IN ({marks})) OR status = 'failed'",
-                tuple(inboxes))]
+                f"SELECT id FROM jobs WHERE (status = 'running' AND (claimed_by IS NULL OR claimed_by IN ({marks})"
+                " OR lease_until < ?)) OR status = 'failed'", (*dead, utcnow()))]
             for job_id in ids:
                 self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
+            self._exec(f"DELETE FROM drop_claims WHERE holder IN ({marks})", tuple(dead))
         return ids
 
     def seen(self, *, inbox: str, uri: str, version: str) -> str | None:

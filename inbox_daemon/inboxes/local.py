@@ -155,6 +155,14 @@ class LocalInbox:
                 elif now - since >= wait and st.st_size > 0:
                     self._ready_now(name)
 
+    def offer_again_in(self, drop: Drop, seconds: float) -> None:
+        """Another process holds this file (another daemon on a shared folder, or one that died
+        and whose claim has not run out): offer it again after ``seconds``."""
+        st = self._stat_candidate(drop.key)
+        if st is not None:
+            with self._lock:
+                self._pending[drop.key] = (st.st_size, st.st_mtime_ns, self._clock(), seconds)
+
     def probe(self) -> dict:
         ok = os.access(self.root, os.R_OK | os.W_OK | os.X_OK)
         return {"ok": ok, "detail": f"{self.root} is {'readable and writable' if ok else 'not writable'}"}
