@@ -85,7 +85,7 @@ class InboxConfig:
 class Limits:
     """What any input file may cost at most; beyond it the file is rejected with the reason."""
     max_columns: int = 2_000                    # columns in a header / fields of a record
-    max_line_bytes: int = 16 << 20              # one physical line of a text file
+    max_line_bytes: int = 4 << 20               # one line (one row) of a text file; 4 MiB at most
     max_uncompressed_bytes: int = 20 << 30      # a .gz file (or an .xlsx sheet) once inflated
     max_compression_ratio: float = 200.0        # inflated / compressed, checked past the first MiB
 

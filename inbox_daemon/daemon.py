@@ -47,6 +47,7 @@ POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
 RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
 TICK = 0.05                 # main loop period (signals, retries, watchdog)
 RUNNABLE = ("queued", "failed")   # job states a work item may (re)start
+BUSY_BACKOFF_STEPS = 4      # a file whose content is being applied right now: backoff grows to 2^4 × retry_base
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,10 @@ class Daemon:
             while self._retries and self._retries[0][0] <= now:
                 due.append(heapq.heappop(self._retries)[2])
         for item in due:
-            self._enqueue(item)
+            if not self._enqueue(item) and not self._stopping.is_set():
+                with self._lock:
+                    if item.key in self._pending:    # its last run is still finishing: soon
+                        heapq.heappush(self._retries, (now + 0.1, next(self._seq), item))
 
     def _poll_queued(self) -> None:
         for job in self.store.queued(partners=self.config.partners):
@@ -406,13 +410,20 @@ class Daemon:
             log.warning("file.transient_error", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
             if attempt < cfg.daemon.max_attempts and not self._stopping.is_set():
                 self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
+            elif inbox is not None and not self._stopping.is_set():
+                # it never reached the ledger (the download kept failing): not forgotten, the
+                # inbox offers it again at its next look, for another round of attempts
+                log.error("file.retries_exhausted", error=str(exc), attempts=attempt)
+                offer_again = getattr(inbox, "offer_again_in", None)
+                if offer_again is not None:
+                    offer_again(drop, 0)
             return
         except InboxError as exc:
             # Terminal trouble with the inbox itself (permission denied, archived object): the
             # file stays where it is; the operator sees this line, the next scan tries again.
             log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
             return
-        self._after(store, pipeline, inbox, drop, result, started, log)
+        self._after(store, pipeline, inbox, item, result, started, log)
 
     def _claim_file(self, store, inbox, drop: Drop, log) -> bool:
         """This file version is ours to download, unless another daemon sharing the store holds
@@ -433,15 +444,18 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
             self.log.warning("file.release_failed", file=drop.name, error=str(exc))
 
-    def _after(self, store, pipeline: Pipeline, inbox, drop: Drop, result: Result, started: float, log) -> None:
+    def _after(self, store, pipeline: Pipeline, inbox, item: WorkItem, result: Result, started: float,
+               log) -> None:
         """The outcome is durable: retry, quarantine, or archive; then tell the partner."""
+        drop = item.drop
         manifest = result.manifest
         status = result.status
         if status == "running":
             # the same content is being applied right now (another name, another worker): look
             # again once that is done; it will be this file's duplicate, answered and archived
             if not self._stopping.is_set():
-                self._schedule_retry(WorkItem(drop), 1)
+                attempt = min(item.attempt + 1, BUSY_BACKOFF_STEPS)
+                self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
             return
         if status == "failed":
             with self._lock:      # e.g. the catalog locked by another process: retried, and reported
@@ -502,6 +516,13 @@ class Daemon:
 
     def _check_health(self) -> tuple[bool, dict]:
         dead = [i for i, inbox in self.inboxes.items() if not inbox.alive()]
+        for inbox_id, inbox in list(self.inboxes.items()):
+            failing = getattr(inbox, "failing", lambda: None)()
+            with self._lock:
+                if failing:
+                    self._faults[f"inbox {inbox_id}"] = failing
+                elif f"inbox {inbox_id}" in self._faults and self._faults[f"inbox {inbox_id}"].get("polls"):
+                    del self._faults[f"inbox {inbox_id}"]
         try:
             self.store.queued(limit=1)
             store_ok = True

@@ -182,7 +182,11 @@ class SqliteStore:
             if original.status == "running":
                 return Claim("busy", original)
             if original.reported_at is None:
-                return Claim("unreported", original)
+                # committed, not yet reported: the same file back (after a crash) reports it;
+                # another file of that content waits until it is reported, then is its duplicate
+                same_file = (original.inbox, original.source_uri, original.source_version) == \
+                    (inbox, source.uri, source.version)
+                return Claim("unreported" if same_file else "busy", original)
             # this very file recorded as a duplicate already, but not reported (a crash between)
             pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL"
                                     " AND inbox = ? AND source_uri = ? AND source_version IS ?",

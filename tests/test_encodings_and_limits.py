@@ -270,7 +270,19 @@ def test_a_nul_character_rejects_its_row_and_is_named(workdir, ingest):
     assert "s-7" not in products(workdir) and len(products(workdir)) == 29
 
 
-def test_a_row_larger_than_a_read_block_is_rejected_with_the_reason(workdir, ingest):
+def test_a_line_longer_than_the_default_limit_is_refused_as_a_limit(workdir, ingest):
     (workdir / "huge.csv").write_text("sku,name\nA,a\nB," + "x" * (12 << 20) + "\n")
     code, manifest = ingest(workdir / "huge.csv")
-    assert code == 4 and "MiB" in manifest["message"] and products(workdir) == {}
+    assert code == 4 and manifest["errors"] == {"limit_exceeded": 1} and products(workdir) == {}
+    assert "max_line_bytes" in manifest["message"]
+
+
+def test_a_huge_cell_of_short_lines_is_judged_like_any_value(workdir, ingest):
+    cell = "\n".join(["y" * 1000] * 6000)                  # 6 MB in one quoted cell, 1 KB lines
+    rows = "".join(f"S-{i},Item {i}\n" for i in range(40))
+    (workdir / "huge.csv").write_text(f'sku,name\n{rows}B,"{cell}"\n')
+    code, manifest = ingest(workdir / "huge.csv")
+    assert code == 0 and manifest["errors"] == {"too_long": 1}
+    [line] = read_diagnostics(manifest, workdir)
+    assert (line["row"], line["sku"], line["column"]) == ("42", "B", "name")
+    assert len(products(workdir)) == 40

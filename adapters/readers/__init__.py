@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from config.model import Limits
+from inbox_daemon import tempfiles
 from inbox_daemon.errors import LimitExceeded, UnknownFormat, UnreadableFile
 
 BLOCK_SIZE = 1 << 22          # bytes pyarrow reads and parses at a time
@@ -112,7 +112,8 @@ class _BoundedInflate(io.RawIOBase):
     ``max_uncompressed_bytes`` out, or past the first MiB more than ``max_compression_ratio``
     times the compressed bytes read so far, is ``LimitExceeded`` — never inflated to the end."""
 
-    def __init__(self, compressed: io.BufferedReader, raw_file, limits: Limits):
+    def __init__(self, compressed, raw_file, limits: Limits):
+        self._compressed = compressed
         self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")
         self._raw_file, self._limits, self._out = raw_file, limits, 0
 
@@ -135,6 +136,7 @@ class _BoundedInflate(io.RawIOBase):
 
     def close(self) -> None:
         self._gzip.close()
+        self._compressed.close()         # GzipFile leaves a file object it was given open
         super().close()
 
 
@@ -143,12 +145,12 @@ def open_stream(path: Path, *, compressed: bool, options: ReadOptions) -> Iterat
     """The decompressed byte stream of a spooled file."""
     file = open(path, "rb", buffering=0)
     raw = _Counting(file, options.progress) if options.progress else file
-    stream = io.BufferedReader(raw, buffer_size=BLOCK_SIZE)
+    # gzip reads the file itself, unbuffered, so the bomb check compares against the bytes it
+    # really consumed, not a read-ahead buffer's
+    stream = io.BufferedReader(_BoundedInflate(raw, file, options.limits) if compressed else raw,
+                               buffer_size=BLOCK_SIZE)
     try:
-        if compressed:
-            yield io.BufferedReader(_BoundedInflate(stream, file, options.limits), buffer_size=BLOCK_SIZE)
-        else:
-            yield stream
+        yield stream
     finally:
         stream.close()
 
@@ -302,7 +304,7 @@ def seekable_copy(path: Path, *, compressed: bool, options: ReadOptions) -> Iter
             options.progress(os.path.getsize(path))
         yield path
         return
-    fd, tmp = tempfile.mkstemp(prefix=".unpacked-", dir=path.parent)
+    fd, tmp = tempfiles.create(path.parent, ".unpacked-")
     try:
         with os.fdopen(fd, "wb") as out, open_stream(path, compressed=True, options=options) as src:
             shutil.copyfileobj(src, out, BLOCK_SIZE)

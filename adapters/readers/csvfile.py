@@ -111,7 +111,9 @@ def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding
         with open_stream(path, compressed=compressed, options=options if progress else
                          ReadOptions(limits=options.limits)) as stream:
             raw = stream if _is_utf8(encoding) else _ToUtf8(stream, encoding)
-            yield io.BufferedReader(_LineGuard(raw, options.limits.max_line_bytes), buffer_size=BLOCK_SIZE)
+            # pyarrow holds a row within one read block: longer lines can never be read anyway
+            limit = min(options.limits.max_line_bytes, BLOCK_SIZE)
+            yield io.BufferedReader(_LineGuard(raw, limit), buffer_size=BLOCK_SIZE)
     return opened()
 
 
@@ -249,7 +251,8 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         if "Empty CSV file" in reason:
             reason = "the file is empty: a header line is required"
         elif "straddles two block boundaries" in reason:
-            reason = f"a row is larger than {BLOCK_SIZE >> 20} MiB, the most one row may hold"
+            raise LimitExceeded(limit="max_line_bytes", row=next_row,
+                                reason=f"a row is larger than {BLOCK_SIZE >> 20} MiB, the most one row may hold") from exc
         raise UnreadableFile(reason=reason, row=next_row) from exc
 
 

@@ -58,6 +58,7 @@ class PollingInbox:
         self._thread: threading.Thread | None = None
         self._polled = threading.Event()
         self._failures = 0
+        self._last_error: str | None = None
         self.log = get_logger(inbox=self.id, partner=config.partner)
 
     @property
@@ -135,13 +136,14 @@ class PollingInbox:
             failed = False
             try:
                 entries = self.ready_entries()
-                self._failures = 0
+                self._failures, self._last_error = 0, None
                 for entry in entries:
                     on_ready(self.drop_for(entry))
                 delay = self.config.poll_interval * (1 + random.uniform(-JITTER, JITTER))
             except Exception as exc:  # noqa: BLE001 — this thread is the inbox: it must outlive any error
                 failed = True
                 self._failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"[:300]
                 self.disconnect()
                 cap = min(MAX_BACKOFF, max(10 * self.config.poll_interval, 5.0))
                 delay = backoff(self._failures, min(self.config.poll_interval, 1.0), cap)
@@ -154,6 +156,12 @@ class PollingInbox:
             if not failed and self._waiting():
                 delay = min(delay, max(self.config.settle / 2, 0.05))
             self._stop.wait(delay)
+
+    def failing(self) -> dict | None:
+        """For /healthz: the polls are failing (the server is down, access was revoked)."""
+        if not self._failures:
+            return None
+        return {"error": self._last_error, "polls": self._failures}
 
     def settling(self) -> int:
         """Files seen but not ready yet; 1 until the first poll finished (``run --once``)."""
