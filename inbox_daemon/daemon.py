@@ -453,7 +453,8 @@ class Daemon:
         if status == "running":
             # the same content is being applied right now (another name, another worker): look
             # again once that is done; it will be this file's duplicate, answered and archived
-            if not self._stopping.is_set():
+            # (a requeued job found running is simply someone else's now: nothing to retry)
+            if item.job_id is None and not self._stopping.is_set():
                 attempt = min(item.attempt + 1, BUSY_BACKOFF_STEPS)
                 self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
             return
