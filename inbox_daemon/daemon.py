@@ -401,7 +401,8 @@ class Daemon:
                     return
                 spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
                 fmt, mode = inbox_cfg.format, inbox_cfg.mode
-            result = pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self._should_stop)
+            result = pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self._should_stop,
+                                      watching=True)
         except Cancelled:
             return
         except Transient as exc:
@@ -450,6 +451,13 @@ class Daemon:
         drop = item.drop
         manifest = result.manifest
         status = result.status
+        if result.replay:                   # answered before: only the archive may be missing
+            if inbox is not None and drop.inbox == inbox.id:
+                try:
+                    inbox.archive(drop, status)
+                except (InboxError, OSError) as exc:
+                    log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+            return
         if status == "running":
             # the same content is being applied right now (another name, another worker): look
             # again once that is done; it will be this file's duplicate, answered and archived

@@ -30,7 +30,7 @@ from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
-from inbox_daemon.results import DiagnosticsWriter, write_manifest
+from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
 
@@ -64,10 +64,12 @@ class Totals:
 
 @dataclass(frozen=True)
 class Result:
-    """What ``process`` did: the manifest (as written) and where it is."""
+    """What ``process`` did: the manifest (as written) and where it is. ``replay``: nothing was
+    done, the file had its answer already (the caller only archives it)."""
     status: str
     manifest: dict
     manifest_path: Path | None
+    replay: bool = False
 
 
 def default_actor() -> str:
@@ -103,9 +105,11 @@ class Pipeline:
     def process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None = None,
                 mode: str = "delta", dry_run: bool = False,
                 progress: Callable[[int], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> Result:
+                should_stop: Callable[[], bool] = lambda: False, watching: bool = False) -> Result:
         """Run one spooled file through every stage. ``should_stop`` is asked between batches: when
-        it says yes the job is abandoned before its commit and released back to ``queued``."""
+        it says yes the job is abandoned before its commit and released back to ``queued``.
+        ``watching``: the caller watches an inbox, where the very file a job came from may be
+        seen again after its answer (a look racing the report): then it is not a duplicate."""
         failpoints.reached("after_spool")
         partner = self.config.partner(drop.partner)
         log = get_logger(partner=partner.id, inbox=drop.inbox, file=drop.name, sha256=sha256[:12])
@@ -118,7 +122,8 @@ class Pipeline:
             job = _dry_run_job(drop, sha256, source, fmt, mode, spooled)
         else:
             claim = self.store.claim(partner_id=partner.id, sha256=sha256, inbox=drop.inbox,
-                                     source=source, fmt=fmt, mode=mode, spool_path=str(spooled))
+                                     source=source, fmt=fmt, mode=mode, spool_path=str(spooled),
+                                     answered_if_same_file=watching)
             job = claim.job
             log = log.bind(job_id=job.id)
             if claim.kind == "duplicate":
@@ -126,6 +131,13 @@ class Pipeline:
             if claim.kind == "unreported":
                 log.info("job.report_resumed")
                 return self.report(job, job.result, spooled, log)
+            if claim.kind == "reported":
+                # this file was applied and answered already (a look that raced its report)
+                log.info("job.already_reported", status=job.status)
+                if job.status not in KEEP_SPOOL and spooled != Path(job.spool_path or ""):
+                    spooled.unlink(missing_ok=True)
+                return Result(job.status, job.result, manifest_path(self.config.daemon.results_dir,
+                                                                    job.partner_id, job.id), replay=True)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)
                 return Result("running", {"job_id": job.id, "status": "running", "message":

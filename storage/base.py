@@ -104,13 +104,14 @@ class Job:
                       version=self.source_version)
 
 
-ClaimKind = Literal["new", "resumed", "duplicate", "unreported", "busy"]
+ClaimKind = Literal["new", "resumed", "duplicate", "unreported", "reported", "busy"]
 
 
 @dataclass(frozen=True)
 class Claim:
     """What ``claim`` decided: run ``job`` (new/resumed), report it (unreported: outcome committed
-    but its files not yet written), record a duplicate of ``job.duplicate_of``, or leave it (busy)."""
+    but its files not yet written), record a duplicate of ``job.duplicate_of``, leave it (busy),
+    or nothing at all (reported: the very file the job came from, seen again after its answer)."""
     kind: ClaimKind
     job: Job
 
@@ -149,7 +150,7 @@ class CatalogStore(Protocol):
     job is its fencing token: a commit of an attempt that was taken over raises ``LeaseLost``."""
 
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-              mode: str, spool_path: str | None) -> Claim: ...
+              mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim: ...
     def load(self, job: Job) -> Load: ...
     def finish(self, job: Job, outcome: Outcome) -> None: ...
     def mark_reported(self, job_id: str) -> None: ...

@@ -164,7 +164,7 @@ class PostgresStore:
         return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
 
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-              mode: str, spool_path: str | None) -> Claim:
+              mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
         where = ("partner_id = %s AND sha256 = %s AND duplicate_of IS NULL", (partner_id, sha256))
         with self._transaction():
@@ -205,6 +205,9 @@ class PostgresStore:
                 same_file = (original.inbox, original.source_uri, original.source_version) == \
                     (inbox, source.uri, source.version)
                 return Claim("unreported" if same_file else "busy", original)
+            same = (original.inbox, original.source_uri, original.source_version) == (inbox, source.uri, source.version)
+            if answered_if_same_file and same:
+                return Claim("reported", original)       # the very file it came from, seen again
             # this very file recorded as a duplicate already, but not reported (a crash between)
             pending = self._job_row("partner_id = %s AND sha256 = %s AND duplicate_of IS NOT NULL AND reported_at"
                                     " IS NULL AND inbox = %s AND source_uri = %s AND source_version IS NOT DISTINCT"

@@ -154,7 +154,7 @@ class SqliteStore:
         return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
 
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-              mode: str, spool_path: str | None) -> Claim:
+              mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
         with self._transaction():
             original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
@@ -187,6 +187,9 @@ class SqliteStore:
                 same_file = (original.inbox, original.source_uri, original.source_version) == \
                     (inbox, source.uri, source.version)
                 return Claim("unreported" if same_file else "busy", original)
+            same = (original.inbox, original.source_uri, original.source_version) == (inbox, source.uri, source.version)
+            if answered_if_same_file and same:
+                return Claim("reported", original)       # the very file it came from, seen again
             # this very file recorded as a duplicate already, but not reported (a crash between)
             pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL"
                                     " AND inbox = ? AND source_uri = ? AND source_version IS ?",

@@ -281,3 +281,15 @@ def test_ingest_jobs_and_requeue_through_the_cli_on_postgres(pg_url, workdir, cl
     assert sorted(j["status"] for j in listed) == ["rejected", "succeeded"]
     requeued = cli("jobs", "requeue", "--status", "rejected", "--config", workdir / "pg.toml")
     assert requeued.code == 0 and rejected.json()["job_id"] in requeued.out
+
+
+def test_the_very_file_seen_again_by_a_watching_daemon_is_answered_not_a_duplicate(store):
+    job = claim(store).job
+    apply(store, job, rows(("A", "a")))
+    again = store.claim(partner_id="p", sha256="a" * 64, inbox="local:in", source=SOURCE, fmt="csv",
+                        mode="delta", spool_path=None, answered_if_same_file=True)
+    assert (again.kind, again.job.id) == ("reported", job.id)
+    other = Source(uri="file:///in/copy.csv", name="copy.csv", size=10, version="1")
+    copy = store.claim(partner_id="p", sha256="a" * 64, inbox="local:in", source=other, fmt="csv",
+                       mode="delta", spool_path=None, answered_if_same_file=True)
+    assert copy.kind == "duplicate"
