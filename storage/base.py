@@ -183,3 +183,56 @@ def split_statements(script: str) -> list[str]:
     """Split one of our migration files into statements (they hold no ';' inside literals)."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+class LedgerReads:
+    """The ledger's reads and the report mark, the same SQL on every store: written with ``?``
+    placeholders, turned into the driver's own (``PARAM``). A store provides ``_exec``/``_one``."""
+
+    PARAM = "?"
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.PARAM == "?" else sql.replace("?", self.PARAM)
+
+    def _job_row(self, where: str, params: tuple, *, lock: bool = False) -> Job | None:
+        rows = self._exec(self._sql(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}{' FOR UPDATE' if lock else ''}"),
+                          params)
+        return job_from_row(rows[0]) if rows else None
+
+    def job(self, job_id: str) -> Job:
+        from inbox_daemon.errors import JobNotFound
+        found = self._job_row("id = ?", (job_id,))
+        if found is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return found
+
+    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+             limit: int | None = None) -> list[Job]:
+        where, params = ["1 = 1"], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if partner_id:
+            where.append("partner_id = ?")
+            params.append(partner_id)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [job_from_row(r) for r in self._exec(self._sql(sql), tuple(params))]
+
+    def attempts(self, job_id: str) -> list[dict]:
+        rows = self._exec(self._sql("SELECT attempt, started_at, finished_at, status, error FROM job_attempts"
+                                    " WHERE job_id = ? ORDER BY attempt"), (job_id,))
+        return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
+
+    def mark_reported(self, job_id: str) -> None:
+        self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (utcnow(), job_id))
+
+    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
+        """The final status of this exact file (same place, same mtime/ETag) if it was already
+        taken in, else None. Then it need not be fetched again: with ``on_success = "keep"`` the
+        ledger alone prevents reprocessing."""
+        return self._one(self._sql(
+            "SELECT status FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
+            " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
+            " ORDER BY created_at DESC LIMIT 1"), (inbox, uri, version))

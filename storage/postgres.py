@@ -36,7 +36,7 @@ from inbox_daemon.errors import (
     DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
 )
 from storage.base import (
-    JOB_COLUMNS, MERGED_COLUMNS, REQUEUEABLE, Claim, Job, MergeCounts, Outcome, Source, default_holder,
+    JOB_COLUMNS, MERGED_COLUMNS, REQUEUEABLE, Claim, Job, LedgerReads, MergeCounts, Outcome, Source, default_holder,
     holder_is_dead, job_from_row, new_job_id, split_statements, utcnow,
 )
 
@@ -57,8 +57,10 @@ def _map_errors(exc: psycopg.Error) -> StoreError:
     return StoreError(str(exc))
 
 
-class PostgresStore:
+class PostgresStore(LedgerReads):
     """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
+
+    PARAM = "%s"
 
     def __init__(self, url: str, *, password: str | None = None, lease: float = 30.0,
                  holder: str | None = None):
@@ -134,39 +136,10 @@ class PostgresStore:
         self._conn.close()
 
     # -- ledger ---------------------------------------------------------------------------------
-    def _job_row(self, where: str, params: tuple, *, lock: bool = False) -> Job | None:
-        rows = self._exec(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}{' FOR UPDATE' if lock else ''}", params)
-        return job_from_row(rows[0]) if rows else None
-
-    def job(self, job_id: str) -> Job:
-        found = self._job_row("id = %s", (job_id,))
-        if found is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return found
-
-    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
-             limit: int | None = None) -> list[Job]:
-        where, params = ["true"], []
-        if status:
-            where.append("status = %s")
-            params.append(status)
-        if partner_id:
-            where.append("partner_id = %s")
-            params.append(partner_id)
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [job_from_row(r) for r in self._exec(sql, tuple(params))]
-
-    def attempts(self, job_id: str) -> list[dict]:
-        rows = self._exec("SELECT attempt, started_at, finished_at, status, error FROM job_attempts "
-                          "WHERE job_id = %s ORDER BY attempt", (job_id,))
-        return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
-
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
-        where = ("partner_id = %s AND sha256 = %s AND duplicate_of IS NULL", (partner_id, sha256))
+        where = ("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL", (partner_id, sha256))
         with self._transaction():
             original = self._job_row(*where, lock=True)
             if original is None:
@@ -209,9 +182,9 @@ class PostgresStore:
             if answered_if_same_file and same:
                 return Claim("reported", original)       # the very file it came from, seen again
             # this very file recorded as a duplicate already, but not reported (a crash between)
-            pending = self._job_row("partner_id = %s AND sha256 = %s AND duplicate_of IS NOT NULL AND reported_at"
-                                    " IS NULL AND inbox = %s AND source_uri = %s AND source_version IS NOT DISTINCT"
-                                    " FROM %s", (partner_id, sha256, inbox, source.uri, source.version))
+            pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at"
+                                    " IS NULL AND inbox = ? AND source_uri = ? AND source_version IS NOT DISTINCT"
+                                    " FROM ?", (partner_id, sha256, inbox, source.uri, source.version))
             if pending is not None:      # its outcome recorded or not: finish and report that job
                 return Claim("unreported" if pending.result else "duplicate", pending)
             job_id = new_job_id()
@@ -244,9 +217,6 @@ class PostgresStore:
     def finish(self, job: Job, outcome: Outcome) -> None:
         with self._transaction():
             self._record_outcome(job, outcome)
-
-    def mark_reported(self, job_id: str) -> None:
-        self._exec("UPDATE jobs SET reported_at = %s WHERE id = %s", (utcnow(), job_id))
 
     def release(self, job: Job) -> None:
         with self._transaction():
@@ -297,11 +267,6 @@ class PostgresStore:
         self._exec("DELETE FROM drop_claims WHERE inbox = %s AND uri = %s AND version = %s AND holder = %s",
                    (inbox, uri, version, self.holder))
 
-    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
-        return self._one("SELECT status FROM jobs WHERE inbox = %s AND source_uri = %s AND source_version = %s"
-                         " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
-                         " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
-
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
         where, params = "status = 'queued'", []
         if partners is not None:
@@ -317,7 +282,7 @@ class PostgresStore:
         with self._transaction():
             if ids:
                 for job_id in ids:
-                    job = self._job_row("id = %s", (job_id,), lock=True)
+                    job = self._job_row("id = ?", (job_id,), lock=True)
                     if job is None:
                         raise JobNotFound(f"no job {job_id!r}")
                     if job.status not in REQUEUEABLE:

@@ -25,7 +25,8 @@ from inbox_daemon.errors import (
     DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
 )
 from storage.base import (
-    JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, MergeCounts, Outcome,
+    JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, LedgerReads, MergeCounts,
+    Outcome,
     Source, default_holder, holder_is_dead, job_from_row as _job, new_job_id, split_statements as _statements,
     utcnow,
 )
@@ -51,7 +52,7 @@ def _in(seconds: float) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore:
+class SqliteStore(LedgerReads):
     """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection.
     Leases use the host's clock: every daemon sharing the file runs on this host."""
 
@@ -124,35 +125,6 @@ class SqliteStore:
         self._conn.close()
 
     # -- ledger ---------------------------------------------------------------------------------
-    def _job_row(self, where: str, params: tuple) -> Job | None:
-        rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", params)
-        return _job(rows[0]) if rows else None
-
-    def job(self, job_id: str) -> Job:
-        found = self._job_row("id = ?", (job_id,))
-        if found is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return found
-
-    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
-             limit: int | None = None) -> list[Job]:
-        where, params = ["1=1"], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if partner_id:
-            where.append("partner_id = ?")
-            params.append(partner_id)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [_job(r) for r in self._exec(sql, tuple(params))]
-
-    def attempts(self, job_id: str) -> list[dict]:
-        rows = self._exec("SELECT attempt, started_at, finished_at, status, error FROM job_attempts "
-                          "WHERE job_id = ? ORDER BY attempt", (job_id,))
-        return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
-
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
@@ -237,9 +209,6 @@ class SqliteStore:
         with self._transaction():
             self._record_outcome(job, outcome)
 
-    def mark_reported(self, job_id: str) -> None:
-        self._exec("UPDATE jobs SET reported_at = ? WHERE id = ?", (utcnow(), job_id))
-
     def release(self, job: Job) -> None:
         """A job cut off before its commit (shutdown): nothing was applied, run it again later."""
         self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
@@ -264,14 +233,6 @@ class SqliteStore:
                 self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
             self._exec(f"DELETE FROM drop_claims WHERE holder IN ({marks})", tuple(dead))
         return ids
-
-    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
-        """The final status of this exact file (same place, same mtime/ETag) if it was already
-        taken in, else None. Then it need not be fetched again: with ``on_success = "keep"`` the
-        ledger alone prevents reprocessing."""
-        return self._one("SELECT status FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
-                         " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
-                         " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
 
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
         """Jobs waiting to run, oldest first; only those of ``partners`` when given."""
