@@ -18,8 +18,9 @@ run: $(BIN)/.installed        ## start the daemon on the built-in default (./inb
 test: $(BIN)/.installed       ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed      ## 500,000-row ingest benchmark (prints rows/s and peak RSS)
-	$(BIN)/python bench/ingest_500k.py
+bench: $(BIN)/.installed      ## the benchmark suite: every path against the floor and the peers (bench/README.md)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

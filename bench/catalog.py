@@ -1,0 +1,92 @@
+"""The benchmark catalog: a deterministic partner CSV of any size, and a changed snapshot of it.
+
+Shaped like ``../shared/PERFORMANCE-NOTES.md``'s file: ~10% case-variant duplicate SKUs (later
+ones win), quoted commas and embedded newlines in descriptions, valid GTINs, unmapped columns
+that become attributes. The same ``rows`` and ``seed`` always give the same bytes, so a cached
+file is reused across runs (``cached``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+from pathlib import Path
+
+HEADER = ["sku", "name", "description", "price", "currency", "stock", "brand", "category",
+          "gtin", "url", "color", "material", "weight_g"]
+WORDS = ["cotton", "shirt", "blue", "organic", "steel", "mug", "lamp", "oak", "wool", "linen",
+         "garden", "chair", "desk", "ceramic", "glass", "leather", "canvas", "travel", "kids"]
+GENERATOR_VERSION = 1           # bump when the bytes generate() writes change
+
+
+def _gtin(rnd: random.Random) -> str:
+    gtin12 = f"{rnd.randrange(10**11, 10**12)}"
+    weighted = sum(int(d) for d in gtin12[0::2]) + sum(int(d) for d in gtin12[1::2]) * 3   # EAN-13: 1,3,1,…
+    return gtin12 + str((10 - weighted % 10) % 10)
+
+
+def generate(path: Path, rows: int, seed: int = 42) -> None:
+    rnd = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(HEADER)
+        for i in range(rows):
+            n = rnd.randrange(int(rows * 0.9)) if rnd.random() < 0.1 else i
+            sku = f"SKU-{n:07d}"
+            if rnd.random() < 0.5:
+                sku = sku.lower()
+            desc = " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(8, 20)))
+            if rnd.random() < 0.2:
+                desc += ", with a comma"
+            if rnd.random() < 0.05:
+                desc += "\nand a second line"
+            w.writerow([sku, " ".join(rnd.choice(WORDS) for _ in range(3)).title(), desc,
+                        f"{rnd.randrange(100, 100000) / 100:.2f}", "USD", rnd.randrange(0, 500),
+                        rnd.choice(["Acme", "Globex", "Initech", "Umbrella"]),
+                        f"Home > {rnd.choice(WORDS).title()}", _gtin(rnd),
+                        f"https://shop.example/p/{n}", rnd.choice(["red", "blue", "green"]),
+                        rnd.choice(WORDS), rnd.randrange(50, 5000)])
+
+
+def change(src: Path, dst: Path, fraction: float, seed: int = 7) -> int:
+    """Copy ``src`` to ``dst`` with ``fraction`` of its rows changed (a new price and stock):
+    the next day's snapshot of the same catalog. Returns how many rows were changed."""
+    rnd = random.Random(seed)
+    changed = 0
+    with open(src, newline="", encoding="utf-8") as fin, open(dst, "w", newline="", encoding="utf-8") as fout:
+        reader, writer = csv.reader(fin), csv.writer(fout)
+        writer.writerow(next(reader))
+        for record in reader:
+            if rnd.random() < fraction:
+                record[3] = f"{rnd.randrange(100, 100000) / 100:.2f}"
+                record[5] = str(rnd.randrange(0, 500))
+                changed += 1
+            writer.writerow(record)
+    return changed
+
+
+def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int = 42) -> Path:
+    """The generated file for ``rows`` (and its ``changed`` snapshot), made once per folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / f"catalog-{rows}-s{seed}-v{GENERATOR_VERSION}.csv"
+    if not base.exists():
+        tmp = base.with_suffix(".tmp")
+        generate(tmp, rows, seed)
+        tmp.rename(base)
+    if changed is None:
+        return base
+    snapshot = base.with_name(f"{base.stem}-changed{changed:g}.csv")
+    if not snapshot.exists():
+        tmp = snapshot.with_suffix(".tmp")
+        change(base, tmp, changed)
+        tmp.rename(snapshot)
+    return snapshot
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,300 @@
+"""The benchmark suite: every path of the daemon next to the floor and the peers, in one run.
+
+This machine is shared and noisy, so figures are compared as ratios measured in the same run,
+with the daemon and its reference interleaved. Every import is its own process on a fresh
+catalog, timed from start to exit, with that process's own peak RSS (``wait4``). It prints a
+table and writes it as JSON (``--json``). Usage (``make bench`` runs the defaults):
+
+    python bench/run.py [--rows 500000] [--runs 3] [--big-rows 5000000] [--orm-rows 50000]
+                        [--files 1000] [--latency 20] [--pg URL | --pg ''] [--json bench/results.json]
+
+``--big-rows 0`` skips the 5M-row file (about 1.1 GB to generate, cached in ``--cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from catalog import cached  # noqa: E402
+from running import EXE, RunningDaemon, small_feed  # noqa: E402
+
+PY = sys.executable
+
+
+@dataclass
+class Figure:
+    path: str
+    rows: int
+    seconds: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    reference: str | None = None        # the figure this one is a ratio of
+    target: str = ""
+    ratio: float | None = None
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.median if self.rows else 0.0
+
+
+def timed(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
+    """Run one process to its end: wall seconds, its own peak RSS in MB, its stdout."""
+    out = cwd / ".stdout"
+    with open(out, "w") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = out.read_text()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(args[:3])} … failed ({proc.returncode}):\n{text[-3000:]}")
+    return elapsed, usage.ru_maxrss / 1024, text
+
+
+def daemon_ingest(feed: Path, work: Path, config: str | None = None) -> tuple[float, float, str]:
+    args = [EXE, "ingest", str(feed)] + (["--config", config] if config else [])
+    return timed(args, work)
+
+
+def floor(db: Path, feed: Path, work: Path) -> tuple[float, float, str]:
+    return timed([PY, str(HERE / "floor_sqlite.py"), str(db), str(feed)], work)
+
+
+def add(fig: Figure, measured: tuple[float, float, str]) -> str:
+    fig.seconds.append(measured[0])
+    fig.rss_mb.append(measured[1])
+    return measured[2]
+
+
+def sqlite_paths(args, cache: Path, root: Path) -> list[Figure]:
+    """Fresh import and the 1%-changed re-import, daemon and floor interleaved, then peers."""
+    feed = cached(cache, args.rows)
+    changed = cached(cache, args.rows, changed=0.01)
+    fl = Figure("floor: pyarrow + one set-based upsert, fresh", args.rows)
+    dm = Figure("inbox-daemon ingest, fresh", args.rows, reference=fl.path, target="≤ 1.2 × floor")
+    flr = Figure("floor: full re-import of the 1%-changed snapshot", args.rows)
+    dmr = Figure("inbox-daemon ingest, 1%-changed snapshot re-ingested", args.rows, reference=flr.path,
+                 target="≤ 0.3 × floor's full re-import")
+    for i in range(args.runs):
+        work = root / f"sqlite{i}"
+        work.mkdir()
+        add(fl, floor(work / "floor.db", feed, work))
+        add(flr, floor(work / "floor.db", changed, work))
+        add(dm, daemon_ingest(feed, work))
+        summary = add(dmr, daemon_ingest(changed, work))
+        shutil.rmtree(work)
+        print(f"  run {i + 1}: floor {fl.seconds[-1]:.2f} s, daemon {dm.seconds[-1]:.2f} s; re-import: "
+              f"floor {flr.seconds[-1]:.2f} s, daemon {dmr.seconds[-1]:.2f} s", flush=True)
+    dmr.note = summary.splitlines()[0]
+    figures = [fl, dm, flr, dmr]
+
+    work = root / "peers"
+    work.mkdir()
+    pandas = Figure("peer: pandas read_csv + to_sql + the same upsert", args.rows, reference=dm.path,
+                    target="(for scale)")
+    add(pandas, timed([PY, str(HERE / "peer_pandas.py"), str(work / "pandas.db"), str(feed)], work))
+    orm_feed = cached(cache, args.orm_rows)
+    orm = Figure(f"peer: per-row ORM importer (SQLAlchemy), on {args.orm_rows:,} rows", args.orm_rows,
+                 reference=dm.path, target="daemon ≥ 50 × its rows/s")
+    add(orm, timed([PY, str(HERE / "peer_orm.py"), str(work / "orm.db"), str(orm_feed)], work))
+    shutil.rmtree(work)
+    print(f"  peers: pandas {pandas.median:.2f} s, ORM {orm.median:.2f} s on {args.orm_rows:,} rows", flush=True)
+    return figures + [pandas, orm]
+
+
+def big_file(args, cache: Path, root: Path, fresh_rss: float) -> list[Figure]:
+    t0 = time.perf_counter()
+    feed = cached(cache, args.big_rows)
+    print(f"  {args.big_rows:,}-row file ready ({feed.stat().st_size / 1e9:.2f} GB, "
+          f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    fl = Figure(f"floor, {args.big_rows:,} rows", args.big_rows)
+    dm = Figure(f"inbox-daemon ingest, {args.big_rows:,} rows", args.big_rows, reference=fl.path,
+                target=f"≤ 1.2 × floor; peak RSS ≤ 1.3 × the {args.rows:,}-row import's")
+    work = root / "big"
+    work.mkdir()
+    add(fl, floor(work / "floor.db", feed, work))
+    add(dm, daemon_ingest(feed, work))
+    shutil.rmtree(work)
+    rss_ratio = max(dm.rss_mb) / fresh_rss
+    dm.note = f"peak RSS {max(dm.rss_mb):.0f} MB = {rss_ratio:.2f} × the {args.rows:,}-row import's"
+    dm.ratio = dm.median / fl.median
+    dm.met = dm.ratio <= 1.2 and rss_ratio <= 1.3
+    print(f"  floor {fl.median:.1f} s, daemon {dm.median:.1f} s; {dm.note}", flush=True)
+    return [fl, dm]
+
+
+def running_daemon(args, root: Path) -> list[Figure]:
+    """1,000 small files renamed into the inbox at once; then drop-to-manifest latency, one by one."""
+    burst = Figure(f"{args.files:,} small files (20 rows each) dropped at once into a running daemon", 0,
+                   target="all results in ≤ 10 s")
+    latency = Figure("one small file renamed into the inbox: drop to manifest", 0,
+                     target="median ≤ 150 ms")
+    work = root / "running"
+    work.mkdir()
+    with RunningDaemon(work) as daemon:
+        staging = work / "staging"
+        staging.mkdir()
+        names = [f"burst{i:05d}.csv" for i in range(args.files)]
+        for name in names:
+            (staging / name).write_text(small_feed(name))
+        t0 = time.monotonic()
+        for name in names:
+            os.rename(staging / name, daemon.inbox / name)
+        burst.seconds.append(daemon.wait_for(args.files) - t0)
+        for i in range(args.latency):
+            name = f"latency{i}.csv"
+            staged = daemon.inbox / f".{name}.part"        # an uploader's temporary name
+            staged.write_text(small_feed(name))
+            before = daemon.manifests()
+            t0 = time.monotonic()
+            os.rename(staged, daemon.inbox / name)
+            latency.seconds.append(daemon.wait_for(1, since=before) - t0)
+    shutil.rmtree(work)
+    burst.met = burst.median <= 10
+    burst.note = f"{args.files / burst.median:,.0f} files/s"
+    latency.met = latency.median <= 0.150
+    latency.note = (f"median {latency.median * 1000:.0f} ms of {args.latency} "
+                    f"(min {min(latency.seconds) * 1000:.0f}, max {max(latency.seconds) * 1000:.0f})")
+    print(f"  burst {burst.median:.2f} s; latency {latency.note}", flush=True)
+    return [burst, latency]
+
+
+def postgres(args, cache: Path, root: Path) -> list[Figure]:
+    import postgres_500k as pg                     # psycopg; only when a server is asked for
+    feed = cached(cache, args.rows)
+    fl = Figure("PostgreSQL floor: pyarrow + COPY + one set-based upsert", args.rows)
+    dm = Figure("inbox-daemon ingest into PostgreSQL, fresh", args.rows, reference=fl.path,
+                target="≤ 1.2 × floor")
+    for i in range(args.runs):
+        schema, url = pg._schema_url(args.pg)
+        add(fl, timed([PY, pg.FLOOR, url, str(feed)], root))
+        pg._drop(args.pg, schema)
+        schema, url = pg._schema_url(args.pg)
+        work = root / f"pg{i}"
+        work.mkdir()
+        (work / "pg.toml").write_text(f"[store]\nurl = {json.dumps(url)}\n")
+        add(dm, daemon_ingest(feed, work, "pg.toml"))
+        pg._drop(args.pg, schema)
+        shutil.rmtree(work)
+        print(f"  run {i + 1}: PostgreSQL floor {fl.seconds[-1]:.2f} s, daemon {dm.seconds[-1]:.2f} s", flush=True)
+    return [fl, dm]
+
+
+def judge(figures: list[Figure]) -> None:
+    """Ratios to each figure's reference, and whether its target is met."""
+    by_path = {f.path: f for f in figures}
+    for f in figures:
+        ref = by_path.get(f.reference or "")
+        if ref is None or f.ratio is not None:
+            continue
+        if "ORM" in f.path:
+            f.ratio = ref.rows_per_s / f.rows_per_s          # how many times faster the daemon is
+            f.met = f.ratio >= 50
+            f.note = f"the daemon is {f.ratio:.0f} × faster per row"
+        elif "pandas" in f.path:
+            f.ratio = f.median / ref.median
+        else:
+            f.ratio = f.median / ref.median
+            limit = 0.3 if "re-ingested" in f.path else 1.2
+            f.met = f.ratio <= limit
+
+
+def table(figures: list[Figure]) -> str:
+    lines = ["| path | rows | median s | rows/s | peak RSS MB | ratio | target | met |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in figures:
+        ratio = "" if f.ratio is None else (f"{f.ratio:.0f} ×" if "ORM" in f.path else f"{f.ratio:.2f}")
+        met = "" if f.met is None else ("yes" if f.met else "**no**")
+        rss = f"{max(f.rss_mb):.0f}" if f.rss_mb else ""
+        seconds = f"{f.median:.2f}" if f.median >= 0.5 else f"{f.median:.3f}"
+        rows, speed = (f"{f.rows:,}", f"{f.rows_per_s:,.0f}") if f.rows else ("", "")
+        lines.append(f"| {f.path} | {rows} | {seconds} | {speed} | {rss} | {ratio} | "
+                     f"{f.target} | {met} |")
+    notes = [f"- {f.path}: {f.note}" for f in figures if f.note]
+    return "\n".join(lines + [""] + notes)
+
+
+def _pg_reachable(url: str) -> bool:
+    try:
+        import psycopg
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except Exception as exc:            # any reason: the PostgreSQL rows are left out, and said so
+        print(f"PostgreSQL at {url} not reachable ({exc}); its rows are skipped", flush=True)
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=500_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--big-rows", type=int, default=5_000_000)
+    ap.add_argument("--orm-rows", type=int, default=50_000)
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--latency", type=int, default=20)
+    ap.add_argument("--pg", default=os.environ.get("INBOX_DAEMON_TEST_PG", "postgresql://127.0.0.1:5432/test"),
+                    help="PostgreSQL URL; '' skips the PostgreSQL rows")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "inbox-daemon-bench",
+                    help="where generated files are kept between runs")
+    ap.add_argument("--json", type=Path, default=HERE / "results.json")
+    ap.add_argument("--only", nargs="*", choices=("sqlite", "big", "running", "postgres"),
+                    default=("sqlite", "big", "running", "postgres"))
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="inbox-bench-"))
+    started = time.time()
+    figures: list[Figure] = []
+    try:
+        if "sqlite" in args.only:
+            print(f"SQLite, {args.rows:,} rows, {args.runs} interleaved runs", flush=True)
+            figures += sqlite_paths(args, args.cache, root)
+        if "big" in args.only and args.big_rows:
+            print(f"{args.big_rows:,} rows", flush=True)
+            fresh = next((f for f in figures if f.path == "inbox-daemon ingest, fresh"), None)
+            if fresh is None:
+                work = root / "rss"
+                work.mkdir()
+                fresh = Figure("inbox-daemon ingest, fresh", args.rows)
+                add(fresh, daemon_ingest(cached(args.cache, args.rows), work))
+            figures += big_file(args, args.cache, root, max(fresh.rss_mb))
+        if "running" in args.only:
+            print("running daemon", flush=True)
+            figures += running_daemon(args, root)
+        if "postgres" in args.only and args.pg and _pg_reachable(args.pg):
+            print(f"PostgreSQL, {args.rows:,} rows", flush=True)
+            figures += postgres(args, args.cache, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    judge(figures)
+    print("\n" + table(figures))
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()},
+              "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+              "figures": [{**asdict(f), "median_s": round(f.median, 3), "rows_per_s": round(f.rows_per_s)}
+                          for f in figures]}
+    args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nwritten to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
