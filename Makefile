@@ -19,7 +19,7 @@ test: $(BIN)/.installed       ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed      ## the benchmark suite: every path against the floor and the peers (bench/README.md)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --target bench/.peers -r bench/peers-requirements.txt
 	$(BIN)/python bench/run.py
 
 clean:

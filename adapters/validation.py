@@ -109,7 +109,9 @@ def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(int64 values, mask of non-null values that are not integers)."""
     ok = pc.match_substring_regex(values, _INTEGER)
     bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, False)))
-    digits = pc.replace_substring_regex(_null_where(values, bad), r"\.0+$", "")
+    digits = _null_where(values, bad)
+    if pc.any(pc.match_substring(digits, ".")).as_py():
+        digits = pc.replace_substring_regex(digits, r"\.0+$", "")
     return pc.cast(digits, pa.int64()), bad
 
 
@@ -179,6 +181,8 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     # text columns: bounded length
     texts = {f: _text(batch, cmap, f) for f in TEXT_FIELDS}
     for canonical, values in (("sku", sku), ("name", name), *texts.items()):
+        if (pc.max(pc.binary_length(values)).as_py() or 0) <= MAX_LENGTH[canonical]:
+            continue            # no value has more bytes than the limit has characters
         p.add(pc.greater(pc.utf8_length(values), MAX_LENGTH[canonical]), canonical, "too_long",
               f"{canonical} is longer than {MAX_LENGTH[canonical]} characters", values)
 
@@ -232,7 +236,9 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
 
     # gtin: a wrong one is dropped with a warning, the row still lands
     raw_gtin = _text(batch, cmap, "gtin")
-    gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
+    gtin_digits = raw_gtin
+    if pc.any(pc.match_substring_regex(raw_gtin, r"[\s-]")).as_py():
+        gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
     gtin_bad = pc.and_(pc.is_valid(raw_gtin), pc.invert(_gtin_valid(gtin_digits)))
     p.add(gtin_bad, "gtin", "invalid_gtin",
           "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)

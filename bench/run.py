@@ -32,6 +32,10 @@ from catalog import cached  # noqa: E402
 from running import EXE, RunningDaemon, small_feed  # noqa: E402
 
 PY = sys.executable
+FRESH = "inbox-daemon ingest, fresh"
+SECTIONS = ("sqlite", "peers", "big", "running", "postgres")
+# the peers' own libraries (bench/peers-requirements.txt), kept out of the daemon's environment
+PEERS = {"PYTHONPATH": os.pathsep.join([str(HERE / ".peers"), str(HERE)])}
 
 
 @dataclass
@@ -91,7 +95,7 @@ def sqlite_paths(args, cache: Path, root: Path) -> list[Figure]:
     feed = cached(cache, args.rows)
     changed = cached(cache, args.rows, changed=0.01)
     fl = Figure("floor: pyarrow + one set-based upsert, fresh", args.rows)
-    dm = Figure("inbox-daemon ingest, fresh", args.rows, reference=fl.path, target="≤ 1.2 × floor")
+    dm = Figure(FRESH, args.rows, reference=fl.path, target="≤ 1.2 × floor")
     flr = Figure("floor: full re-import of the 1%-changed snapshot", args.rows)
     dmr = Figure("inbox-daemon ingest, 1%-changed snapshot re-ingested", args.rows, reference=flr.path,
                  target="≤ 0.3 × floor's full re-import")
@@ -106,20 +110,25 @@ def sqlite_paths(args, cache: Path, root: Path) -> list[Figure]:
         print(f"  run {i + 1}: floor {fl.seconds[-1]:.2f} s, daemon {dm.seconds[-1]:.2f} s; re-import: "
               f"floor {flr.seconds[-1]:.2f} s, daemon {dmr.seconds[-1]:.2f} s", flush=True)
     dmr.note = summary.splitlines()[0]
-    figures = [fl, dm, flr, dmr]
+    return [fl, dm, flr, dmr]
 
+
+def peers(args, cache: Path, root: Path, daemon: Figure) -> list[Figure]:
+    """What a user would otherwise run, next to the daemon's fresh import."""
+    feed = cached(cache, args.rows)
+    dm = daemon
     work = root / "peers"
     work.mkdir()
     pandas = Figure("peer: pandas read_csv + to_sql + the same upsert", args.rows, reference=dm.path,
                     target="(for scale)")
-    add(pandas, timed([PY, str(HERE / "peer_pandas.py"), str(work / "pandas.db"), str(feed)], work))
+    add(pandas, timed([PY, str(HERE / "peer_pandas.py"), str(work / "pandas.db"), str(feed)], work, PEERS))
     orm_feed = cached(cache, args.orm_rows)
     orm = Figure(f"peer: per-row ORM importer (SQLAlchemy), on {args.orm_rows:,} rows", args.orm_rows,
                  reference=dm.path, target="daemon ≥ 50 × its rows/s")
-    add(orm, timed([PY, str(HERE / "peer_orm.py"), str(work / "orm.db"), str(orm_feed)], work))
+    add(orm, timed([PY, str(HERE / "peer_orm.py"), str(work / "orm.db"), str(orm_feed)], work, PEERS))
     shutil.rmtree(work)
     print(f"  peers: pandas {pandas.median:.2f} s, ORM {orm.median:.2f} s on {args.orm_rows:,} rows", flush=True)
-    return figures + [pandas, orm]
+    return [pandas, orm]
 
 
 def big_file(args, cache: Path, root: Path, fresh_rss: float) -> list[Figure]:
@@ -234,6 +243,19 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+def _fresh(args, figures: list[Figure], root: Path) -> Figure:
+    """The daemon's fresh import of this run, measured once here if its section was left out."""
+    fresh = next((f for f in figures if f.path == FRESH), None)
+    if fresh is None:
+        work = root / "fresh"
+        work.mkdir()
+        fresh = Figure(FRESH, args.rows)
+        add(fresh, daemon_ingest(cached(args.cache, args.rows), work))
+        shutil.rmtree(work)
+        figures.append(fresh)
+    return fresh
+
+
 def _pg_reachable(url: str) -> bool:
     try:
         import psycopg
@@ -257,8 +279,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "inbox-daemon-bench",
                     help="where generated files are kept between runs")
     ap.add_argument("--json", type=Path, default=HERE / "results.json")
-    ap.add_argument("--only", nargs="*", choices=("sqlite", "big", "running", "postgres"),
-                    default=("sqlite", "big", "running", "postgres"))
+    ap.add_argument("--only", nargs="*", choices=SECTIONS, default=SECTIONS)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="inbox-bench-"))
     started = time.time()
@@ -267,15 +288,12 @@ def main() -> None:
         if "sqlite" in args.only:
             print(f"SQLite, {args.rows:,} rows, {args.runs} interleaved runs", flush=True)
             figures += sqlite_paths(args, args.cache, root)
+        if "peers" in args.only:
+            print("peers", flush=True)
+            figures += peers(args, args.cache, root, _fresh(args, figures, root))
         if "big" in args.only and args.big_rows:
             print(f"{args.big_rows:,} rows", flush=True)
-            fresh = next((f for f in figures if f.path == "inbox-daemon ingest, fresh"), None)
-            if fresh is None:
-                work = root / "rss"
-                work.mkdir()
-                fresh = Figure("inbox-daemon ingest, fresh", args.rows)
-                add(fresh, daemon_ingest(cached(args.cache, args.rows), work))
-            figures += big_file(args, args.cache, root, max(fresh.rss_mb))
+            figures += big_file(args, args.cache, root, max(_fresh(args, figures, root).rss_mb))
         if "running" in args.only:
             print("running daemon", flush=True)
             figures += running_daemon(args, root)

@@ -451,8 +451,14 @@ class Daemon:
         drop = item.drop
         manifest = result.manifest
         status = result.status
-        if result.replay:                   # answered before: only the archive may be missing
+        if result.replay:
+            # answered before, but the daemon that answered may have died between its report and
+            # the write-back: the partner's copy of the manifest is written (again), then archived
             if inbox is not None and drop.inbox == inbox.id:
+                try:
+                    self._write_back(inbox, drop, manifest)
+                except (InboxError, OSError) as exc:
+                    log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
                 try:
                     inbox.archive(drop, status)
                 except (InboxError, OSError) as exc:

@@ -11,7 +11,8 @@
     │   └── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
     ├── StoreError                     the catalog store failed
     │   ├── StoreBusy (Transient)      locked / serialization failure: retry
-    │   └── StoreUnavailable (Transient) cannot connect / I/O error: retry
+    │   ├── StoreUnavailable (Transient) cannot connect / I/O error: retry
+    │   └── CatalogChanged (Transient) the partner's catalog moved under a load: read the file again
     ├── JobNotFound                    ``jobs show|requeue`` with an unknown id
     ├── Cancelled                      the daemon is stopping: the job is released, not failed
     │   └── LeaseLost                  another daemon took the job over: this attempt commits nothing
@@ -160,3 +161,10 @@ class InboxUnavailable(InboxError, Transient):
 
 class InboxMisconfigured(InboxError, Terminal):
     code = "inbox_misconfigured"
+
+
+class CatalogChanged(StoreError, Transient):
+    """Another job changed this partner's catalog between the moment this one read what the
+    catalog holds (to stage only what differs) and its merge: what it left out may be stale.
+    The job is read again with the catalog held from the start (``load(exclusive=True)``)."""
+    code = "catalog_changed"

@@ -28,7 +28,7 @@ from config.model import Config, Limits, PartnerConfig
 from inbox_daemon import __version__, failpoints
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import Cancelled, FeedError, ResultsUnwritable, TooManyRejects, Transient
+from inbox_daemon.errors import Cancelled, CatalogChanged, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
 from inbox_daemon.spool import spool_file
@@ -159,6 +159,19 @@ class Pipeline:
     # -- stages ---------------------------------------------------------------------------------
     def _apply(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
                dry_run: bool, progress, should_stop: Callable[[], bool], log) -> Outcome:
+        """Read, judge, stage, merge and commit the file. A load stages only what differs from the
+        catalog as it read it; if another job changed the partner's catalog meanwhile, the file
+        is read once more with the catalog held for the whole load."""
+        args = (job, partner, spooled, fmt, mode)
+        options = dict(dry_run=dry_run, progress=progress, should_stop=should_stop, log=log)
+        try:
+            return self._apply_once(*args, **options, exclusive=False)
+        except CatalogChanged as exc:
+            log.info("job.reread", reason=str(exc))
+            return self._apply_once(*args, **options, exclusive=True)
+
+    def _apply_once(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
+                    dry_run: bool, progress, should_stop: Callable[[], bool], log, exclusive: bool) -> Outcome:
         started, clock = utcnow(), time.monotonic()
         folder = self.config.daemon.results_dir / partner.id
         diagnostics = DiagnosticsWriter(folder, job.id)
@@ -167,7 +180,7 @@ class Pipeline:
         try:
             if fmt is None:
                 detect_format(job.source_name)           # raises UnknownFormat with the reason
-            with self.store.load(job) as load:
+            with self.store.load(job, exclusive=exclusive) as load:
                 options = read_options(partner, self.config.daemon.limits, progress)
                 # the partner's decimal separator is a convention of text files only
                 decimal = partner.decimal_separator if fmt in ("csv", "tsv", "xlsx") else "."
@@ -222,6 +235,9 @@ class Pipeline:
             diagnostics.discard()
             raise
         except Exception as exc:
+            if isinstance(exc, CatalogChanged) and not exclusive:
+                diagnostics.discard()
+                raise                   # read again, exclusively (``_apply``)
             # Transient: worth another attempt. Anything else is a defect or a surprise from a
             # library: the job fails (and is retried, then quarantined) rather than stay "running".
             diagnostics.discard()

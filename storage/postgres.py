@@ -300,7 +300,9 @@ class PostgresStore(LedgerReads):
         return chosen
 
     # -- catalog --------------------------------------------------------------------------------
-    def load(self, job: Job) -> "PostgresLoad":
+    def load(self, job: Job, *, exclusive: bool = False) -> "PostgresLoad":
+        """``exclusive`` changes nothing here: every row is staged and compared inside the one
+        transaction's merge statement, so nothing read before it can go stale."""
         return PostgresLoad(self, job)
 
 

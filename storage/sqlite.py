@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -19,10 +21,11 @@ from typing import Any, Iterable, Iterator
 import adbc_driver_manager
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from adapters.canonical import CANONICAL_SCHEMA
 from inbox_daemon.errors import (
-    DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
+    CatalogChanged, DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
 )
 from storage.base import (
     JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, LedgerReads, MergeCounts,
@@ -30,10 +33,15 @@ from storage.base import (
     Source, default_holder, holder_is_dead, job_from_row as _job, new_job_id, split_statements as _statements,
     utcnow,
 )
+from storage.changes import Existing, row_hashes
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages far less often
-_SEEN_SCHEMA = pa.schema([("sku_key", pa.string()), ("row", pa.int64())])
+_STAGE_SCHEMA = CANONICAL_SCHEMA.append(pa.field("row_hash", pa.int64()))
+# rows of the file that are not staged but decide what happens to a key: kind 0, the row was
+# rejected; kind 1, the row equals what the catalog holds
+_SEEN_SCHEMA = pa.schema([("sku_key", pa.string()), ("row", pa.int64()), ("kind", pa.int64())])
+_REJECTED, _UNCHANGED = 0, 1
 
 
 def _map_errors(exc: Exception) -> StoreError:
@@ -60,6 +68,7 @@ class SqliteStore(LedgerReads):
         self.lease, self.holder = lease, holder or default_holder()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temp_ready = False
         try:
             self._conn = adbc_sqlite.connect(str(self.path), autocommit=True)
             self._cur = self._conn.cursor()
@@ -272,12 +281,12 @@ class SqliteStore(LedgerReads):
     # -- claims across daemons ---------------------------------------------------------------
     def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool:
         """Take this version of a remote file for download, unless another daemon holds it."""
-        with self._transaction():
-            self._exec("INSERT INTO drop_claims (inbox, uri, version, holder, until) VALUES (?, ?, ?, ?, ?)"
-                       " ON CONFLICT (inbox, uri, version) DO UPDATE SET holder = excluded.holder,"
-                       " until = excluded.until WHERE drop_claims.until < ? OR drop_claims.holder = excluded.holder",
-                       (inbox, uri, version, self.holder, _in(self.lease), utcnow()))
-            return self._one("SELECT changes()") == 1
+        taken = self._exec(
+            "INSERT INTO drop_claims (inbox, uri, version, holder, until) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (inbox, uri, version) DO UPDATE SET holder = excluded.holder,"
+            " until = excluded.until WHERE drop_claims.until < ? OR drop_claims.holder = excluded.holder"
+            " RETURNING holder", (inbox, uri, version, self.holder, _in(self.lease), utcnow()))
+        return len(taken) == 1
 
     def release_drop(self, *, inbox: str, uri: str, version: str) -> None:
         self._exec("DELETE FROM drop_claims WHERE inbox = ? AND uri = ? AND version = ? AND holder = ?",
@@ -303,25 +312,54 @@ class SqliteStore(LedgerReads):
         return ids
 
     # -- catalog --------------------------------------------------------------------------------
-    def load(self, job: Job) -> "SqliteLoad":
-        return SqliteLoad(self, job)
+    def load(self, job: Job, *, exclusive: bool = False) -> "SqliteLoad":
+        return SqliteLoad(self, job, exclusive=exclusive)
+
+    def _temp_tables(self) -> None:
+        """This connection's staging tables, made once and emptied after every load."""
+        if self._temp_ready:
+            return
+        try:
+            self._cur.adbc_ingest("stage", _STAGE_SCHEMA.empty_table(), mode="create", temporary=True)
+            self._cur.adbc_ingest("seen", _SEEN_SCHEMA.empty_table(), mode="create", temporary=True)
+            self._cur.adbc_ingest("absent", pa.schema([("sku_key", pa.string())]).empty_table(), mode="create",
+                                  temporary=True)
+        except adbc_driver_manager.Error as exc:
+            self._reset_cursor()
+            raise _map_errors(exc) from exc
+        self._exec("CREATE INDEX temp.seen_key ON seen (sku_key, row)")
+        self._temp_ready = True
 
 
 class SqliteLoad:
-    """Stage → merge → commit for one job. Leaving the ``with`` block without commit rolls back."""
+    """Stage → merge → commit for one job. Leaving the ``with`` block without commit rolls back.
 
-    def __init__(self, store: SqliteStore, job: Job):
+    Staging runs on a thread of its own, one batch behind the caller: while the pipeline reads
+    and judges batch n+1, batch n is hashed, compared with what the catalog holds and ingested.
+    At most ``_AHEAD`` batches wait, so memory stays flat. Only rows that are new or differ from
+    the catalog are staged (``storage.changes``); the rest are counted as unchanged. The
+    partner's row hashes are read once, outside the write lock; the merge checks that the
+    partner's catalog version has not moved since, else raises ``CatalogChanged`` and the file is
+    read again with ``exclusive=True``: the write lock held from the start, nothing can move."""
+
+    _AHEAD = 2
+
+    def __init__(self, store: SqliteStore, job: Job, *, exclusive: bool = False):
         self._s, self.job = store, job
         self._in_tx = False
         self._done = False
         self._rejected = False
-        try:
-            self._drop_stage()
-            store._cur.adbc_ingest("stage", CANONICAL_SCHEMA.empty_table(), mode="create", temporary=True)
-            store._cur.adbc_ingest("seen", _SEEN_SCHEMA.empty_table(), mode="create", temporary=True)
-        except adbc_driver_manager.Error as exc:
-            store._reset_cursor()
-            raise _map_errors(exc) from exc
+        self._existing: Existing | None = None
+        self._staged_rows = 0
+        self._unchanged_rows = 0
+        self._keys: list[pa.Array] = []           # sku_key of the staged rows, for the distinct count
+        self._pending: deque[Future] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._used: set[str] = set()              # temp tables written to, emptied at the end
+        store._temp_tables()
+        if exclusive:
+            store._exec("BEGIN IMMEDIATE")
+            self._in_tx = True
 
     def __enter__(self) -> "SqliteLoad":
         return self
@@ -334,61 +372,139 @@ class SqliteLoad:
         """Stage valid rows. ``rejected_keys`` (sku_key, row) are rows of the file that had errors:
         a snapshot must not deactivate their SKUs for being "absent", and when a SKU's LAST
         occurrence was rejected, its earlier rows must not be applied in its stead."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{self.job.id}")
+        while len(self._pending) >= self._AHEAD:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys))
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _stage_now(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None) -> None:
+        existing = self._existing or self._read_existing()
         try:
             if batch.num_rows:
-                self._s._cur.adbc_ingest("stage", batch, mode="append", temporary=True)
+                hashes = row_hashes(batch)
+                if len(existing.key_hashes):
+                    unchanged = existing.split(batch, hashes)
+                    if unchanged.any():
+                        self._unchanged_rows += int(unchanged.sum())
+                        keep = ~unchanged
+                        batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
+                if batch.num_rows:
+                    staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes)], schema=_STAGE_SCHEMA)
+                    self._used.add("stage")
+                    self._s._cur.adbc_ingest("stage", staged, mode="append", temporary=True)
+                    self._keys.append(batch.column("sku_key"))
+                    self._staged_rows += batch.num_rows
             if rejected_keys is not None and rejected_keys.num_rows:
-                self._s._cur.adbc_ingest("seen", rejected_keys.select(["sku_key", "row"]).cast(_SEEN_SCHEMA),
-                                         mode="append", temporary=True)
+                existing.saw(rejected_keys.column("sku_key").combine_chunks(),
+                             rejected_keys.column("row").to_numpy())
+                seen = pa.table({"sku_key": rejected_keys.column("sku_key"), "row": rejected_keys.column("row"),
+                                 "kind": pa.repeat(pa.scalar(_REJECTED), rejected_keys.num_rows)}).cast(_SEEN_SCHEMA)
+                self._used.add("seen")
+                self._s._cur.adbc_ingest("seen", seen, mode="append", temporary=True)
                 self._rejected = True
         except adbc_driver_manager.Error as exc:
             self._s._reset_cursor()
             raise _map_errors(exc) from exc
 
+    def _read_existing(self) -> Existing:
+        """The partner's keys, row hashes and ``active``, with its catalog version: one statement,
+        so one consistent moment (at least one row, the version's, even for an empty catalog)."""
+        s, partner = self._s, self.job.partner_id
+        try:
+            s._cur.execute(
+                "SELECT v.version, p.sku_key, p.row_hash, p.active FROM (SELECT coalesce((SELECT version"
+                " FROM catalog_versions WHERE partner_id = ?), 0) AS version) v"
+                " LEFT JOIN products p ON p.partner_id = ?", (partner, partner))
+            table = s._cur.fetch_arrow_table().cast(pa.schema(
+                [("version", pa.int64()), ("sku_key", pa.string()), ("row_hash", pa.int64()), ("active", pa.int64())]))
+        except adbc_driver_manager.Error as exc:
+            s._reset_cursor()
+            raise _map_errors(exc) from exc
+        version = table.column("version")[0].as_py()
+        self._existing = Existing.from_table(table.filter(pc.is_valid(table.column("sku_key"))), version)
+        return self._existing
+
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
         s, partner, now = self._s, self.job.partner_id, utcnow()
         try:
-            s._exec("BEGIN IMMEDIATE")
-            self._in_tx = True
-            staged, distinct = s._exec("SELECT count(*), count(DISTINCT sku_key) FROM temp.stage")[0]
-            deactivated = 0
-            if mode == "snapshot":
-                active = s._one("SELECT count(*) FROM products WHERE partner_id = ? AND active = 1", (partner,))
-                absent = ("partner_id = ? AND active = 1 AND sku_key NOT IN (SELECT sku_key FROM temp.stage)"
-                          " AND sku_key NOT IN (SELECT sku_key FROM temp.seen)")
-                deactivated = s._one(f"SELECT count(*) FROM products WHERE {absent}", (partner,))
-                if deactivated and deactivated > max_deactivate_ratio * active:
-                    raise DeactivationRefused(would_deactivate=deactivated, active=active,
-                                              max_ratio=max_deactivate_ratio)
-            before = s._one("SELECT count(*) FROM products WHERE partner_id = ?", (partner,))
+            self._drain()
+            if not self._in_tx:
+                s._exec("BEGIN IMMEDIATE")
+                self._in_tx = True
+            existing = self._existing or self._read_existing()
+            version, newest = s._exec("SELECT coalesce((SELECT version FROM catalog_versions WHERE partner_id = ?), 0),"
+                                      " coalesce((SELECT max(rowid) FROM products), 0)", (partner,))[0]
+            if version != existing.version:
+                raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
+            blockers = existing.blockers()
+            if blockers.num_rows:
+                self._used.add("seen")
+                s._cur.adbc_ingest("seen", pa.table({**{c: blockers.column(c) for c in ("sku_key", "row")},
+                                                      "kind": pa.repeat(pa.scalar(_UNCHANGED), blockers.num_rows)}
+                                                     ).cast(_SEEN_SCHEMA), mode="append", temporary=True)
+            staged_keys = pc.count_distinct(pa.chunked_array(self._keys, pa.string())).as_py() if self._keys else 0
+            unchanged_keys, overlap, blocked_unstaged = existing.unchanged_keys()
+            distinct = staged_keys + unchanged_keys - overlap
+            absent = existing.absent() if mode == "snapshot" else pa.array([], pa.string())
+            deactivated = len(absent)
+            if deactivated and deactivated > max_deactivate_ratio * int(existing.active.sum()):
+                raise DeactivationRefused(would_deactivate=deactivated, active=int(existing.active.sum()),
+                                          max_ratio=max_deactivate_ratio)
             cols = ", ".join(_MERGED)
             changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
-            # the last valid row per key (SQLite's bare columns of max()), in key order
-            last = f"SELECT sku_key, {cols}, max(row) AS last_row FROM temp.stage GROUP BY sku_key"
-            blocked, keep = 0, "true"
-            if self._rejected:
-                # a key whose last occurrence in the file was rejected is left as it is
-                s._exec("CREATE INDEX temp.seen_key ON seen (sku_key, row)")
-                keep = ("NOT EXISTS (SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key"
-                        " AND r.row > l.last_row)")
-                blocked = s._one(f"SELECT count(*) FROM ({last}) l WHERE NOT ({keep})")
-            distinct -= blocked
-            s._exec(
-                f"INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-                f" SELECT ?, sku_key, {cols}, ?, ? FROM ({last}) l"
-                f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("updated_at", "source_job_id"))
-                + f" WHERE {changed}",
-                (partner, now, self.job.id))
-            written = s._one("SELECT changes()")
-            after = s._one("SELECT count(*) FROM products WHERE partner_id = ?", (partner,))
-            if mode == "snapshot" and deactivated:
-                s._exec(f"UPDATE products SET active = 0, updated_at = ?, source_job_id = ? WHERE {absent}",
+            # the last staged row per key (SQLite's bare columns of max()), in key order
+            last = f"SELECT sku_key, {cols}, row_hash, max(row) AS last_row FROM temp.stage GROUP BY sku_key"
+            blocked, not_kept, keep = 0, 0, "true"
+            if self._rejected or blockers.num_rows:
+                # a key whose last row in the file was rejected, or equals the catalog, is left as
+                # it is; "blocked" (superseded) when a rejected row comes after its last valid one
+                later = "SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key AND r.row > l.last_row"
+                keep = f"NOT EXISTS ({later})"
+                rejected_last = (f"EXISTS ({later} AND r.kind = {_REJECTED} AND NOT EXISTS (SELECT 1 FROM"
+                                 f" temp.seen u WHERE u.sku_key = l.sku_key AND u.kind = {_UNCHANGED}"
+                                 " AND u.row > r.row))")
+                not_kept, blocked = s._exec(f"SELECT coalesce(sum(NOT ({keep})), 0), coalesce(sum({rejected_last}), 0)"
+                                            f" FROM ({last}) l")[0]
+            blocked += blocked_unstaged
+            written = 0
+            if self._staged_rows:
+                s._exec(
+                    f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
+                    f" SELECT ?, sku_key, {cols}, row_hash, ?, ? FROM ({last}) l"
+                    f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("row_hash", "updated_at", "source_job_id"))
+                    + f" WHERE {changed}",
+                    (partner, now, self.job.id))
+                written = s._one("SELECT changes()")
+            # rows are inserted with rowids past the largest one before (products are never deleted)
+            inserted = s._one("SELECT count(*) FROM products WHERE rowid > ?", (newest,)) if written else 0
+            if staged_keys - not_kept > written:
+                # staged as different but equal after all (a hash of an older daemon, or none):
+                # the values stand, only the stored hash is brought up to date
+                s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({last}) l WHERE {keep}"
+                        " AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                        " AND products.row_hash IS NOT l.row_hash", (partner,))
+            if deactivated:
+                self._used.add("absent")
+                s._cur.adbc_ingest("absent", pa.table({"sku_key": absent}), mode="append", temporary=True)
+                s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
+                        " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)",
                         (now, self.job.id, partner))
-            inserted = after - before
-            return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
-                               updated=written - inserted, unchanged=distinct - written,
+            s._exec("INSERT INTO catalog_versions (partner_id, version) VALUES (?, 1)"
+                    " ON CONFLICT (partner_id) DO UPDATE SET version = version + 1", (partner,))
+            staged = self._staged_rows + self._unchanged_rows
+            return MergeCounts(staged=staged, superseded=staged - distinct + blocked, inserted=inserted,
+                               updated=written - inserted, unchanged=distinct - blocked - written,
                                deactivated=deactivated)
+        except adbc_driver_manager.Error as exc:
+            s._reset_cursor()
+            self.abort()
+            raise _map_errors(exc) from exc
         except BaseException:
             self.abort()
             raise
@@ -397,6 +513,7 @@ class SqliteLoad:
         """Record the job's outcome inside the merge transaction and commit both together."""
         s = self._s
         try:
+            self._drain()
             if not self._in_tx:
                 s._exec("BEGIN IMMEDIATE")
                 self._in_tx = True
@@ -408,11 +525,19 @@ class SqliteLoad:
             self.abort()
             raise
         finally:
-            self._drop_stage()
+            self._clear()
 
     def abort(self) -> None:
         """Roll back whatever this load did. Never raises: it runs while another error is
         propagating, and a connection too broken to roll back has no transaction left anyway."""
+        for future in self._pending:
+            future.cancel()
+        for future in self._pending:
+            try:
+                future.result()          # a batch being ingested right now: let it end
+            except BaseException:
+                pass                     # the error that matters is the one propagating
+        self._pending.clear()
         if self._in_tx:
             self._in_tx = False
             try:
@@ -420,11 +545,15 @@ class SqliteLoad:
             except StoreError:
                 pass
         self._done = True
-        self._drop_stage()
+        self._clear()
 
-    def _drop_stage(self) -> None:
+    def _clear(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         try:
-            self._s._exec("DROP TABLE IF EXISTS temp.stage")
-            self._s._exec("DROP TABLE IF EXISTS temp.seen")
+            for table in self._used:
+                self._s._exec(f"DELETE FROM temp.{table}")
+            self._used.clear()
         except StoreError:
             pass   # the connection is gone; the temp tables went with it

@@ -198,6 +198,45 @@ def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog):
     assert (counts.staged, counts.superseded, counts.inserted, counts.updated, counts.unchanged) == (2, 1, 1, 0, 0)
 
 
+def _counts(c):
+    return (c.staged, c.superseded, c.inserted, c.updated, c.unchanged, c.deactivated)
+
+
+def test_a_reimport_whose_last_occurrence_equals_the_catalog_leaves_the_key_as_it_is(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+    written_by = catalog()["a"]["source_job_id"]
+    # A differs first, then comes back as the catalog holds it: the later row wins, nothing changes
+    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 5), ("A", "a", 1), ("B", "b", 2)))
+    assert _counts(counts) == (3, 1, 0, 0, 2, 0)
+    assert (catalog()["a"]["price_cents"], catalog()["a"]["source_job_id"]) == (1, written_by)
+    # the other way round: equal first, different last → updated to the last
+    counts = apply(store, claim(store, "3" * 64).job, rows(("A", "a", 1), ("a", "a", 7), ("B", "b", 2)))
+    assert _counts(counts) == (3, 1, 0, 1, 1, 0)
+    assert (catalog()["a"]["price_cents"], catalog()["a"]["sku"]) == (7, "a")
+
+
+def test_a_snapshot_keeps_unchanged_rows_active_and_a_deactivated_row_comes_back(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(*[(f"S{i}", "x", i) for i in range(10)]))
+    counts = apply(store, claim(store, "2" * 64).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(9)]),
+                   mode="snapshot")
+    assert _counts(counts) == (9, 0, 0, 1, 8, 1)
+    got = catalog()
+    assert [k for k, r in got.items() if not r["active"]] == ["s9"] and got["s0"]["price_cents"] == 1
+    # the same values as before its deactivation: it is a change now (active again)
+    counts = apply(store, claim(store, "3" * 64).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(10)]),
+                   mode="snapshot")
+    assert _counts(counts) == (10, 0, 0, 1, 9, 0)
+    assert all(r["active"] == 1 for r in catalog().values())
+
+
+def test_an_unchanged_row_followed_by_a_rejected_one_is_superseded_not_unchanged(store, catalog):
+    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+    rejected = pa.table({"sku_key": ["a"], "row": pa.array([9], pa.int64())})
+    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 1), ("B", "b", 2)), rejected=rejected)
+    assert _counts(counts) == (2, 1, 0, 0, 1, 0)
+    assert catalog()["a"]["price_cents"] == 1
+
+
 # -- leases, fencing and file claims across daemons -----------------------------------------------
 
 def test_a_job_whose_daemon_stopped_renewing_is_taken_over_and_the_old_attempt_cannot_commit(make_store, catalog):

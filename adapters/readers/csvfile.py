@@ -76,8 +76,9 @@ class _ToUtf8(io.RawIOBase):
 
 class _LineGuard(io.RawIOBase):
     """Refuses a physical line longer than ``max_line_bytes`` as it streams past, so a file
-    that is one endless line is rejected before a parser tries to hold it. Vectorized: the
-    distance between line breaks of each chunk, with numpy."""
+    that is one endless line is rejected before a parser tries to hold it. Per chunk, not per
+    line: the first and last break (memchr), or with numpy the distances between all breaks
+    of a chunk longer than the limit."""
 
     def __init__(self, raw, limit: int):
         self._raw, self._limit, self._run = raw, limit, 0
@@ -87,18 +88,24 @@ class _LineGuard(io.RawIOBase):
 
     def readinto(self, buf) -> int:
         n = self._raw.readinto(buf)
-        if n:
-            data = np.frombuffer(buf, dtype=np.uint8, count=n)
-            breaks = np.flatnonzero((data == 10) | (data == 13))
-            if len(breaks) == 0:
-                longest, self._run = self._run + n, self._run + n
-            else:
-                gaps = np.diff(breaks)
-                longest = max(self._run + int(breaks[0]), int(gaps.max(initial=0)))
-                self._run = n - 1 - int(breaks[-1])
-            if longest > self._limit:
-                raise LimitExceeded(limit="max_line_bytes",
-                                    reason=f"a line is longer than {self._limit} bytes")
+        if not n:
+            return n
+        if n <= self._limit:
+            # a chunk no longer than the limit holds no long line between two of its breaks:
+            # only the line running in and the one running out can be too long (memchr, not numpy)
+            chunk = bytes(memoryview(buf)[:n])
+            first = min((i for i in (chunk.find(b"\n"), chunk.find(b"\r")) if i >= 0), default=-1)
+            last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            longest = self._run + (first if first >= 0 else n)
+        else:
+            breaks = np.flatnonzero(np.isin(np.frombuffer(buf, dtype=np.uint8, count=n), (10, 13)))
+            first, last = (int(breaks[0]), int(breaks[-1])) if len(breaks) else (-1, -1)
+            longest = self._run + (first if first >= 0 else n)
+            if len(breaks) > 1:
+                longest = max(longest, int(np.diff(breaks).max()))
+        self._run = self._run + n if last < 0 else n - 1 - last
+        if longest > self._limit:
+            raise LimitExceeded(limit="max_line_bytes", reason=f"a line is longer than {self._limit} bytes")
         return n
 
 
