@@ -101,6 +101,10 @@ def _text(batch: pa.RecordBatch, cmap: ColumnMap, canonical: str) -> pa.Array:
     return cmap.apply_rules(canonical, values)
 
 
+def _empty(values: pa.Array) -> bool:
+    return values.null_count == len(values)
+
+
 def _null_where(values: pa.Array, mask: pa.Array) -> pa.Array:
     return pc.if_else(pc.fill_null(mask, False), pa.scalar(None, values.type), values)
 
@@ -209,40 +213,48 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     p.add(pc.and_(pc.is_valid(column_currency), pc.not_equal(column_currency, price_code)), "price",
           "currency_mismatch", "the price names a different currency than the currency column", raw)
 
-    # stock: integer >= 0
+    # stock: integer >= 0 (a column without values has nothing to check: a small file pays
+    # for the columns it has, not for every canonical one)
     raw_stock = _text(batch, cmap, "stock")
-    stock, bad = _parse_integer(raw_stock)
-    p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw_stock)
-    p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw_stock)
+    stock = pa.nulls(n, pa.int64())
+    if not _empty(raw_stock):
+        stock, bad = _parse_integer(raw_stock)
+        p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw_stock)
+        p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw_stock)
 
     # availability: not stored, but "out of stock" without a quantity is stock 0
     raw_availability = _text(batch, cmap, "availability")
-    availability = pc.take(_AVAILABILITY_MEANS, pc.index_in(
-        pc.replace_substring_regex(pc.utf8_lower(raw_availability), r"[\s_-]+", " "),
-        value_set=_AVAILABILITY_WORDS))
-    p.add(pc.and_(pc.is_valid(raw_availability), pc.is_null(availability)), "availability",
-          "invalid_availability", "availability must be in stock, out of stock, preorder or backorder",
-          raw_availability)
-    stock = pc.if_else(pc.and_(pc.is_null(stock), pc.fill_null(pc.equal(availability, "out of stock"), False)),
-                       pa.scalar(0, pa.int64()), stock)
+    if not _empty(raw_availability):
+        availability = pc.take(_AVAILABILITY_MEANS, pc.index_in(
+            pc.replace_substring_regex(pc.utf8_lower(raw_availability), r"[\s_-]+", " "),
+            value_set=_AVAILABILITY_WORDS))
+        p.add(pc.and_(pc.is_valid(raw_availability), pc.is_null(availability)), "availability",
+              "invalid_availability", "availability must be in stock, out of stock, preorder or backorder",
+              raw_availability)
+        stock = pc.if_else(pc.and_(pc.is_null(stock), pc.fill_null(pc.equal(availability, "out of stock"), False)),
+                           pa.scalar(0, pa.int64()), stock)
 
     # active: boolean, default true
     raw_active = _text(batch, cmap, "active")
-    lowered = pc.utf8_lower(raw_active)
-    is_true, is_false = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
-    p.add(pc.and_(pc.is_valid(raw_active), pc.invert(pc.or_(is_true, is_false))), "active",
-          "invalid_boolean", "active must be true/false, 1/0 or yes/no", raw_active)
-    active = pc.if_else(is_false, 0, 1).cast(pa.int64())
+    active = pa.array(np.ones(n, dtype=np.int64))
+    if not _empty(raw_active):
+        lowered = pc.utf8_lower(raw_active)
+        is_true, is_false = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
+        p.add(pc.and_(pc.is_valid(raw_active), pc.invert(pc.or_(is_true, is_false))), "active",
+              "invalid_boolean", "active must be true/false, 1/0 or yes/no", raw_active)
+        active = pc.if_else(is_false, 0, 1).cast(pa.int64())
 
     # gtin: a wrong one is dropped with a warning, the row still lands
     raw_gtin = _text(batch, cmap, "gtin")
-    gtin_digits = raw_gtin
-    if pc.any(pc.match_substring_regex(raw_gtin, r"[\s-]")).as_py():
-        gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
-    gtin_bad = pc.and_(pc.is_valid(raw_gtin), pc.invert(_gtin_valid(gtin_digits)))
-    p.add(gtin_bad, "gtin", "invalid_gtin",
-          "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)
-    gtin = _null_where(gtin_digits, gtin_bad)
+    gtin = raw_gtin
+    if not _empty(raw_gtin):
+        gtin_digits = raw_gtin
+        if pc.any(pc.match_substring_regex(raw_gtin, r"[\s-]")).as_py():
+            gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
+        gtin_bad = pc.and_(pc.is_valid(raw_gtin), pc.invert(_gtin_valid(gtin_digits)))
+        p.add(gtin_bad, "gtin", "invalid_gtin",
+              "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)
+        gtin = _null_where(gtin_digits, gtin_bad)
 
     attributes = attributes_json(batch, cmap.unmapped, cmap.key_value)
     p.add(pc.greater(pc.utf8_length(attributes), MAX_LENGTH["attributes"]), "sku", "too_long",

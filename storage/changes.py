@@ -114,6 +114,8 @@ class Existing:
     has_hash: np.ndarray
     active: np.ndarray
     version: int                        # the partner's catalog version when this was read
+    checked: bool = True                # False: nothing was read, nothing is left out, nothing to check
+    products: int = -1                  # the partner's products then (-1: as many as keys)
     last_unchanged: np.ndarray = field(init=False)   # per key: last row of the file equal to it, or -1
     last_staged: np.ndarray = field(init=False)      # per key: last row of the file staged for it, or -1
     last_rejected: np.ndarray = field(init=False)    # per key: last row of the file rejected, or -1
@@ -121,10 +123,18 @@ class Existing:
 
     def __post_init__(self) -> None:
         n = len(self.key_hashes)
+        if self.products < 0:
+            self.products = n
         self.last_unchanged = np.full(n, -1, dtype=np.int64)
         self.last_staged = np.full(n, -1, dtype=np.int64)
         self.last_rejected = np.full(n, -1, dtype=np.int64)
         self.present = np.zeros(n, dtype=bool)
+
+    @classmethod
+    def empty(cls, version: int, *, checked: bool = True, products: int = 0) -> "Existing":
+        return cls(keys=pa.array([], pa.string()), key_hashes=np.empty(0, np.uint64),
+                   row_hashes=np.empty(0, np.int64), has_hash=np.empty(0, bool), active=np.empty(0, bool),
+                   version=version, checked=checked, products=products)
 
     @classmethod
     def from_table(cls, table: pa.Table, version: int) -> "Existing":

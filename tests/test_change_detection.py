@@ -17,7 +17,7 @@ from storage.base import MERGED_COLUMNS, Outcome, Source
 from storage.changes import hash_binary, row_hashes
 from storage.sqlite import SqliteLoad, SqliteStore
 
-SOURCE = Source(uri="file:///in/feed.csv", name="feed.csv", size=10, version="1")
+SOURCE = Source(uri="file:///in/feed.csv", name="feed.csv", size=10**9, version="1")   # "large"
 BASE = {"row": 2, "sku": "SKU-1", "sku_key": "sku-1", "name": "Blue mug", "description": "A mug, blue.",
         "price_cents": 1299, "currency": "USD", "stock": 4, "active": 1, "brand": "Acme",
         "category": "Home > Kitchen", "gtin": "4006381333931", "url": "https://shop.example/p/1",

@@ -76,9 +76,15 @@ def rows(*items, first_row: int = 2) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(records, schema=CANONICAL_SCHEMA)
 
 
-def claim(store, sha="a" * 64, partner="p"):
-    return store.claim(partner_id=partner, sha256=sha, inbox="local:in", source=SOURCE, fmt="csv",
+def claim(store, sha="a" * 64, partner="p", size=SOURCE.size):
+    """``size``: SQLite compares a file's rows with the catalog in Arrow when the file may be
+    large next to the catalog, in SQL alone when it is small; both must give the same outcome."""
+    source = Source(uri=SOURCE.uri, name=SOURCE.name, size=size, version=SOURCE.version)
+    return store.claim(partner_id=partner, sha256=sha, inbox="local:in", source=source, fmt="csv",
                        mode="delta", spool_path=None)
+
+
+FILE_SIZES = pytest.mark.parametrize("size", [10, 10**9], ids=["small-file", "large-file"])
 
 
 def apply(store, job, *batches, mode="delta", rejected=None, ratio=0.2):
@@ -151,10 +157,11 @@ def test_last_occurrence_wins_case_insensitively_and_counts_add_up(store, catalo
     assert got["c"]["description"] == 'a "b", c\nd' and got["b"]["description"] is None
 
 
-def test_unchanged_rows_are_not_written_and_changed_ones_are(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+@FILE_SIZES
+def test_unchanged_rows_are_not_written_and_changed_ones_are(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 2)))
     written_by = catalog()["a"]["source_job_id"]
-    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 1), ("B", "b", 3), ("C", "c")))
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 3), ("C", "c")))
     assert (counts.inserted, counts.updated, counts.unchanged) == (1, 1, 1)
     assert catalog()["a"]["source_job_id"] == written_by          # untouched
     assert catalog()["b"]["price_cents"] == 3
@@ -180,20 +187,22 @@ def test_a_load_abandoned_while_staging_leaves_nothing_and_the_store_goes_on(sto
     assert set(catalog()) == {"b"}
 
 
-def test_snapshot_deactivates_what_the_file_omits_within_the_ratio(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(*[(f"S{i}", "x") for i in range(10)]))
-    counts = apply(store, claim(store, "2" * 64).job, rows(*[(f"S{i}", "x") for i in range(9)]), mode="snapshot")
+@FILE_SIZES
+def test_snapshot_deactivates_what_the_file_omits_within_the_ratio(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(*[(f"S{i}", "x") for i in range(10)]))
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(*[(f"S{i}", "x") for i in range(9)]), mode="snapshot")
     assert counts.deactivated == 1 and catalog()["s9"]["active"] == 0
-    job = claim(store, "3" * 64).job
+    job = claim(store, "3" * 64, size=size).job
     with pytest.raises(DeactivationRefused):
         apply(store, job, rows(("S0", "x")), mode="snapshot")
     assert sum(r["active"] for r in catalog().values()) == 9        # nothing of the refused file
 
 
-def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(("A", "old")))
+@FILE_SIZES
+def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "old")))
     rejected = pa.table({"sku_key": ["a"], "row": pa.array([9], pa.int64())})
-    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "new"), ("B", "b")), rejected=rejected)
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(("A", "new"), ("B", "b")), rejected=rejected)
     assert catalog()["a"]["name"] == "old"
     assert (counts.staged, counts.superseded, counts.inserted, counts.updated, counts.unchanged) == (2, 1, 1, 0, 0)
 
@@ -202,37 +211,40 @@ def _counts(c):
     return (c.staged, c.superseded, c.inserted, c.updated, c.unchanged, c.deactivated)
 
 
-def test_a_reimport_whose_last_occurrence_equals_the_catalog_leaves_the_key_as_it_is(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+@FILE_SIZES
+def test_a_reimport_whose_last_occurrence_equals_the_catalog_leaves_the_key_as_it_is(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 2)))
     written_by = catalog()["a"]["source_job_id"]
     # A differs first, then comes back as the catalog holds it: the later row wins, nothing changes
-    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 5), ("A", "a", 1), ("B", "b", 2)))
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(("A", "a", 5), ("A", "a", 1), ("B", "b", 2)))
     assert _counts(counts) == (3, 1, 0, 0, 2, 0)
     assert (catalog()["a"]["price_cents"], catalog()["a"]["source_job_id"]) == (1, written_by)
     # the other way round: equal first, different last → updated to the last
-    counts = apply(store, claim(store, "3" * 64).job, rows(("A", "a", 1), ("a", "a", 7), ("B", "b", 2)))
+    counts = apply(store, claim(store, "3" * 64, size=size).job, rows(("A", "a", 1), ("a", "a", 7), ("B", "b", 2)))
     assert _counts(counts) == (3, 1, 0, 1, 1, 0)
     assert (catalog()["a"]["price_cents"], catalog()["a"]["sku"]) == (7, "a")
 
 
-def test_a_snapshot_keeps_unchanged_rows_active_and_a_deactivated_row_comes_back(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(*[(f"S{i}", "x", i) for i in range(10)]))
-    counts = apply(store, claim(store, "2" * 64).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(9)]),
+@FILE_SIZES
+def test_a_snapshot_keeps_unchanged_rows_active_and_a_deactivated_row_comes_back(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(*[(f"S{i}", "x", i) for i in range(10)]))
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(9)]),
                    mode="snapshot")
     assert _counts(counts) == (9, 0, 0, 1, 8, 1)
     got = catalog()
     assert [k for k, r in got.items() if not r["active"]] == ["s9"] and got["s0"]["price_cents"] == 1
     # the same values as before its deactivation: it is a change now (active again)
-    counts = apply(store, claim(store, "3" * 64).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(10)]),
+    counts = apply(store, claim(store, "3" * 64, size=size).job, rows(*[(f"S{i}", "x", i + (i == 0)) for i in range(10)]),
                    mode="snapshot")
     assert _counts(counts) == (10, 0, 0, 1, 9, 0)
     assert all(r["active"] == 1 for r in catalog().values())
 
 
-def test_an_unchanged_row_followed_by_a_rejected_one_is_superseded_not_unchanged(store, catalog):
-    apply(store, claim(store, "1" * 64).job, rows(("A", "a", 1), ("B", "b", 2)))
+@FILE_SIZES
+def test_an_unchanged_row_followed_by_a_rejected_one_is_superseded_not_unchanged(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 2)))
     rejected = pa.table({"sku_key": ["a"], "row": pa.array([9], pa.int64())})
-    counts = apply(store, claim(store, "2" * 64).job, rows(("A", "a", 1), ("B", "b", 2)), rejected=rejected)
+    counts = apply(store, claim(store, "2" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 2)), rejected=rejected)
     assert _counts(counts) == (2, 1, 0, 0, 1, 0)
     assert catalog()["a"]["price_cents"] == 1
 
