@@ -45,6 +45,7 @@ _REJECTED, _UNCHANGED = 0, 1
 # a file's hashes are compared in Arrow when it may hold at least 1/8 as many rows as the
 # partner's catalog (its size at >= 64 bytes a row); else its rows are compared in SQL alone
 _BYTES_PER_ROW, _WORTH_READING = 64, 8
+_THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are staged on a thread
 
 
 def _map_errors(exc: Exception) -> StoreError:
@@ -337,8 +338,9 @@ class SqliteStore(LedgerReads):
 class SqliteLoad:
     """Stage → merge → commit for one job. Leaving the ``with`` block without commit rolls back.
 
-    Staging runs on a thread of its own, one batch behind the caller: while the pipeline reads
-    and judges batch n+1, batch n is hashed, compared with what the catalog holds and ingested.
+    Staging of a file larger than a reader block runs on a thread of its own, one batch behind
+    the caller: while the pipeline reads and judges batch n+1, batch n is hashed, compared with
+    what the catalog holds and ingested (and before the first batch, what it holds is read).
     At most ``_AHEAD`` batches wait, so memory stays flat. Only rows that are new or differ from
     the catalog are staged (``storage.changes``); the rest are counted as unchanged. The
     partner's row hashes are read once, outside the write lock; the merge checks that the
@@ -362,6 +364,10 @@ class SqliteLoad:
         if exclusive:
             store._exec("BEGIN IMMEDIATE")
             self._in_tx = True
+        if job.size >= _THREAD_FROM_BYTES:
+            # a file of several batches: what the catalog holds is read while the first is parsed
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{job.id}")
+            self._pending.append(self._pool.submit(self._read_existing))
 
     def __enter__(self) -> "SqliteLoad":
         return self
@@ -374,11 +380,9 @@ class SqliteLoad:
         """Stage valid rows. ``rejected_keys`` (sku_key, row) are rows of the file that had errors:
         a snapshot must not deactivate their SKUs for being "absent", and when a SKU's LAST
         occurrence was rejected, its earlier rows must not be applied in its stead."""
-        if self._existing is None:
-            self._stage_now(batch, rejected_keys)     # the first batch: a small file needs no thread
-            return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{self.job.id}")
+            self._stage_now(batch, rejected_keys)     # a small file: no thread
+            return
         while len(self._pending) >= self._AHEAD:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys))
