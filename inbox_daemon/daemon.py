@@ -394,10 +394,14 @@ class Daemon:
                     return
                 seen = store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
                 if seen:
-                    # taken in before (kept, or the daemon stopped between outcome and archive):
-                    # archive it by that outcome, which is a no-op for "keep"
-                    log.debug("file.already_taken_in", version=drop.version, status=seen)
-                    inbox.archive(drop, seen)
+                    # taken in before: kept ("keep"), or a daemon stopped between its report and
+                    # the archive, maybe before the partner's copy of the answer was written back:
+                    # then it is written (again) and the file archived by that outcome
+                    log.debug("file.already_taken_in", version=drop.version, status=seen.status)
+                    kept = seen.status in ("succeeded", "partial", "duplicate") and inbox_cfg.on_success == "keep"
+                    if not kept and seen.result:
+                        self._write_back(inbox, drop, seen.result, replay=True)
+                    inbox.archive(drop, seen.status)
                     return
                 spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
                 fmt, mode = inbox_cfg.format, inbox_cfg.mode
@@ -456,7 +460,7 @@ class Daemon:
             # the write-back: the partner's copy of the manifest is written (again), then archived
             if inbox is not None and drop.inbox == inbox.id:
                 try:
-                    self._write_back(inbox, drop, manifest)
+                    self._write_back(inbox, drop, manifest, replay=True)
                 except (InboxError, OSError) as exc:
                     log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
                 try:
@@ -503,11 +507,17 @@ class Daemon:
         if status != "quarantined":
             self._clear_faults(drop)        # a job went all the way through: spool, store, results work
 
-    def _write_back(self, inbox, drop: Drop, manifest: dict) -> None:
-        """The partner sees the outcome where they dropped the file (``results/``)."""
+    def _write_back(self, inbox, drop: Drop, manifest: dict, *, replay: bool = False) -> None:
+        """The partner sees the outcome where they dropped the file (``results/``). A replay
+        may run on another host than the one that applied the job, without its diagnostics
+        file: the manifest is written back all the same."""
         inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
         if manifest.get("diagnostics"):
             path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
+            if replay and not path.exists():
+                self.log.warning("inbox.write_back_without_diagnostics", job_id=manifest["job_id"],
+                                 reason="the diagnostics are on the host that applied the job")
+                return
             inbox.write_back(drop, path.name, path.read_bytes())
 
     # -- health ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ POINTS = (
     "after_commit",       # rows and outcome committed; no manifest yet
     "after_manifest",     # manifest written; no audit record yet
     "after_audit",        # audit recorded; the source not archived yet
+    "after_report",       # marked reported in the ledger; the partner's copy not written back yet
     "after_archive",      # archived; the job is fully done
 )
 

@@ -291,6 +291,7 @@ class Pipeline:
                                     f"{exc}") from exc
         failpoints.reached("after_audit")
         self.store.mark_reported(job.id)
+        failpoints.reached("after_report")
         if spooled is not None and manifest["status"] not in KEEP_SPOOL:
             spooled.unlink(missing_ok=True)
         log.info("job.reported", status=manifest["status"], manifest=str(path))

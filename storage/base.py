@@ -156,7 +156,7 @@ class CatalogStore(Protocol):
     def mark_reported(self, job_id: str) -> None: ...
     def release(self, job: Job) -> None: ...
     def recover(self) -> list[str]: ...
-    def seen(self, *, inbox: str, uri: str, version: str) -> str | None: ...
+    def seen(self, *, inbox: str, uri: str, version: str) -> Job | None: ...
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]: ...
     def job(self, job_id: str) -> Job: ...
     def jobs(self, *, status: str | None = None, partner_id: str | None = None,
@@ -228,11 +228,10 @@ class LedgerReads:
     def mark_reported(self, job_id: str) -> None:
         self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (utcnow(), job_id))
 
-    def seen(self, *, inbox: str, uri: str, version: str) -> str | None:
-        """The final status of this exact file (same place, same mtime/ETag) if it was already
-        taken in, else None. Then it need not be fetched again: with ``on_success = "keep"`` the
-        ledger alone prevents reprocessing."""
-        return self._one(self._sql(
-            "SELECT status FROM jobs WHERE inbox = ? AND source_uri = ? AND source_version = ?"
-            " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
-            " ORDER BY created_at DESC LIMIT 1"), (inbox, uri, version))
+    def seen(self, *, inbox: str, uri: str, version: str) -> Job | None:
+        """The job that took in this exact file (same place, same mtime/ETag) and reported its
+        final outcome, else None. Then it need not be fetched again: with ``on_success = "keep"``
+        the ledger alone prevents reprocessing."""
+        return self._job_row("inbox = ? AND source_uri = ? AND source_version = ?"
+                             " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
+                             " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))

@@ -237,6 +237,7 @@ KILLS = [
     Kill("after_manifest:10-duplicate", "failpoint", "after_manifest:10", "10-copy-of-01.csv", defect=D3),
     Kill("after_audit:6-partial", "failpoint", "after_audit:6", "06-partial.csv"),
     Kill("after_audit:7-rejected", "failpoint", "after_audit:7", "07-broken.csv"),
+    Kill("after_report:1", "failpoint", "after_report:1", "01-basic.csv"),
     Kill("after_archive:5", "failpoint", "after_archive:5", "05-legacy.csv.gz"),
     # the big file: while it is copied into the spool, while staged, inside its merge transaction
     Kill("big-mid-spool", "big-spool", big=True, defect=D2),
@@ -247,7 +248,7 @@ KILLS = [
     Kill("random-seed2", "random", seed=2),
     Kill("random-seed3", "random", seed=3),
 ]
-assert len(KILLS) == 20 and len({k.id for k in KILLS}) == 20
+assert len(KILLS) == 21 and len({k.id for k in KILLS}) == 21
 assert {k.failpoint.split(":")[0] for k in KILLS if k.failpoint} == set(POINTS)
 
 OUTCOMES: dict[str, str] = {}
@@ -320,6 +321,7 @@ class Snapshot:
     inbox: set[str]
     archived: set[str]
     claims_until: str | None       # when the killed daemon's last claim on a file runs out
+    written_back: set[str]         # the manifests in the inbox's results/ (the partner's copies)
 
     def job_of(self, feed: Feed) -> dict | None:
         found = [j for j in self.jobs if j["source_name"] == feed.name]
@@ -344,8 +346,10 @@ def snapshot(root: Path) -> Snapshot:
         con.close()
     shutil.rmtree(copy)
     inbox = root / "inbox" / "default"
+    results = inbox / "results"
+    written_back = {p.name for p in results.glob("*.result.json")} if results.is_dir() else set()
     return Snapshot(jobs, counts, _manifests(root), _audit(root), _inbox_files(inbox), _archived(inbox),
-                    claims_until)
+                    claims_until, written_back)
 
 
 def wait_for_claims_to_run_out(snap: Snapshot) -> None:
@@ -398,6 +402,10 @@ def check_failpoint_state(kill: Kill, snap: Snapshot, feeds: list[Feed], refs: l
     elif point == "after_audit":
         assert job["reported_at"] is None, job
         assert [r["event"] for r in audited] == [f"job.{job['status']}"]
+    elif point == "after_report":
+        # reported in the ledger, the partner's copy not yet written back, the source not archived
+        assert job["reported_at"] and target.name in snap.inbox, job
+        assert f"{job['id']}.result.json" not in snap.written_back
     elif point == "after_archive":
         assert job["reported_at"] and target.name in snap.archived and target.name not in snap.inbox, job
     else:
@@ -464,6 +472,11 @@ def check_converged(root: Path, feeds: list[Feed], refs: list[Reference]) -> lis
             text = (root / "var" / "results" / "default" / m["diagnostics"]).read_text()
             assert text.split("\n", 1)[0].replace('"', "") == "row,sku,severity,column,code,message,value"
             assert text.endswith("\n") and text.count("\n") > 1
+
+    # the partner's copies: every job's manifest written back into the inbox's results/
+    for j in jobs:
+        assert (inbox / "results" / f"{j['id']}.result.json").exists(), \
+            f"no manifest in the inbox's results/ for {j['source_name']}"
 
     # the audit trail: intact, and it tells every job's outcome
     verified = run_cli("audit", "verify", "--config", root / "daemon.toml", cwd=root)
