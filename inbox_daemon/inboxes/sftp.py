@@ -202,7 +202,11 @@ class SftpInbox(PollingInbox):
         try:
             sftp.stat(self._path(folder))
         except FileNotFoundError:
-            sftp.mkdir(self._path(folder))
+            try:
+                sftp.mkdir(self._path(folder))
+            except OSError:
+                # another daemon made it between our stat and our mkdir (SFTP has no "exist ok")
+                sftp.stat(self._path(folder))
 
     @staticmethod
     def _checked(key: str) -> str:
