@@ -179,7 +179,7 @@ def running_daemon(args, root: Path) -> list[Figure]:
             os.rename(staged, daemon.inbox / name)
             latency.seconds.append(daemon.wait_for(1, since=before) - t0)
     shutil.rmtree(work)
-    burst.met = burst.median <= 10
+    burst.met = burst.median <= 10 if args.files >= 1000 else None     # the target is for 1,000 files
     burst.note = f"{args.files / burst.median:,.0f} files/s"
     latency.met = latency.median <= 0.150
     latency.note = (f"median {latency.median * 1000:.0f} ms of {args.latency} "
