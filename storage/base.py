@@ -190,6 +190,7 @@ class LedgerReads:
     placeholders, turned into the driver's own (``PARAM``). A store provides ``_exec``/``_one``."""
 
     PARAM = "?"
+    NULL_SAFE_EQUAL = "IS"          # PostgreSQL: IS NOT DISTINCT FROM
 
     def _sql(self, sql: str) -> str:
         return sql if self.PARAM == "?" else sql.replace("?", self.PARAM)
@@ -198,6 +199,30 @@ class LedgerReads:
         rows = self._exec(self._sql(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}{' FOR UPDATE' if lock else ''}"),
                           params)
         return job_from_row(rows[0]) if rows else None
+
+    def _settled_claim(self, original: Job, *, inbox: str, source: Source,
+                       answered_if_same_file: bool) -> Claim | None:
+        """The claim of content whose job is not to run (again) here, the same on every store:
+        busy, unreported, reported, or the duplicate already recorded for this very file.
+        None: this file is a new duplicate of ``original``, to be recorded by the caller."""
+        if original.status == "running":
+            return Claim("busy", original)
+        same_file = (original.inbox, original.source_uri, original.source_version) == \
+            (inbox, source.uri, source.version)
+        if original.reported_at is None:
+            # committed, not yet reported: the same file back (after a crash) reports it;
+            # another file of that content waits until it is reported, then is its duplicate
+            return Claim("unreported" if same_file else "busy", original)
+        if answered_if_same_file and same_file:
+            return Claim("reported", original)       # the very file it came from, seen again
+        # this very file recorded as a duplicate already, but not reported (a crash between)
+        pending = self._job_row(
+            "partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL AND inbox = ?"
+            f" AND source_uri = ? AND source_version {self.NULL_SAFE_EQUAL} ?",
+            (original.partner_id, original.sha256, inbox, source.uri, source.version))
+        if pending is not None:      # its outcome recorded or not: finish and report that job
+            return Claim("unreported" if pending.result else "duplicate", pending)
+        return None
 
     def job(self, job_id: str) -> Job:
         from inbox_daemon.errors import JobNotFound

@@ -115,7 +115,7 @@ class Existing:
     active: np.ndarray
     version: int                        # the partner's catalog version when this was read
     checked: bool = True                # False: nothing was read, nothing is left out, nothing to check
-    products: int = -1                  # the partner's products then (-1: as many as keys)
+    products: int = 0                   # the partner's products then
     last_unchanged: np.ndarray = field(init=False)   # per key: last row of the file equal to it, or -1
     last_staged: np.ndarray = field(init=False)      # per key: last row of the file staged for it, or -1
     last_rejected: np.ndarray = field(init=False)    # per key: last row of the file rejected, or -1
@@ -123,18 +123,17 @@ class Existing:
 
     def __post_init__(self) -> None:
         n = len(self.key_hashes)
-        if self.products < 0:
-            self.products = n
         self.last_unchanged = np.full(n, -1, dtype=np.int64)
         self.last_staged = np.full(n, -1, dtype=np.int64)
         self.last_rejected = np.full(n, -1, dtype=np.int64)
         self.present = np.zeros(n, dtype=bool)
 
     @classmethod
-    def empty(cls, version: int, *, checked: bool = True, products: int = 0) -> "Existing":
+    def unread(cls, version: int, products: int) -> "Existing":
+        """Nothing read (a small file into a large catalog): no row is left out of staging."""
         return cls(keys=pa.array([], pa.string()), key_hashes=np.empty(0, np.uint64),
                    row_hashes=np.empty(0, np.int64), has_hash=np.empty(0, bool), active=np.empty(0, bool),
-                   version=version, checked=checked, products=products)
+                   version=version, checked=False, products=products)
 
     @classmethod
     def from_table(cls, table: pa.Table, version: int) -> "Existing":
@@ -146,7 +145,7 @@ class Existing:
                    row_hashes=pc.fill_null(hashes, 0).to_numpy(zero_copy_only=False).astype(np.int64)[order],
                    has_hash=hashes.is_valid().to_numpy(zero_copy_only=False)[order],
                    active=pc.equal(table.column("active"), 1).to_numpy(zero_copy_only=False)[order],
-                   version=version)
+                   version=version, products=table.num_rows)
 
     def positions(self, keys: pa.Array) -> np.ndarray:
         """Where each key is in this catalog, or -1 (a new key)."""
@@ -189,7 +188,7 @@ class Existing:
         at = at[self.last_staged[at] >= 0]
         return pa.table({"sku_key": self.keys.take(pa.array(at)), "row": pa.array(self.last_unchanged[at])})
 
-    def unchanged_keys(self) -> tuple[int, int, int]:
+    def unchanged_counts(self) -> tuple[int, int, int]:
         """(keys with a row equal to the catalog; of them, keys that also had a row staged; keys
         with no row staged whose last valid row, one equal to the catalog, a rejected row follows)."""
         seen = self.last_unchanged >= 0

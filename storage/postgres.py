@@ -61,6 +61,7 @@ class PostgresStore(LedgerReads):
     """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
 
     PARAM = "%s"
+    NULL_SAFE_EQUAL = "IS NOT DISTINCT FROM"
 
     def __init__(self, url: str, *, password: str | None = None, lease: float = 30.0,
                  holder: str | None = None):
@@ -170,23 +171,10 @@ class PostgresStore(LedgerReads):
                      spool_path, now, self.lease, self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
-            if original.status == "running":
-                return Claim("busy", original)
-            if original.reported_at is None:
-                # committed, not yet reported: the same file back (after a crash) reports it;
-                # another file of that content waits until it is reported, then is its duplicate
-                same_file = (original.inbox, original.source_uri, original.source_version) == \
-                    (inbox, source.uri, source.version)
-                return Claim("unreported" if same_file else "busy", original)
-            same = (original.inbox, original.source_uri, original.source_version) == (inbox, source.uri, source.version)
-            if answered_if_same_file and same:
-                return Claim("reported", original)       # the very file it came from, seen again
-            # this very file recorded as a duplicate already, but not reported (a crash between)
-            pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at"
-                                    " IS NULL AND inbox = ? AND source_uri = ? AND source_version IS NOT DISTINCT"
-                                    " FROM ?", (partner_id, sha256, inbox, source.uri, source.version))
-            if pending is not None:      # its outcome recorded or not: finish and report that job
-                return Claim("unreported" if pending.result else "duplicate", pending)
+            settled = self._settled_claim(original, inbox=inbox, source=source,
+                                          answered_if_same_file=answered_if_same_file)
+            if settled is not None:
+                return settled
             job_id = new_job_id()
             self._exec(
                 "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"

@@ -164,23 +164,10 @@ class SqliteStore(LedgerReads):
                      spool_path, now, _in(self.lease), self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
-            if original.status == "running":
-                return Claim("busy", original)
-            if original.reported_at is None:
-                # committed, not yet reported: the same file back (after a crash) reports it;
-                # another file of that content waits until it is reported, then is its duplicate
-                same_file = (original.inbox, original.source_uri, original.source_version) == \
-                    (inbox, source.uri, source.version)
-                return Claim("unreported" if same_file else "busy", original)
-            same = (original.inbox, original.source_uri, original.source_version) == (inbox, source.uri, source.version)
-            if answered_if_same_file and same:
-                return Claim("reported", original)       # the very file it came from, seen again
-            # this very file recorded as a duplicate already, but not reported (a crash between)
-            pending = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL"
-                                    " AND inbox = ? AND source_uri = ? AND source_version IS ?",
-                                    (partner_id, sha256, inbox, source.uri, source.version))
-            if pending is not None:      # its outcome recorded or not: finish and report that job
-                return Claim("unreported" if pending.result else "duplicate", pending)
+            settled = self._settled_claim(original, inbox=inbox, source=source,
+                                          answered_if_same_file=answered_if_same_file)
+            if settled is not None:
+                return settled
             job_id = self._insert_job(**new, status="duplicate", duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
 
@@ -387,6 +374,16 @@ class SqliteLoad:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys))
 
+    def _append(self, table: str, data) -> None:
+        """Rows into one of this connection's temp tables, which is then emptied at the end."""
+        self._used.add(table)
+        self._s._cur.adbc_ingest(table, data, mode="append", temporary=True)
+
+    def _seen(self, keys, rows, kind: int) -> None:
+        """Rows of the file that are not staged but decide what happens to their key."""
+        self._append("seen", pa.table({"sku_key": keys, "row": rows,
+                                       "kind": pa.repeat(pa.scalar(kind), len(rows))}).cast(_SEEN_SCHEMA))
+
     def _drain(self) -> None:
         while self._pending:
             self._pending.popleft().result()
@@ -404,16 +401,12 @@ class SqliteLoad:
                         batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
                 if batch.num_rows:
                     staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes)], schema=_STAGE_SCHEMA)
-                    self._used.add("stage")
-                    self._s._cur.adbc_ingest("stage", staged, mode="append", temporary=True)
+                    self._append("stage", staged)
                     self._staged_rows += batch.num_rows
             if rejected_keys is not None and rejected_keys.num_rows:
                 existing.saw(rejected_keys.column("sku_key").combine_chunks(),
                              rejected_keys.column("row").to_numpy())
-                seen = pa.table({"sku_key": rejected_keys.column("sku_key"), "row": rejected_keys.column("row"),
-                                 "kind": pa.repeat(pa.scalar(_REJECTED), rejected_keys.num_rows)}).cast(_SEEN_SCHEMA)
-                self._used.add("seen")
-                self._s._cur.adbc_ingest("seen", seen, mode="append", temporary=True)
+                self._seen(rejected_keys.column("sku_key"), rejected_keys.column("row"), _REJECTED)
                 self._rejected = True
         except adbc_driver_manager.Error as exc:
             self._s._reset_cursor()
@@ -433,7 +426,7 @@ class SqliteLoad:
                 "SELECT coalesce(max(version), 0), coalesce(max(products), 0) FROM catalog_versions"
                 " WHERE partner_id = ?", (partner,))[0]
             if self.job.mode != "snapshot" and self.job.size // _BYTES_PER_ROW * _WORTH_READING < products:
-                self._existing = Existing.empty(version, checked=False, products=products)
+                self._existing = Existing.unread(version, products)
                 return self._existing
             s._cur.execute(
                 "SELECT v.version, p.sku_key, p.row_hash, p.active FROM (SELECT coalesce((SELECT version"
@@ -462,11 +455,8 @@ class SqliteLoad:
                 raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
             blockers = existing.blockers()
             if blockers.num_rows:
-                self._used.add("seen")
-                s._cur.adbc_ingest("seen", pa.table({**{c: blockers.column(c) for c in ("sku_key", "row")},
-                                                      "kind": pa.repeat(pa.scalar(_UNCHANGED), blockers.num_rows)}
-                                                     ).cast(_SEEN_SCHEMA), mode="append", temporary=True)
-            unchanged_keys, overlap, blocked_unstaged = existing.unchanged_keys()
+                self._seen(blockers.column("sku_key"), blockers.column("row"), _UNCHANGED)
+            unchanged_keys, overlap, blocked_unstaged = existing.unchanged_counts()
             absent, active = pa.array([], pa.string()), 0
             if mode == "snapshot":
                 absent, active = self._absent(existing)
@@ -522,8 +512,7 @@ class SqliteLoad:
                         " AND products.partner_id = ? AND products.sku_key = l.sku_key"
                         " AND products.row_hash IS NOT l.row_hash", (partner,))
             if deactivated:
-                self._used.add("absent")
-                s._cur.adbc_ingest("absent", pa.table({"sku_key": absent}), mode="append", temporary=True)
+                self._append("absent", pa.table({"sku_key": absent}))
                 s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
                         " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)",
                         (now, self.job.id, partner))
