@@ -11,12 +11,30 @@ like the daemon's ``products``, in one transaction, with the server's default se
 from __future__ import annotations
 
 import io
+import secrets
 import sys
+from contextlib import contextmanager
+from typing import Iterator
+from urllib.parse import quote
 
 import psycopg
 import pyarrow.csv as pacsv
 
 from floor_sqlite import COLUMNS, normalized_batches
+
+
+@contextmanager
+def scratch_schema(base: str) -> Iterator[str]:
+    """A URL whose ``search_path`` is a fresh schema, dropped afterwards: every run starts empty."""
+    schema = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        sep = "&" if "?" in base else "?"
+        yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def main(url: str, path: str) -> None:
