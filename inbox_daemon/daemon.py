@@ -394,14 +394,14 @@ class Daemon:
                     return
                 seen = store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
                 if seen:
-                    # taken in before: kept ("keep"), or a daemon stopped between its report and
-                    # the archive, maybe before the partner's copy of the answer was written back:
-                    # then it is written (again) and the file archived by that outcome
+                    # taken in and answered before: kept ("keep"), or a daemon stopped after its
+                    # report, before the archive; answered again as any replay is
                     log.debug("file.already_taken_in", version=drop.version, status=seen.status)
-                    kept = seen.status in ("succeeded", "partial", "duplicate") and inbox_cfg.on_success == "keep"
-                    if not kept and seen.result:
-                        self._write_back(inbox, drop, seen.result, replay=True)
-                    inbox.archive(drop, seen.status)
+                    if seen.result is None:         # nothing to tell again: only the archive
+                        inbox.archive(drop, seen.status)
+                    else:
+                        self._after(store, pipeline, inbox, item, Result(seen.status, seen.result, None, replay=True),
+                                    started, log)
                     return
                 spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
                 fmt, mode = inbox_cfg.format, inbox_cfg.mode
@@ -455,18 +455,9 @@ class Daemon:
         drop = item.drop
         manifest = result.manifest
         status = result.status
-        if result.replay:
-            # answered before, but the daemon that answered may have died between its report and
-            # the write-back: the partner's copy of the manifest is written (again), then archived
+        if result.replay:                   # answered before: only the partner's copy and the archive
             if inbox is not None and drop.inbox == inbox.id:
-                try:
-                    self._write_back(inbox, drop, manifest, replay=True)
-                except (InboxError, OSError) as exc:
-                    log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
-                try:
-                    inbox.archive(drop, status)
-                except (InboxError, OSError) as exc:
-                    log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+                self._answer(inbox, drop, manifest, status, log, replay=True)
             return
         if status == "running":
             # the same content is being applied right now (another name, another worker): look
@@ -488,17 +479,8 @@ class Daemon:
             reason = f"{manifest.get('message', 'failed')} (gave up after {job.attempt} attempts)"
             result = pipeline.give_up(job, reason, log)
             manifest, status = result.manifest, "quarantined"
-        if inbox is not None and drop.inbox == inbox.id:
-            # the partner's answer first: it must not depend on the archive succeeding
-            try:
-                self._write_back(inbox, drop, manifest)
-            except (InboxError, OSError) as exc:
-                log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
-            try:
-                inbox.archive(drop, status)
-                failpoints.reached("after_archive")
-            except (InboxError, OSError) as exc:
-                log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+        if inbox is not None and drop.inbox == inbox.id and self._answer(inbox, drop, manifest, status, log):
+            failpoints.reached("after_archive")
         partner = self.config.partners.get(drop.partner)
         if partner and partner.webhook:
             self.webhooks.submit(partner.webhook, manifest)
@@ -507,6 +489,26 @@ class Daemon:
         if status != "quarantined":
             self._clear_faults(drop)        # a job went all the way through: spool, store, results work
 
+    def _answer(self, inbox, drop: Drop, manifest: dict, status: str, log, *, replay: bool = False) -> bool:
+        """The partner's copy of the answer in the inbox's ``results/``, then the archive; each
+        failure is logged, neither depends on the other. True when archived.
+
+        A replay is a file answered before, seen again: the daemon that answered may have stopped
+        after its report, before the copy or the archive, so both are done (again). A file the
+        inbox keeps ("keep") is seen at every look: its copy is not rewritten each time."""
+        kept = status in ("succeeded", "partial", "duplicate") and inbox.config.on_success == "keep"
+        if not (replay and kept):
+            try:
+                self._write_back(inbox, drop, manifest, replay=replay)
+            except (InboxError, OSError) as exc:
+                log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
+        try:
+            inbox.archive(drop, status)
+            return True
+        except (InboxError, OSError) as exc:
+            log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+            return False
+
     def _write_back(self, inbox, drop: Drop, manifest: dict, *, replay: bool = False) -> None:
         """The partner sees the outcome where they dropped the file (``results/``). A replay
         may run on another host than the one that applied the job, without its diagnostics
@@ -514,11 +516,15 @@ class Daemon:
         inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
         if manifest.get("diagnostics"):
             path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
-            if replay and not path.exists():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                if not replay:
+                    raise
                 self.log.warning("inbox.write_back_without_diagnostics", job_id=manifest["job_id"],
                                  reason="the diagnostics are on the host that applied the job")
                 return
-            inbox.write_back(drop, path.name, path.read_bytes())
+            inbox.write_back(drop, path.name, data)
 
     # -- health ---------------------------------------------------------------------------------
     _FAULT_COMPONENTS = (("SpoolError", "spool"), ("ResultsUnwritable", "results"), ("Store", "store"),
