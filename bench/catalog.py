@@ -9,7 +9,6 @@ file is reused across runs (``cached``).
 from __future__ import annotations
 
 import csv
-import hashlib
 import random
 from pathlib import Path
 
@@ -83,10 +82,3 @@ def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int =
         tmp.rename(snapshot)
     return snapshot
 
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
