@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from inbox_daemon.results import json_text
+from inbox_daemon.jsontext import json_text
 
 GENESIS = "0" * 64
 

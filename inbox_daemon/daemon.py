@@ -139,8 +139,7 @@ class Daemon:
         """Spooled copies no job will read again (a kill after the copy, before its claim or
         after its outcome): the partner's file is still in the inbox and is copied again."""
         # by (partner folder, content name): the ledger's paths may be relative to another cwd
-        keep = {Path(j.spool_path).parts[-2:] for status in KEEP_SPOOL
-                for j in self.store.jobs(status=status) if j.spool_path}
+        keep = {Path(path).parts[-2:] for path in self.store.spool_paths(KEEP_SPOOL)}
         orphans = [p for p in self.config.daemon.spool_dir.glob("*/*")
                    if p.is_file() and not p.name.startswith(".") and p.parts[-2:] not in keep]
         for path in orphans:

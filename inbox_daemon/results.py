@@ -7,9 +7,7 @@ place before the job's outcome commits.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from adapters.validation import DIAGNOSTICS_SCHEMA
 from inbox_daemon import tempfiles
+from inbox_daemon.jsontext import json_text
 
 # Spreadsheets run cells that start with these as formulas (OWASP "CSV injection").
 _FORMULA_START = r"^[=+\-@\t\r]"
@@ -61,19 +60,6 @@ def manifest_path(results_dir: Path, partner: str, job_id: str) -> Path:
 
 def diagnostics_name(job_id: str) -> str:
     return f"{job_id}.diagnostics.csv"
-
-
-# Characters that some readers take for line breaks or terminal controls: DEL, the C1 controls
-# (NEL, CSI …) and the Unicode line/paragraph separators. JSON may carry them raw; we never do.
-_LINE_BREAKERS = re.compile("[\x7f-\x9f\u2028\u2029]")
-
-
-def json_text(value, **options) -> str:
-    """``json.dumps(value, ensure_ascii=False, **options)`` with the characters above escaped
-    as ``\\uXXXX``: the same JSON value, readable UTF-8, and one line stays one line in every
-    reader (``str.splitlines``, a terminal, a log shipper)."""
-    text = json.dumps(value, ensure_ascii=False, **options)
-    return _LINE_BREAKERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def manifest_bytes(manifest: dict) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,19 +24,20 @@ def create(folder: Path, prefix: str) -> tuple[int, str]:
 
 
 def remove_debris(folder: Path, prefixes: tuple[str, ...]) -> list[Path]:
-    """Delete the files below ``folder`` whose names start with one of ``prefixes`` and that no
-    process holds; the ones removed."""
+    """Delete the files in ``folder``'s partner folders (``folder/<partner>/``, where every
+    temporary file is made) whose names start with one of ``prefixes`` and that no process
+    holds; the ones removed. One level, not the whole tree: the results folder holds every
+    manifest ever written."""
     removed = []
-    if not folder.is_dir():
-        return removed
-    for path in folder.rglob("*"):
-        if not path.name.startswith(prefixes) or not path.is_file() or path.is_symlink():
-            continue
+    candidates = [p for prefix in prefixes for p in folder.glob(f"*/{prefix}*")]
+    for path in candidates:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
-            continue                     # gone meanwhile
+            continue                     # gone meanwhile, a symlink, or not ours to open
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             continue                     # someone is writing it
