@@ -30,8 +30,9 @@ from pathlib import Path
 from config import Config, ConfigError, load_config, missing_secrets
 from inbox_daemon import __version__, failpoints, tempfiles
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import Cancelled, InboxError, Transient
+from inbox_daemon.errors import Cancelled, InboxError, ResultsUnwritable, SpoolError, StoreError, Transient
 from inbox_daemon.inboxes import open_inbox
+from inbox_daemon.inboxes.base import SUCCESS
 from inbox_daemon.logs import get_logger
 from inbox_daemon.metrics import HealthServer, Metrics
 from inbox_daemon.pipeline import KEEP_SPOOL, Pipeline, Result
@@ -495,7 +496,7 @@ class Daemon:
         A replay is a file answered before, seen again: the daemon that answered may have stopped
         after its report, before the copy or the archive, so both are done (again). A file the
         inbox keeps ("keep") is seen at every look: its copy is not rewritten each time."""
-        kept = status in ("succeeded", "partial", "duplicate") and inbox.config.on_success == "keep"
+        kept = status in SUCCESS and inbox.config.on_success == "keep"
         if not (replay and kept):
             try:
                 self._write_back(inbox, drop, manifest, replay=replay)
@@ -526,13 +527,12 @@ class Daemon:
             inbox.write_back(drop, path.name, data)
 
     # -- health ---------------------------------------------------------------------------------
-    _FAULT_COMPONENTS = (("SpoolError", "spool"), ("ResultsUnwritable", "results"), ("Store", "store"),
-                         ("Inbox", "inbox"))
+    _FAULT_COMPONENTS = ((SpoolError, "spool"), (ResultsUnwritable, "results"), (StoreError, "store"),
+                         (InboxError, "inbox"))
 
     def _note_fault(self, exc: Exception, drop: Drop) -> None:
         """Remember what is failing, for /healthz, until a job goes through again."""
-        name = type(exc).__name__
-        component = next((c for prefix, c in self._FAULT_COMPONENTS if name.startswith(prefix)), "other")
+        component = next((c for kind, c in self._FAULT_COMPONENTS if isinstance(exc, kind)), "other")
         if component == "inbox":
             component = f"inbox {drop.inbox}"
         with self._lock:

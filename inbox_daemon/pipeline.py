@@ -30,7 +30,7 @@ from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import Cancelled, CatalogChanged, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
-from inbox_daemon.results import DiagnosticsWriter, manifest_path, write_manifest
+from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
 
@@ -134,10 +134,9 @@ class Pipeline:
             if claim.kind == "reported":
                 # this file was applied and answered already (a look that raced its report)
                 log.info("job.already_reported", status=job.status)
-                if job.status not in KEEP_SPOOL and spooled != Path(job.spool_path or ""):
-                    spooled.unlink(missing_ok=True)
-                return Result(job.status, job.result, manifest_path(self.config.daemon.results_dir,
-                                                                    job.partner_id, job.id), replay=True)
+                if spooled != Path(job.spool_path or ""):
+                    _drop_copy(spooled, job.status)
+                return Result(job.status, job.result, None, replay=True)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)
                 return Result("running", {"job_id": job.id, "status": "running", "message":
@@ -261,8 +260,7 @@ class Pipeline:
         manifest["duplicate_of"] = original.id
         self.store.finish(job, Outcome(status="duplicate", result=manifest))
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
-        if original.status not in KEEP_SPOOL:
-            spooled.unlink(missing_ok=True)
+        _drop_copy(spooled, original.status)
         return self.report(job, manifest, None, log)
 
     def give_up(self, job: Job, reason: str, log) -> Result:
@@ -292,8 +290,7 @@ class Pipeline:
         failpoints.reached("after_audit")
         self.store.mark_reported(job.id)
         failpoints.reached("after_report")
-        if spooled is not None and manifest["status"] not in KEEP_SPOOL:
-            spooled.unlink(missing_ok=True)
+        _drop_copy(spooled, manifest["status"])
         log.info("job.reported", status=manifest["status"], manifest=str(path))
         return Result(manifest["status"], manifest, path)
 
@@ -312,6 +309,12 @@ class Pipeline:
         if dry_run:
             manifest["dry_run"] = True
         return manifest
+
+
+def _drop_copy(spooled: Path | None, status: str) -> None:
+    """The spooled copy, once a job of ``status`` needs it no more (requeue reads it)."""
+    if spooled is not None and status not in KEEP_SPOOL:
+        spooled.unlink(missing_ok=True)
 
 
 def _rows(totals: Totals, counts) -> dict:

@@ -96,13 +96,13 @@ class _LineGuard(io.RawIOBase):
             chunk = bytes(memoryview(buf)[:n])
             first = min((i for i in (chunk.find(b"\n"), chunk.find(b"\r")) if i >= 0), default=-1)
             last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-            longest = self._run + (first if first >= 0 else n)
+            inner = 0
         else:
-            breaks = np.flatnonzero(np.isin(np.frombuffer(buf, dtype=np.uint8, count=n), (10, 13)))
+            data = np.frombuffer(buf, dtype=np.uint8, count=n)
+            breaks = np.flatnonzero((data == 10) | (data == 13))
             first, last = (int(breaks[0]), int(breaks[-1])) if len(breaks) else (-1, -1)
-            longest = self._run + (first if first >= 0 else n)
-            if len(breaks) > 1:
-                longest = max(longest, int(np.diff(breaks).max()))
+            inner = int(np.diff(breaks).max()) if len(breaks) > 1 else 0
+        longest = max(self._run + (first if first >= 0 else n), inner)
         self._run = self._run + n if last < 0 else n - 1 - last
         if longest > self._limit:
             raise LimitExceeded(limit="max_line_bytes", reason=f"a line is longer than {self._limit} bytes")

@@ -18,6 +18,8 @@ OnReady = Callable[[Drop], None]
 TEMP_PATTERNS = ("*.part", "*.tmp", "*.filepart", "*.crdownload", ".*", "~*")
 PROCESSED, FAILED, RESULTS = "processed", "failed", "results"
 RESERVED = (PROCESSED, FAILED, RESULTS)
+# outcomes archived the ``on_success`` way (processed/, delete, keep); the others go to failed/
+SUCCESS = ("succeeded", "partial", "duplicate")
 
 
 def wanted(name: str, cfg: InboxConfig) -> bool:

@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, SUCCESS, OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_stream
@@ -245,7 +245,7 @@ class LocalInbox:
         if self._same_file(drop) is None:
             return
         source = self._path(drop.key)
-        if status in ("succeeded", "partial", "duplicate"):
+        if status in SUCCESS:
             if self.config.on_success == "keep":
                 return
             if self.config.on_success == "delete":

@@ -35,7 +35,7 @@ from botocore.exceptions import (
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxError, InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, SUCCESS, OnReady, safe_name, wanted
 from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
 from inbox_daemon.spool import spool_stream
 from inbox_daemon.webhooks import backoff
@@ -45,7 +45,6 @@ CONNECT_TIMEOUT = 10            # seconds
 READ_TIMEOUT = 60               # seconds without a byte; above SQS's longest long poll (20 s)
 FULL_LISTING_EVERY = 10         # polls: one in ten lists the whole prefix, the others the new keys
 COPY_OBJECT_LIMIT = 5 * 1024**3  # bytes: larger objects are copied in parts by the managed copy
-SUCCESS = ("succeeded", "partial", "duplicate")
 
 LONG_POLL_MAX = 20              # seconds: SQS's limit for WaitTimeSeconds
 VISIBILITY = 60                 # seconds a received message stays hidden from other receivers

@@ -25,7 +25,7 @@ import paramiko.hostkeys
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, safe_name
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, SUCCESS, safe_name
 from inbox_daemon.inboxes.polling import Entry, PollingInbox
 from inbox_daemon.logs import register_secret
 from inbox_daemon.spool import spool_stream
@@ -162,7 +162,7 @@ class SftpInbox(PollingInbox):
                 return                    # archived already (a restart between outcome and archive)
             if f"{st.st_mtime}-{st.st_size}" != drop.version:
                 return                    # a newer upload under the same name: it gets its own job
-            if status in ("succeeded", "partial", "duplicate"):
+            if status in SUCCESS:
                 if self.config.on_success == "keep":
                     return
                 if self.config.on_success == "delete":
