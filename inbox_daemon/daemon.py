@@ -288,7 +288,7 @@ class Daemon:
     def _idle(self) -> bool:
         with self._lock:
             waiting = bool(self._pending) or bool(self._retries)
-        settling = any(getattr(i, "settling", lambda: 0)() for i in self.inboxes.values())
+        settling = any(i.settling() for i in self.inboxes.values())
         runnable = bool(self.store.queued(partners=self.config.partners, limit=1))
         return not waiting and not settling and self.queue.empty() and not runnable
 
@@ -419,9 +419,7 @@ class Daemon:
                 # it never reached the ledger (the download kept failing): not forgotten, the
                 # inbox offers it again at its next look, for another round of attempts
                 log.error("file.retries_exhausted", error=str(exc), attempts=attempt)
-                offer_again = getattr(inbox, "offer_again_in", None)
-                if offer_again is not None:
-                    offer_again(drop, 0)
+                inbox.offer_again_in(drop, 0)
             return
         except InboxError as exc:
             # Terminal trouble with the inbox itself (permission denied, archived object): the
@@ -436,9 +434,7 @@ class Daemon:
         if store.claim_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version):
             return True
         log.debug("file.claimed_elsewhere", version=drop.version)
-        offer_again = getattr(inbox, "offer_again_in", None)
-        if offer_again is not None:
-            offer_again(drop, self.config.store.lease)
+        inbox.offer_again_in(drop, self.config.store.lease)
         return False
 
     def _release_file(self, store, drop: Drop) -> None:
@@ -547,7 +543,7 @@ class Daemon:
     def _check_health(self) -> tuple[bool, dict]:
         dead = [i for i, inbox in self.inboxes.items() if not inbox.alive()]
         for inbox_id, inbox in list(self.inboxes.items()):
-            failing = getattr(inbox, "failing", lambda: None)()
+            failing = inbox.failing()
             with self._lock:
                 if failing:
                     self._faults[f"inbox {inbox_id}"] = failing

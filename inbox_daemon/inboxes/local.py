@@ -175,6 +175,9 @@ class LocalInbox:
             return sum(not (size == 0 and now - since >= wait)
                        for size, _, since, wait in self._pending.values())
 
+    def failing(self) -> dict | None:
+        return None                 # inotify tells of files; there is no look that could fail
+
     def alive(self) -> bool:
         return bool(self._observer and self._observer.is_alive() and self._settler
                     and self._settler.is_alive())
