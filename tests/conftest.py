@@ -101,6 +101,16 @@ def read_diagnostics(manifest: dict, root: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def ledger(root: Path, columns: str = "source_name, status, attempt") -> list[tuple]:
+    """The jobs table as a user would query it: ``columns`` of every job, oldest first (plain sqlite3)."""
+    import sqlite3
+    con = sqlite3.connect(root / "var" / "catalog.db")
+    try:
+        return con.execute(f"SELECT {columns} FROM jobs ORDER BY created_at").fetchall()
+    finally:
+        con.close()
+
+
 def products(root: Path, partner: str = "default") -> dict[str, dict]:
     """The catalog as a user would query it: sku_key → row (plain sqlite3, no project code)."""
     import sqlite3
@@ -111,6 +121,22 @@ def products(root: Path, partner: str = "default") -> dict[str, dict]:
     finally:
         con.close()
     return {r["sku_key"]: dict(r) for r in rows}
+
+
+@pytest.fixture
+def daemons():
+    """``daemons(root, cfg, **kw)`` starts a ``DaemonProcess``; each one started is closed (killed
+    if still running) when the test ends, whatever it asserted."""
+    from tests.daemon_harness import DaemonProcess
+    started = []
+
+    def start(root: Path, cfg: str, **kw) -> DaemonProcess:
+        d = DaemonProcess(root, cfg, **kw)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.close()
 
 
 # -- PostgreSQL: a real server, one fresh schema per test -------------------------------------------

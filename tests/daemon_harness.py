@@ -35,7 +35,11 @@ class DaemonProcess:
         self.proc = subprocess.Popen(args, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         if not once:
-            self.wait_event("daemon.started")
+            try:
+                self.wait_event("daemon.started")
+            except BaseException:
+                self.close()        # no test holds it yet: kill it and close its log here
+                raise
 
     def events(self) -> list[dict]:
         out = []

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import signal
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import products, run_cli, write_csv
+from tests.conftest import ledger, products, run_cli, write_csv
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
 
 
@@ -27,25 +26,12 @@ def _drop(inbox, name: str, text: str) -> None:
     tmp.rename(inbox / name)
 
 
-def _jobs(root) -> list[tuple]:
-    con = sqlite3.connect(root / "var" / "catalog.db")
-    try:
-        return con.execute("SELECT source_name, status, attempt FROM jobs ORDER BY created_at").fetchall()
-    finally:
-        con.close()
-
-
 @pytest.fixture
-def daemon(tmp_path):
-    started = []
-
+def daemon(tmp_path, daemons):
+    """``daemons`` (conftest) on this test's directory, the default config unless told."""
     def start(cfg: str | None = None, **kw) -> DaemonProcess:
-        d = DaemonProcess(tmp_path, cfg or config(), **kw)
-        started.append(d)
-        return d
-    yield start
-    for d in started:
-        d.close()
+        return daemons(tmp_path, cfg or config(), **kw)
+    return start
 
 
 def test_renamed_file_is_applied_archived_and_answered_in_results(tmp_path, daemon):
@@ -157,7 +143,7 @@ def test_keep_leaves_the_file_and_the_ledger_prevents_a_second_apply(tmp_path, d
     assert daemon(cfg, once=True).wait(30) == 0
     assert daemon(cfg, once=True).wait(30) == 0      # the same file is still there
     assert (inbox / "kept.csv").exists()
-    assert [(name, status) for name, status, _ in _jobs(tmp_path)] == [("kept.csv", "succeeded")]
+    assert [(name, status) for name, status, _ in ledger(tmp_path)] == [("kept.csv", "succeeded")]
 
 
 def _drop_big_and_wait_for_its_start(tmp_path, d, rows: int) -> None:
@@ -177,14 +163,14 @@ def test_sigterm_exits_zero_quickly_and_nothing_is_half_applied(tmp_path, daemon
     assert d.proc.wait(15) == 0
     assert time.monotonic() - t0 < 10
 
-    [(name, status, attempt)] = _jobs(tmp_path)
+    [(name, status, attempt)] = ledger(tmp_path)
     applied = len(products(tmp_path))
     # either the job finished within the grace period, or it was released with nothing applied
     assert (status, applied) in (("succeeded", 400_000), ("queued", 0))
     # and the next start finishes it exactly once
     assert daemon(once=True).wait(60) == 0
     assert len(products(tmp_path)) == 400_000
-    assert [s for _, s, _ in _jobs(tmp_path)] == ["succeeded"]
+    assert [s for _, s, _ in ledger(tmp_path)] == ["succeeded"]
 
 
 def test_killed_mid_job_the_restart_applies_it_exactly_once(tmp_path, daemon):
@@ -196,7 +182,7 @@ def test_killed_mid_job_the_restart_applies_it_exactly_once(tmp_path, daemon):
     assert daemon(once=True).wait(60) == 0
 
     assert len(products(tmp_path)) == 300_000
-    [(name, status, attempt)] = _jobs(tmp_path)
+    [(name, status, attempt)] = ledger(tmp_path)
     assert status == "succeeded"
     done = [m for m in manifests(tmp_path) if m["status"] == "succeeded"]
     assert len(done) == 1 and done[0]["rows"]["inserted"] == 300_000
@@ -373,7 +359,7 @@ def test_requeued_job_with_nothing_left_to_read_is_quarantined_once_with_a_reaso
 
     event = d.wait_event("job.unrecoverable", job_id=rejected["job_id"])
     assert "drop the file again" in event["reason"]
-    wait_for(lambda: _jobs(tmp_path)[0][1] == "quarantined", what="job quarantined")
+    wait_for(lambda: ledger(tmp_path)[0][1] == "quarantined", what="job quarantined")
     time.sleep(1.5)                                   # the queued-job poll (1 s) must not pick it up again
     assert len([e for e in d.events() if e.get("event") == "job.unrecoverable"]) == 1
     assert d.stop() == 0

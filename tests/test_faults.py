@@ -35,12 +35,10 @@ At the end of the module a line tallies the scenarios that passed.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import resource
 import shutil
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -52,7 +50,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import products
+from tests.conftest import ledger, products
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for
 from tests.sftp_server import SftpTestServer
 from tests.test_s3 import (  # noqa: F401 — fixtures, used by name
@@ -200,14 +198,6 @@ def _events(d: DaemonProcess, name: str, **match) -> list[dict]:
     return [e for e in d.events() if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
 
 
-def _jobs(root: Path) -> list[tuple]:
-    con = sqlite3.connect(root / "var" / "catalog.db")
-    try:
-        return con.execute("SELECT source_name, status, attempt FROM jobs ORDER BY created_at").fetchall()
-    finally:
-        con.close()
-
-
 def _daemon_survived(verdict: Verdict, d: DaemonProcess) -> None:
     verdict.check(d.proc.poll() is None, f"the daemon exited with {d.proc.returncode}")
     crashes = _events(d, "worker.unexpected_error")
@@ -219,7 +209,7 @@ def _applied_once(verdict: Verdict, root: Path, partner: str, name: str, status:
     mine = [m for m in manifests(root, partner) if m["source"]["name"] == name]
     verdict.check([m["status"] for m in mine] == [status],
                   f"{name}: manifests {[(m['status'], m.get('message')) for m in mine]}, expected one {status}")
-    jobs = [j for j in _jobs(root) if j[0] == name]
+    jobs = [j for j in ledger(root) if j[0] == name]
     verdict.check(len(jobs) == 1 and jobs[0][1] == status, f"{name}: jobs {jobs}, expected one {status}")
     if mine:
         verdict.check(mine[-1]["rows"]["inserted"] == rows,
@@ -293,6 +283,7 @@ def test_sftp_download_stalled_past_the_timeout_is_retried_and_applied_once(tmp_
         verdict.wait(lambda: (outbound / "processed" / "big.csv").exists(), 20, "big.csv archived")
         _applied_once(verdict, tmp_path, "globex", "big.csv", "succeeded", 150_000)
         verdict.check(len(products(tmp_path, "globex")) == 150_000, "catalog does not hold the 150,000 rows")
+        verdict.check(_events(d, "job.retry_scheduled", file="big.csv"), "no retry was scheduled for big.csv")
         _daemon_survived(verdict, d)
         verdict.record["note"] = f"/healthz non-200 samples during the stall: {len(sampler.degraded())}"
         assert d.stop() == 0
@@ -356,7 +347,8 @@ def test_sftp_file_whose_retries_ran_out_during_an_outage_gets_an_outcome(tmp_pa
             verdict.check(found[0]["status"] in ("quarantined", "succeeded"), f"outcome {found[0]['status']}")
             if found[0]["status"] == "succeeded":
                 verdict.check(len(products(tmp_path, "globex")) == 20_000, "not all rows applied")
-        verdict.check(_jobs(tmp_path), "no job recorded for big.csv: its failed attempts are nowhere in the ledger")
+        verdict.check([j for j in ledger(tmp_path) if j[0] == "big.csv"],
+                      f"no job recorded for big.csv: its failed attempts are nowhere in the ledger {ledger(tmp_path)}")
         verdict.check((outbound / "big.csv").exists() or (outbound / "processed" / "big.csv").exists()
                       or (outbound / "failed" / "big.csv").exists(), "big.csv vanished")
         _daemon_survived(verdict, d)
@@ -387,16 +379,8 @@ class _ResettingHandler(_ProxyHandler):
         proxy.record(operation, action)
         if action == "reset":
             return self._reset()
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
-        upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-        try:
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            answer = response.getheaders()
-        finally:
-            upstream.close()
-        self.send_response(response.status)
+        status, data, answer = self._upstream(body)
+        self.send_response(status)
         for name, value in answer:
             if name.lower() not in ("transfer-encoding", "connection", "server", "date", "content-length"):
                 self.send_header(name, value)
@@ -491,6 +475,7 @@ def test_s3_download_cut_off_by_a_reset_mid_body_is_retried_and_applied_once(
         verdict.check(proxy.outcomes("GetObject")[:2] == ["truncate", 200], f"GetObject saw {proxy.outcomes('GetObject')}")
         _applied_once(verdict, tmp_path, "acme", "cut.csv", "succeeded", 5_000)
         verdict.check(len(products(tmp_path, "acme")) == 5_000, "catalog rows")
+        verdict.check(_events(d, "job.retry_scheduled", file="cut.csv"), "no retry was scheduled for cut.csv")
         if failed:
             verdict.check("cut.csv" in failed[0]["error"] or "s3://" in failed[0]["error"],
                           f"the error does not name the object: {failed[0]['error']}")
@@ -568,14 +553,21 @@ def test_catalog_locked_by_another_process_is_waited_out_or_retried_and_applied_
     try:
         with HealthSampler(d) as sampler:
             with catalog_locked(tmp_path / "var" / "catalog.db", seconds) as locker:
+                locked_at = time.monotonic()
                 _drop(inbox, "locked.csv", b"sku,name,price\nL1,Lock,1.00\nL2,Key,2.00\n")
                 if seconds > 30:
                     busy = d.wait_event("file.transient_error", timeout=45, file="locked.csv")
                     verdict.check("lock" in busy["error"] or "busy" in busy["error"].lower(),
                                   f"the failure does not say the store was busy: {busy['error']}")
                     d.wait_event("job.retry_scheduled", file="locked.csv")
+                else:       # the file has long settled: only the lock holds it back, for 1 s more
+                    time.sleep(max(0.0, locked_at + seconds - 1.0 - time.monotonic()))
+                assert locker.poll() is None, "the lock was released before the daemon could be seen waiting"
+                verdict.check(not manifests(tmp_path), "applied while the catalog was locked")
                 locker.wait(seconds + 30)
-            verdict.check(not manifests(tmp_path) or seconds < 30, "applied while the catalog was locked")
+        if seconds < 30:
+            waited = _events(d, "file.transient_error", file="locked.csv")
+            verdict.check(not waited, f"a lock shorter than the busy timeout was not waited out: {waited[:1]}")
         verdict.wait(lambda: manifests(tmp_path), SOON, f"the manifest within {SOON} s of the lock's release")
         verdict.wait(lambda: (inbox / "processed" / "locked.csv").exists(), 20, "locked.csv archived")
         _applied_once(verdict, tmp_path, "default", "locked.csv", "succeeded", 2)
@@ -621,11 +613,9 @@ def test_results_directory_unusable_is_retried_and_each_file_answered_once_it_is
         verdict.wait(lambda: len(manifests(tmp_path)) >= 2, SOON, f"both manifests within {SOON} s of the folder's return")
         verdict.wait(lambda: (inbox / "processed" / "clean.csv").exists() and (inbox / "processed" / "dirty.csv").exists(),
                      10, "both files archived")
-        found = manifests(tmp_path)
         for name, status, rows in (("clean.csv", "succeeded", 1), ("dirty.csv", "partial", 40)):
-            mine = [m for m in found if m["source"]["name"] == name]
-            verdict.check([m["status"] for m in mine] == [status], f"{name}: manifests {[m['status'] for m in mine]}")
-        jobs = _jobs(tmp_path)
+            _applied_once(verdict, tmp_path, "default", name, status, rows)
+        jobs = ledger(tmp_path)
         verdict.check(sorted((n, s) for n, s, _ in jobs) == [("clean.csv", "succeeded"), ("dirty.csv", "partial")],
                       f"jobs {jobs}")
         verdict.check(len(products(tmp_path)) == 41, f"catalog holds {len(products(tmp_path))} rows, expected 41")

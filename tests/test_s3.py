@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import json
 import queue
-import sqlite3
 import threading
 import tomllib
 import urllib.parse
@@ -29,7 +28,7 @@ from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable, Terminal, 
 from inbox_daemon.inboxes import INBOX_KINDS
 from inbox_daemon.inboxes import s3 as s3_module
 from inbox_daemon.inboxes.s3 import FULL_LISTING_EVERY, ObjectGone, S3Inbox, _sqs_endpoint, event_records, s3_errors
-from tests.conftest import products
+from tests.conftest import ledger, products
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
 
 BUCKET = "drops"
@@ -156,6 +155,20 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else None
 
+    def _upstream(self, body: bytes | None) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """This request, sent on to moto as it came: (status, body, headers) of its answer."""
+        proxy: FaultProxy = self.server.proxy
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            return response.status, response.read(), response.getheaders()
+        finally:
+            upstream.close()
+
     def _forward(self) -> None:
         proxy: FaultProxy = self.server.proxy
         body = self._body()
@@ -173,19 +186,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(payload)
             return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
-        if body is not None:
-            headers["Content-Length"] = str(len(body))
-        upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-        try:
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            answer_headers = response.getheaders()
-        finally:
-            upstream.close()
-        proxy.record(operation, response.status)
-        self.send_response(response.status)
+        status, data, answer_headers = self._upstream(body)
+        proxy.record(operation, status)
+        self.send_response(status)
         for name, value in answer_headers:
             if name.lower() in ("transfer-encoding", "connection", "server", "date"):
                 continue
@@ -271,14 +274,6 @@ def _queue_counts(sqs, queue_url: str) -> tuple[int, int]:
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def _job_count(root) -> int:
-    con = sqlite3.connect(root / "var" / "catalog.db")
-    try:
-        return con.execute("SELECT count(*) FROM jobs").fetchone()[0]
-    finally:
-        con.close()
-
-
 # -- the daemon, end to end ----------------------------------------------------------------------
 
 def test_s3_is_a_registered_inbox_kind():
@@ -320,7 +315,7 @@ def test_throttling_and_5xx_are_retried_and_the_file_applied_once(tmp_path, s3, 
         assert proxy.statuses("GetObject") == [503, 503, 200]       # botocore retried, then read once
         assert proxy.statuses("ListObjectsV2")[:2] == [500, 200]
         assert d.stop() == 0
-        assert len(manifests(tmp_path, "acme")) == 1 and _job_count(tmp_path) == 1
+        assert len(manifests(tmp_path, "acme")) == 1 and len(ledger(tmp_path)) == 1
         assert set(products(tmp_path, "acme")) == {"a1", "a2"}
     finally:
         d.close()

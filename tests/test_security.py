@@ -119,19 +119,6 @@ def _audit_records(root: Path) -> list[dict]:
             for line in p.read_text(encoding="utf-8").split("\n") if line]
 
 
-@pytest.fixture
-def daemons():
-    started: list[DaemonProcess] = []
-
-    def start(root: Path, cfg: str, **kw) -> DaemonProcess:
-        d = DaemonProcess(root, cfg, **kw)
-        started.append(d)
-        return d
-    yield start
-    for d in started:
-        d.close()
-
-
 # == 1. partner isolation ==========================================================================
 
 def test_isolation_a_file_in_a_partners_inbox_writes_only_that_partners_rows_whatever_it_says(tmp_path, daemons):
@@ -400,14 +387,19 @@ def test_path_safety_a_name_that_is_not_utf8_gets_an_answer_not_a_worker_crash(t
     tmp.write_text("sku,name\nU-1,x\n")
     os.rename(os.fsencode(tmp), raw_name)
 
+    def about_it() -> list[dict]:
+        """Warnings and errors that name the file (its name escaped: "caf\\udce9-\\udcff.csv")."""
+        return [e for e in d.events() if e.get("level") in ("warning", "error")
+                and "caf" in str(e.get("name") or e.get("file") or "")]
+
     # answered (a manifest), refused (a warning naming it), or crashed (an error): whichever comes
-    wait_for(lambda: manifests(tmp_path) or any(e.get("level") in ("warning", "error") for e in d.events()),
-             what="the file answered or refused")
+    wait_for(lambda: manifests(tmp_path) or about_it(), what="the file answered or refused")
     assert d.stop() == 0
 
     crashes = [e for e in d.events() if e.get("event") in ("worker.unexpected_error", "raw") or "exception" in e]
     assert not crashes, f"{crashes[0].get('event')}: {str(crashes[0].get('exception', crashes[0]))[-300:]}"
-    assert manifests(tmp_path) or any(e.get("level") == "warning" for e in d.events())
+    refused = [e for e in about_it() if e["level"] == "warning" and e.get("reason")]
+    assert manifests(tmp_path) or refused, f"neither a manifest nor a refusal with a reason: {about_it()}"
 
 
 # -- SFTP: names a hostile server lists ------------------------------------------------------------
