@@ -16,19 +16,21 @@ import argparse
 import json
 import os
 import random
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from typing import Iterator
 
 import boto3
 import psycopg
 from moto.server import ThreadedMotoServer
+
+from floor_postgres import scratch_schema  # bench/ is the script's folder, first on sys.path
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -56,6 +58,18 @@ settle = "0s"
 """
 
 
+@contextmanager
+def _stopped(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """The daemons started inside are stopped on the way out (before their schema is dropped)."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
 def run(n_daemons: int, files: int, base_url: str, endpoint: str, root: Path) -> dict:
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
     s3 = boto3.client("s3", endpoint_url=endpoint)
@@ -64,15 +78,10 @@ def run(n_daemons: int, files: int, base_url: str, endpoint: str, root: Path) ->
     for i in range(files):
         rows = "".join(f"F{i}-{j},Item {j},{j}.99\n" for j in range(rnd.randrange(10, 60)))
         s3.put_object(Bucket="drops", Key=f"acme/feed-{i:05d}.csv", Body=f"sku,name,price\n{rows}".encode())
-    schema = f"bench_{secrets.token_hex(4)}"
-    with psycopg.connect(base_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base_url else "?"
-    url = f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
     exe = str(Path(sys.executable).with_name("inbox-daemon"))
     procs = []
     t0 = time.perf_counter()
-    try:
+    with scratch_schema(base_url) as url, _stopped(procs):
         for d in range(n_daemons):
             home = root / f"n{n_daemons}-d{d}"
             home.mkdir(parents=True)
@@ -90,14 +99,7 @@ def run(n_daemons: int, files: int, base_url: str, endpoint: str, root: Path) ->
                 time.sleep(0.1)
             elapsed = time.perf_counter() - t0
             shares = conn.execute("SELECT count(*) FROM jobs GROUP BY claimed_by ORDER BY 1 DESC").fetchall()
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-        with psycopg.connect(base_url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        s3.close()
+    s3.close()
     return {"daemons": n_daemons, "files": files, "seconds": round(elapsed, 2),
             "files_per_s": round(files / elapsed, 1), "jobs_per_daemon": [r[0] for r in shares]}
 
