@@ -1,26 +1,56 @@
-# The two commands of README.md. Both create .venv on first use.
+# The two commands of README.md (run, test) install from the lock files in requirements/:
+# every package pinned with its hashes, so a clone today and in six months gets the same
+# versions. setup.cfg keeps ranges for anyone who installs the package as a library.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+LATEST ?= .venv-latest
+UV_VERSION = 0.13.9
+# A universal lock: one file that resolves the same way for every Python 3.11+ and platform.
+LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test bench clean
+.PHONY: run test test-latest lock bench clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# --require-hashes: a package whose bytes differ from the lock is refused. --no-deps: the lock
+# is complete, nothing outside it may be pulled in. pip check: the lock still satisfies setup.cfg.
+$(VENV)/.%-installed: requirements/%.lock setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $<
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
-run: $(BIN)/.installed        ## start the daemon on the built-in default (./inbox/default -> ./var)
+run: $(VENV)/.daemon-installed   ## start the daemon on the built-in default (./inbox/default -> ./var)
 	$(BIN)/inbox-daemon run
 
-test: $(BIN)/.installed       ## run the whole test suite
+test: $(VENV)/.test-installed    ## the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/.installed      ## the benchmark suite: every path against the floor and the peers (bench/README.md)
+# The suite against the newest releases the ranges in setup.cfg admit: a fresh venv, no lock.
+# Run it on purpose before `make lock`; a failure here is a release to adapt to, not a broken CI.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet -e '.[test]'
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
+# Refresh both locks to the newest releases the ranges admit. The daemon's lock is constrained
+# by the test lock, so the daemon runs in production on exactly the versions it was tested with.
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --upgrade setup.cfg requirements/build.in --extra test \
+		-o requirements/test.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --upgrade setup.cfg requirements/build.in \
+		-c requirements/test.lock -o requirements/daemon.lock
+
+bench: $(VENV)/.test-installed   ## the benchmark suite: every path against the floor and the peers (bench/README.md)
 	$(BIN)/python -m pip install --quiet --target bench/.peers -r bench/peers-requirements.txt
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LATEST) build *.egg-info

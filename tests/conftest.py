@@ -156,6 +156,8 @@ def _pg_reachable() -> str | None:
 @pytest.fixture(scope="session")
 def pg_server():
     reason = _pg_reachable()
+    if reason and os.environ.get("INBOX_DAEMON_REQUIRE_PG"):
+        pytest.fail(f"{reason}; INBOX_DAEMON_REQUIRE_PG is set, so this is a failure, not a skip")
     if reason:
         pytest.skip(reason)
     return PG_URL
