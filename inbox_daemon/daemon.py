@@ -39,7 +39,8 @@ from inbox_daemon.pipeline import KEEP_SPOOL, Pipeline, Result
 from inbox_daemon.results import diagnostics_name, manifest_bytes
 from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
-from inbox_daemon.webhooks import WebhookSender, backoff
+from inbox_daemon.backoff import backoff
+from inbox_daemon.webhooks import WebhookSender
 from storage import open_store
 from storage.base import Job
 

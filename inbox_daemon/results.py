@@ -22,38 +22,6 @@ from inbox_daemon.jsontext import json_text
 _FORMULA_START = r"^[=+\-@\t\r]"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfiles.create(path.parent, f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_missing():
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-class _suppress_missing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is FileNotFoundError
-
-
 def manifest_path(results_dir: Path, partner: str, job_id: str) -> Path:
     return results_dir / partner / f"{job_id}.result.json"
 
@@ -68,7 +36,7 @@ def manifest_bytes(manifest: dict) -> bytes:
 
 def write_manifest(results_dir: Path, manifest: dict) -> Path:
     path = manifest_path(results_dir, manifest["partner"], manifest["job_id"])
-    write_atomic(path, manifest_bytes(manifest))
+    tempfiles.write_atomic(path, manifest_bytes(manifest))
     return path
 
 
@@ -113,7 +81,7 @@ class DiagnosticsWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
-        fsync_dir(self._folder)
+        tempfiles.fsync_dir(self._folder)
         self._writer = None
         return self.path.name
 

@@ -1,4 +1,5 @@
-"""Temporary files that a crash can leave behind, and how the next start tells them from live ones.
+"""Temporary files that a crash can leave behind, how the next start tells them from live ones,
+and atomic writes through them.
 
 Every temporary file we write (spool copies being downloaded, manifests and diagnostics before
 their rename, decompressed Parquet) is created here with an exclusive ``flock`` held for as long
@@ -9,6 +10,7 @@ file another running process (an ``ingest`` beside the daemon) is still writing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
@@ -47,3 +49,30 @@ def remove_debris(folder: Path, prefixes: tuple[str, ...]) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds either its old content or all of ``data``, never a part, across a crash:
+    a locked temporary file beside it, fsynced, renamed over it, the folder fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create(path.parent, f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)

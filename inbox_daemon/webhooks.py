@@ -12,7 +12,6 @@ import hmac
 import json
 import os
 import queue
-import random
 import threading
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from config.model import WebhookConfig
+from inbox_daemon.backoff import backoff
 from inbox_daemon.logs import get_logger, register_secret
 
 ATTEMPTS = 5
@@ -30,11 +30,6 @@ TIMEOUT = 10.0
 
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog): uniform in [0, min(cap, base·2ⁿ)]."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from adapters.contract import contract
 from adapters.validation import DIAGNOSTICS_SCHEMA
 from config.model import PartnerConfig
 from inbox_daemon import logs
-from inbox_daemon.results import DiagnosticsWriter, spreadsheet_safe, write_atomic
+from inbox_daemon.results import DiagnosticsWriter, spreadsheet_safe
+from inbox_daemon.tempfiles import write_atomic
 
 
 # -- spreadsheet_safe ----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
 from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, SUCCESS, OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
-from inbox_daemon.results import fsync_dir, write_atomic
+from inbox_daemon.tempfiles import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_stream
 
 SETTLE_TICK = 0.02        # seconds between checks of files waiting to settle

@@ -20,7 +20,7 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.errors import InboxError
 from inbox_daemon.inboxes.base import OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
-from inbox_daemon.webhooks import backoff
+from inbox_daemon.backoff import backoff
 
 JITTER = 0.1
 MAX_BACKOFF = 300.0

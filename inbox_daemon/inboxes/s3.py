@@ -38,7 +38,7 @@ from inbox_daemon.errors import InboxError, InboxMisconfigured, InboxUnavailable
 from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, SUCCESS, OnReady, safe_name, wanted
 from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
 from inbox_daemon.spool import spool_stream
-from inbox_daemon.webhooks import backoff
+from inbox_daemon.backoff import backoff
 
 RETRIES = {"mode": "standard", "max_attempts": 6}   # botocore retries throttling, 5xx, resets
 CONNECT_TIMEOUT = 10            # seconds
