@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from adapters.canonical import AVAILABILITY, MAX_LENGTH
 from adapters.mapping import candidates, preset_of
 from adapters.validation import PRICE_TEXT
+from config.canonical import AVAILABILITY, MAX_LENGTH
 from config.model import PartnerConfig
 
 _FIELDS = {

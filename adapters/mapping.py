@@ -7,18 +7,18 @@ the unmapped columns.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.canonical import INPUT_FIELDS, REQUIRED_FIELDS
 from adapters.presets import PRESETS, Preset
+from config.canonical import INPUT_FIELDS, REQUIRED_FIELDS
+from config.errors import DuplicateColumn, MissingColumn
 from config.model import PartnerConfig
-from inbox_daemon.errors import DuplicateColumn, MissingColumn
 
 
 @dataclass(frozen=True)

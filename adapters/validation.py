@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
 from adapters.mapping import ColumnMap, attributes_json
 from adapters.readers import Block
+from config.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
 from config.model import PartnerConfig
 
 ERROR, WARNING = "error", "warning"
@@ -165,119 +165,158 @@ def _gtin_valid(digits: pa.Array) -> pa.Array:
 def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str | None = None) -> Judged:
     """Map and validate one block; see the module docstring. ``decimal`` is the separator of
     text prices (the partner's, for CSV/TSV); numbers from JSON and Parquet always use "."."""
-    decimal = decimal or partner.decimal_separator
     batch = block.batch
-    n = batch.num_rows
     rows = block.row_numbers()
-    sku = _text(batch, cmap, "sku")
+    texts = {f: _text(batch, cmap, f) for f in ("sku", "name", *TEXT_FIELDS)}
+    sku = texts["sku"]
+    # the stages add their problems in this order, which is the order of a row's diagnostics
     p = _Problems(rows, sku, cmap)
+    _check_encoding(p, block)
+    _check_required(p, texts)
+    _check_lengths(p, texts)
+    price_cents, price_code, raw_price = _price(p, batch, cmap, decimal or partner.decimal_separator)
+    currency = _currency(p, batch, cmap, partner.currency, price_code, raw_price)
+    stock = _availability(p, batch, cmap, _stock(p, batch, cmap))
+    active = _active(p, batch, cmap)
+    gtin = _gtin(p, batch, cmap)
+    attributes = _attributes(p, batch, cmap, sku)
+    sku_key = pc.utf8_lower(pc.utf8_normalize(sku, "NFC"))
+    canonical = pa.RecordBatch.from_arrays([
+        rows, sku, sku_key, texts["name"], texts["description"], price_cents, currency, stock, active,
+        texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
+    ], schema=CANONICAL_SCHEMA)
+    return _verdict(p, canonical)
 
-    # cells the reader could not decode: the row is rejected, the rest of the file goes on
+
+def _check_encoding(p: _Problems, block: Block) -> None:
+    """Cells the reader could not decode: the row is rejected, the rest of the file goes on."""
     for column, bad in block.bad_cells:
         p.add(bad, "", "invalid_encoding", f"not valid {block.encoding} text (undecodable bytes or a NUL "
-              "character); the value is shown with them replaced by U+FFFD", batch.column(column), column=column)
+              "character); the value is shown with them replaced by U+FFFD", block.batch.column(column),
+              column=column)
 
-    # sku and name: required, bounded
-    name = _text(batch, cmap, "name")
-    for canonical, values in (("sku", sku), ("name", name)):
-        p.add(pc.is_null(values), canonical, "missing_value", f"{canonical} is required", values)
 
-    # text columns: bounded length
-    texts = {f: _text(batch, cmap, f) for f in TEXT_FIELDS}
-    for canonical, values in (("sku", sku), ("name", name), *texts.items()):
+def _check_required(p: _Problems, texts: dict[str, pa.Array]) -> None:
+    for canonical in ("sku", "name"):
+        p.add(pc.is_null(texts[canonical]), canonical, "missing_value", f"{canonical} is required",
+              texts[canonical])
+
+
+def _check_lengths(p: _Problems, texts: dict[str, pa.Array]) -> None:
+    for canonical, values in texts.items():
         if (pc.max(pc.binary_length(values)).as_py() or 0) <= MAX_LENGTH[canonical]:
             continue            # no value has more bytes than the limit has characters
         p.add(pc.greater(pc.utf8_length(values), MAX_LENGTH[canonical]), canonical, "too_long",
               f"{canonical} is longer than {MAX_LENGTH[canonical]} characters", values)
 
-    # price: either exact cents or a text to parse
-    price_code = pa.nulls(n, pa.string())
-    if "price_cents" in cmap.source:
-        raw = _text(batch, cmap, "price_cents")
-        price_cents, bad = _parse_integer(raw)
-        p.add(bad, "price_cents", "invalid_price", "price_cents is not a whole number of cents", raw)
-    else:
-        raw = _text(batch, cmap, "price")
-        price_cents, bad, price_code = _parse_price(raw, decimal)
-        example = "9,99" if decimal == "," else "9.99"
-        p.add(bad, "price", "invalid_price",
-              f"price is not a number: expected e.g. {example}, \"{example} USD\" or \"${example}\"", raw)
-    p.add(pc.less(price_cents, 0), "price_cents" if "price_cents" in cmap.source else "price",
-          "negative_price", "price must not be negative", raw)
 
-    # currency: the column, else a code written in the price, else the partner's default
-    column_currency = pc.utf8_upper(_text(batch, cmap, "currency"))
-    currency = pc.coalesce(column_currency, price_code, pa.scalar(partner.currency))
+def _price(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap,
+           decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(cents, ISO code written inside the price or null, the text read): the partner's column
+    is either exact cents or a text to parse."""
+    if "price_cents" in cmap.source:
+        canonical = "price_cents"
+        raw = _text(batch, cmap, canonical)
+        cents, bad = _parse_integer(raw)
+        code = pa.nulls(batch.num_rows, pa.string())
+        p.add(bad, canonical, "invalid_price", "price_cents is not a whole number of cents", raw)
+    else:
+        canonical = "price"
+        raw = _text(batch, cmap, canonical)
+        cents, bad, code = _parse_price(raw, decimal)
+        example = "9,99" if decimal == "," else "9.99"
+        p.add(bad, canonical, "invalid_price",
+              f"price is not a number: expected e.g. {example}, \"{example} USD\" or \"${example}\"", raw)
+    p.add(pc.less(cents, 0), canonical, "negative_price", "price must not be negative", raw)
+    return cents, code, raw
+
+
+def _currency(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap, default: str, price_code: pa.Array,
+              raw_price: pa.Array) -> pa.Array:
+    """The column, else a code written in the price, else the partner's default."""
+    column = pc.utf8_upper(_text(batch, cmap, "currency"))
+    currency = pc.coalesce(column, price_code, pa.scalar(default))
     p.add(pc.invert(pc.is_in(currency, value_set=_ISO)), "currency", "invalid_currency",
           "currency is not an ISO 4217 code", currency)
-    p.add(pc.and_(pc.is_valid(column_currency), pc.not_equal(column_currency, price_code)), "price",
-          "currency_mismatch", "the price names a different currency than the currency column", raw)
+    p.add(pc.and_(pc.is_valid(column), pc.not_equal(column, price_code)), "price",
+          "currency_mismatch", "the price names a different currency than the currency column", raw_price)
+    return currency
 
-    # stock: integer >= 0 (a column without values has nothing to check: a small file pays
-    # for the columns it has, not for every canonical one)
-    raw_stock = _text(batch, cmap, "stock")
-    stock = pa.nulls(n, pa.int64())
-    if not _empty(raw_stock):
-        stock, bad = _parse_integer(raw_stock)
-        p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw_stock)
-        p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw_stock)
 
-    # availability: not stored, but "out of stock" without a quantity is stock 0
-    raw_availability = _text(batch, cmap, "availability")
-    if not _empty(raw_availability):
-        availability = pc.take(_AVAILABILITY_MEANS, pc.index_in(
-            pc.replace_substring_regex(pc.utf8_lower(raw_availability), r"[\s_-]+", " "),
-            value_set=_AVAILABILITY_WORDS))
-        p.add(pc.and_(pc.is_valid(raw_availability), pc.is_null(availability)), "availability",
-              "invalid_availability", "availability must be in stock, out of stock, preorder or backorder",
-              raw_availability)
-        stock = pc.if_else(pc.and_(pc.is_null(stock), pc.fill_null(pc.equal(availability, "out of stock"), False)),
-                           pa.scalar(0, pa.int64()), stock)
+def _stock(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap) -> pa.Array:
+    """An integer >= 0. A column without values has nothing to check (here and in the stages
+    after): a small file pays for the columns it has, not for every canonical one."""
+    raw = _text(batch, cmap, "stock")
+    if _empty(raw):
+        return pa.nulls(batch.num_rows, pa.int64())
+    stock, bad = _parse_integer(raw)
+    p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw)
+    p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw)
+    return stock
 
-    # active: boolean, default true
-    raw_active = _text(batch, cmap, "active")
-    active = pa.array(np.ones(n, dtype=np.int64))
-    if not _empty(raw_active):
-        lowered = pc.utf8_lower(raw_active)
-        is_true, is_false = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
-        p.add(pc.and_(pc.is_valid(raw_active), pc.invert(pc.or_(is_true, is_false))), "active",
-              "invalid_boolean", "active must be true/false, 1/0 or yes/no", raw_active)
-        active = pc.if_else(is_false, 0, 1).cast(pa.int64())
 
-    # gtin: a wrong one is dropped with a warning, the row still lands
-    raw_gtin = _text(batch, cmap, "gtin")
-    gtin = raw_gtin
-    if not _empty(raw_gtin):
-        gtin_digits = raw_gtin
-        if pc.any(pc.match_substring_regex(raw_gtin, r"[\s-]")).as_py():
-            gtin_digits = pc.replace_substring_regex(raw_gtin, r"[\s-]", "")
-        gtin_bad = pc.and_(pc.is_valid(raw_gtin), pc.invert(_gtin_valid(gtin_digits)))
-        p.add(gtin_bad, "gtin", "invalid_gtin",
-              "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw_gtin, WARNING)
-        gtin = _null_where(gtin_digits, gtin_bad)
+def _availability(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap, stock: pa.Array) -> pa.Array:
+    """``stock`` with "out of stock" read as 0 where no quantity is given: availability is
+    checked but not stored."""
+    raw = _text(batch, cmap, "availability")
+    if _empty(raw):
+        return stock
+    availability = pc.take(_AVAILABILITY_MEANS, pc.index_in(
+        pc.replace_substring_regex(pc.utf8_lower(raw), r"[\s_-]+", " "), value_set=_AVAILABILITY_WORDS))
+    p.add(pc.and_(pc.is_valid(raw), pc.is_null(availability)), "availability", "invalid_availability",
+          "availability must be in stock, out of stock, preorder or backorder", raw)
+    return pc.if_else(pc.and_(pc.is_null(stock), pc.fill_null(pc.equal(availability, "out of stock"), False)),
+                      pa.scalar(0, pa.int64()), stock)
 
+
+def _active(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap) -> pa.Array:
+    """A boolean as 0/1, true where not given."""
+    raw = _text(batch, cmap, "active")
+    if _empty(raw):
+        return pa.array(np.ones(batch.num_rows, dtype=np.int64))
+    lowered = pc.utf8_lower(raw)
+    is_true, is_false = pc.is_in(lowered, value_set=_TRUE), pc.is_in(lowered, value_set=_FALSE)
+    p.add(pc.and_(pc.is_valid(raw), pc.invert(pc.or_(is_true, is_false))), "active",
+          "invalid_boolean", "active must be true/false, 1/0 or yes/no", raw)
+    return pc.if_else(is_false, 0, 1).cast(pa.int64())
+
+
+def _gtin(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap) -> pa.Array:
+    """The GTIN without spaces or dashes; a wrong one is dropped with a warning, the row still lands."""
+    raw = _text(batch, cmap, "gtin")
+    if _empty(raw):
+        return raw
+    digits = raw
+    if pc.any(pc.match_substring_regex(raw, r"[\s-]")).as_py():
+        digits = pc.replace_substring_regex(raw, r"[\s-]", "")
+    bad = pc.and_(pc.is_valid(raw), pc.invert(_gtin_valid(digits)))
+    p.add(bad, "gtin", "invalid_gtin",
+          "not a GTIN-8/12/13/14 with a correct check digit; the row lands without it", raw, WARNING)
+    return _null_where(digits, bad)
+
+
+def _attributes(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap, sku: pa.Array) -> pa.Array:
+    """The unmapped columns as JSON text, bounded; a row over the bound is shown by its sku."""
     attributes = attributes_json(batch, cmap.unmapped, cmap.key_value)
     p.add(pc.greater(pc.utf8_length(attributes), MAX_LENGTH["attributes"]), "sku", "too_long",
           f"unmapped columns exceed {MAX_LENGTH['attributes']} characters of attributes", sku)
+    return attributes
 
+
+def _verdict(p: _Problems, canonical: pa.RecordBatch) -> Judged:
+    """The rows without errors, the keys of those with errors, and the diagnostics of both."""
     errors = p.mask(ERROR)
-    keep = pc.invert(errors)
-    sku_key = pc.utf8_lower(pc.utf8_normalize(sku, "NFC"))
-    canonical = pa.RecordBatch.from_arrays([
-        rows, sku, sku_key, name, texts["description"], price_cents, currency, stock, active,
-        texts["brand"], texts["category"], gtin, texts["url"], texts["image_url"], attributes,
-    ], schema=CANONICAL_SCHEMA)
-    diagnostics = p.table()
-    rejected = pa.table({"sku_key": sku_key.filter(errors), "row": rows.filter(errors)})
+    rejected = pa.table({"sku_key": canonical.column("sku_key").filter(errors),
+                         "row": canonical.column("row").filter(errors)})
     error_codes: dict[str, int] = {}
     for mask, _, code, _, _, severity in p.items:
         if severity == ERROR:
             error_codes[code] = error_codes.get(code, 0) + pc.sum(mask).as_py()
     return Judged(
-        valid=canonical.filter(keep),
+        valid=canonical.filter(pc.invert(errors)),
         rejected_keys=rejected.filter(pc.is_valid(rejected.column("sku_key"))),
-        diagnostics=diagnostics,
-        read=n,
+        diagnostics=p.table(),
+        read=canonical.num_rows,
         rejected=pc.sum(errors).as_py() or 0,
         warned=pc.sum(p.mask(WARNING)).as_py() or 0,
         error_codes=error_codes,

@@ -13,13 +13,12 @@ from __future__ import annotations
 import io
 import secrets
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 from urllib.parse import quote
 
 import psycopg
 import pyarrow.csv as pacsv
-
 from floor_sqlite import COLUMNS, normalized_batches
 
 

@@ -22,10 +22,9 @@ import argparse
 import csv
 import json
 
+from floor_sqlite import daemon_schema
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-from floor_sqlite import daemon_schema
 
 PARTNER = "default"
 UPDATED_AT = "2026-01-01T00:00:00.000Z"

@@ -23,7 +23,6 @@ import sqlite3
 import sys
 
 import pandas as pd
-
 from floor_sqlite import COLUMNS, daemon_schema
 
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "cache_size=-65536")

@@ -200,7 +200,7 @@ def _drop_to_manifest(daemon: RunningDaemon, staging: Path, name: str) -> float:
 
 
 def postgres(args, cache: Path, root: Path) -> list[Figure]:
-    import floor_postgres as pg                    # psycopg; only when a server is asked for
+    import floor_postgres as pg  # psycopg; only when a server is asked for
     feed = cached(cache, args.rows)
     fl = Figure("PostgreSQL floor: pyarrow + COPY + one set-based upsert", args.rows)
     dm = Figure("inbox-daemon ingest into PostgreSQL, fresh", args.rows, reference=fl.path,
@@ -276,7 +276,7 @@ def _pg_reachable(url: str) -> bool:
         import psycopg
         psycopg.connect(url, connect_timeout=3).close()
         return True
-    except Exception as exc:            # any reason: the PostgreSQL rows are left out, and said so
+    except Exception as exc:  # noqa: BLE001 — any reason: the PostgreSQL rows are left out, and said so
         print(f"PostgreSQL at {url} not reachable ({exc}); its rows are skipped", flush=True)
         return False
 

@@ -22,7 +22,7 @@ class RunningDaemon:
         (root / "daemon.toml").write_text('[daemon]\nstate_dir = "var"\nhealth = ""\n' + extra_config)
         self._log_path = root / "daemon.log"
 
-    def __enter__(self) -> "RunningDaemon":
+    def __enter__(self) -> RunningDaemon:
         self._log = open(self._log_path, "w")
         self.proc = subprocess.Popen([EXE, "run", "--config", "daemon.toml"], cwd=self.root,
                                      stdout=self._log, stderr=self._log)

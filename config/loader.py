@@ -2,6 +2,16 @@
 
 Errors name the key path (``inboxes[2].host: required for kind "sftp"``) and are all reported
 together, so one run of ``inbox-daemon config check`` shows everything that is wrong.
+
+The keys of a table, and their defaults, are the fields of its dataclass in ``config.model``,
+written there once. This module says how each key is read (its TOML type and its check) and
+what a dataclass cannot: defaults that follow other keys, rules across keys.
+
+Preset names are the one thing in the file this package cannot check alone: presets are data
+files of ``adapters``, which builds on ``config`` and so may import it, never the reverse. Their
+names are passed in (``presets=``) by ``inbox_daemon.settings.load``, the one function the
+program loads its configuration with. Format names, by contrast, are a fixed part of the file's
+contract, listed in ``config.model`` (``FileFormat``).
 """
 
 from __future__ import annotations
@@ -10,12 +20,27 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import fields
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, get_args
 
 from config.model import (
-    DEFAULT_PARTNER, Config, DaemonConfig, InboxConfig, Limits, PartnerConfig, StoreConfig, WebhookConfig,
+    DEFAULT_PARTNER,
+    FORMAT_NAMES,
+    INBOX_CONFIGS,
+    Config,
+    DaemonConfig,
+    FeedMode,
+    InboxConfig,
+    Limits,
+    LogFormat,
+    LogLevel,
+    OnSuccess,
+    PartnerConfig,
+    SftpInboxConfig,
+    StoreConfig,
+    WebhookConfig,
 )
 
 CONFIG_ENV = "INBOX_DAEMON_CONFIG"
@@ -50,6 +75,12 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+# a key's check: returns the value (normalised) or raises ValueError saying what is wrong
+Check = Callable[[Any], Any]
+# key -> (the TOML type(s) it may have, its check)
+Spec = Mapping[str, tuple[type | tuple[type, ...], Check | None]]
+
+
 class _Reader:
     """Collects problems while converting one table, so every error is reported at once."""
 
@@ -66,7 +97,7 @@ class _Reader:
         return data
 
     def get(self, data: dict, key: str, path: str, kind: type | tuple, default: Any = None,
-            *, check: Callable[[Any], Any] | None = None, required: bool = False) -> Any:
+            *, check: Check | None = None, required: bool = False) -> Any:
         full = f"{path}.{key}" if path else key
         if key not in data:
             if required:
@@ -123,7 +154,7 @@ def _encoding(value: str) -> str:
 
 
 def _currency(value: str) -> str:
-    from adapters.canonical import ISO_4217
+    from config.canonical import ISO_4217
     code = value.strip().upper()
     if code not in ISO_4217:
         raise ValueError(f"not an ISO 4217 currency code: {value!r}")
@@ -148,186 +179,288 @@ def _lease(value) -> float:
     return seconds
 
 
-def _partner(r: _Reader, data: dict, path: str) -> PartnerConfig | None:
-    allowed = {f.name for f in fields(PartnerConfig)}
-    data = r.table(data, path, allowed)
-    pid = r.get(data, "id", path, str, required=True)
-    if pid is not None and not PARTNER_ID.match(pid):
-        r.problems.append(f"{path}.id: use letters, digits, '_', '.', '-' (at most 64); got {pid!r}")
-        pid = None
-    kw: dict[str, Any] = {}
-    kw["currency"] = r.get(data, "currency", path, str, "USD", check=_currency)
-    kw["preset"] = r.get(data, "preset", path, str, None, check=_preset)
-    kw["max_reject_ratio"] = r.get(data, "max_reject_ratio", path, float, 0.05, check=_ratio)
-    kw["max_deactivate_ratio"] = r.get(data, "max_deactivate_ratio", path, float, 0.2, check=_ratio)
-    kw["encoding"] = r.get(data, "encoding", path, str, "utf-8", check=_encoding)
-    kw["decimal_separator"] = r.get(data, "decimal_separator", path, str, ".", check=_choice(".", ","))
-    kw["delimiter"] = r.get(data, "delimiter", path, str, None, check=_choice(",", ";", "\t", "|"))
-    kw["sheet"] = r.get(data, "sheet", path, str, None)
-    kw["locale"] = r.get(data, "locale", path, str, "en_US", check=_token)
-    kw["channel"] = r.get(data, "channel", path, str, "ecommerce", check=_token)
-    columns = r.get(data, "columns", path, dict, {})
-    from adapters.canonical import INPUT_FIELDS
-    for canonical, column in columns.items():
-        if canonical not in INPUT_FIELDS:
-            r.problems.append(f"{path}.columns.{canonical}: not a canonical column "
-                              f"(one of {', '.join(INPUT_FIELDS)})")
-        elif not isinstance(column, str) or not column.strip():
-            r.problems.append(f"{path}.columns.{canonical}: expected the partner's column name")
-    kw["columns"] = {k: v.strip() for k, v in columns.items() if isinstance(v, str)}
-    hook = r.get(data, "webhook", path, dict, None)
-    if hook is not None:
-        hp = f"{path}.webhook"
-        hook = r.table(hook, hp, {"url", "secret_env"})
-        url = r.get(hook, "url", hp, str, required=True)
-        if url is not None and not url.startswith(("http://", "https://")):
-            r.problems.append(f"{hp}.url: expected an http:// or https:// URL")
-        kw["webhook"] = WebhookConfig(url=url or "", secret_env=r.get(hook, "secret_env", hp, str))
-    return PartnerConfig(id=pid, **kw) if pid else None
-
-
 def _token(value: str) -> str:
     if not re.match(r"^[A-Za-z0-9_]{1,32}$", value):
         raise ValueError(f"expected letters, digits and '_' (e.g. en_US); got {value!r}")
     return value
 
 
-def _preset(value: str) -> str:
-    from adapters.presets import PRESETS
-    if value not in PRESETS:
-        raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(PRESETS))}")
+def _partner_id(value: str) -> str:
+    if not PARTNER_ID.match(value):
+        raise ValueError(f"use letters, digits, '_', '.', '-' (at most 64); got {value!r}")
     return value
 
 
-def _inbox(r: _Reader, data: dict, path: str, partners: set[str]) -> InboxConfig | None:
-    allowed = {f.name for f in fields(InboxConfig)}
-    data = r.table(data, path, allowed)
-    partner = r.get(data, "partner", path, str, required=True)
-    if partner is not None and partner not in partners:
-        r.problems.append(f"{path}.partner: no [[partners]] entry with id {partner!r}")
-    kind = r.get(data, "kind", path, str, "local", check=_choice("local", "sftp", "s3"))
-    kw: dict[str, Any] = {}
-    for key in ("host", "username", "key_file", "password_env", "known_hosts", "bucket", "region",
-                "endpoint_url", "sqs_queue_url"):
-        kw[key] = r.get(data, key, path, str)
-    kw["prefix"] = r.get(data, "prefix", path, str, "")
-    kw["port"] = r.get(data, "port", path, int, 22)
-    kw["mode"] = r.get(data, "mode", path, str, "delta", check=_choice("delta", "snapshot"))
-    kw["on_success"] = r.get(data, "on_success", path, str, "move", check=_choice("move", "delete", "keep"))
-    kw["settle"] = r.get(data, "settle", path, (str, int, float), 5.0, check=parse_duration)
-    kw["poll_interval"] = r.get(data, "poll_interval", path, (str, int, float), 60.0, check=parse_duration)
-    from adapters.readers import FORMATS
-    kw["format"] = r.get(data, "format", path, str, None, check=_choice(*FORMATS))
-    patterns = r.get(data, "patterns", path, list, None)
-    if patterns is not None:
-        if not patterns or not all(isinstance(p, str) and p for p in patterns):
-            r.problems.append(f"{path}.patterns: expected a non-empty list of glob patterns")
-        else:
-            kw["patterns"] = tuple(patterns)
-    inbox_path = r.get(data, "path", path, str, None)
-    if kind == "local":
-        inbox_path = inbox_path or (f"inbox/{partner}" if partner else None)
-        # "inbox/acme" and "./inbox/acme/" are one folder: one id, so two bindings are caught
-        inbox_path = os.path.normpath(inbox_path) if inbox_path else None
-    elif kind == "sftp":
-        for key in ("host", "username", "known_hosts"):
-            if not kw[key]:
-                r.problems.append(f"{path}.{key}: required for kind \"sftp\"")
-        if not (kw["key_file"] or kw["password_env"]):
-            r.problems.append(f"{path}.key_file: required for kind \"sftp\" (or password_env)")
-        for key in ("key_file", "known_hosts"):
-            if kw[key] and not Path(kw[key]).is_file():
-                r.problems.append(f"{path}.{key}: file not found: {kw[key]}")
-        inbox_path = inbox_path or "."
-    elif kind == "s3":
-        if not kw["bucket"]:
-            r.problems.append(f"{path}.bucket: required for kind \"s3\"")
-        if kw["prefix"] and not kw["prefix"].endswith("/"):
-            kw["prefix"] += "/"
-        inbox_path = inbox_path or kw["prefix"]
-    if partner is None or kind is None or inbox_path is None:
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _at_least_one(value: float) -> float:
+    if not value >= 1.0 or not math.isfinite(value):
+        raise ValueError(f"must be a finite number of at least 1; got {value}")
+    return value
+
+
+def _patterns(value: list) -> tuple[str, ...]:
+    if not value or not all(isinstance(p, str) and p for p in value):
+        raise ValueError("expected a non-empty list of glob patterns")
+    return tuple(value)
+
+
+def _prefix(value: str) -> str:
+    """An S3 prefix is a folder: "drops" is "drops/", not also "drops-old/"."""
+    return value if not value or value.endswith("/") else value + "/"
+
+
+def _preset(presets: Collection[str] | None) -> Check | None:
+    """The check of ``preset = "..."`` against the names the caller knows; none without them."""
+    if presets is None:
         return None
-    return InboxConfig(partner=partner, kind=kind, path=inbox_path, **kw)
+
+    def check(value: str) -> str:
+        if value not in presets:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(sorted(presets))}")
+        return value
+    return check
 
 
-def build_config(data: dict, source: Path | None = None) -> Config:
-    """Turn parsed TOML into a ``Config``; raise ``ConfigError`` listing every problem."""
-    problems: list[str] = []
-    r = _Reader(problems)
-    data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits"})
+# -- how each key is read: its TOML type(s) and its check ---------------------------------------
+# Which of them a table has, and their defaults, come from its dataclass.
 
-    d = r.table(data.get("daemon", {}), "daemon", {f.name for f in fields(DaemonConfig)} - {"limits"})
-    state_dir = Path(r.get(d, "state_dir", "daemon", str, "var"))
-    daemon = DaemonConfig(
-        state_dir=state_dir,
-        workers=r.get(d, "workers", "daemon", int, 2, check=_positive),
-        log_format=r.get(d, "log_format", "daemon", str, None, check=_choice("json", "console")),
-        log_level=r.get(d, "log_level", "daemon", str, "info",
-                        check=_choice("debug", "info", "warning", "error")),
-        health=r.get(d, "health", "daemon", str, "127.0.0.1:9464", check=_host_port),
-        max_attempts=r.get(d, "max_attempts", "daemon", int, 5, check=_positive),
-        retry_base=r.get(d, "retry_base", "daemon", (str, int, float), 2.0, check=parse_duration),
-        retry_max=r.get(d, "retry_max", "daemon", (str, int, float), 300.0, check=parse_duration),
-        stop_timeout=r.get(d, "stop_timeout", "daemon", (str, int, float), 10.0, check=parse_duration),
-        limits=_limits(r, data.get("limits", {})),
-    )
-    s = r.table(data.get("store", {}), "store", {f.name for f in fields(StoreConfig)})
-    store = StoreConfig(url=r.get(s, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}",
-                                  check=_store_url),
-                        password_env=r.get(s, "password_env", "store", str, None),
-                        lease=r.get(s, "lease", "store", (str, int, float), 30.0, check=_lease))
+_DURATION = (str, int, float)
 
-    raw_partners = data.get("partners", [{"id": DEFAULT_PARTNER}])
+_DAEMON_KEYS: Spec = {
+    "state_dir": (str, Path),
+    "workers": (int, _positive),
+    "log_format": (str, _choice(*get_args(LogFormat))),
+    "log_level": (str, _choice(*get_args(LogLevel))),
+    "health": (str, _host_port),
+    "max_attempts": (int, _positive),
+    "retry_base": (_DURATION, parse_duration),
+    "retry_max": (_DURATION, parse_duration),
+    "stop_timeout": (_DURATION, parse_duration),
+}
+_LIMITS_KEYS: Spec = {
+    "max_columns": (int, _positive),
+    "max_line_bytes": (int, _positive),
+    "max_uncompressed_bytes": (int, _positive),
+    "max_compression_ratio": (float, _at_least_one),
+}
+# url: its default follows daemon.state_dir, see _store
+_STORE_KEYS: Spec = {"password_env": (str, None), "lease": (_DURATION, _lease)}
+# preset: its check comes with the call (see _preset); columns and webhook: see _partner
+_PARTNER_KEYS: Spec = {
+    "id": (str, _partner_id),
+    "currency": (str, _currency),
+    "max_reject_ratio": (float, _ratio),
+    "max_deactivate_ratio": (float, _ratio),
+    "encoding": (str, _encoding),
+    "decimal_separator": (str, _choice(".", ",")),
+    "delimiter": (str, _choice(",", ";", "\t", "|")),
+    "sheet": (str, None),
+    "locale": (str, _token),
+    "channel": (str, _token),
+}
+_WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None)}
+# every kind's keys but partner, kind and path, which are read first: they decide the rest
+_INBOX_KEYS: Spec = {
+    "mode": (str, _choice(*get_args(FeedMode))),
+    "on_success": (str, _choice(*get_args(OnSuccess))),
+    "settle": (_DURATION, parse_duration),
+    "patterns": (list, _patterns),
+    "format": (str, _choice(*FORMAT_NAMES)),
+    "poll_interval": (_DURATION, parse_duration),
+    "host": (str, None),
+    "port": (int, None),
+    "username": (str, None),
+    "key_file": (str, None),
+    "password_env": (str, None),
+    "known_hosts": (str, None),
+    "bucket": (str, None),
+    "prefix": (str, _prefix),
+    "region": (str, None),
+    "endpoint_url": (str, None),
+    "sqs_queue_url": (str, None),
+}
+_ANY_INBOX_KEY = frozenset(f.name for cls in INBOX_CONFIGS.values() for f in fields(cls))
+_REFUSED = object()         # what r.get answers for a value it refused (the problem is recorded)
+
+
+def _default(f: Field) -> Any:
+    """The field's default as its dataclass declares it; MISSING when the key is required."""
+    return f.default if f.default_factory is MISSING else f.default_factory()
+
+
+def _read(r: _Reader, data: dict, path: str, cls: type, spec: Spec, *, why: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` that ``spec`` names, read from ``data``. A key left out takes its
+    field's default; a field without one is required (``required{why}``), and "" does not give
+    it. A required key that is missing or refused is left out: ``_build`` then makes nothing."""
+    kw: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in spec:
+            continue
+        default = _default(f)
+        if f.name not in data or (default is MISSING and data[f.name] == ""):
+            if default is MISSING:
+                r.problems.append(f"{path}.{f.name}: required{why}")
+            else:
+                kw[f.name] = default
+            continue
+        kind, check = spec[f.name]
+        value = r.get(data, f.name, path, kind, _REFUSED, check=check)
+        if value is not _REFUSED:
+            kw[f.name] = value
+    return kw
+
+
+def _build(cls: type, kw: dict[str, Any]) -> Any:
+    """``cls(**kw)``, or None when a required field is missing or None: its problem is recorded,
+    the file will be refused, and the object is not needed."""
+    if any(f.init and _default(f) is MISSING and kw.get(f.name) is None for f in fields(cls)):
+        return None
+    return cls(**kw)
+
+
+# -- one function per table ---------------------------------------------------------------------
+
+def _daemon(r: _Reader, data: dict) -> DaemonConfig:
+    """``[daemon]``, with ``[limits]``: a table of its own in the file, a field of the daemon's here."""
+    daemon = r.table(data.get("daemon", {}), "daemon", {f.name for f in fields(DaemonConfig)} - {"limits"})
+    limits = r.table(data.get("limits", {}), "limits", {f.name for f in fields(Limits)})
+    return DaemonConfig(**_read(r, daemon, "daemon", DaemonConfig, _DAEMON_KEYS),
+                        limits=Limits(**_read(r, limits, "limits", Limits, _LIMITS_KEYS)))
+
+
+def _store(r: _Reader, data: dict, state_dir: Path) -> StoreConfig:
+    """``[store]``; without a url, the SQLite catalog in the state folder."""
+    data = r.table(data, "store", {f.name for f in fields(StoreConfig)})
+    url = r.get(data, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}", check=_store_url)
+    return StoreConfig(url=url, **_read(r, data, "store", StoreConfig, _STORE_KEYS))
+
+
+def _partners(r: _Reader, raw: Any, presets: Collection[str] | None) -> dict[str, PartnerConfig]:
+    if not isinstance(raw, list):
+        r.problems.append("partners: expected [[partners]] tables")
+        return {}
     partners: dict[str, PartnerConfig] = {}
-    if not isinstance(raw_partners, list):
-        problems.append("partners: expected [[partners]] tables")
-        raw_partners = []
-    for i, raw in enumerate(raw_partners):
-        p = _partner(r, raw, f"partners[{i}]")
+    for i, table in enumerate(raw):
+        p = _partner(r, table, f"partners[{i}]", presets)
         if p is None:
             continue
         if p.id in partners:
-            problems.append(f"partners[{i}].id: duplicate partner id {p.id!r}")
+            r.problems.append(f"partners[{i}].id: duplicate partner id {p.id!r}")
         partners[p.id] = p
+    return partners
 
-    raw_inboxes = data.get("inboxes")
-    if raw_inboxes is None:   # every partner gets its local ./inbox/<id>
-        raw_inboxes = [{"partner": pid, "kind": "local"} for pid in partners]
-    if not isinstance(raw_inboxes, list):
-        problems.append("inboxes: expected [[inboxes]] tables")
-        raw_inboxes = []
-    inboxes = []
+
+def _partner(r: _Reader, data: Any, path: str, presets: Collection[str] | None) -> PartnerConfig | None:
+    data = r.table(data, path, {f.name for f in fields(PartnerConfig)})
+    kw = _read(r, data, path, PartnerConfig, {**_PARTNER_KEYS, "preset": (str, _preset(presets))})
+    columns = r.get(data, "columns", path, dict)
+    if columns is not None:
+        kw["columns"] = _columns(r, columns, f"{path}.columns")
+    hook = r.get(data, "webhook", path, dict)
+    if hook is not None:
+        hp = f"{path}.webhook"
+        hook = r.table(hook, hp, {f.name for f in fields(WebhookConfig)})
+        kw["webhook"] = _build(WebhookConfig, _read(r, hook, hp, WebhookConfig, _WEBHOOK_KEYS))
+    return _build(PartnerConfig, kw)
+
+
+def _columns(r: _Reader, columns: dict, path: str) -> dict[str, str]:
+    """``columns = { canonical = "the partner's column" }``."""
+    from config.canonical import INPUT_FIELDS
+    for canonical, column in columns.items():
+        if canonical not in INPUT_FIELDS:
+            r.problems.append(f"{path}.{canonical}: not a canonical column (one of {', '.join(INPUT_FIELDS)})")
+        elif not isinstance(column, str) or not column.strip():
+            r.problems.append(f"{path}.{canonical}: expected the partner's column name")
+    return {k: v.strip() for k, v in columns.items() if isinstance(v, str)}
+
+
+def _inboxes(r: _Reader, raw: Any, partners: Collection[str]) -> tuple[InboxConfig, ...]:
+    """``[[inboxes]]``; without any, every partner gets its local ./inbox/<id>."""
+    if raw is None:
+        raw = [{"partner": pid} for pid in partners]
+    if not isinstance(raw, list):
+        r.problems.append("inboxes: expected [[inboxes]] tables")
+        return ()
+    inboxes: list[InboxConfig] = []
     seen: dict[str, int] = {}
-    for i, raw in enumerate(raw_inboxes):
-        inbox = _inbox(r, raw, f"inboxes[{i}]", set(partners))
+    for i, table in enumerate(raw):
+        inbox = _inbox(r, table, f"inboxes[{i}]", partners)
         if inbox is None:
             continue
         if inbox.id in seen:
-            problems.append(f"inboxes[{i}]: same location as inboxes[{seen[inbox.id]}] ({inbox.id})")
+            r.problems.append(f"inboxes[{i}]: same location as inboxes[{seen[inbox.id]}] ({inbox.id})")
         seen[inbox.id] = i
         inboxes.append(inbox)
+    return tuple(inboxes)
 
+
+def _inbox(r: _Reader, data: Any, path: str, partners: Collection[str]) -> InboxConfig | None:
+    """One ``[[inboxes]]`` table, read as the type of its ``kind`` (``local`` when not given)."""
+    data = r.table(data, path, _ANY_INBOX_KEY)
+    kind = r.get(data, "kind", path, str, check=_choice(*INBOX_CONFIGS)) if "kind" in data else "local"
+    if kind is None:
+        return None             # the keys it may have depend on its kind: nothing more to say
+    cls = INBOX_CONFIGS[kind]
+    own = {f.name for f in fields(cls)}
+    for key in data:
+        if key in _ANY_INBOX_KEY and key not in own:
+            r.problems.append(f'{path}.{key}: unknown key for kind "{kind}"')
+    partner = r.get(data, "partner", path, str, required=True)
+    if partner is not None and partner not in partners:
+        r.problems.append(f"{path}.partner: no [[partners]] entry with id {partner!r}")
+    kw = _read(r, data, path, cls, _INBOX_KEYS, why=f' for kind "{kind}"')
+    kw["partner"] = partner
+    kw["path"] = _FINISH[kind](r, path, kw, r.get(data, "path", path, str))
+    return _build(cls, kw)
+
+
+# What each kind adds once its keys are read: its rules across keys, and its folder: ``path``
+# if given, else the kind's default (None when none can be named: the problem is recorded).
+
+def _finish_local(r: _Reader, path: str, kw: dict, given: str | None) -> str | None:
+    folder = given or (f"inbox/{kw['partner']}" if kw["partner"] else None)
+    # "inbox/acme" and "./inbox/acme/" are one folder: one id, so two bindings are caught
+    return os.path.normpath(folder) if folder else None
+
+
+def _finish_sftp(r: _Reader, path: str, kw: dict, given: str | None) -> str:
+    if not (kw.get("key_file") or kw.get("password_env")):
+        r.problems.append(f'{path}.key_file: required for kind "sftp" (or password_env)')
+    for key in ("key_file", "known_hosts"):
+        if kw.get(key) and not Path(kw[key]).is_file():
+            r.problems.append(f"{path}.{key}: file not found: {kw[key]}")
+    return given or "."             # the login folder
+
+
+def _finish_s3(r: _Reader, path: str, kw: dict, given: str | None) -> str | None:
+    return given or kw.get("prefix")
+
+
+_FINISH: dict[str, Callable[[_Reader, str, dict, str | None], str | None]] = {
+    "local": _finish_local, "sftp": _finish_sftp, "s3": _finish_s3}
+
+
+def build_config(data: dict, source: Path | None = None, *,
+                 presets: Collection[str] | None = None) -> Config:
+    """Turn parsed TOML into a ``Config``; raise ``ConfigError`` listing every problem.
+    ``presets``: the preset names a partner may use; None leaves ``preset`` unchecked (see the
+    module docstring)."""
+    problems: list[str] = []
+    r = _Reader(problems)
+    data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits"})
+    daemon = _daemon(r, data)
+    store = _store(r, data.get("store", {}), daemon.state_dir)
+    partners = _partners(r, data.get("partners", [{"id": DEFAULT_PARTNER}]), presets)
+    inboxes = _inboxes(r, data.get("inboxes"), partners)
     if problems:
         raise ConfigError(problems, source)
-    return Config(daemon=daemon, store=store, partners=partners, inboxes=tuple(inboxes), source=source)
-
-
-def _limits(r: _Reader, data: dict) -> Limits:
-    data = r.table(data, "limits", {f.name for f in fields(Limits)})
-    default = Limits()
-
-    def ratio(value: float) -> float:
-        if not value >= 1.0 or not math.isfinite(value):
-            raise ValueError(f"must be a finite number of at least 1; got {value}")
-        return value
-    return Limits(
-        max_columns=r.get(data, "max_columns", "limits", int, default.max_columns, check=_positive),
-        max_line_bytes=r.get(data, "max_line_bytes", "limits", int, default.max_line_bytes, check=_positive),
-        max_uncompressed_bytes=r.get(data, "max_uncompressed_bytes", "limits", int,
-                                     default.max_uncompressed_bytes, check=_positive),
-        max_compression_ratio=r.get(data, "max_compression_ratio", "limits", float,
-                                    default.max_compression_ratio, check=ratio),
-    )
+    return Config(daemon=daemon, store=store, partners=partners, inboxes=inboxes, source=source)
 
 
 def missing_secrets(config: Config) -> list[str]:
@@ -337,7 +470,7 @@ def missing_secrets(config: Config) -> list[str]:
     if config.store.password_env and config.store.password_env not in os.environ:
         missing.append(f"store.password_env: environment variable {config.store.password_env} is not set")
     for i, inbox in enumerate(config.inboxes):
-        if inbox.password_env and inbox.password_env not in os.environ:
+        if isinstance(inbox, SftpInboxConfig) and inbox.password_env and inbox.password_env not in os.environ:
             missing.append(f"inboxes[{i}].password_env: environment variable {inbox.password_env} is not set")
     for i, partner in enumerate(config.partners.values()):
         hook = partner.webhook
@@ -352,8 +485,9 @@ def default_config() -> Config:
     return build_config({})
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load ``path``, else ``$INBOX_DAEMON_CONFIG``, else the built-in default."""
+def load_config(path: str | os.PathLike | None = None, *, presets: Collection[str] | None = None) -> Config:
+    """Load ``path``, else ``$INBOX_DAEMON_CONFIG``, else the built-in default. ``presets``: as
+    for ``build_config``; the program loads through ``inbox_daemon.settings.load``."""
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
         return default_config()
@@ -369,4 +503,4 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"], source) from None
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror or exc}"], source) from None
-    return build_config(data, source)
+    return build_config(data, source, presets=presets)

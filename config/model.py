@@ -6,13 +6,23 @@ program trusts these objects and never re-validates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, get_args
 
+# The words a key accepts are written once, as these types; the loader checks against them.
 FeedMode = Literal["delta", "snapshot"]
 OnSuccess = Literal["move", "delete", "keep"]
 InboxKind = Literal["local", "sftp", "s3"]
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+# The formats an inbox may force (``format = "csv"``) are part of the file's contract, so they are
+# named here, not taken from ``adapters.readers.FORMATS``: config must not import adapters, which
+# build on it. That registry maps each of these names to its reader, no more and no fewer
+# (tests/test_config.py holds them to it).
+FileFormat = Literal["csv", "tsv", "json", "ndjson", "parquet", "xlsx"]
+FORMAT_NAMES: tuple[str, ...] = get_args(FileFormat)
 
 DEFAULT_PARTNER = "default"
 DEFAULT_PATTERNS = (
@@ -46,8 +56,14 @@ class PartnerConfig:
     webhook: WebhookConfig | None = None
 
 
-@dataclass(frozen=True)
-class InboxConfig:
+# Each kind of inbox has a type of its own with only its own keys, so the code of a kind sees
+# exactly what it may use and a key of another kind is an error of the file. ``kind`` is fixed
+# by the type (it is what tells the types apart) and set by it, never passed. Keyword-only:
+# a kind's required keys (``host``, ``bucket``) come after the shared keys with defaults.
+
+@dataclass(frozen=True, kw_only=True)
+class InboxBase:
+    """What every inbox has, whatever its kind; only its subclasses are made."""
     partner: str
     kind: InboxKind
     path: str
@@ -55,30 +71,63 @@ class InboxConfig:
     on_success: OnSuccess = "move"
     settle: float = 5.0                 # seconds a file must stay unchanged before it is read
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
-    format: str | None = None           # force a format instead of guessing from the name
-    poll_interval: float = 60.0         # seconds, remote inboxes
-    # sftp
-    host: str | None = None
+    format: FileFormat | None = None    # force a format instead of guessing from the name
+
+    @property
+    def id(self) -> str:
+        """A stable, readable identity for logs, metrics and manifests: where the files are."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalInboxConfig(InboxBase):
+    kind: Literal["local"] = field(default="local", init=False)
+
+    @property
+    def id(self) -> str:
+        return f"local:{self.path}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteInboxConfig(InboxBase):
+    """An inbox that is polled (``inbox_daemon.inboxes.polling``)."""
+    poll_interval: float = 60.0         # seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class SftpInboxConfig(RemoteInboxConfig):
+    kind: Literal["sftp"] = field(default="sftp", init=False)
+    host: str
     port: int = 22
-    username: str | None = None
-    key_file: str | None = None
+    username: str
+    key_file: str | None = None         # this, or password_env
     password_env: str | None = None
-    known_hosts: str | None = None
-    # s3
-    bucket: str | None = None
-    prefix: str = ""
+    known_hosts: str
+
+    @property
+    def id(self) -> str:
+        return f"sftp:{self.username}@{self.host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3InboxConfig(RemoteInboxConfig):
+    kind: Literal["s3"] = field(default="s3", init=False)
+    bucket: str
+    prefix: str = ""                    # "" or ending in "/"
     region: str | None = None
     endpoint_url: str | None = None
     sqs_queue_url: str | None = None
 
     @property
     def id(self) -> str:
-        """A stable, readable identity for logs, metrics and manifests."""
-        if self.kind == "s3":
-            return f"s3:{self.bucket}/{self.prefix}"
-        if self.kind == "sftp":
-            return f"sftp:{self.username}@{self.host}:{self.port}{self.path}"
-        return f"local:{self.path}"
+        return f"s3:{self.bucket}/{self.prefix}"
+
+
+# Code that handles any inbox annotates with this; checking ``kind`` narrows it to one type.
+InboxConfig = LocalInboxConfig | SftpInboxConfig | S3InboxConfig
+# kind -> its type; the one place a ``kind = "..."`` of the file is mapped to a type
+INBOX_CONFIGS: Mapping[str, type[InboxConfig]] = {
+    cls.kind: cls for cls in (LocalInboxConfig, SftpInboxConfig, S3InboxConfig)}
 
 
 @dataclass(frozen=True)
@@ -94,8 +143,8 @@ class Limits:
 class DaemonConfig:
     state_dir: Path = Path("var")
     workers: int = 2
-    log_format: Literal["json", "console"] | None = None   # None: console on a TTY, else json
-    log_level: str = "info"
+    log_format: LogFormat | None = None     # None: console on a TTY, else json
+    log_level: LogLevel = "info"
     health: str = "127.0.0.1:9464"
     max_attempts: int = 5               # attempts of a job failing for transient reasons, then quarantined
     retry_base: float = 2.0             # seconds; backoff doubles per attempt, with full jitter

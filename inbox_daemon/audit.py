@@ -14,10 +14,11 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from inbox_daemon.jsontext import json_text
 
@@ -64,7 +65,7 @@ class AuditLog:
             fcntl.flock(lock, fcntl.LOCK_EX)
             torn = self._repair_torn_tail()
             last = self._last_record()
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             record = {
                 "seq": (last["seq"] + 1) if last else 1,
                 "ts": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),

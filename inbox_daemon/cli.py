@@ -11,16 +11,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, get_args
 
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError
+from config.model import FORMAT_NAMES, FeedMode
+from config.status import REQUEUEABLE, JobStatus
 from inbox_daemon import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
-EXIT_BY_STATUS = {"succeeded": EXIT_OK, "partial": EXIT_OK, "duplicate": EXIT_OK,
-                  "rejected": EXIT_REJECTED, "failed": EXIT_FAILED, "running": EXIT_FAILED}
+EXIT_BY_STATUS = {JobStatus.SUCCEEDED: EXIT_OK, JobStatus.PARTIAL: EXIT_OK, JobStatus.DUPLICATE: EXIT_OK,
+                  JobStatus.REJECTED: EXIT_REJECTED, JobStatus.FAILED: EXIT_FAILED, JobStatus.RUNNING: EXIT_FAILED}
 
 
 class UsageError(Exception):
@@ -28,7 +31,8 @@ class UsageError(Exception):
 
 
 def _config(args) -> Config:
-    return load_config(getattr(args, "config", None))
+    from inbox_daemon import settings  # imports adapters, and pyarrow: not for --help
+    return settings.load(getattr(args, "config", None))
 
 
 def _partner(config: Config, partner_id: str):
@@ -111,7 +115,7 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
                 progress.close()
     finally:
         store.close()
-    if result.status == "running":
+    if result.status == JobStatus.RUNNING:
         print(f"inbox-daemon: {result.manifest['message']}; try again when it is done", file=sys.stderr)
     elif args.json:
         print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
@@ -166,8 +170,8 @@ def cmd_jobs(args) -> int:
         elif args.action == "requeue":
             if bool(args.ids) == bool(args.status):
                 raise UsageError("give job ids, or --status (with optional --partner), not both")
-            if args.status and args.status not in ("failed", "rejected", "quarantined"):
-                raise UsageError("--status must be failed, rejected or quarantined")
+            if args.status and args.status not in REQUEUEABLE:
+                raise UsageError(f"--status must be {' or '.join(sorted(REQUEUEABLE))}")
             ids = store.requeue(ids=args.ids, status=args.status, partner_id=args.partner)
             from inbox_daemon.audit import AuditLog
             from inbox_daemon.pipeline import default_actor
@@ -257,7 +261,7 @@ def cmd_config(args) -> int:
 
 def _probe(config: Config) -> list[dict]:
     """Connect to every inbox: reachability, authentication, host key (``config check --probe``)."""
-    from inbox_daemon.errors import InboxError
+    from config.errors import InboxError
     from inbox_daemon.inboxes import open_inbox
     results = []
     for inbox_cfg in config.inboxes:
@@ -296,9 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("path")
         p.add_argument("--partner", default="default", help="partner id (default: default)")
-        from adapters.readers import FORMATS
-        p.add_argument("--format", choices=sorted(FORMATS), help="override the format the name suggests")
-        p.add_argument("--mode", choices=("delta", "snapshot"), default="delta")
+        p.add_argument("--format", choices=sorted(FORMAT_NAMES), help="override the format the name suggests")
+        p.add_argument("--mode", choices=get_args(FeedMode), default="delta")
         p.add_argument("--json", action="store_true", help="print the result manifest")
         if name == "ingest":
             p.add_argument("--dry-run", action="store_true", help="same as validate")
@@ -308,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", parents=[common], help="list, show and requeue jobs")
     p.add_argument("action", choices=("list", "show", "requeue"))
     p.add_argument("ids", nargs="*", metavar="ID")
-    p.add_argument("--status")
+    p.add_argument("--status", choices=[str(s) for s in JobStatus])
     p.add_argument("--partner")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--json", action="store_true")
@@ -341,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Partner data and the audit trail are nobody else's business: whatever umask the shell
     # gave us, nothing this process creates is world-accessible (stricter umasks are kept).
     os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+    from config.errors import InboxDaemonError, JobNotFound, StoreError
     from inbox_daemon import logs
-    from inbox_daemon.errors import InboxDaemonError, JobNotFound, StoreError
     logs.configure(level="warning", stream=sys.stderr)     # until a command sets its own
     try:
         if args.command == "jobs" and args.action == "show" and len(args.ids) != 1:

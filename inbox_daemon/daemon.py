@@ -1,18 +1,15 @@
-"""``inbox-daemon run``: watch every inbox, process what partners drop, survive restarts.
+"""``inbox-daemon run``: watch every inbox, schedule what partners drop, survive restarts.
 
-Threads: one watcher per inbox (watchdog) puts ready files on a bounded queue; ``workers``
-worker threads, each with its own store connection, run the pipeline; the main thread handles
-signals, schedules retries, picks up requeued jobs, rescans inboxes as a safety net, pings the
-systemd watchdog and keeps the health state.
+The daemon only schedules: one watcher per inbox (watchdog, or polling) puts ready files on a
+bounded queue; ``workers`` worker threads, each with its own store connection, take a work item
+through its journey (``journey.py``) and act on the verdict it returns — run it again later, let
+the inbox offer the file again, note a fault for /healthz, count the job. The main thread
+handles signals, releases due retries, picks up requeued jobs, rescans inboxes as a safety net,
+pings the systemd watchdog and keeps the health state.
 
-Retry policy lives here and nowhere else: a job that ``failed`` (a Transient error) is run again
-after an exponential backoff with full jitter, up to ``max_attempts``, then ``quarantined``.
-
-Several daemons may share one store (PostgreSQL) and the same remote inboxes. A worker claims a
-file in the store before downloading it (another daemon's claim: skipped, offered again once
-that claim could have expired); a heartbeat thread renews every claim and job lease this daemon
-holds every ``lease``/3 and queues the jobs of daemons whose leases ran out, which any daemon
-then runs again.
+Several daemons may share one store (PostgreSQL) and the same remote inboxes: a heartbeat thread
+renews every claim and job lease this daemon holds every ``lease``/3 and queues the jobs of
+daemons whose leases ran out, which any daemon then runs again.
 """
 
 from __future__ import annotations
@@ -24,49 +21,26 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from config import Config, ConfigError, load_config, missing_secrets
-from inbox_daemon import __version__, failpoints, tempfiles
+from config import Config, ConfigError, missing_secrets
+from config.errors import InboxError
+from config.status import KEEP_SPOOL, JobStatus
+from inbox_daemon import __version__, settings, tempfiles
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import Cancelled, InboxError, ResultsUnwritable, SpoolError, StoreError, Transient
 from inbox_daemon.inboxes import open_inbox
-from inbox_daemon.inboxes.base import SUCCESS
+from inbox_daemon.journey import Done, Fault, Journey, OfferAgainIn, RetryIn, Verdict, WorkItem
 from inbox_daemon.logs import get_logger
 from inbox_daemon.metrics import HealthServer, Metrics
-from inbox_daemon.pipeline import KEEP_SPOOL, Pipeline, Result
-from inbox_daemon.results import diagnostics_name, manifest_bytes
 from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
-from inbox_daemon.backoff import backoff
 from inbox_daemon.webhooks import WebhookSender
 from storage import open_store
-from storage.base import Job
 
 QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block beyond this
 POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
 RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
 TICK = 0.05                 # main loop period (signals, retries, watchdog)
-RUNNABLE = ("queued", "failed")   # job states a work item may (re)start
-BUSY_BACKOFF_STEPS = 4      # a file whose content is being applied right now: backoff grows to 2^4 × retry_base
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    drop: Drop
-    job_id: str | None = None     # set: run this ledger job from its spool (requeue, retry)
-    attempt: int = 0              # fetch-level retries of a drop that never reached the ledger
-
-    @property
-    def key(self) -> tuple:
-        return ("job", self.job_id) if self.job_id else ("drop", self.drop.inbox, self.drop.key, self.drop.version)
-
-
-def _drop_of(job: Job) -> Drop:
-    """The drop a ledger job came from (its inbox finds the file by name, if it is still there)."""
-    return Drop(inbox=job.inbox, partner=job.partner_id, key=job.source_name, name=job.source_name,
-                uri=job.source_uri, size=job.size, version=job.source_version or "")
 
 
 class Daemon:
@@ -238,7 +212,7 @@ class Daemon:
     def _reload_config(self) -> None:
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = settings.load(self.config_path)
         except ConfigError as exc:
             self.log.error("config.reload_failed", problems=exc.problems, kept="previous configuration")
             self.notifier.ready(self._status())
@@ -263,13 +237,13 @@ class Daemon:
         self.notifier.ready(self._status())
 
     # -- retries and requeued jobs --------------------------------------------------------------
-    def _schedule_retry(self, item: WorkItem, attempt: int) -> None:
-        delay = backoff(attempt, self.config.daemon.retry_base, self.config.daemon.retry_max)
+    def _schedule_retry(self, retry: RetryIn) -> None:
+        item = retry.item
         with self._lock:
-            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), item))
+            heapq.heappush(self._retries, (time.monotonic() + retry.seconds, next(self._seq), item))
         self.metrics.retries.labels(item.drop.inbox).inc()
-        self.log.info("job.retry_scheduled", file=item.drop.name, job_id=item.job_id, attempt=attempt,
-                      delay_s=round(delay, 3))
+        self.log.info("job.retry_scheduled", file=item.drop.name, job_id=item.job_id, attempt=retry.attempt,
+                      delay_s=round(retry.seconds, 3))
 
     def _release_due_retries(self, now: float) -> None:
         due = []
@@ -284,7 +258,7 @@ class Daemon:
 
     def _poll_queued(self) -> None:
         for job in self.store.queued(partners=self.config.partners):
-            self._enqueue(WorkItem(_drop_of(job), job_id=job.id))
+            self._enqueue(WorkItem.for_job(job))
 
     def _idle(self) -> bool:
         with self._lock:
@@ -342,12 +316,14 @@ class Daemon:
                 with self._lock:
                     self._in_flight += 1
                 self.metrics.in_flight.inc()
+                started = time.monotonic()
                 try:
-                    self._process(store, item)
+                    journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
+                                      should_stop=self._should_stop)
+                    self._act(item, journey.run(item), started)
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
                     self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
-                    self._release_file(store, item.drop)
                     with self._lock:
                         self._in_flight -= 1
                         self._pending.discard(item.key)
@@ -355,185 +331,33 @@ class Daemon:
         finally:
             store.close()
 
-    def _process(self, store, item: WorkItem) -> None:
-        drop, cfg = item.drop, self.config
-        inbox = self.inboxes.get(drop.inbox)
-        inbox_cfg = inbox.config if inbox else None
-        log = self.log.bind(inbox=drop.inbox, partner=drop.partner, file=drop.name)
-        started = time.monotonic()
-        pipeline = Pipeline(cfg, store, actor="daemon")
-        try:
-            if drop.partner not in cfg.partners:
-                log.warning("job.skipped", reason="partner no longer configured")
-                return
-            if item.job_id:
-                job = store.job(item.job_id)
-                if job.status not in RUNNABLE:
-                    return          # done meanwhile (its file was picked up too): nothing to redo
-                spooled = Path(job.spool_path) if job.spool_path else None
-                sha256 = job.sha256
-                if spooled is None or not spooled.exists():
-                    if not self._claim_file(store, inbox, drop, log):
-                        return
-                    try:
-                        if inbox is None:
-                            raise InboxError("its inbox is not watched by this daemon")
-                        spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
-                        if sha256 != job.sha256:
-                            raise InboxError("the file under its name has other content now")
-                    except InboxError as exc:
-                        # neither our copy nor the partner's file is left: only a new drop can help
-                        reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
-                        if store.job(job.id).status in RUNNABLE:     # an operator must act: quarantine
-                            log.error("job.unrecoverable", job_id=job.id, reason=reason)
-                            result = pipeline.give_up(job, reason, log)
-                            self.metrics.job_done(drop.inbox, result.manifest, time.monotonic() - started)
-                        return
-                fmt, mode = job.format, job.mode
-            else:
-                if inbox is None or not self._claim_file(store, inbox, drop, log):
-                    return
-                seen = store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
-                if seen:
-                    # taken in and answered before: kept ("keep"), or a daemon stopped after its
-                    # report, before the archive; answered again as any replay is
-                    log.debug("file.already_taken_in", version=drop.version, status=seen.status)
-                    if seen.result is None:         # nothing to tell again: only the archive
-                        inbox.archive(drop, seen.status)
-                    else:
-                        self._after(store, pipeline, inbox, item, Result(seen.status, seen.result, None, replay=True),
-                                    started, log)
-                    return
-                spooled, sha256, _ = inbox.fetch(drop, cfg.daemon.spool_dir / drop.partner)
-                fmt, mode = inbox_cfg.format, inbox_cfg.mode
-            result = pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self._should_stop,
-                                      watching=True)
-        except Cancelled:
+    def _act(self, item: WorkItem, verdict: Verdict, started: float) -> None:
+        """Do what a journey's verdict says. Nothing is scheduled again once stopping: a job
+        left ``failed`` is queued again by the next start (``store.recover``), a file is still
+        in its inbox."""
+        while isinstance(verdict, Fault):
+            self._note_fault(verdict.component, verdict.error)
+            verdict = verdict.then
+        if self._stopping.is_set() and not isinstance(verdict, Done):
             return
-        except Transient as exc:
-            attempt = item.attempt + 1
-            self._note_fault(exc, drop)
-            log.warning("file.transient_error", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
-            if attempt < cfg.daemon.max_attempts and not self._stopping.is_set():
-                self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
-            elif inbox is not None and not self._stopping.is_set():
-                # it never reached the ledger (the download kept failing): not forgotten, the
-                # inbox offers it again at its next look, for another round of attempts
-                log.error("file.retries_exhausted", error=str(exc), attempts=attempt)
-                inbox.offer_again_in(drop, 0)
-            return
-        except InboxError as exc:
-            # Terminal trouble with the inbox itself (permission denied, archived object): the
-            # file stays where it is; the operator sees this line, the next scan tries again.
-            log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
-            return
-        self._after(store, pipeline, inbox, item, result, started, log)
-
-    def _claim_file(self, store, inbox, drop: Drop, log) -> bool:
-        """This file version is ours to download, unless another daemon sharing the store holds
-        it: then its inbox offers it again once that claim could have run out."""
-        if store.claim_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version):
-            return True
-        log.debug("file.claimed_elsewhere", version=drop.version)
-        inbox.offer_again_in(drop, self.config.store.lease)
-        return False
-
-    def _release_file(self, store, drop: Drop) -> None:
-        """Whatever became of it, this daemon no longer holds the file (archived, or left for
-        the next look); released at once rather than kept alive by the heartbeat."""
-        try:
-            store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
-        except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
-            self.log.warning("file.release_failed", file=drop.name, error=str(exc))
-
-    def _after(self, store, pipeline: Pipeline, inbox, item: WorkItem, result: Result, started: float,
-               log) -> None:
-        """The outcome is durable: retry, quarantine, or archive; then tell the partner."""
-        drop = item.drop
-        manifest = result.manifest
-        status = result.status
-        if result.replay:                   # answered before: only the partner's copy and the archive
-            if inbox is not None and drop.inbox == inbox.id:
-                self._answer(inbox, drop, manifest, status, log, replay=True)
-            return
-        if status == "running":
-            # the same content is being applied right now (another name, another worker): look
-            # again once that is done; it will be this file's duplicate, answered and archived
-            # (a requeued job found running is simply someone else's now: nothing to retry)
-            if item.job_id is None and not self._stopping.is_set():
-                attempt = min(item.attempt + 1, BUSY_BACKOFF_STEPS)
-                self._schedule_retry(dataclasses.replace(item, attempt=attempt), attempt)
-            return
-        if status == "failed":
-            with self._lock:      # e.g. the catalog locked by another process: retried, and reported
-                self._faults["jobs"] = {"error": str(manifest.get("message", "failed"))[:300], "since": time.time()}
-            job = store.job(manifest["job_id"])
-            if job.attempt < self.config.daemon.max_attempts:
-                if not self._stopping.is_set():
-                    self._schedule_retry(WorkItem(drop, job_id=job.id), job.attempt)
-                # stopping: the job stays "failed"; the next start queues it again (store.recover)
-                return
-            reason = f"{manifest.get('message', 'failed')} (gave up after {job.attempt} attempts)"
-            result = pipeline.give_up(job, reason, log)
-            manifest, status = result.manifest, "quarantined"
-        if inbox is not None and drop.inbox == inbox.id and self._answer(inbox, drop, manifest, status, log):
-            failpoints.reached("after_archive")
-        partner = self.config.partners.get(drop.partner)
-        if partner and partner.webhook:
-            self.webhooks.submit(partner.webhook, manifest)
-        self.metrics.job_done(drop.inbox, manifest, time.monotonic() - started)
-        self.last_job = f"{manifest['job_id']} {status}"
-        if status != "quarantined":
-            self._clear_faults(drop)        # a job went all the way through: spool, store, results work
-
-    def _answer(self, inbox, drop: Drop, manifest: dict, status: str, log, *, replay: bool = False) -> bool:
-        """The partner's copy of the answer in the inbox's ``results/``, then the archive; each
-        failure is logged, neither depends on the other. True when archived.
-
-        A replay is a file answered before, seen again: the daemon that answered may have stopped
-        after its report, before the copy or the archive, so both are done (again). A file the
-        inbox keeps ("keep") is seen at every look: its copy is not rewritten each time."""
-        kept = status in SUCCESS and inbox.config.on_success == "keep"
-        if not (replay and kept):
-            try:
-                self._write_back(inbox, drop, manifest, replay=replay)
-            except (InboxError, OSError) as exc:
-                log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
-        try:
-            inbox.archive(drop, status)
-            return True
-        except (InboxError, OSError) as exc:
-            log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
-            return False
-
-    def _write_back(self, inbox, drop: Drop, manifest: dict, *, replay: bool = False) -> None:
-        """The partner sees the outcome where they dropped the file (``results/``). A replay
-        may run on another host than the one that applied the job, without its diagnostics
-        file: the manifest is written back all the same."""
-        inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
-        if manifest.get("diagnostics"):
-            path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                if not replay:
-                    raise
-                self.log.warning("inbox.write_back_without_diagnostics", job_id=manifest["job_id"],
-                                 reason="the diagnostics are on the host that applied the job")
-                return
-            inbox.write_back(drop, path.name, data)
+        match verdict:
+            case RetryIn():
+                self._schedule_retry(verdict)
+            case OfferAgainIn(seconds=seconds):
+                inbox = self.inboxes.get(item.drop.inbox)
+                if inbox is not None:
+                    inbox.offer_again_in(item.drop, seconds)
+            case Done(manifest=manifest) if manifest is not None:
+                self.metrics.job_done(item.drop.inbox, manifest, time.monotonic() - started)
+                self.last_job = f"{manifest['job_id']} {manifest['status']}"
+                if manifest["status"] != JobStatus.QUARANTINED:
+                    self._clear_faults(item.drop)   # a job went all the way through: spool, store, results work
 
     # -- health ---------------------------------------------------------------------------------
-    _FAULT_COMPONENTS = ((SpoolError, "spool"), (ResultsUnwritable, "results"), (StoreError, "store"),
-                         (InboxError, "inbox"))
-
-    def _note_fault(self, exc: Exception, drop: Drop) -> None:
+    def _note_fault(self, component: str, error: str) -> None:
         """Remember what is failing, for /healthz, until a job goes through again."""
-        component = next((c for kind, c in self._FAULT_COMPONENTS if isinstance(exc, kind)), "other")
-        if component == "inbox":
-            component = f"inbox {drop.inbox}"
         with self._lock:
-            self._faults[component] = {"error": str(exc)[:300], "since": time.time()}
+            self._faults[component] = {"error": error, "since": time.time()}
 
     def _clear_faults(self, drop: Drop) -> None:
         with self._lock:

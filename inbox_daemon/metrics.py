@@ -7,10 +7,12 @@ Each daemon has its own registry, so tests can run several daemons in one proces
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from config.status import APPLIED
 
 ROW_OUTCOMES = ("read", "rejected", "inserted", "updated", "unchanged", "superseded", "deactivated")
 
@@ -40,7 +42,7 @@ class Metrics:
         for outcome in ROW_OUTCOMES:
             self.rows.labels(partner, outcome).inc(manifest["rows"].get(outcome, 0))
         self.duration.labels(partner).observe(seconds)
-        if status in ("succeeded", "partial"):
+        if status in APPLIED:
             self.last_success.labels(inbox).set_to_current_time()
 
 

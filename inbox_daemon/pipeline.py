@@ -14,9 +14,10 @@ import dataclasses
 import getpass
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -24,26 +25,27 @@ from adapters.mapping import ColumnMap, preset_of, requested_paths, resolve_colu
 from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.rows import shaper_for
 from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
+from config.errors import Cancelled, CatalogChanged, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from config.model import Config, Limits, PartnerConfig
-from inbox_daemon import __version__, failpoints
+from config.status import KEEP_SPOOL, JobStatus
+from inbox_daemon import __version__, failpoints, tempfiles
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import Cancelled, CatalogChanged, FeedError, ResultsUnwritable, TooManyRejects, Transient
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
 
-KEEP_SPOOL = ("queued", "running", "rejected", "failed", "quarantined")   # requeue reads the spool
-
 
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
     """How this partner's files are read: encoding, delimiter (the partner's, else the preset's,
-    else sniffed), sheet, nested paths the mapping names, and the limits."""
+    else sniffed), sheet, nested paths the mapping names, and the limits. Temporary copies are
+    locked (``tempfiles.create``), so the next start removes a crash's and no live one."""
     preset = preset_of(partner)
     return ReadOptions(encoding=partner.encoding, progress=progress,
                        delimiter=partner.delimiter or (preset.delimiter if preset else None),
-                       paths=requested_paths(partner), sheet=partner.sheet, limits=limits)
+                       paths=requested_paths(partner), sheet=partner.sheet, limits=limits,
+                       make_temp=tempfiles.create)
 
 
 @dataclass
@@ -60,6 +62,29 @@ class Totals:
         self.warnings += judged.warned
         for code, n in judged.error_codes.items():
             self.error_codes[code] = self.error_codes.get(code, 0) + n
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job's run through the stages: what every stage needs to know, passed as one."""
+    job: Job
+    partner: PartnerConfig
+    spooled: Path
+    fmt: str | None
+    mode: str
+    dry_run: bool
+    progress: Callable[[int], None] | None
+    should_stop: Callable[[], bool]
+    log: Any
+
+
+@dataclass
+class Progress:
+    """What one attempt has gathered so far: counts, diagnostics, and when it started."""
+    diagnostics: DiagnosticsWriter
+    totals: Totals = field(default_factory=Totals)
+    started: str = field(default_factory=utcnow)
+    clock: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -139,13 +164,14 @@ class Pipeline:
                 return Result(job.status, job.result, None, replay=True)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)
-                return Result("running", {"job_id": job.id, "status": "running", "message":
+                return Result(JobStatus.RUNNING, {"job_id": job.id, "status": JobStatus.RUNNING, "message":
                               f"the same content is being processed right now as job {job.id}"}, None)
             log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
             failpoints.reached("after_claim")
+        run = Run(job=job, partner=partner, spooled=spooled, fmt=fmt, mode=mode, dry_run=dry_run,
+                  progress=progress, should_stop=should_stop, log=log)
         try:
-            outcome = self._apply(job, partner, spooled, fmt, mode, dry_run=dry_run, progress=progress,
-                                  should_stop=should_stop, log=log)
+            outcome = self._apply(run)
         except (Cancelled, KeyboardInterrupt):
             if not dry_run:
                 self.store.release(job)
@@ -156,120 +182,137 @@ class Pipeline:
         return self.report(job, outcome.result, spooled, log)
 
     # -- stages ---------------------------------------------------------------------------------
-    def _apply(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
-               dry_run: bool, progress, should_stop: Callable[[], bool], log) -> Outcome:
+    def _apply(self, run: Run) -> Outcome:
         """Read, judge, stage, merge and commit the file. A load stages only what differs from the
         catalog as it read it; if another job changed the partner's catalog meanwhile, the file
         is read once more with the catalog held for the whole load."""
-        args = (job, partner, spooled, fmt, mode)
-        options = dict(dry_run=dry_run, progress=progress, should_stop=should_stop, log=log)
         try:
-            return self._apply_once(*args, **options, exclusive=False)
+            return self._apply_once(run, exclusive=False)
         except CatalogChanged as exc:
-            log.info("job.reread", reason=str(exc))
-            return self._apply_once(*args, **options, exclusive=True)
+            run.log.info("job.reread", reason=str(exc))
+            return self._apply_once(run, exclusive=True)
 
-    def _apply_once(self, job: Job, partner: PartnerConfig, spooled: Path, fmt: str | None, mode: str, *,
-                    dry_run: bool, progress, should_stop: Callable[[], bool], log, exclusive: bool) -> Outcome:
-        started, clock = utcnow(), time.monotonic()
-        folder = self.config.daemon.results_dir / partner.id
-        diagnostics = DiagnosticsWriter(folder, job.id)
-        totals = Totals()
-        counts = None
+    def _apply_once(self, run: Run, *, exclusive: bool) -> Outcome:
+        """One attempt at the file: its outcome (applied, rejected or failed) is recorded in the
+        store either way, except when stopping (``Cancelled``) or when the catalog moved under a
+        shared load (``CatalogChanged``: ``_apply`` reads it again)."""
+        progress = Progress(DiagnosticsWriter(self.config.daemon.results_dir / run.partner.id, run.job.id))
         try:
-            if fmt is None:
-                detect_format(job.source_name)           # raises UnknownFormat with the reason
-            with self.store.load(job, exclusive=exclusive) as load:
-                options = read_options(partner, self.config.daemon.limits, progress)
-                # the partner's decimal separator is a convention of text files only
-                decimal = partner.decimal_separator if fmt in ("csv", "tsv", "xlsx") else "."
-                shaper = shaper_for(preset.rows if (preset := preset_of(partner)) else None)
-                cmap: ColumnMap | None = None
-                names: list[str] | None = None
-                for block in read_blocks(spooled, name=job.source_name, fmt=fmt, options=options):
-                    if should_stop():
-                        raise Cancelled()
-                    block = shaper.shape(block)
-                    totals.skipped = shaper.skipped
-                    if block.batch.schema.names != names:
-                        names = block.batch.schema.names
-                        cmap = resolve_columns(names, partner, require=cmap is None)
-                    judged = judge(block, cmap, partner, decimal=decimal)
-                    diagnostics.write(judged.diagnostics)
-                    load.stage(judged.valid, judged.rejected_keys)
-                    failpoints.reached("mid_stage")
-                    totals.add(judged)
-                if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
-                    raise TooManyRejects(rejected=totals.rejected, read=totals.read,
-                                         max_ratio=partner.max_reject_ratio)
-                if should_stop():
+            if run.fmt is None:
+                detect_format(run.job.source_name)           # raises UnknownFormat with the reason
+            with self.store.load(run.job, exclusive=exclusive) as load:
+                self._stage(run, load, progress)
+                if run.should_stop():
                     raise Cancelled()
-                counts = load.merge(mode=mode, max_deactivate_ratio=partner.max_deactivate_ratio)
-                status = "partial" if totals.rejected else "succeeded"
-                manifest = self._manifest(job, status, totals, counts, diagnostics.finish(), started,
-                                          clock, fmt, mode, dry_run=dry_run)
-                outcome = Outcome(status=status, result=manifest)
-                if dry_run:
-                    load.abort()
-                else:
-                    failpoints.reached("before_commit")
-                    load.commit(outcome)
-                    failpoints.reached("after_commit")
-            log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
-                     inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
-                     deactivated=counts.deactivated, duration_ms=manifest["duration_ms"])
+                outcome = self._merge(run, load, progress)
             return outcome
         except FeedError as exc:
-            diagnostics.write(_file_problem(exc))
-            totals.error_codes[exc.code] = totals.error_codes.get(exc.code, 0) + 1
-            manifest = self._manifest(job, "rejected", totals, None, diagnostics.finish(), started, clock,
-                                      fmt, mode, dry_run=dry_run, message=str(exc))
-            outcome = Outcome(status="rejected", result=manifest, error=str(exc))
-            if not dry_run:
-                self.store.finish(job, outcome)
-            log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
-                        rejected=totals.rejected)
-            return outcome
+            return self._reject(run, progress, exc)
         except Cancelled:
-            diagnostics.discard()
+            progress.diagnostics.discard()
             raise
         except Exception as exc:
             if isinstance(exc, CatalogChanged) and not exclusive:
-                diagnostics.discard()
+                progress.diagnostics.discard()
                 raise                   # read again, exclusively (``_apply``)
             # Transient: worth another attempt. Anything else is a defect or a surprise from a
             # library: the job fails (and is retried, then quarantined) rather than stay "running".
-            diagnostics.discard()
-            manifest = self._manifest(job, "failed", totals, None, None, started, clock, fmt, mode,
-                                      dry_run=dry_run, message=str(exc))
-            outcome = Outcome(status="failed", result=manifest, error=str(exc))
-            if not dry_run:
-                self.store.finish(job, outcome)
-            log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt,
-                      exc_info=not isinstance(exc, Transient))
-            return outcome
+            return self._fail(run, progress, exc)
         except BaseException:          # KeyboardInterrupt: the caller releases the job
-            diagnostics.discard()
+            progress.diagnostics.discard()
             raise
+
+    def _stage(self, run: Run, load, progress: Progress) -> None:
+        """Read the file block by block: shape rows (presets' row models), map the partner's
+        columns, judge whole columns, write diagnostics, stage the valid rows."""
+        partner, totals = run.partner, progress.totals
+        options = read_options(partner, self.config.daemon.limits, run.progress)
+        # the partner's decimal separator is a convention of text files only
+        decimal = partner.decimal_separator if run.fmt in ("csv", "tsv", "xlsx") else "."
+        shaper = shaper_for(preset.rows if (preset := preset_of(partner)) else None)
+        cmap: ColumnMap | None = None
+        names: list[str] | None = None
+        for block in read_blocks(run.spooled, name=run.job.source_name, fmt=run.fmt, options=options):
+            if run.should_stop():
+                raise Cancelled()
+            block = shaper.shape(block)
+            totals.skipped = shaper.skipped
+            if block.batch.schema.names != names:
+                names = block.batch.schema.names
+                cmap = resolve_columns(names, partner, require=cmap is None)
+            judged = judge(block, cmap, partner, decimal=decimal)
+            progress.diagnostics.write(judged.diagnostics)
+            load.stage(judged.valid, judged.rejected_keys)
+            failpoints.reached("mid_stage")
+            totals.add(judged)
+        if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
+            raise TooManyRejects(rejected=totals.rejected, read=totals.read, max_ratio=partner.max_reject_ratio)
+
+    def _merge(self, run: Run, load, progress: Progress) -> Outcome:
+        """Merge the staged rows and commit them with the job's outcome, in one transaction (a
+        dry run rolls back)."""
+        totals = progress.totals
+        counts = load.merge(mode=run.mode, max_deactivate_ratio=run.partner.max_deactivate_ratio)
+        status = JobStatus.PARTIAL if totals.rejected else JobStatus.SUCCEEDED
+        manifest = self._manifest(run.job, status, totals, counts, progress.diagnostics.finish(),
+                                  progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run)
+        outcome = Outcome(status=status, result=manifest)
+        if run.dry_run:
+            load.abort()
+        else:
+            failpoints.reached("before_commit")
+            load.commit(outcome)
+            failpoints.reached("after_commit")
+        run.log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
+                     inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
+                     deactivated=counts.deactivated, duration_ms=manifest["duration_ms"])
+        return outcome
+
+    def _reject(self, run: Run, progress: Progress, exc: FeedError) -> Outcome:
+        """The file as a whole cannot be applied: nothing of it is, and a diagnostics line says why."""
+        totals = progress.totals
+        progress.diagnostics.write(_file_problem(exc))
+        totals.error_codes[exc.code] = totals.error_codes.get(exc.code, 0) + 1
+        manifest = self._manifest(run.job, JobStatus.REJECTED, totals, None, progress.diagnostics.finish(),
+                                  progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run,
+                                  message=str(exc))
+        outcome = Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc))
+        if not run.dry_run:
+            self.store.finish(run.job, outcome)
+        run.log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
+                        rejected=totals.rejected)
+        return outcome
+
+    def _fail(self, run: Run, progress: Progress, exc: Exception) -> Outcome:
+        """This attempt failed; the job is recorded ``failed`` (the journey decides what next)."""
+        progress.diagnostics.discard()
+        manifest = self._manifest(run.job, JobStatus.FAILED, progress.totals, None, None, progress.started,
+                                  progress.clock, run.fmt, run.mode, dry_run=run.dry_run, message=str(exc))
+        outcome = Outcome(status=JobStatus.FAILED, result=manifest, error=str(exc))
+        if not run.dry_run:
+            self.store.finish(run.job, outcome)
+        run.log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=run.job.attempt,
+                      exc_info=not isinstance(exc, Transient))
+        return outcome
 
     def _duplicate(self, job: Job, spooled: Path, log) -> Result:
         original = self.store.job(job.duplicate_of)
         message = f"the same content was already received as job {original.id} ({original.status})"
-        manifest = self._manifest(job, "duplicate", Totals(), None, None, job.started_at, time.monotonic(),
+        manifest = self._manifest(job, JobStatus.DUPLICATE, Totals(), None, None, job.started_at, time.monotonic(),
                                   job.format, job.mode, dry_run=False, message=message)
         manifest["duplicate_of"] = original.id
-        self.store.finish(job, Outcome(status="duplicate", result=manifest))
+        self.store.finish(job, Outcome(status=JobStatus.DUPLICATE, result=manifest))
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
         _drop_copy(spooled, original.status)
         return self.report(job, manifest, None, log)
 
     def give_up(self, job: Job, reason: str, log) -> Result:
         """Quarantine a job that retrying cannot help any more, and tell the partner why."""
-        manifest = self._manifest(job, "quarantined", Totals(), None, None, job.started_at or utcnow(),
+        manifest = self._manifest(job, JobStatus.QUARANTINED, Totals(), None, None, job.started_at or utcnow(),
                                   time.monotonic(), job.format, job.mode, dry_run=False, message=reason)
         if job.result and job.result.get("rows"):
             manifest["rows"] = job.result["rows"]       # what the last attempt got to see
-        self.store.finish(job, Outcome(status="quarantined", result=manifest, error=reason))
+        self.store.finish(job, Outcome(status=JobStatus.QUARANTINED, result=manifest, error=reason))
         log.error("job.quarantined", job_id=job.id, attempts=job.attempt, reason=reason)
         return self.report(job, manifest, None, log)
 
@@ -339,6 +382,6 @@ def _dry_run_job(drop: Drop, sha256: str, source: Source, fmt, mode, spooled: Pa
     now = utcnow()
     return Job(id=f"validate-{new_job_id()}", partner_id=drop.partner, inbox=drop.inbox, sha256=sha256,
                source_uri=source.uri, source_name=source.name, size=source.size,
-               source_version=source.version, format=fmt, mode=mode, status="running", attempt=1,
+               source_version=source.version, format=fmt, mode=mode, status=JobStatus.RUNNING, attempt=1,
                duplicate_of=None, spool_path=str(spooled), error=None, result=None, created_at=now,
                started_at=now, finished_at=None, reported_at=None)

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from config.errors import SpoolError
 from inbox_daemon import tempfiles
-from inbox_daemon.errors import SpoolError
 
 CHUNK = 1 << 20
 SPOOL_TEMP = ".incoming-"          # a copy being written; its final name is its sha256

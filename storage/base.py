@@ -11,11 +11,14 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Protocol
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
+
+from config.status import JobStatus
 
 # the canonical columns a merge writes, and the ledger's columns as a Job has them
 MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
@@ -23,9 +26,6 @@ MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stoc
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
                "status, attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
                "finished_at, reported_at")
-FINAL = ("succeeded", "partial", "rejected", "failed", "quarantined", "duplicate")
-REQUEUEABLE = ("rejected", "failed", "quarantined")
-STATUSES = ("queued", "running") + FINAL
 
 
 def default_holder() -> str:
@@ -52,12 +52,12 @@ def holder_is_dead(holder: str | None) -> bool:
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
     """Sortable by creation time and readable in a file name: ``20261122T041500Z-9f3a1c2e``."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Job:
     source_version: str | None
     format: str | None
     mode: str
-    status: str
+    status: JobStatus
     attempt: int
     duplicate_of: str | None
     spool_path: str | None
@@ -128,7 +128,7 @@ class MergeCounts:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str
+    status: JobStatus
     result: dict
     error: str | None = None
 
@@ -140,7 +140,7 @@ class Load(Protocol):
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts: ...
     def commit(self, outcome: Outcome) -> None: ...
     def abort(self) -> None: ...
-    def __enter__(self) -> "Load": ...
+    def __enter__(self) -> Load: ...
     def __exit__(self, *exc) -> None: ...
 
 
@@ -154,15 +154,15 @@ class CatalogStore(Protocol):
     def load(self, job: Job, *, exclusive: bool = False) -> Load: ...
     def finish(self, job: Job, outcome: Outcome) -> None: ...
     def mark_reported(self, job_id: str) -> None: ...
-    def spool_paths(self, statuses: Iterable[str]) -> list[str]: ...
+    def spool_paths(self, statuses: Iterable[JobStatus]) -> list[str]: ...
     def release(self, job: Job) -> None: ...
     def recover(self) -> list[str]: ...
     def seen(self, *, inbox: str, uri: str, version: str) -> Job | None: ...
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]: ...
     def job(self, job_id: str) -> Job: ...
-    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+    def jobs(self, *, status: JobStatus | None = None, partner_id: str | None = None,
              limit: int | None = None) -> list[Job]: ...
-    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+    def requeue(self, *, ids: Iterable[str] = (), status: JobStatus | None = None,
                 partner_id: str | None = None) -> list[str]: ...
     def attempts(self, job_id: str) -> list[dict]: ...
     def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool: ...
@@ -177,6 +177,7 @@ def job_from_row(row: tuple) -> Job:
     names = [c.strip() for c in JOB_COLUMNS.split(",")]
     data = dict(zip(names, row))
     data["result"] = json.loads(data["result"]) if data["result"] else None
+    data["status"] = JobStatus(data["status"])
     return Job(**data)
 
 
@@ -206,7 +207,7 @@ class LedgerReads:
         """The claim of content whose job is not to run (again) here, the same on every store:
         busy, unreported, reported, or the duplicate already recorded for this very file.
         None: this file is a new duplicate of ``original``, to be recorded by the caller."""
-        if original.status == "running":
+        if original.status == JobStatus.RUNNING:
             return Claim("busy", original)
         same_file = (original.inbox, original.source_uri, original.source_version) == \
             (inbox, source.uri, source.version)
@@ -226,13 +227,13 @@ class LedgerReads:
         return None
 
     def job(self, job_id: str) -> Job:
-        from inbox_daemon.errors import JobNotFound
+        from config.errors import JobNotFound
         found = self._job_row("id = ?", (job_id,))
         if found is None:
             raise JobNotFound(f"no job {job_id!r}")
         return found
 
-    def jobs(self, *, status: str | None = None, partner_id: str | None = None,
+    def jobs(self, *, status: JobStatus | None = None, partner_id: str | None = None,
              limit: int | None = None) -> list[Job]:
         where, params = ["1 = 1"], []
         if status:
@@ -251,7 +252,7 @@ class LedgerReads:
                                     " WHERE job_id = ? ORDER BY attempt"), (job_id,))
         return [dict(zip(("attempt", "started_at", "finished_at", "status", "error"), r)) for r in rows]
 
-    def spool_paths(self, statuses: Iterable[str]) -> list[str]:
+    def spool_paths(self, statuses: Iterable[JobStatus]) -> list[str]:
         """The spooled copies jobs of these statuses still read: one column, not whole jobs."""
         statuses = tuple(statuses)
         marks = ", ".join("?" * len(statuses)) or "NULL"
@@ -266,5 +267,6 @@ class LedgerReads:
         final outcome, else None. Then it need not be fetched again: with ``on_success = "keep"``
         the ledger alone prevents reprocessing."""
         return self._job_row("inbox = ? AND source_uri = ? AND source_version = ?"
-                             " AND status NOT IN ('queued', 'running', 'failed') AND reported_at IS NOT NULL"
-                             " ORDER BY created_at DESC LIMIT 1", (inbox, uri, version))
+                             " AND status NOT IN (?, ?, ?) AND reported_at IS NOT NULL"
+                             " ORDER BY created_at DESC LIMIT 1",
+                             (inbox, uri, version, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED))

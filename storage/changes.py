@@ -129,14 +129,14 @@ class Existing:
         self.present = np.zeros(n, dtype=bool)
 
     @classmethod
-    def unread(cls, version: int, products: int) -> "Existing":
+    def unread(cls, version: int, products: int) -> Existing:
         """Nothing read (a small file into a large catalog): no row is left out of staging."""
         return cls(keys=pa.array([], pa.string()), key_hashes=np.empty(0, np.uint64),
                    row_hashes=np.empty(0, np.int64), has_hash=np.empty(0, bool), active=np.empty(0, bool),
                    version=version, checked=False, products=products)
 
     @classmethod
-    def from_table(cls, table: pa.Table, version: int) -> "Existing":
+    def from_table(cls, table: pa.Table, version: int) -> Existing:
         keys = table.column("sku_key").combine_chunks() if table.num_rows else pa.array([], pa.string())
         key_hashes = hash_binary(keys)
         order = np.argsort(key_hashes, kind="stable")

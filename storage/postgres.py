@@ -21,23 +21,42 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from importlib import resources
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg.copy import QueuedLibpqWriter
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from psycopg.copy import QueuedLibpqWriter
 
-from adapters.canonical import CANONICAL_SCHEMA
-from inbox_daemon.errors import (
-    DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
+from config.canonical import CANONICAL_SCHEMA
+from config.errors import (
+    DeactivationRefused,
+    JobNotFound,
+    LeaseLost,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
 )
+from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
 from storage.base import (
-    JOB_COLUMNS, MERGED_COLUMNS, REQUEUEABLE, Claim, Job, LedgerReads, MergeCounts, Outcome, Source, default_holder,
-    holder_is_dead, job_from_row, new_job_id, split_statements, utcnow,
+    JOB_COLUMNS,
+    MERGED_COLUMNS,
+    Claim,
+    Job,
+    LedgerReads,
+    MergeCounts,
+    Outcome,
+    Source,
+    default_holder,
+    holder_is_dead,
+    job_from_row,
+    new_job_id,
+    split_statements,
+    utcnow,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -47,6 +66,9 @@ _COPY_OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 _STAGE_COLUMNS = ", ".join(f'"{n}"' for n in CANONICAL_SCHEMA.names)
 _BUSY = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
          psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+# the partner's active products the file has no row of, valid or rejected: what a snapshot deactivates
+_ABSENT = ("partner_id = %s AND active AND NOT EXISTS (SELECT 1 FROM stage g WHERE g.sku_key ="
+           " products.sku_key) AND NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = products.sku_key)")
 
 
 def _map_errors(exc: psycopg.Error) -> StoreError:
@@ -148,27 +170,27 @@ class PostgresStore(LedgerReads):
                 inserted = self._exec(
                     "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
                     " format, mode, status, attempt, spool_path, created_at, started_at, lease_until, claimed_by)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'running', 1, %s, %s, %s,"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s,"
                     " now() + make_interval(secs => %s), %s)"
                     " ON CONFLICT (partner_id, sha256) WHERE duplicate_of IS NULL DO NOTHING RETURNING id",
                     (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-                     fmt, mode, spool_path, now, now, self.lease, self.holder))
+                     fmt, mode, JobStatus.RUNNING, spool_path, now, now, self.lease, self.holder))
                 if inserted:
                     self._start_attempt(job_id, 1, now)
                     return Claim("new", self.job(job_id))
                 original = self._job_row(*where, lock=True)       # another daemon inserted it first
             expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
                                 (original.id,))
-            if original.status in ("queued", "failed") or (original.status == "running" and expired):
+            if original.status in RUNNABLE or (original.status == JobStatus.RUNNING and expired):
                 attempt = original.attempt + 1
                 self._exec(
-                    "UPDATE jobs SET status = 'running', attempt = %s, inbox = %s, source_uri = %s,"
+                    "UPDATE jobs SET status = %s, attempt = %s, inbox = %s, source_uri = %s,"
                     " source_name = %s, size = %s, source_version = %s, format = %s, mode = %s,"
                     " spool_path = %s, error = NULL, result = NULL, started_at = %s, finished_at = NULL,"
                     " reported_at = NULL, lease_until = now() + make_interval(secs => %s), claimed_by = %s"
                     " WHERE id = %s",
-                    (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
-                     spool_path, now, self.lease, self.holder, original.id))
+                    (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
+                     fmt, mode, spool_path, now, self.lease, self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
             settled = self._settled_claim(original, inbox=inbox, source=source,
@@ -179,9 +201,9 @@ class PostgresStore(LedgerReads):
             self._exec(
                 "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
                 " format, mode, status, attempt, duplicate_of, created_at, started_at, claimed_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'duplicate', 1, %s, %s, %s, %s)",
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)",
                 (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-                 fmt, mode, original.id, now, now, self.holder))
+                 fmt, mode, JobStatus.DUPLICATE, original.id, now, now, self.holder))
             return Claim("duplicate", self.job(job_id))
 
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
@@ -208,37 +230,39 @@ class PostgresStore(LedgerReads):
 
     def release(self, job: Job) -> None:
         with self._transaction():
-            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                       " WHERE id = %s AND status = 'running' AND attempt = %s", (job.id, job.attempt))
-            self._exec("UPDATE job_attempts SET finished_at = %s, status = 'released'"
-                       " WHERE job_id = %s AND attempt = %s", (utcnow(), job.id, job.attempt))
+            self._exec("UPDATE jobs SET status = %s, lease_until = NULL WHERE id = %s AND status = %s AND attempt = %s",
+                       (JobStatus.QUEUED, job.id, JobStatus.RUNNING, job.attempt))
+            self._exec("UPDATE job_attempts SET finished_at = %s, status = %s WHERE job_id = %s AND attempt = %s",
+                       (utcnow(), ATTEMPT_RELEASED, job.id, job.attempt))
 
     def recover(self) -> list[str]:
         """At start-up: only what no live daemon holds — running jobs whose lease ran out or whose
         daemon on this host is dead, and failed jobs (their retry was scheduled in some daemon's
         memory) — is queued again; dead local daemons' file claims are dropped. Other daemons'
         running jobs are left alone."""
-        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = 'running'"
-                                            " UNION SELECT DISTINCT holder FROM drop_claims")}
+        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = %s"
+                                            " UNION SELECT DISTINCT holder FROM drop_claims", (JobStatus.RUNNING,))}
         dead = [h for h in holders if h and holder_is_dead(h)]
         with self._transaction():
-            rows = self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                              " WHERE (status = 'running' AND (lease_until < now() OR claimed_by = ANY(%s)))"
-                              " OR status = 'failed' RETURNING id", (dead,))
+            rows = self._exec("UPDATE jobs SET status = %s, lease_until = NULL"
+                              " WHERE (status = %s AND (lease_until < now() OR claimed_by = ANY(%s)))"
+                              " OR status = %s RETURNING id",
+                              (JobStatus.QUEUED, JobStatus.RUNNING, dead, JobStatus.FAILED))
             self._exec("DELETE FROM drop_claims WHERE holder = ANY(%s)", (dead,))
         return [r[0] for r in rows]
 
     def expire_leases(self) -> list[str]:
         with self._transaction():
-            rows = self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                              " WHERE status = 'running' AND lease_until < now() RETURNING id")
+            rows = self._exec("UPDATE jobs SET status = %s, lease_until = NULL"
+                              " WHERE status = %s AND lease_until < now() RETURNING id",
+                              (JobStatus.QUEUED, JobStatus.RUNNING))
             self._exec("DELETE FROM drop_claims WHERE until < now()")
         return [r[0] for r in rows]
 
     def renew(self) -> None:
         with self._transaction():
             self._exec("UPDATE jobs SET lease_until = now() + make_interval(secs => %s)"
-                       " WHERE claimed_by = %s AND status = 'running'", (self.lease, self.holder))
+                       " WHERE claimed_by = %s AND status = %s", (self.lease, self.holder, JobStatus.RUNNING))
             self._exec("UPDATE drop_claims SET until = now() + make_interval(secs => %s) WHERE holder = %s",
                        (self.lease, self.holder))
 
@@ -256,7 +280,7 @@ class PostgresStore(LedgerReads):
                    (inbox, uri, version, self.holder))
 
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
-        where, params = "status = 'queued'", []
+        where, params = "status = %s", [JobStatus.QUEUED]
         if partners is not None:
             where += " AND partner_id = ANY(%s)"
             params.append(list(partners))
@@ -264,7 +288,7 @@ class PostgresStore(LedgerReads):
                           f" LIMIT {int(limit)}", tuple(params))
         return [job_from_row(r) for r in rows]
 
-    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+    def requeue(self, *, ids: Iterable[str] = (), status: JobStatus | None = None,
                 partner_id: str | None = None) -> list[str]:
         ids = list(ids)
         with self._transaction():
@@ -275,7 +299,7 @@ class PostgresStore(LedgerReads):
                         raise JobNotFound(f"no job {job_id!r}")
                     if job.status not in REQUEUEABLE:
                         raise JobNotFound(f"job {job_id} is {job.status}; only "
-                                          f"{', '.join(REQUEUEABLE)} jobs can be requeued")
+                                          f"{', '.join(sorted(REQUEUEABLE))} jobs can be requeued")
                 chosen = ids
             else:
                 where, params = ["status = %s"], [status]
@@ -284,11 +308,12 @@ class PostgresStore(LedgerReads):
                     params.append(partner_id)
                 chosen = [r[0] for r in self._exec(f"SELECT id FROM jobs WHERE {' AND '.join(where)} FOR UPDATE",
                                                    tuple(params))]
-            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ANY(%s)", (chosen,))
+            self._exec("UPDATE jobs SET status = %s, lease_until = NULL WHERE id = ANY(%s)",
+                       (JobStatus.QUEUED, chosen))
         return chosen
 
     # -- catalog --------------------------------------------------------------------------------
-    def load(self, job: Job, *, exclusive: bool = False) -> "PostgresLoad":
+    def load(self, job: Job, *, exclusive: bool = False) -> PostgresLoad:
         """``exclusive`` changes nothing here: every row is staged and compared inside the one
         transaction's merge statement, so nothing read before it can go stale."""
         return PostgresLoad(self, job)
@@ -314,7 +339,7 @@ class PostgresLoad:
             store._rollback()
             raise
 
-    def __enter__(self) -> "PostgresLoad":
+    def __enter__(self) -> PostgresLoad:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -357,44 +382,15 @@ class PostgresLoad:
                 raise _map_errors(exc) from exc
 
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
-        s, partner, now = self._s, self.job.partner_id, utcnow()
+        now = utcnow()
         try:
             self._finish_copy()
             # the whole file is sorted by key once: give that sort memory rather than temp files
-            s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-            deactivated = 0
-            absent = ("partner_id = %s AND active AND NOT EXISTS (SELECT 1 FROM stage g WHERE g.sku_key ="
-                      " products.sku_key) AND NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = products.sku_key)")
-            if mode == "snapshot":
-                active = s._one("SELECT count(*) FROM products WHERE partner_id = %s AND active", (partner,))
-                deactivated = s._one(f"SELECT count(*) FROM products WHERE {absent}", (partner,))
-                if deactivated and deactivated > max_deactivate_ratio * active:
-                    raise DeactivationRefused(would_deactivate=deactivated, active=active,
-                                              max_ratio=max_deactivate_ratio)
-            cols = ", ".join(MERGED_COLUMNS)
-            last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
-                    ' ORDER BY sku_key, "row" DESC')
-            keep = "true"
-            if self._rejected:
-                s._exec('CREATE INDEX ON seen (sku_key, "row")')
-                keep = 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
-            theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
-            ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
-            # one statement: the last row per key (sorted once, in key order), the upsert of the
-            # kept ones skipping unchanged rows, and the counts of all three
-            staged, distinct, inserted, updated = s._exec(
-                f"WITH last AS MATERIALIZED ({last}),"
-                f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-                f" SELECT %s, sku_key, {cols}, %s, %s FROM last l WHERE {keep}"
-                " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
-                + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) RETURNING (xmax = 0) AS fresh)"
-                f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
-                " count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
-                (partner, now, self.job.id))[0]
-            if mode == "snapshot" and deactivated:
-                s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s WHERE {absent}",
-                        (now, self.job.id, partner))
+            self._s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+            deactivated = self._to_deactivate(mode, max_deactivate_ratio)
+            staged, distinct, inserted, updated = self._upsert(self._kept(), now)
+            if deactivated:
+                self._deactivate(now)
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated,
@@ -402,6 +398,50 @@ class PostgresLoad:
         except BaseException:
             self.abort()
             raise
+
+    def _to_deactivate(self, mode: str, max_ratio: float) -> int:
+        """How many keys a snapshot deactivates; ``DeactivationRefused`` when they are more than
+        ``max_ratio`` of the partner's active keys."""
+        if mode != "snapshot":
+            return 0
+        s, partner = self._s, self.job.partner_id
+        active = s._one("SELECT count(*) FROM products WHERE partner_id = %s AND active", (partner,))
+        deactivated = s._one(f"SELECT count(*) FROM products WHERE {_ABSENT}", (partner,))
+        if deactivated and deactivated > max_ratio * active:
+            raise DeactivationRefused(would_deactivate=deactivated, active=active, max_ratio=max_ratio)
+        return deactivated
+
+    def _kept(self) -> str:
+        """The SQL condition on a key's last staged row ``l`` that it is applied: a key whose last
+        row in the file was rejected is left as it is."""
+        if not self._rejected:
+            return "true"
+        self._s._exec('CREATE INDEX ON seen (sku_key, "row")')
+        return 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
+
+    def _upsert(self, keep: str, now: str) -> tuple[int, int, int, int]:
+        """One statement: the last row per key (sorted once, in key order), the upsert of the kept
+        ones skipping unchanged rows, and the counts of all three: (rows staged, keys kept, rows
+        inserted, rows updated)."""
+        cols = ", ".join(MERGED_COLUMNS)
+        last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
+                ' ORDER BY sku_key, "row" DESC')
+        theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
+        ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
+        return self._s._exec(
+            f"WITH last AS MATERIALIZED ({last}),"
+            f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
+            f" SELECT %s, sku_key, {cols}, %s, %s FROM last l WHERE {keep}"
+            " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
+            + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) RETURNING (xmax = 0) AS fresh)"
+            f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
+            " count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
+            (self.job.partner_id, now, self.job.id))[0]
+
+    def _deactivate(self, now: str) -> None:
+        self._s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s WHERE {_ABSENT}",
+                      (now, self.job.id, self.job.partner_id))
 
     def commit(self, outcome: Outcome) -> None:
         """Record the job's outcome in the merge's transaction and commit both together."""

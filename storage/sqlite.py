@@ -12,26 +12,53 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import adbc_driver_manager
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.canonical import CANONICAL_SCHEMA
-from inbox_daemon.errors import (
-    CatalogChanged, DeactivationRefused, JobNotFound, LeaseLost, StoreBusy, StoreError, StoreUnavailable,
+from config.canonical import CANONICAL_SCHEMA
+from config.errors import (
+    CatalogChanged,
+    DeactivationRefused,
+    JobNotFound,
+    LeaseLost,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+)
+from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
+from storage.base import (
+    JOB_COLUMNS as _JOB_COLUMNS,
 )
 from storage.base import (
-    JOB_COLUMNS as _JOB_COLUMNS, MERGED_COLUMNS as _MERGED, REQUEUEABLE, Claim, Job, LedgerReads, MergeCounts,
+    MERGED_COLUMNS as _MERGED,
+)
+from storage.base import (
+    Claim,
+    Job,
+    LedgerReads,
+    MergeCounts,
     Outcome,
-    Source, default_holder, holder_is_dead, job_from_row as _job, new_job_id, split_statements as _statements,
+    Source,
+    default_holder,
+    holder_is_dead,
+    new_job_id,
     utcnow,
+)
+from storage.base import (
+    job_from_row as _job,
+)
+from storage.base import (
+    split_statements as _statements,
 )
 from storage.changes import Existing, row_hashes
 
@@ -46,6 +73,12 @@ _REJECTED, _UNCHANGED = 0, 1
 # partner's catalog (its size at >= 64 bytes a row); else its rows are compared in SQL alone
 _BYTES_PER_ROW, _WORTH_READING = 64, 8
 _THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are staged on a thread
+# the last staged row per key, in key order. Rows are staged in the file's order, so the last is
+# the one with the largest rowid: the sort is of (key, rowid) alone, and each row is then
+# fetched by its rowid (a third faster than sorting whole rows)
+_LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.row AS last_row FROM"
+                " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
+                " JOIN temp.stage s ON s.rowid = k.at")
 
 
 def _map_errors(exc: Exception) -> StoreError:
@@ -59,8 +92,8 @@ def _map_errors(exc: Exception) -> StoreError:
 
 
 def _in(seconds: float) -> str:
-    from datetime import datetime, timedelta, timezone
-    t = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    from datetime import datetime, timedelta
+    t = datetime.now(UTC) + timedelta(seconds=seconds)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -147,32 +180,32 @@ class SqliteStore(LedgerReads):
             new = dict(partner_id=partner_id, sha256=sha256, inbox=inbox, source=source, fmt=fmt, mode=mode,
                        now=now)
             if original is None:
-                job_id = self._insert_job(**new, status="running", spool_path=spool_path,
+                job_id = self._insert_job(**new, status=JobStatus.RUNNING, spool_path=spool_path,
                                           lease_until=_in(self.lease))
                 self._start_attempt(job_id, 1, now)
                 return Claim("new", self.job(job_id))
-            resumable = original.status in ("queued", "failed") or (
-                original.status == "running" and self._lease_expired(original.id, now))
+            resumable = original.status in RUNNABLE or (
+                original.status == JobStatus.RUNNING and self._lease_expired(original.id, now))
             if resumable:
                 attempt = original.attempt + 1
                 self._exec(
-                    "UPDATE jobs SET status = 'running', attempt = ?, inbox = ?, source_uri = ?,"
+                    "UPDATE jobs SET status = ?, attempt = ?, inbox = ?, source_uri = ?,"
                     " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
                     " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
                     " reported_at = NULL, lease_until = ?, claimed_by = ? WHERE id = ?",
-                    (attempt, inbox, source.uri, source.name, source.size, source.version, fmt, mode,
-                     spool_path, now, _in(self.lease), self.holder, original.id))
+                    (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
+                     fmt, mode, spool_path, now, _in(self.lease), self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
             settled = self._settled_claim(original, inbox=inbox, source=source,
                                           answered_if_same_file=answered_if_same_file)
             if settled is not None:
                 return settled
-            job_id = self._insert_job(**new, status="duplicate", duplicate_of=original.id)
+            job_id = self._insert_job(**new, status=JobStatus.DUPLICATE, duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
 
     def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-                    mode: str, now: str, status: str, spool_path: str | None = None,
+                    mode: str, now: str, status: JobStatus, spool_path: str | None = None,
                     duplicate_of: str | None = None, lease_until: str | None = None) -> str:
         job_id = new_job_id()
         self._exec(
@@ -211,41 +244,41 @@ class SqliteStore(LedgerReads):
 
     def release(self, job: Job) -> None:
         """A job cut off before its commit (shutdown): nothing was applied, run it again later."""
-        self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                   " WHERE id = ? AND status = 'running' AND attempt = ?", (job.id, job.attempt))
-        self._exec("UPDATE job_attempts SET finished_at = ?, status = 'released' WHERE job_id = ? AND attempt = ?",
-                   (utcnow(), job.id, job.attempt))
+        self._exec("UPDATE jobs SET status = ?, lease_until = NULL WHERE id = ? AND status = ? AND attempt = ?",
+                   (JobStatus.QUEUED, job.id, JobStatus.RUNNING, job.attempt))
+        self._exec("UPDATE job_attempts SET finished_at = ?, status = ? WHERE job_id = ? AND attempt = ?",
+                   (utcnow(), ATTEMPT_RELEASED, job.id, job.attempt))
 
     def recover(self) -> list[str]:
         """At start-up: jobs left ``running`` by a daemon that is gone (its process is dead, or
         its lease ran out) and ``failed`` jobs whose retry was scheduled in some daemon's memory
         are queued again (nothing of theirs committed, so running them again is safe); the dead
         daemons' file claims are dropped, so their files are taken at once."""
-        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = 'running'")}
+        holders = {r[0] for r in self._exec("SELECT DISTINCT claimed_by FROM jobs WHERE status = ?",
+                                            (JobStatus.RUNNING,))}
         holders |= {r[0] for r in self._exec("SELECT DISTINCT holder FROM drop_claims")}
         dead = [h for h in holders if h and holder_is_dead(h)]
         marks = ", ".join("?" * len(dead)) or "NULL"
         with self._transaction():
             ids = [r[0] for r in self._exec(
-                f"SELECT id FROM jobs WHERE (status = 'running' AND (claimed_by IS NULL OR claimed_by IN ({marks})"
-                " OR lease_until < ?)) OR status = 'failed'", (*dead, utcnow()))]
-            for job_id in ids:
-                self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
+                f"SELECT id FROM jobs WHERE (status = ? AND (claimed_by IS NULL OR claimed_by IN ({marks})"
+                " OR lease_until < ?)) OR status = ?", (JobStatus.RUNNING, *dead, utcnow(), JobStatus.FAILED))]
+            self._queue_again(ids)
             self._exec(f"DELETE FROM drop_claims WHERE holder IN ({marks})", tuple(dead))
         return ids
 
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
         """Jobs waiting to run, oldest first; only those of ``partners`` when given."""
-        where, params = "status = 'queued'", ()
+        where, params = "status = ?", (JobStatus.QUEUED,)
         if partners is not None:
             partners = tuple(partners)
             where += f" AND partner_id IN ({', '.join('?' * len(partners)) or 'NULL'})"
-            params = partners
+            params += partners
         rows = self._exec(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created_at"
                           f" LIMIT {int(limit)}", params)
         return [_job(r) for r in rows]
 
-    def requeue(self, *, ids: Iterable[str] = (), status: str | None = None,
+    def requeue(self, *, ids: Iterable[str] = (), status: JobStatus | None = None,
                 partner_id: str | None = None) -> list[str]:
         ids = list(ids)
         with self._transaction():
@@ -256,7 +289,7 @@ class SqliteStore(LedgerReads):
                         raise JobNotFound(f"no job {job_id!r}")
                     if job.status not in REQUEUEABLE:
                         raise JobNotFound(f"job {job_id} is {job.status}; only "
-                                          f"{', '.join(REQUEUEABLE)} jobs can be requeued")
+                                          f"{', '.join(sorted(REQUEUEABLE))} jobs can be requeued")
                 chosen = ids
             else:
                 where, params = ["status = ?"], [status]
@@ -265,9 +298,12 @@ class SqliteStore(LedgerReads):
                     params.append(partner_id)
                 chosen = [r[0] for r in self._exec(f"SELECT id FROM jobs WHERE {' AND '.join(where)}",
                                                    tuple(params))]
-            for job_id in chosen:
-                self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL WHERE id = ?", (job_id,))
+            self._queue_again(chosen)
         return chosen
+
+    def _queue_again(self, ids: Iterable[str]) -> None:
+        for job_id in ids:
+            self._exec("UPDATE jobs SET status = ?, lease_until = NULL WHERE id = ?", (JobStatus.QUEUED, job_id))
 
     # -- claims across daemons ---------------------------------------------------------------
     def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool:
@@ -287,8 +323,8 @@ class SqliteStore(LedgerReads):
         """The heartbeat: everything this daemon holds lives another ``lease``."""
         until = _in(self.lease)
         with self._transaction():
-            self._exec("UPDATE jobs SET lease_until = ? WHERE claimed_by = ? AND status = 'running'",
-                       (until, self.holder))
+            self._exec("UPDATE jobs SET lease_until = ? WHERE claimed_by = ? AND status = ?",
+                       (until, self.holder, JobStatus.RUNNING))
             self._exec("UPDATE drop_claims SET until = ? WHERE holder = ?", (until, self.holder))
 
     def expire_leases(self) -> list[str]:
@@ -296,14 +332,13 @@ class SqliteStore(LedgerReads):
         now = utcnow()
         with self._transaction():
             ids = [r[0] for r in self._exec(
-                "SELECT id FROM jobs WHERE status = 'running' AND lease_until < ?", (now,))]
-            self._exec("UPDATE jobs SET status = 'queued', lease_until = NULL"
-                       " WHERE status = 'running' AND lease_until < ?", (now,))
+                "SELECT id FROM jobs WHERE status = ? AND lease_until < ?", (JobStatus.RUNNING, now))]
+            self._queue_again(ids)
             self._exec("DELETE FROM drop_claims WHERE until < ?", (now,))
         return ids
 
     # -- catalog --------------------------------------------------------------------------------
-    def load(self, job: Job, *, exclusive: bool = False) -> "SqliteLoad":
+    def load(self, job: Job, *, exclusive: bool = False) -> SqliteLoad:
         return SqliteLoad(self, job, exclusive=exclusive)
 
     def _temp_tables(self) -> None:
@@ -356,7 +391,7 @@ class SqliteLoad:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{job.id}")
             self._pending.append(self._pool.submit(self._read_existing))
 
-    def __enter__(self) -> "SqliteLoad":
+    def __enter__(self) -> SqliteLoad:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -442,94 +477,134 @@ class SqliteLoad:
         return self._existing
 
     def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
-        s, partner, now = self._s, self.job.partner_id, utcnow()
+        now = utcnow()
         try:
-            self._drain()
-            if not self._in_tx:
-                s._exec("BEGIN IMMEDIATE")
-                self._in_tx = True
+            self._write_lock()
             existing = self._existing or self._read_existing()
-            version, newest = s._exec("SELECT coalesce((SELECT version FROM catalog_versions WHERE partner_id = ?), 0),"
-                                      " coalesce((SELECT max(rowid) FROM products), 0)", (partner,))[0]
-            if existing.checked and version != existing.version:
-                raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
+            newest = self._check_version(existing)
             blockers = existing.blockers()
             if blockers.num_rows:
                 self._seen(blockers.column("sku_key"), blockers.column("row"), _UNCHANGED)
-            unchanged_keys, overlap, blocked_unstaged = existing.unchanged_counts()
-            absent, active = pa.array([], pa.string()), 0
-            if mode == "snapshot":
-                absent, active = self._absent(existing)
-            deactivated = len(absent)
-            if deactivated and deactivated > max_deactivate_ratio * active:
-                raise DeactivationRefused(would_deactivate=deactivated, active=active,
-                                          max_ratio=max_deactivate_ratio)
-            cols = ", ".join(_MERGED)
-            changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
-            # the last staged row per key, in key order. Rows are staged in the file's order, so
-            # the last is the one with the largest rowid: the sort is of (key, rowid) alone, and
-            # each row is then fetched by its rowid (a third faster than sorting whole rows)
-            staged_cols = ", ".join(f"s.{c}" for c in _MERGED)
-            last = (f"SELECT s.sku_key, {staged_cols}, s.row_hash, s.row AS last_row FROM"
-                    " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
-                    " JOIN temp.stage s ON s.rowid = k.at")
-            blocked, not_kept, keep = 0, 0, "true"
-            if self._rejected or blockers.num_rows:
-                # a key whose last row in the file was rejected, or equals the catalog, is left as
-                # it is; "blocked" (superseded) when a rejected row comes after its last valid one
-                later = "SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key AND r.row > l.last_row"
-                keep = f"NOT EXISTS ({later})"
-                rejected_last = (f"EXISTS ({later} AND r.kind = {_REJECTED} AND NOT EXISTS (SELECT 1 FROM"
-                                 f" temp.seen u WHERE u.sku_key = l.sku_key AND u.kind = {_UNCHANGED}"
-                                 " AND u.row > r.row))")
-                not_kept, blocked = s._exec(f"SELECT coalesce(sum(NOT ({keep})), 0), coalesce(sum({rejected_last}), 0)"
-                                            f" FROM ({last}) l")[0]
-            blocked += blocked_unstaged
+            absent = self._to_deactivate(existing, mode, max_deactivate_ratio)
+            keep, not_kept, blocked = self._kept(blockers.num_rows > 0)
             staged_keys = None
             if existing.products:
                 # keys staged: counted by SQLite (sorting, in bounded memory; a hash table of
                 # millions of keys would not be); into an empty catalog every one is inserted or kept
-                staged_keys = s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
-            written = inserted = 0
-            if self._staged_rows:
-                s._exec(
-                    f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
-                    f" SELECT ?, sku_key, {cols}, row_hash, ?, ? FROM ({last}) l"
-                    f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("row_hash", "updated_at", "source_job_id"))
-                    + f" WHERE {changed}",
-                    (partner, now, self.job.id))
-                # rows are inserted with rowids past the largest one before (products are never deleted)
-                written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
-                                            (newest,))[0]
+                staged_keys = self._s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
+            written, inserted = self._upsert(keep, now, newest) if self._staged_rows else (0, 0)
             if staged_keys is None:
                 staged_keys = written + not_kept
-            distinct = staged_keys + unchanged_keys - overlap
             if staged_keys - not_kept > written:
-                # staged as different but equal after all (a hash of an older daemon, or none):
-                # the values stand, only the stored hash is brought up to date
-                s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({last}) l WHERE {keep}"
-                        " AND products.partner_id = ? AND products.sku_key = l.sku_key"
-                        " AND products.row_hash IS NOT l.row_hash", (partner,))
-            if deactivated:
-                self._append("absent", pa.table({"sku_key": absent}))
-                s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
-                        " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)",
-                        (now, self.job.id, partner))
-            s._exec("INSERT INTO catalog_versions (partner_id, version, products) VALUES (?, 1, ?)"
-                    " ON CONFLICT (partner_id) DO UPDATE SET version = version + 1,"
-                    " products = products + excluded.products", (partner, inserted))
-            staged = self._staged_rows + self._unchanged_rows
-            return MergeCounts(staged=staged, superseded=staged - distinct + blocked, inserted=inserted,
-                               updated=written - inserted, unchanged=distinct - blocked - written,
-                               deactivated=deactivated)
+                self._refresh_hashes(keep)
+            if len(absent):
+                self._deactivate(absent, now)
+            self._bump_version(inserted)
+            return self._counts(existing, staged_keys=staged_keys, blocked=blocked, written=written,
+                                inserted=inserted, deactivated=len(absent))
         except adbc_driver_manager.Error as exc:
-            s._reset_cursor()
+            self._s._reset_cursor()
             self.abort()
             raise _map_errors(exc) from exc
         except BaseException:
             self.abort()
             raise
+
+    def _write_lock(self) -> None:
+        """Once staging is done: the write lock, unless the load took it at the start (``exclusive``)."""
+        self._drain()
+        if not self._in_tx:
+            self._s._exec("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def _check_version(self, existing: Existing) -> int:
+        """Raises ``CatalogChanged`` if the partner's catalog moved on since ``existing`` was read;
+        else returns the largest rowid of ``products``, past which this merge's inserts land."""
+        partner = self.job.partner_id
+        version, newest = self._s._exec(
+            "SELECT coalesce((SELECT version FROM catalog_versions WHERE partner_id = ?), 0),"
+            " coalesce((SELECT max(rowid) FROM products), 0)", (partner,))[0]
+        if existing.checked and version != existing.version:
+            raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
+        return newest
+
+    def _to_deactivate(self, existing: Existing, mode: str, max_ratio: float) -> pa.Array:
+        """The keys a snapshot deactivates; ``DeactivationRefused`` when they are more than
+        ``max_ratio`` of the partner's active keys."""
+        if mode != "snapshot":
+            return pa.array([], pa.string())
+        absent, active = self._absent(existing)
+        if len(absent) and len(absent) > max_ratio * active:
+            raise DeactivationRefused(would_deactivate=len(absent), active=active, max_ratio=max_ratio)
+        return absent
+
+    def _kept(self, blockers: bool) -> tuple[str, int, int]:
+        """(the SQL condition on a key's last staged row ``l`` that it is applied, keys it leaves
+        out, keys of those that are "blocked"). A key whose last row in the file was rejected, or
+        equals the catalog, is left as it is; "blocked" (superseded) when a rejected row comes
+        after its last valid one."""
+        if not (self._rejected or blockers):
+            return "true", 0, 0
+        later = "SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key AND r.row > l.last_row"
+        keep = f"NOT EXISTS ({later})"
+        rejected_last = (f"EXISTS ({later} AND r.kind = {_REJECTED} AND NOT EXISTS (SELECT 1 FROM"
+                         f" temp.seen u WHERE u.sku_key = l.sku_key AND u.kind = {_UNCHANGED}"
+                         " AND u.row > r.row))")
+        not_kept, blocked = self._s._exec(f"SELECT coalesce(sum(NOT ({keep})), 0), coalesce(sum({rejected_last}), 0)"
+                                          f" FROM ({_LAST_STAGED}) l")[0]
+        return keep, not_kept, blocked
+
+    def _upsert(self, keep: str, now: str, newest: int) -> tuple[int, int]:
+        """The last staged row of each kept key into ``products``, skipping rows equal to what it
+        holds: (rows written, of them inserted). ``newest``: the largest rowid before."""
+        s = self._s
+        cols = ", ".join(_MERGED)
+        changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
+        s._exec(
+            f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
+            f" SELECT ?, sku_key, {cols}, row_hash, ?, ? FROM ({_LAST_STAGED}) l"
+            f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("row_hash", "updated_at", "source_job_id"))
+            + f" WHERE {changed}",
+            (self.job.partner_id, now, self.job.id))
+        # rows are inserted with rowids past the largest one before (products are never deleted)
+        written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
+                                    (newest,))[0]
+        return written, inserted
+
+    def _refresh_hashes(self, keep: str) -> None:
+        """For kept keys staged as different but equal after all (a hash of an older daemon, or
+        none): the values stand, only the stored hash is brought up to date."""
+        self._s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({_LAST_STAGED}) l WHERE {keep}"
+                      " AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                      " AND products.row_hash IS NOT l.row_hash", (self.job.partner_id,))
+
+    def _deactivate(self, absent: pa.Array, now: str) -> None:
+        self._append("absent", pa.table({"sku_key": absent}))
+        self._s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
+                      " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)",
+                      (now, self.job.id, self.job.partner_id))
+
+    def _bump_version(self, inserted: int) -> None:
+        """The partner's catalog moves on (a load that read it before fails ``_check_version``),
+        and its count of products with it."""
+        self._s._exec("INSERT INTO catalog_versions (partner_id, version, products) VALUES (?, 1, ?)"
+                      " ON CONFLICT (partner_id) DO UPDATE SET version = version + 1,"
+                      " products = products + excluded.products", (self.job.partner_id, inserted))
+
+    def _counts(self, existing: Existing, *, staged_keys: int, blocked: int, written: int, inserted: int,
+                deactivated: int) -> MergeCounts:
+        """Every row of the file is counted once. The file's keys are those staged plus those with
+        a row equal to the catalog, less the keys that had both; each key's last row is
+        inserted, updated or unchanged, unless it is blocked (a rejected row came after it), and
+        every other row is superseded."""
+        unchanged_keys, overlap, blocked_unstaged = existing.unchanged_counts()
+        distinct = staged_keys + unchanged_keys - overlap
+        blocked += blocked_unstaged
+        staged = self._staged_rows + self._unchanged_rows
+        return MergeCounts(staged=staged, superseded=staged - distinct + blocked, inserted=inserted,
+                           updated=written - inserted, unchanged=distinct - blocked - written,
+                           deactivated=deactivated)
 
     def _absent(self, existing: Existing) -> tuple[pa.Array, int]:
         """(active keys of the partner the file has no row of, active keys). From the hashes
@@ -548,10 +623,7 @@ class SqliteLoad:
         """Record the job's outcome inside the merge transaction and commit both together."""
         s = self._s
         try:
-            self._drain()
-            if not self._in_tx:
-                s._exec("BEGIN IMMEDIATE")
-                self._in_tx = True
+            self._write_lock()
             s._record_outcome(self.job, outcome)
             s._exec("COMMIT")
             self._in_tx = False
@@ -570,8 +642,8 @@ class SqliteLoad:
         for future in self._pending:
             try:
                 future.result()          # a batch being ingested right now: let it end
-            except BaseException:
-                pass                     # the error that matters is the one propagating
+            except BaseException:  # noqa: BLE001 — the error that matters is the one propagating
+                pass
         self._pending.clear()
         if self._in_tx:
             self._in_tx = False

@@ -33,7 +33,7 @@ class SftpTestServer:
     def _run(self, coro, timeout: float = 10):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def start(self) -> "SftpTestServer":
+    def start(self) -> SftpTestServer:
         server = self
         read_lock = asyncio.Lock()
 

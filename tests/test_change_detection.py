@@ -11,8 +11,8 @@ import sys
 import pyarrow as pa
 import pytest
 
-from adapters.canonical import CANONICAL_SCHEMA
-from inbox_daemon.errors import CatalogChanged
+from config.canonical import CANONICAL_SCHEMA
+from config.errors import CatalogChanged
 from storage.base import MERGED_COLUMNS, Outcome, Source
 from storage.changes import hash_binary, row_hashes
 from storage.sqlite import SqliteLoad, SqliteStore

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from config import (
-    CONFIG_ENV, ConfigError, DaemonConfig, InboxConfig, PartnerConfig, StoreConfig, WebhookConfig,
-    build_config, load_config, parse_duration,
+    CONFIG_ENV,
+    ConfigError,
+    DaemonConfig,
+    LocalInboxConfig,
+    PartnerConfig,
+    S3InboxConfig,
+    SftpInboxConfig,
+    StoreConfig,
+    WebhookConfig,
+    build_config,
+    load_config,
+    parse_duration,
 )
-from config.model import DEFAULT_PATTERNS, Limits
+from config.model import DEFAULT_PATTERNS, FORMAT_NAMES, INBOX_CONFIGS, Limits
+from inbox_daemon import settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -48,7 +61,7 @@ def test_no_file_and_no_environment_gives_the_built_in_default(workdir):
     assert list(config.partners) == ["default"]
     partner = config.partner("default")
     assert (partner.currency, partner.preset, dict(partner.columns)) == ("USD", None, {})
-    assert [(i.partner, i.kind, i.path) for i in config.inboxes] == [("default", "local", "inbox/default")]
+    assert config.inboxes == (LocalInboxConfig(partner="default", path="inbox/default"),)
     assert config.inboxes[0].patterns == DEFAULT_PATTERNS
 
 
@@ -87,6 +100,21 @@ def test_s3_prefix_gets_a_trailing_slash():
     assert config.inboxes[0].prefix == "drops/"
 
 
+def test_each_kind_of_inbox_gets_its_own_type_with_the_defaults_of_its_dataclass(tmp_path):
+    config = build_config({"partners": [{"id": "a"}], "inboxes": [
+        {"partner": "a", "path": "./in/a/"},
+        {"partner": "a", "kind": "sftp", "host": "h", "username": "u", "password_env": "PW",
+         "known_hosts": __file__},
+        {"partner": "a", "kind": "s3", "bucket": "b", "prefix": "drops/"},
+    ]})
+    assert config.inboxes == (
+        LocalInboxConfig(partner="a", path="in/a"),
+        SftpInboxConfig(partner="a", path=".", host="h", username="u", password_env="PW", known_hosts=__file__),
+        S3InboxConfig(partner="a", path="drops/", bucket="b", prefix="drops/"),
+    )
+    assert [i.id for i in config.inboxes] == ["local:in/a", "sftp:u@h:22.", "s3:b/drops/"]
+
+
 # -- durations -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, seconds", [
@@ -110,8 +138,8 @@ def test_non_finite_durations_are_refused(value):
 
 
 def test_inbox_durations_are_parsed():
-    config = build_config({"partners": [{"id": "a"}],
-                           "inboxes": [{"partner": "a", "settle": "500ms", "poll_interval": "2m"}]})
+    config = build_config({"partners": [{"id": "a"}], "inboxes": [
+        {"partner": "a", "kind": "s3", "bucket": "b", "settle": "500ms", "poll_interval": "2m"}]})
     assert (config.inboxes[0].settle, config.inboxes[0].poll_interval) == (0.5, 120.0)
 
 
@@ -184,6 +212,23 @@ def test_unknown_keys_are_named_with_their_path(data, expected):
     assert expected in problems_of(data)
 
 
+@pytest.mark.parametrize("inbox, expected", [
+    ({"poll_interval": "1m"}, 'inboxes[0].poll_interval: unknown key for kind "local"'),
+    ({"bucket": "b"}, 'inboxes[0].bucket: unknown key for kind "local"'),
+    ({"kind": "s3", "bucket": "b", "host": "h"}, 'inboxes[0].host: unknown key for kind "s3"'),
+    ({"kind": "sftp", "host": "h", "username": "u", "password_env": "PW", "known_hosts": __file__,
+      "prefix": "x/"}, 'inboxes[0].prefix: unknown key for kind "sftp"'),
+])
+def test_a_key_of_another_kind_of_inbox_is_named_as_such(inbox, expected):
+    assert problems_of({"partners": [{"id": "a"}], "inboxes": [{"partner": "a", **inbox}]}) == [expected]
+
+
+def test_an_unknown_kind_is_the_only_problem_reported_for_its_inbox():
+    """Which keys an inbox may have depends on its kind: none can be judged without one."""
+    problems = problems_of({"partners": [{"id": "a"}], "inboxes": [{"partner": "a", "kind": "ftp", "host": "h"}]})
+    assert problems == ["inboxes[0].kind: must be one of local, sftp, s3; got 'ftp'"]
+
+
 def test_inbox_for_an_unknown_partner_is_an_error():
     problems = problems_of({"partners": [{"id": "a"}], "inboxes": [{"partner": "ghost"}]})
     assert problems == ["inboxes[0].partner: no [[partners]] entry with id 'ghost'"]
@@ -212,7 +257,6 @@ def test_ratios_from_zero_to_one_are_accepted(key, value):
     ({"partners": [{"id": "bad id!"}]}, "partners[0].id: use letters"),
     ({"partners": [{"currency": "USD"}]}, "partners[0].id: required"),
     ({"partners": [{"id": "a"}, {"id": "a"}]}, "partners[1].id: duplicate partner id 'a'"),
-    ({"partners": [{"id": "a", "preset": "ebay"}]}, "partners[0].preset: unknown preset 'ebay'"),
     ({"partners": [{"id": "a", "encoding": "klingon"}]}, "partners[0].encoding: unknown encoding"),
     ({"partners": [{"id": "a", "decimal_separator": ";"}]}, "partners[0].decimal_separator: must be one of"),
     ({"partners": [{"id": "a", "columns": {"colour": "Farbe"}}]}, "partners[0].columns.colour: not a canonical"),
@@ -247,6 +291,31 @@ def test_all_problems_are_reported_together():
                          "inboxes[0].key_file", "inboxes[1].partner"}
     for problem in info.value.problems:
         assert problem in str(info.value)
+
+
+def test_an_unknown_preset_is_reported_with_every_other_problem(workdir):
+    path = workdir / "p.toml"
+    path.write_text('[[partners]]\nid = "a"\ncurrency = "XX"\npreset = "ebay"\n')
+    with pytest.raises(ConfigError) as info:
+        settings.load(path)
+    currency, preset = info.value.problems
+    assert currency.startswith("partners[0].currency: ")
+    assert preset.startswith("partners[0].preset: unknown preset 'ebay'; known: akeneo, google-merchant")
+
+
+def test_config_imports_no_adapters():
+    """adapters build on config; config learns preset names from its caller (inbox_daemon.settings)."""
+    code = ("import sys, config; config.build_config({'partners': [{'id': 'a', 'preset': 'x', 'currency': 'EUR', "
+            "'columns': {'sku': 'SKU'}}], 'inboxes': [{'partner': 'a', 'format': 'csv'}]}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'adapters'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_format_names_of_the_config_are_exactly_the_readers():
+    from adapters.readers import FORMATS
+    assert sorted(FORMATS) == sorted(FORMAT_NAMES)
 
 
 def test_missing_file_is_a_config_error(tmp_path):
@@ -297,8 +366,8 @@ def _documented_example() -> dict:
 
 
 @pytest.mark.parametrize("model, section", [
-    (DaemonConfig, "daemon"), (StoreConfig, "store"), (PartnerConfig, "partners"),
-    (WebhookConfig, "webhook"), (InboxConfig, "inboxes"), (Limits, "limits"),
+    (DaemonConfig, "daemon"), (StoreConfig, "store"), (PartnerConfig, "partners"), (WebhookConfig, "webhook"),
+    (LocalInboxConfig, "inboxes"), (SftpInboxConfig, "inboxes"), (S3InboxConfig, "inboxes"), (Limits, "limits"),
 ])
 def test_example_toml_documents_every_key_of_the_model(model, section):
     doc = _documented_example()
@@ -322,7 +391,7 @@ def test_example_toml_uses_no_key_the_model_lacks():
     for table in doc["partners"]:
         assert set(table) <= {f.name for f in dataclasses.fields(PartnerConfig)}
     for table in doc["inboxes"]:
-        assert set(table) <= {f.name for f in dataclasses.fields(InboxConfig)}
+        assert set(table) <= {f.name for f in dataclasses.fields(INBOX_CONFIGS[table.get("kind", "local")])}
 
 
 # -- config check --------------------------------------------------------------------------------

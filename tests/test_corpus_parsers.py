@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from adapters.readers import Block, ReadOptions, read_blocks
-from inbox_daemon.errors import UnknownFormat, UnreadableFile
+from config.errors import UnknownFormat, UnreadableFile
 from tests.conftest import CORPUS, REPO
 
 MISSING = "corpus-missing"
@@ -159,7 +159,7 @@ _MEASURED_READ = """
 import json, resource, sys
 from pathlib import Path
 from adapters.readers import read_blocks
-from inbox_daemon.errors import UnreadableFile
+from config.errors import UnreadableFile
 path = Path(sys.argv[1])
 try:
     outcome = "%d rows" % sum(b.batch.num_rows for b in read_blocks(path, name=path.name))

@@ -38,12 +38,13 @@ import signal
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from inbox_daemon.failpoints import ENV as CRASH_AT, POINTS
+from inbox_daemon.failpoints import ENV as CRASH_AT
+from inbox_daemon.failpoints import POINTS
 from inbox_daemon.pipeline import KEEP_SPOOL
 from tests.conftest import run_cli
 from tests.daemon_harness import DaemonProcess, wait_for
@@ -308,7 +309,7 @@ def _archived(inbox: Path) -> set[str]:
 
 
 def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

@@ -304,8 +304,9 @@ def test_metrics_and_healthz_answer(tmp_path, daemon):
 
 
 def test_run_without_config_creates_and_watches_inbox_default(tmp_path):
-    from tests.daemon_harness import EXE
     import subprocess
+
+    from tests.daemon_harness import EXE
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen([EXE, "run"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 env={**__import__("os").environ, "INBOX_DAEMON_CONFIG": ""})

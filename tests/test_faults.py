@@ -54,7 +54,17 @@ from tests.conftest import ledger, products
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for
 from tests.sftp_server import SftpTestServer
 from tests.test_s3 import (  # noqa: F401 — fixtures, used by name
-    BUCKET, CSV, FaultProxy, _ProxyHandler, _keys, _operation, _s3_config, aws_env, moto, moto_server, s3,
+    BUCKET,
+    CSV,
+    FaultProxy,
+    _keys,
+    _operation,
+    _ProxyHandler,
+    _s3_config,
+    aws_env,
+    moto,
+    moto_server,
+    s3,
 )
 from tests.test_sftp import _outbound, keys, secrets, server  # noqa: F401 — fixtures, used by name
 
@@ -117,7 +127,7 @@ class Verdict:
             self.problems.append((str(exc), False))
             return None
 
-    def health_reported(self, sampler: "HealthSampler", fault: str) -> None:
+    def health_reported(self, sampler: HealthSampler, fault: str) -> None:
         """/healthz said something was wrong while the fault lasted, and says all is well again
         now that it cleared and the work went through."""
         degraded = sampler.degraded()
@@ -161,7 +171,7 @@ class HealthSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="healthz sampler", daemon=True)
 
-    def __enter__(self) -> "HealthSampler":
+    def __enter__(self) -> HealthSampler:
         wait_for(lambda: healthz(self.address)[0] == 200, what="/healthz 200 before the fault")
         self._thread.start()
         return self

@@ -315,7 +315,7 @@ def test_manifest_has_every_contract_field(workdir, ingest):
 def test_every_outcome_is_in_the_audit_trail(workdir, ingest, cli):
     _, ok = ingest(write_csv(workdir / "a.csv", ["sku", "name"], [["A", "x"]]))
     _, bad = ingest(write_csv(workdir / "b.csv", ["id"], [["1"]]))
-    lines = [json.loads(l) for l in cli("audit", "tail", "-n", "10").out.splitlines()]
+    lines = [json.loads(line) for line in cli("audit", "tail", "-n", "10").out.splitlines()]
     assert [(r["event"], r["job_id"]) for r in lines] == [("job.succeeded", ok["job_id"]),
                                                           ("job.rejected", bad["job_id"])]
     assert cli("audit", "verify").code == 0

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from adapters.readers import BLOCK_SIZE, Block, ReadOptions, detect_format, read_blocks
-from inbox_daemon.errors import UnknownFormat, UnreadableFile
+from config.errors import UnknownFormat, UnreadableFile
 from tests.conftest import REPO, write_csv
 
 HEADER = ["sku", "name", "price"]
@@ -92,7 +92,7 @@ _CHILD_READER = """
 import sys
 from pathlib import Path
 from adapters.readers import read_blocks
-from inbox_daemon.errors import UnreadableFile
+from config.errors import UnreadableFile
 path = Path(sys.argv[1])
 try:
     rows = sum(b.batch.num_rows for b in read_blocks(path, name=path.name))

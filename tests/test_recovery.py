@@ -9,8 +9,8 @@ import time
 import pytest
 
 from config import build_config
+from config.errors import InboxMisconfigured, InboxUnavailable
 from inbox_daemon.audit import AuditLog
-from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
 from inbox_daemon.inboxes.local import LocalInbox
 from tests.conftest import read_diagnostics
 
@@ -121,7 +121,6 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     from inbox_daemon.drop import Drop
     from inbox_daemon.pipeline import Pipeline
     from storage import open_store
-
     from tests.conftest import products, write_csv
     path = write_csv(workdir / "feed.csv", ["sku", "name"], [["C1", "x"]])
     config = default_config()

@@ -18,7 +18,6 @@ from inbox_daemon import logs
 from inbox_daemon.results import DiagnosticsWriter, spreadsheet_safe
 from inbox_daemon.tempfiles import write_atomic
 
-
 # -- spreadsheet_safe ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cell", ["=1+1", "+41 79 000", "-5", "@SUM(A1)", "\tx", "\rx",

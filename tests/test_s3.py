@@ -23,8 +23,8 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from config import build_config
-from config.model import InboxConfig
-from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable, Terminal, Transient
+from config.errors import InboxMisconfigured, InboxUnavailable, Terminal, Transient
+from config.model import S3InboxConfig
 from inbox_daemon.inboxes import INBOX_KINDS
 from inbox_daemon.inboxes import s3 as s3_module
 from inbox_daemon.inboxes.s3 import FULL_LISTING_EVERY, ObjectGone, S3Inbox, _sqs_endpoint, event_records, s3_errors
@@ -538,8 +538,8 @@ def test_event_records_decode_keys_and_accept_sns_wrapping():
 
 def test_probe_of_a_missing_bucket_is_not_ok_and_names_the_bucket(aws_env):
     with mock_aws():
-        inbox = S3Inbox(InboxConfig(partner="acme", kind="s3", path="acme/", bucket="no-such-bucket",
-                                    prefix="acme/"))            # its own default client, from the chain
+        inbox = S3Inbox(S3InboxConfig(partner="acme", path="acme/", bucket="no-such-bucket",
+                                      prefix="acme/"))          # its own default client, from the chain
         outcome = inbox.probe()
     assert not outcome["ok"]
     assert "no-such-bucket" in outcome["detail"] and "does not exist" in outcome["detail"]

@@ -59,6 +59,7 @@ import pytest
 from tests.conftest import REPO, products, run_cli, write_csv
 from tests.daemon_harness import EXE, DaemonProcess, config, manifests, wait_for, wait_manifests
 from tests.sftp_server import SftpTestServer
+
 # the recording fault proxy in front of moto, and its fixtures (moto's server, fake credentials)
 from tests.test_s3 import FaultProxy, _ProxyHandler, aws_env, moto, moto_server  # noqa: F401
 
@@ -90,7 +91,7 @@ def _fingerprint(path: Path) -> tuple:
 
 def _files_under(root: Path) -> list[Path]:
     out = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    for folder, _dirs, files in os.walk(root, followlinks=False):
         for name in files:
             p = Path(folder) / name
             if stat.S_ISREG(os.lstat(p).st_mode):
@@ -208,8 +209,8 @@ def _local_inbox_object(root: Path):
 def test_path_safety_local_inbox_refuses_keys_with_dotdot_or_absolute_paths(tmp_path, how):
     """A local file name cannot hold ``/``, so such a key can only come from elsewhere (a ledger
     job's name, a shared store): ``fetch`` and ``archive`` must refuse it, as SftpInbox does."""
+    from config.errors import InboxError
     from inbox_daemon.drop import Drop
-    from inbox_daemon.errors import InboxError
     inbox = _local_inbox_object(tmp_path)
     outside = tmp_path / "outside.csv"
     outside.write_text("sku,name\nOUTSIDE,secret\n")
@@ -416,7 +417,7 @@ class _HostileListingServer(SftpTestServer):
         super().__init__(*args, **kw)
         self.requested: list[bytes] = []
 
-    def start(self) -> "_HostileListingServer":
+    def start(self) -> _HostileListingServer:
         server = self
 
         class Hostile(asyncssh.SFTPServer):

@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from config import build_config
-from inbox_daemon.errors import InboxMisconfigured
+from config.errors import InboxMisconfigured
 from inbox_daemon.inboxes.sftp import SftpInbox
 from tests.conftest import products, run_cli, write_csv
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests

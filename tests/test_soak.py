@@ -34,7 +34,16 @@ from config.model import DEFAULT_PATTERNS
 from tests.conftest import ledger, products
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for
 from tests.test_s3 import (  # noqa: F401 — fixtures, used by name
-    BUCKET, CSV, FaultProxy, _operation, _ProxyHandler, _s3_config, aws_env, moto, moto_server, s3,
+    BUCKET,
+    CSV,
+    FaultProxy,
+    _operation,
+    _ProxyHandler,
+    _s3_config,
+    aws_env,
+    moto,
+    moto_server,
+    s3,
 )
 
 CLEAN = {"succeeded", "partial", "rejected", "duplicate"}

@@ -15,9 +15,9 @@ import threading
 import pyarrow as pa
 import pytest
 
-from adapters.canonical import CANONICAL_SCHEMA
+from config.canonical import CANONICAL_SCHEMA
+from config.errors import DeactivationRefused, LeaseLost, StoreUnavailable
 from config.model import StoreConfig
-from inbox_daemon.errors import DeactivationRefused, LeaseLost, StoreUnavailable
 from storage import open_store
 from storage.base import Outcome, Source
 from tests.conftest import pg_products
@@ -291,6 +291,7 @@ def test_a_file_claimed_by_one_daemon_is_refused_to_another_until_released_or_ex
 
 def test_postgres_refuses_a_database_it_did_not_create(pg_url):
     import psycopg
+
     from config import ConfigError
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE products (id int)")

@@ -12,12 +12,12 @@ import json
 import pyarrow as pa
 import pytest
 
-from adapters.canonical import CANONICAL_SCHEMA, MAX_LENGTH
 from adapters.mapping import resolve_columns
 from adapters.readers import Block
 from adapters.validation import DIAGNOSTICS_SCHEMA, MAX_VALUE_SHOWN, Judged, judge
+from config.canonical import CANONICAL_SCHEMA, MAX_LENGTH
+from config.errors import MissingColumn
 from config.model import PartnerConfig
-from inbox_daemon.errors import MissingColumn
 
 PARTNER = PartnerConfig(id="p")                              # currency USD, decimal "."
 COMMA = PartnerConfig(id="eu", currency="EUR", decimal_separator=",")

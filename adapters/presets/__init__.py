@@ -20,11 +20,11 @@ A partner's own ``columns`` always win over the preset; canonical names come las
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Mapping
 
-from adapters.canonical import INPUT_FIELDS
+from config.canonical import INPUT_FIELDS
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,17 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from adapters.readers import BLOCK_SIZE, Block, ReadOptions, open_stream, to_text
+from adapters.readers.base import BLOCK_SIZE, Block, ReadOptions, open_stream, to_text
+from config.errors import LimitExceeded, UnreadableFile
 from config.model import Limits
-from inbox_daemon.errors import LimitExceeded, UnreadableFile
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 HEADER_ROWS = 1

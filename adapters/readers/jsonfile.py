@@ -14,19 +14,25 @@ import io
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import ijson
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from adapters.readers import (
-    BLOCK_SIZE, PY_BATCH_ROWS, Block, ReadOptions, flatten_record, open_stream, records_to_batch, to_text,
+from adapters.readers.base import (
+    BLOCK_SIZE,
+    PY_BATCH_ROWS,
+    Block,
+    ReadOptions,
+    flatten_record,
+    open_stream,
+    records_to_batch,
+    to_text,
 )
-from inbox_daemon.errors import UnreadableFile
-
+from config.errors import UnreadableFile
 
 MAX_DEPTH = 64   # deeper nesting is no catalog; ijson's prefixes would cost O(depth²) memory
 _BOM = b"\xef\xbb\xbf"

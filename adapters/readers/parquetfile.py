@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adapters.readers import Block, ReadOptions, seekable_copy, to_text
-from inbox_daemon.errors import UnreadableFile
+from adapters.readers.base import Block, ReadOptions, seekable_copy, to_text
+from config.errors import UnreadableFile
 
 BATCH_ROWS = 65_536
 MAX_ROW_GROUP_BYTES = 1 << 30     # uncompressed; a row group is decoded whole, so this bounds memory

@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
-from adapters.readers import PY_BATCH_ROWS, Block, ReadOptions, seekable_copy
-from inbox_daemon.errors import LimitExceeded, UnreadableFile
+from adapters.readers.base import PY_BATCH_ROWS, Block, ReadOptions, seekable_copy
+from config.errors import LimitExceeded, UnreadableFile
 
 
 def _cell_text(value) -> str | None:

@@ -15,6 +15,6 @@ def open_inbox(config: InboxConfig) -> Inbox:
     try:
         kind = INBOX_KINDS[config.kind]
     except KeyError:
-        from inbox_daemon.errors import InboxMisconfigured
+        from config.errors import InboxMisconfigured
         raise InboxMisconfigured(f"inbox kind {config.kind!r} is not available in this build") from None
     return kind(config)

@@ -7,7 +7,8 @@ the one place a kind is mapped to its class.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from config.model import InboxConfig
 from inbox_daemon.drop import Drop
@@ -18,8 +19,6 @@ OnReady = Callable[[Drop], None]
 TEMP_PATTERNS = ("*.part", "*.tmp", "*.filepart", "*.crdownload", ".*", "~*")
 PROCESSED, FAILED, RESULTS = "processed", "failed", "results"
 RESERVED = (PROCESSED, FAILED, RESULTS)
-# outcomes archived the ``on_success`` way (processed/, delete, keep); the others go to failed/
-SUCCESS = ("succeeded", "partial", "duplicate")
 
 
 def wanted(name: str, cfg: InboxConfig) -> bool:

@@ -17,29 +17,35 @@ import os
 import stat as stat_mod
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from watchdog.events import (
-    FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent,
-    FileSystemEvent, FileSystemEventHandler,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
 )
 from watchdog.observers import Observer
 
-from config.model import InboxConfig
+from config.errors import InboxMisconfigured, InboxUnavailable
+from config.model import LocalInboxConfig
+from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, SUCCESS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
-from inbox_daemon.tempfiles import fsync_dir, write_atomic
 from inbox_daemon.spool import spool_stream
+from inbox_daemon.tempfiles import fsync_dir, write_atomic
 
 SETTLE_TICK = 0.02        # seconds between checks of files waiting to settle
 PROBE = 0.05              # seconds a created file must stay unopened to count as moved in whole
 
 
 class LocalInbox:
-    def __init__(self, config: InboxConfig, *, observer_factory=Observer, clock=time.monotonic):
+    def __init__(self, config: LocalInboxConfig, *, observer_factory=Observer, clock=time.monotonic):
         self.config = config
         self.root = Path(config.path).resolve()
         self._observer_factory = observer_factory
@@ -248,7 +254,7 @@ class LocalInbox:
         if self._same_file(drop) is None:
             return
         source = self._path(drop.key)
-        if status in SUCCESS:
+        if status in ARCHIVED_AS_SUCCESS:
             if self.config.on_success == "keep":
                 return
             if self.config.on_success == "delete":

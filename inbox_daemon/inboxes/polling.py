@@ -12,15 +12,15 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
-from config.model import InboxConfig
+from config.errors import InboxError
+from config.model import RemoteInboxConfig
+from inbox_daemon.backoff import backoff
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import InboxError
 from inbox_daemon.inboxes.base import OnReady, safe_name, wanted
 from inbox_daemon.logs import get_logger
-from inbox_daemon.backoff import backoff
 
 JITTER = 0.1
 MAX_BACKOFF = 300.0
@@ -48,7 +48,7 @@ class PollingInbox:
 
     atomic_uploads = False
 
-    def __init__(self, config: InboxConfig, *, clock=time.time):
+    def __init__(self, config: RemoteInboxConfig, *, clock=time.time):
         self.config = config
         self._clock = clock
         self._seen: dict[str, tuple[int, str, float]] = {}     # key -> (size, version, since)

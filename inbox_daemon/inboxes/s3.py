@@ -21,24 +21,30 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import botocore.config
 from botocore.exceptions import (
-    BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
 )
 
-from config.model import InboxConfig
+from config.errors import InboxError, InboxMisconfigured, InboxUnavailable
+from config.model import S3InboxConfig
+from config.status import ARCHIVED_AS_SUCCESS
+from inbox_daemon.backoff import backoff
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import InboxError, InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, SUCCESS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, OnReady, safe_name, wanted
 from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
 from inbox_daemon.spool import spool_stream
-from inbox_daemon.backoff import backoff
 
 RETRIES = {"mode": "standard", "max_attempts": 6}   # botocore retries throttling, 5xx, resets
 CONNECT_TIMEOUT = 10            # seconds
@@ -182,7 +188,7 @@ def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
 class S3Inbox(PollingInbox):
     atomic_uploads = True           # an S3 object is visible only once its upload completed
 
-    def __init__(self, config: InboxConfig, *, client=None, sqs=None):
+    def __init__(self, config: S3InboxConfig, *, client=None, sqs=None):
         super().__init__(config)
         self.bucket = config.bucket
         self.prefix = config.prefix
@@ -306,7 +312,7 @@ class S3Inbox(PollingInbox):
         if self.event_mode:
             self._remember_archived(key, drop.version)
         try:
-            if status not in SUCCESS:
+            if status not in ARCHIVED_AS_SUCCESS:
                 self._move(drop, key, FAILED)
             elif self.config.on_success == "move":
                 self._move(drop, key, PROCESSED)

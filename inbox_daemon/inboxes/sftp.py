@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import os
 import posixpath
-import socket
 import stat
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import paramiko
 import paramiko.hostkeys
 
-from config.model import InboxConfig
+from config.errors import InboxMisconfigured, InboxUnavailable
+from config.model import SftpInboxConfig
+from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
-from inbox_daemon.errors import InboxMisconfigured, InboxUnavailable
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, SUCCESS, safe_name
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, safe_name
 from inbox_daemon.inboxes.polling import Entry, PollingInbox
 from inbox_daemon.logs import register_secret
 from inbox_daemon.spool import spool_stream
@@ -35,7 +35,7 @@ TIMEOUT_S = 20
 
 
 class SftpInbox(PollingInbox):
-    def __init__(self, config: InboxConfig, *, ssh_client_factory=paramiko.SSHClient):
+    def __init__(self, config: SftpInboxConfig, *, ssh_client_factory=paramiko.SSHClient):
         super().__init__(config)
         self._factory = ssh_client_factory
         self._ssh: paramiko.SSHClient | None = None
@@ -80,7 +80,7 @@ class SftpInbox(PollingInbox):
             if what == "list":
                 raise InboxMisconfigured(f"folder {self.root!r} does not exist on {host}") from exc
             raise InboxUnavailable(f"{what} on {host}: no such file ({exc})") from exc
-        except (OSError, EOFError, socket.timeout, paramiko.SFTPError) as exc:
+        except (TimeoutError, OSError, EOFError, paramiko.SFTPError) as exc:
             self.disconnect()
             raise InboxUnavailable(f"{what} on {host}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -162,7 +162,7 @@ class SftpInbox(PollingInbox):
                 return                    # archived already (a restart between outcome and archive)
             if f"{st.st_mtime}-{st.st_size}" != drop.version:
                 return                    # a newer upload under the same name: it gets its own job
-            if status in SUCCESS:
+            if status in ARCHIVED_AS_SUCCESS:
                 if self.config.on_success == "keep":
                     return
                 if self.config.on_success == "delete":

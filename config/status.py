@@ -1,0 +1,45 @@
+"""A job's status: one type for the ledger, the pipeline, the inboxes and the command line
+(here, on the floor every package shares, like the canonical row and the error tree).
+
+    queued → running → succeeded | partial | rejected | failed | duplicate
+                                             failed → (retried) … → quarantined
+
+``JobStatus`` is a ``StrEnum``: a member *is* its text, so it is written to SQL parameters, JSON
+manifests and logs as that text and compares equal to the text read back from the store. The
+groups below are the only place a set of statuses is spelt out.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"              # waiting for a worker (new, requeued, or released on stop)
+    RUNNING = "running"            # a worker holds it under a lease
+    SUCCEEDED = "succeeded"        # every row applied
+    PARTIAL = "partial"            # applied; some rows rejected (within max_reject_ratio)
+    REJECTED = "rejected"          # nothing applied: the file as a whole cannot be
+    FAILED = "failed"              # this attempt failed for a transient reason: retried
+    QUARANTINED = "quarantined"    # retried max_attempts times: an operator must act
+    DUPLICATE = "duplicate"        # content already received: no catalog change
+
+
+#: statuses a job rests in once an attempt is over (``failed`` may still be retried)
+FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.REJECTED, JobStatus.FAILED,
+                   JobStatus.QUARANTINED, JobStatus.DUPLICATE})
+#: statuses ``jobs requeue`` puts back to ``queued``
+REQUEUEABLE = frozenset({JobStatus.REJECTED, JobStatus.FAILED, JobStatus.QUARANTINED})
+#: statuses a work item may (re)start
+RUNNABLE = frozenset({JobStatus.QUEUED, JobStatus.FAILED})
+#: the file's rows reached the catalog
+APPLIED = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL})
+#: outcomes archived the ``on_success`` way (processed/, delete, keep); the others go to failed/
+ARCHIVED_AS_SUCCESS = APPLIED | {JobStatus.DUPLICATE}
+#: the spooled copy is still needed (the job may run again, or be requeued)
+KEEP_SPOOL = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REJECTED, JobStatus.FAILED,
+                        JobStatus.QUARANTINED})
+
+#: how an attempt ends when it is stopped before its commit (``jobs show``): not a job status,
+#: the job itself goes back to ``queued``
+ATTEMPT_RELEASED = "released"

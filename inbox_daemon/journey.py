@@ -1,0 +1,295 @@
+"""One drop's journey, from the inbox to its answer, in one place:
+
+    claim the file → spool (fetch + sha256) → pipeline (ledger claim … commit … report)
+        → answer: the partner's copy in results/, the archive, the webhook → a verdict
+
+``Journey.run(item)`` takes one work item through those steps and returns a ``Verdict``; it
+never calls back into the scheduler. The daemon acts on the verdict alone: it schedules a run
+again (``RetryIn``), lets the inbox offer the file again later (``OfferAgainIn``), notes a fault
+for /healthz (``Fault``) and counts what is ``Done``. What each kind of trouble means for a drop
+is decided here: a Transient error is another attempt after a backoff, then the inbox's next
+look; a job that ``failed`` is run again up to ``max_attempts``, then quarantined.
+
+Several daemons may share a store and remote inboxes: the file is claimed in the store before
+it is downloaded (another daemon's claim: offered again once that claim could have expired),
+and released at the end of the journey, whatever became of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import Config
+from config.errors import Cancelled, InboxError, ResultsUnwritable, SpoolError, StoreError, Transient
+from config.status import ARCHIVED_AS_SUCCESS, RUNNABLE, JobStatus
+from inbox_daemon import failpoints
+from inbox_daemon.backoff import backoff
+from inbox_daemon.drop import Drop
+from inbox_daemon.inboxes.base import Inbox
+from inbox_daemon.logs import get_logger
+from inbox_daemon.pipeline import Pipeline, Result
+from inbox_daemon.results import diagnostics_name, manifest_bytes
+from inbox_daemon.webhooks import WebhookSender
+from storage.base import CatalogStore, Job
+
+BUSY_BACKOFF_STEPS = 4            # content being applied right now: backoff grows to 2^4 × retry_base
+FAULT_COMPONENTS = ((SpoolError, "spool"), (ResultsUnwritable, "results"), (StoreError, "store"),
+                    (InboxError, "inbox"))
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A file to take in (``job_id`` None), or a ledger job to run again from its spooled copy."""
+    drop: Drop
+    job_id: str | None = None     # set: run this ledger job from its spool (requeue, retry)
+    attempt: int = 0              # fetch-level retries of a drop that never reached the ledger
+
+    @property
+    def key(self) -> tuple:
+        return ("job", self.job_id) if self.job_id else ("drop", self.drop.inbox, self.drop.key, self.drop.version)
+
+    @classmethod
+    def for_job(cls, job: Job) -> WorkItem:
+        """Run ``job`` again; its inbox finds the file by name, if it is still there."""
+        drop = Drop(inbox=job.inbox, partner=job.partner_id, key=job.source_name, name=job.source_name,
+                    uri=job.source_uri, size=job.size, version=job.source_version or "")
+        return cls(drop, job_id=job.id)
+
+
+# -- verdicts: what the scheduler is to do next -------------------------------------------------
+
+@dataclass(frozen=True)
+class Done:
+    """Nothing more to do. ``manifest``: the answer a job got on this run (counted by the
+    daemon), None when there was none to give (skipped, released on stop, answered before)."""
+    manifest: dict | None = None
+
+
+@dataclass(frozen=True)
+class RetryIn:
+    """Run ``item`` again in ``seconds`` (``attempt`` is what the log says it will be)."""
+    seconds: float
+    item: WorkItem
+    attempt: int
+
+
+@dataclass(frozen=True)
+class OfferAgainIn:
+    """Leave the file in its inbox; the inbox offers it again in ``seconds``."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``component`` is failing (``/healthz`` says so until a job goes through); then ``then``."""
+    component: str
+    error: str
+    then: Verdict
+
+
+Verdict = Done | RetryIn | OfferAgainIn | Fault
+
+
+class Journey:
+    """Takes work items through their journey on one worker's store connection."""
+
+    def __init__(self, config: Config, store: CatalogStore, inboxes: Mapping[str, Inbox], *,
+                 webhooks: WebhookSender, should_stop: Callable[[], bool]):
+        self.config = config
+        self.store = store
+        self.inboxes = inboxes
+        self.webhooks = webhooks
+        self.should_stop = should_stop      # asked between batches: past the stop deadline?
+        self.pipeline = Pipeline(config, store, actor="daemon")
+
+    def run(self, item: WorkItem) -> Verdict:
+        drop = item.drop
+        log = get_logger(component="daemon", inbox=drop.inbox, partner=drop.partner, file=drop.name)
+        inbox = self.inboxes.get(drop.inbox)
+        try:
+            if drop.partner not in self.config.partners:
+                log.warning("job.skipped", reason="partner no longer configured")
+                return Done()
+            if item.job_id:
+                return self._run_job(item, inbox, log)
+            if inbox is None:
+                return Done()           # its inbox was stopped (reload) since the file was seen
+            return self._take_in(item, inbox, log)
+        except Cancelled:
+            return Done()
+        except Transient as exc:
+            return self._transient(item, inbox, exc, log)
+        except InboxError as exc:
+            # Terminal trouble with the inbox itself (permission denied, archived object): the
+            # file stays where it is; the operator sees this line, the next scan tries again.
+            log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
+            return Done()
+        finally:
+            self._release_file(drop, log)
+
+    # -- the two ways in ----------------------------------------------------------------------
+    def _take_in(self, item: WorkItem, inbox: Inbox, log) -> Verdict:
+        """A file seen in its inbox: claim it, spool it, run it through the pipeline."""
+        drop = item.drop
+        if not self._claim_file(drop, log):
+            return OfferAgainIn(self.config.store.lease)
+        seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
+        if seen:
+            # taken in and answered before: kept ("keep"), or a daemon stopped after its report,
+            # before the archive; answered again as any replay is
+            log.debug("file.already_taken_in", version=drop.version, status=seen.status)
+            if seen.result is None:         # nothing to tell again: only the archive
+                inbox.archive(drop, seen.status)
+            else:
+                self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
+            return Done()
+        spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
+        result = self.pipeline.process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
+                                       should_stop=self.should_stop, watching=True)
+        return self._conclude(item, inbox, result, log)
+
+    def _run_job(self, item: WorkItem, inbox: Inbox | None, log) -> Verdict:
+        """A ledger job run again (retry, requeue): from its spooled copy, else from the inbox."""
+        job = self.store.job(item.job_id)
+        if job.status not in RUNNABLE:
+            return Done()       # done meanwhile (its file was picked up too): nothing to redo
+        spooled = Path(job.spool_path) if job.spool_path else None
+        if spooled is None or not spooled.exists():
+            if not self._claim_file(item.drop, log):
+                return OfferAgainIn(self.config.store.lease)
+            try:
+                spooled = self._fetch_again(job, item.drop, inbox)
+            except InboxError as exc:
+                # neither our copy nor the partner's file is left: only a new drop can help
+                reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
+                if self.store.job(job.id).status not in RUNNABLE:
+                    return Done()
+                log.error("job.unrecoverable", job_id=job.id, reason=reason)
+                return Done(self.pipeline.give_up(job, reason, log).manifest)   # an operator must act
+        result = self.pipeline.process(spooled, job.sha256, item.drop, fmt=job.format, mode=job.mode,
+                                       should_stop=self.should_stop, watching=True)
+        return self._conclude(item, inbox, result, log)
+
+    def _fetch_again(self, job: Job, drop: Drop, inbox: Inbox | None) -> Path:
+        if inbox is None:
+            raise InboxError("its inbox is not watched by this daemon")
+        spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
+        if sha256 != job.sha256:
+            raise InboxError("the file under its name has other content now")
+        return spooled
+
+    # -- what the outcome means ---------------------------------------------------------------
+    def _conclude(self, item: WorkItem, inbox: Inbox | None, result: Result, log) -> Verdict:
+        """The outcome is durable: run again, quarantine, or answer."""
+        drop, manifest, status = item.drop, result.manifest, result.status
+        if result.replay:                   # answered before: only the partner's copy and the archive
+            if inbox is not None:
+                self._answer(inbox, drop, manifest, status, log, replay=True)
+            return Done()
+        if status == JobStatus.RUNNING:
+            # the same content is being applied right now (another name, another worker): look
+            # again once that is done; it will be this file's duplicate, answered and archived
+            # (a requeued job found running is simply someone else's now: nothing to retry)
+            if item.job_id is not None:
+                return Done()
+            attempt = min(item.attempt + 1, BUSY_BACKOFF_STEPS)
+            return self._retry(dataclasses.replace(item, attempt=attempt), attempt)
+        if status == JobStatus.FAILED:
+            # e.g. the catalog locked by another process: run again, and reported meanwhile
+            message = str(manifest.get("message", "failed"))[:300]
+            job = self.store.job(manifest["job_id"])
+            if job.attempt < self.config.daemon.max_attempts:
+                return Fault("jobs", message, self._retry(WorkItem(drop, job_id=job.id), job.attempt))
+            reason = f"{manifest.get('message', 'failed')} (gave up after {job.attempt} attempts)"
+            quarantined = self.pipeline.give_up(job, reason, log).manifest
+            return Fault("jobs", message, self._answered(inbox, drop, quarantined, log))
+        return self._answered(inbox, drop, manifest, log)
+
+    def _transient(self, item: WorkItem, inbox: Inbox | None, exc: Transient, log) -> Verdict:
+        """Trouble before the ledger had the file (download, spool): another attempt after a
+        backoff; after ``max_attempts`` it is not forgotten: the inbox offers it again at its
+        next look, for another round."""
+        attempt = item.attempt + 1
+        component = next((c for kind, c in FAULT_COMPONENTS if isinstance(exc, kind)), "other")
+        if component == "inbox":
+            component = f"inbox {item.drop.inbox}"
+        log.warning("file.transient_error", error=str(exc), error_type=type(exc).__name__, attempt=attempt)
+        then: Verdict
+        if attempt < self.config.daemon.max_attempts:
+            then = self._retry(dataclasses.replace(item, attempt=attempt), attempt)
+        elif inbox is not None:
+            log.error("file.retries_exhausted", error=str(exc), attempts=attempt)
+            then = OfferAgainIn(0)
+        else:
+            then = Done()
+        return Fault(component, str(exc)[:300], then)
+
+    def _retry(self, item: WorkItem, attempt: int) -> RetryIn:
+        return RetryIn(backoff(attempt, self.config.daemon.retry_base, self.config.daemon.retry_max),
+                       item, attempt)
+
+    # -- the answer ---------------------------------------------------------------------------
+    def _answered(self, inbox: Inbox | None, drop: Drop, manifest: dict, log) -> Done:
+        """Tell the partner (results/, then the archive, then the webhook); the job is done."""
+        if inbox is not None and self._answer(inbox, drop, manifest, manifest["status"], log):
+            failpoints.reached("after_archive")
+        partner = self.config.partners.get(drop.partner)
+        if partner and partner.webhook:
+            self.webhooks.submit(partner.webhook, manifest)
+        return Done(manifest)
+
+    def _answer(self, inbox: Inbox, drop: Drop, manifest: dict, status: str, log, *, replay: bool = False) -> bool:
+        """The partner's copy of the answer in the inbox's ``results/``, then the archive; each
+        failure is logged, neither depends on the other. True when archived.
+
+        A replay is a file answered before, seen again: the daemon that answered may have stopped
+        after its report, before the copy or the archive, so both are done (again). A file the
+        inbox keeps ("keep") is seen at every look: its copy is not rewritten each time."""
+        kept = status in ARCHIVED_AS_SUCCESS and inbox.config.on_success == "keep"
+        if not (replay and kept):
+            try:
+                self._write_back(inbox, drop, manifest, log, replay=replay)
+            except (InboxError, OSError) as exc:
+                log.error("inbox.write_back_failed", job_id=manifest["job_id"], error=str(exc))
+        try:
+            inbox.archive(drop, status)
+            return True
+        except (InboxError, OSError) as exc:
+            log.error("inbox.archive_failed", job_id=manifest["job_id"], error=str(exc))
+            return False
+
+    def _write_back(self, inbox: Inbox, drop: Drop, manifest: dict, log, *, replay: bool) -> None:
+        """The partner sees the outcome where they dropped the file (``results/``). A replay
+        may run on another host than the one that applied the job, without its diagnostics
+        file: the manifest is written back all the same."""
+        inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
+        if manifest.get("diagnostics"):
+            path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                if not replay:
+                    raise
+                log.warning("inbox.write_back_without_diagnostics", job_id=manifest["job_id"],
+                            reason="the diagnostics are on the host that applied the job")
+                return
+            inbox.write_back(drop, path.name, data)
+
+    # -- the file claim (several daemons, one store) --------------------------------------------
+    def _claim_file(self, drop: Drop, log) -> bool:
+        """This file version is ours to download, unless another daemon sharing the store holds it."""
+        if self.store.claim_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version):
+            return True
+        log.debug("file.claimed_elsewhere", version=drop.version)
+        return False
+
+    def _release_file(self, drop: Drop, log) -> None:
+        """Whatever became of it, this daemon no longer holds the file (archived, or left for
+        the next look); released at once rather than kept alive by the heartbeat."""
+        try:
+            self.store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
+        except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
+            log.warning("file.release_failed", error=str(exc))

@@ -1,0 +1,22 @@
+"""The one way the program loads its configuration: ``load(path)``, for the CLI and the daemon.
+
+``config`` checks every key of the file but one: whether ``preset = "..."`` names a preset that
+exists. Presets are data files of ``adapters`` (``adapters/presets/*.toml``: adding one is adding
+a file, so no fixed list of names can be written in ``config``), and ``config`` must not import
+``adapters``, which builds on it. So the names are handed to the loader here, where both are
+known, and a wrong preset is reported with every other problem of the file, in one pass, under
+its key path (``partners[0].preset: unknown preset 'x'; known: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from adapters.presets import PRESETS
+from config import Config, load_config
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """``path``, else ``$INBOX_DAEMON_CONFIG``, else the built-in default; ``ConfigError`` lists
+    every problem."""
+    return load_config(path, presets=PRESETS)
