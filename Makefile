@@ -9,7 +9,7 @@ UV_VERSION = 0.13.9
 # A universal lock: one file that resolves the same way for every Python 3.11+ and platform.
 LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: run test test-latest lock bench clean
+.PHONY: run lint test test-latest lock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -26,7 +26,11 @@ $(VENV)/.%-installed: requirements/%.lock setup.cfg pyproject.toml | $(BIN)/pyth
 run: $(VENV)/.daemon-installed   ## start the daemon on the built-in default (./inbox/default -> ./var)
 	$(BIN)/inbox-daemon run
 
-test: $(VENV)/.test-installed    ## the whole test suite
+lint: $(VENV)/.test-installed    ## ruff and mypy (seconds; make test runs them first)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint                       ## the linters, then the whole test suite
 	$(BIN)/python -m pytest -q
 
 # The suite against the newest releases the ranges in setup.cfg admit: a fresh venv, no lock.
@@ -37,6 +41,8 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet -e '.[test]'
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
 	$(LATEST)/bin/python -m pytest -q
 
 # Refresh both locks to the newest releases the ranges admit. The daemon's lock is constrained

@@ -13,7 +13,8 @@ from adapters.validation import PRICE_TEXT
 from config.canonical import AVAILABILITY, MAX_LENGTH
 from config.model import PartnerConfig
 
-_FIELDS = {
+# canonical column -> (its description, its JSON Schema constraints, an example cell)
+_FIELDS: dict[str, tuple[str, dict[str, int | str], str]] = {
     "sku": ("The partner's product id. Unique per partner, case-insensitively; the last row wins.",
             {"minLength": 1, "maxLength": MAX_LENGTH["sku"]}, "ABC-123"),
     "name": ("Product name.", {"minLength": 1, "maxLength": MAX_LENGTH["name"]}, "Ocean Blue Shirt"),
@@ -45,7 +46,7 @@ def partner_column(partner: PartnerConfig, canonical: str) -> str:
 def effective_mapping(partner: PartnerConfig) -> dict:
     """What ``resolve_columns`` will try for this partner, preset and overrides composed."""
     preset = preset_of(partner)
-    mapping = {
+    mapping: dict[str, object] = {
         "preset": partner.preset,
         "columns": {c: list(candidates(partner, c)) for c in _FIELDS},
         "overrides": dict(partner.columns),

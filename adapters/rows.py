@@ -70,13 +70,14 @@ class GroupShaper(Shaper):
 
     def shape(self, block: Block) -> Block:
         m, batch = self.model, block.batch
-        if m.group not in batch.schema.names or batch.num_rows == 0:
+        by = m.group            # the group column; a model without one shapes nothing
+        if by is None or by not in batch.schema.names or batch.num_rows == 0:
             return block
         n = batch.num_rows
         inherit = _present(batch, m.inherit)
-        group = _blank_to_null(batch.column(m.group))
-        carry = self._carry or {name: pa.nulls(1, pa.string()) for name in [m.group, *inherit]}
-        previous = pa.concat_arrays([carry[m.group], group.slice(0, n - 1)])
+        group = _blank_to_null(batch.column(by))
+        carry = self._carry or {name: pa.nulls(1, pa.string()) for name in [by, *inherit]}
+        previous = pa.concat_arrays([carry[by], group.slice(0, n - 1)])
         # a head starts a product: its group differs from the row before (no group: its own head)
         head = pc.fill_null(pc.invert(pc.fill_null(pc.equal(group, previous), False)), True)
         head = pc.or_(head, pc.is_null(group))
@@ -91,8 +92,8 @@ class GroupShaper(Shaper):
             new[name] = pc.coalesce(_blank_to_null(batch.column(name)), pc.take(source, head_at))
         self._carry = {name: pc.take(pa.concat_arrays([carry[name], new.get(name, group)]),
                                      pa.array([int(head_at[-1].as_py())]))
-                       for name in [m.group, *inherit]}
-        self._carry[m.group] = group.slice(n - 1, 1)
+                       for name in [by, *inherit]}
+        self._carry[by] = group.slice(n - 1, 1)
         variant = _present(batch, m.variant)
         keep = head
         for name in variant:

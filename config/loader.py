@@ -87,7 +87,7 @@ class _Reader:
     def __init__(self, problems: list[str]):
         self.problems = problems
 
-    def table(self, data: dict, path: str, allowed: set[str]) -> dict:
+    def table(self, data: dict, path: str, allowed: Collection[str]) -> dict:
         if not isinstance(data, dict):
             self.problems.append(f"{path}: expected a table")
             return {}

@@ -218,7 +218,7 @@ def cmd_contract(args) -> int:
 
 
 def _plain(value: Any) -> Any:
-    if is_dataclass(value):
+    if is_dataclass(value) and not isinstance(value, type):
         return {k: _plain(v) for k, v in asdict(value).items()}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -317,13 +317,14 @@ class Daemon:
                     self._in_flight += 1
                 self.metrics.in_flight.inc()
                 started = time.monotonic()
+                journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
+                                  should_stop=self._should_stop)
                 try:
-                    journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
-                                      should_stop=self._should_stop)
                     self._act(item, journey.run(item), started)
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
                     self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
+                    journey.release(item)
                     with self._lock:
                         self._in_flight -= 1
                         self._pending.discard(item.key)

@@ -12,7 +12,7 @@ look; a job that ``failed`` is run again up to ``max_attempts``, then quarantine
 
 Several daemons may share a store and remote inboxes: the file is claimed in the store before
 it is downloaded (another daemon's claim: offered again once that claim could have expired),
-and released at the end of the journey, whatever became of it.
+and released (``release``) once the daemon has acted on the verdict, whatever became of it.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Journey:
                 log.warning("job.skipped", reason="partner no longer configured")
                 return Done()
             if item.job_id:
-                return self._run_job(item, inbox, log)
+                return self._run_job(item, item.job_id, inbox, log)
             if inbox is None:
                 return Done()           # its inbox was stopped (reload) since the file was seen
             return self._take_in(item, inbox, log)
@@ -127,8 +127,17 @@ class Journey:
             # file stays where it is; the operator sees this line, the next scan tries again.
             log.error("file.unusable", error=str(exc), error_type=type(exc).__name__)
             return Done()
-        finally:
-            self._release_file(drop, log)
+
+    def release(self, item: WorkItem) -> None:
+        """Whatever became of it, this daemon no longer holds the file (archived, or left for
+        the next look); released at once rather than kept alive by the heartbeat. The worker
+        calls this after acting on the verdict: with the store locked by another process the
+        release waits out the busy timeout, and the retry must be scheduled before that."""
+        drop = item.drop
+        try:
+            self.store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
+        except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
+            get_logger(component="daemon").warning("file.release_failed", file=drop.name, error=str(exc))
 
     # -- the two ways in ----------------------------------------------------------------------
     def _take_in(self, item: WorkItem, inbox: Inbox, log) -> Verdict:
@@ -151,9 +160,9 @@ class Journey:
                                        should_stop=self.should_stop, watching=True)
         return self._conclude(item, inbox, result, log)
 
-    def _run_job(self, item: WorkItem, inbox: Inbox | None, log) -> Verdict:
+    def _run_job(self, item: WorkItem, job_id: str, inbox: Inbox | None, log) -> Verdict:
         """A ledger job run again (retry, requeue): from its spooled copy, else from the inbox."""
-        job = self.store.job(item.job_id)
+        job = self.store.job(job_id)
         if job.status not in RUNNABLE:
             return Done()       # done meanwhile (its file was picked up too): nothing to redo
         spooled = Path(job.spool_path) if job.spool_path else None
@@ -285,11 +294,3 @@ class Journey:
             return True
         log.debug("file.claimed_elsewhere", version=drop.version)
         return False
-
-    def _release_file(self, drop: Drop, log) -> None:
-        """Whatever became of it, this daemon no longer holds the file (archived, or left for
-        the next look); released at once rather than kept alive by the heartbeat."""
-        try:
-            self.store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
-        except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
-            log.warning("file.release_failed", error=str(exc))

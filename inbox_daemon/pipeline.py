@@ -91,7 +91,7 @@ class Progress:
 class Result:
     """What ``process`` did: the manifest (as written) and where it is. ``replay``: nothing was
     done, the file had its answer already (the caller only archives it)."""
-    status: str
+    status: JobStatus
     manifest: dict
     manifest_path: Path | None
     replay: bool = False
@@ -155,10 +155,12 @@ class Pipeline:
                 return self._duplicate(job, spooled, log)
             if claim.kind == "unreported":
                 log.info("job.report_resumed")
+                assert job.result is not None       # its outcome is committed, the manifest with it
                 return self.report(job, job.result, spooled, log)
             if claim.kind == "reported":
                 # this file was applied and answered already (a look that raced its report)
                 log.info("job.already_reported", status=job.status)
+                assert job.result is not None       # its outcome is committed, the manifest with it
                 if spooled != Path(job.spool_path or ""):
                     _drop_copy(spooled, job.status)
                 return Result(job.status, job.result, None, replay=True)
@@ -237,7 +239,7 @@ class Pipeline:
                 raise Cancelled()
             block = shaper.shape(block)
             totals.skipped = shaper.skipped
-            if block.batch.schema.names != names:
+            if cmap is None or block.batch.schema.names != names:
                 names = block.batch.schema.names
                 cmap = resolve_columns(names, partner, require=cmap is None)
             judged = judge(block, cmap, partner, decimal=decimal)
@@ -296,6 +298,8 @@ class Pipeline:
         return outcome
 
     def _duplicate(self, job: Job, spooled: Path, log) -> Result:
+        # ``claim`` records a duplicate started, pointing at the job it duplicates
+        assert job.duplicate_of is not None and job.started_at is not None
         original = self.store.job(job.duplicate_of)
         message = f"the same content was already received as job {original.id} ({original.status})"
         manifest = self._manifest(job, JobStatus.DUPLICATE, Totals(), None, None, job.started_at, time.monotonic(),
@@ -335,7 +339,7 @@ class Pipeline:
         failpoints.reached("after_report")
         _drop_copy(spooled, manifest["status"])
         log.info("job.reported", status=manifest["status"], manifest=str(path))
-        return Result(manifest["status"], manifest, path)
+        return Result(JobStatus(manifest["status"]), manifest, path)
 
     def _manifest(self, job: Job, status: str, totals: Totals, counts, diagnostics: str | None,
                   started: str, clock: float, fmt: str | None, mode: str, *, dry_run: bool,

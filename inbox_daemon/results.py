@@ -8,7 +8,9 @@ place before the job's outcome commits.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,48 +48,54 @@ def spreadsheet_safe(values: pa.Array) -> pa.Array:
     return pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
 
 
+@dataclass(frozen=True)
+class _Open:
+    """The temporary file diagnostics go to, from the first line on: made together, closed together."""
+    tmp: Path
+    fh: BinaryIO
+    writer: pacsv.CSVWriter
+
+
 class DiagnosticsWriter:
     """Streams diagnostics lines to ``<job_id>.diagnostics.csv``; no file at all when none came."""
 
     def __init__(self, folder: Path, job_id: str):
         self.path = folder / diagnostics_name(job_id)
         self._folder = folder
-        self._tmp: Path | None = None
-        self._writer: pacsv.CSVWriter | None = None
-        self._fh = None
+        self._open: _Open | None = None
         self.lines = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        if self._writer is None:
+        if self._open is None:
             self._folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfiles.create(self._folder, f".{self.path.name}.")
-            self._tmp, self._fh = Path(tmp), os.fdopen(fd, "wb")
-            self._writer = pacsv.CSVWriter(self._fh, DIAGNOSTICS_SCHEMA,
-                                           write_options=pacsv.WriteOptions(quoting_style="needed"))
+            fh = os.fdopen(fd, "wb")
+            writer = pacsv.CSVWriter(fh, DIAGNOSTICS_SCHEMA, write_options=pacsv.WriteOptions(quoting_style="needed"))
+            self._open = _Open(Path(tmp), fh, writer)
         safe = table.set_column(1, "sku", spreadsheet_safe(table.column("sku").combine_chunks()))
         safe = safe.set_column(3, "column", spreadsheet_safe(safe.column("column").combine_chunks()))
         safe = safe.set_column(6, "value", spreadsheet_safe(safe.column("value").combine_chunks()))
-        self._writer.write_table(safe)
+        self._open.writer.write_table(safe)
         self.lines += table.num_rows
 
     def finish(self) -> str | None:
         """Make the file durable under its final name; its name, or None when nothing was written."""
-        if self._writer is None:
+        if self._open is None:
             return None
-        self._writer.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.path)
+        self._open.writer.close()
+        self._open.fh.flush()
+        os.fsync(self._open.fh.fileno())
+        self._open.fh.close()
+        os.replace(self._open.tmp, self.path)
         tempfiles.fsync_dir(self._folder)
-        self._writer = None
+        self._open = None
         return self.path.name
 
     def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._fh.close()
-            os.unlink(self._tmp)
-            self._writer = None
+        if self._open is not None:
+            self._open.writer.close()
+            self._open.fh.close()
+            os.unlink(self._open.tmp)
+            self._open = None

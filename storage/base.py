@@ -194,6 +194,10 @@ class LedgerReads:
     PARAM = "?"
     NULL_SAFE_EQUAL = "IS"          # PostgreSQL: IS NOT DISTINCT FROM
 
+    def _exec(self, sql: str, params: tuple) -> list[tuple]:
+        """Run one statement (in the driver's placeholders) and return its rows."""
+        raise NotImplementedError
+
     def _sql(self, sql: str) -> str:
         return sql if self.PARAM == "?" else sql.replace("?", self.PARAM)
 
@@ -235,7 +239,8 @@ class LedgerReads:
 
     def jobs(self, *, status: JobStatus | None = None, partner_id: str | None = None,
              limit: int | None = None) -> list[Job]:
-        where, params = ["1 = 1"], []
+        where = ["1 = 1"]
+        params: list[object] = []
         if status:
             where.append("status = ?")
             params.append(status)

@@ -88,10 +88,11 @@ class PostgresStore(LedgerReads):
     def __init__(self, url: str, *, password: str | None = None, lease: float = 30.0,
                  holder: str | None = None):
         self.lease, self.holder = lease, holder or default_holder()
-        extra = {"password": password} if password else {}
         try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                         application_name="inbox-daemon", **extra)
+            # a None password is left out of the connection string: libpq's own sources then apply
+            conninfo = psycopg.conninfo.make_conninfo(url, password=password)
+            self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                         application_name="inbox-daemon")
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {str(exc).strip()}") from exc
         try:
@@ -179,6 +180,9 @@ class PostgresStore(LedgerReads):
                     self._start_attempt(job_id, 1, now)
                     return Claim("new", self.job(job_id))
                 original = self._job_row(*where, lock=True)       # another daemon inserted it first
+                # ON CONFLICT waited for that insert to commit, so this statement sees its row (under
+                # REPEATABLE READ or SERIALIZABLE the insert raises a serialization failure instead)
+                assert original is not None
             expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
                                 (original.id,))
             if original.status in RUNNABLE or (original.status == JobStatus.RUNNING and expired):
@@ -280,7 +284,8 @@ class PostgresStore(LedgerReads):
                    (inbox, uri, version, self.holder))
 
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
-        where, params = "status = %s", [JobStatus.QUEUED]
+        where = "status = %s"
+        params: list[object] = [JobStatus.QUEUED]
         if partners is not None:
             where += " AND partner_id = ANY(%s)"
             params.append(list(partners))
@@ -302,7 +307,8 @@ class PostgresStore(LedgerReads):
                                           f"{', '.join(sorted(REQUEUEABLE))} jobs can be requeued")
                 chosen = ids
             else:
-                where, params = ["status = %s"], [status]
+                where = ["status = %s"]
+                params: list[object] = [status]
                 if partner_id:
                     where.append("partner_id = %s")
                     params.append(partner_id)
@@ -376,8 +382,9 @@ class PostgresLoad:
             buffer = io.BytesIO()
             pacsv.write_csv(pa.concat_tables(self._rejected), buffer, write_options=_COPY_OPTIONS)
             try:
-                with self._s._conn.cursor() as cur, cur.copy('COPY seen (sku_key, "row") FROM STDIN WITH (FORMAT csv)') as copy:
-                    copy.write(buffer.getvalue())
+                with self._s._conn.cursor() as cur, \
+                        cur.copy('COPY seen (sku_key, "row") FROM STDIN WITH (FORMAT csv)') as seen:
+                    seen.write(buffer.getvalue())
             except psycopg.Error as exc:
                 raise _map_errors(exc) from exc
 

@@ -9,6 +9,7 @@ write lock is held only for the merge and the job's outcome, which commit togeth
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import deque
@@ -177,11 +178,10 @@ class SqliteStore(LedgerReads):
         with self._transaction():
             original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
                                      (partner_id, sha256))
-            new = dict(partner_id=partner_id, sha256=sha256, inbox=inbox, source=source, fmt=fmt, mode=mode,
-                       now=now)
+            insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
+                                       source=source, fmt=fmt, mode=mode, now=now)
             if original is None:
-                job_id = self._insert_job(**new, status=JobStatus.RUNNING, spool_path=spool_path,
-                                          lease_until=_in(self.lease))
+                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=_in(self.lease))
                 self._start_attempt(job_id, 1, now)
                 return Claim("new", self.job(job_id))
             resumable = original.status in RUNNABLE or (
@@ -201,7 +201,7 @@ class SqliteStore(LedgerReads):
                                           answered_if_same_file=answered_if_same_file)
             if settled is not None:
                 return settled
-            job_id = self._insert_job(**new, status=JobStatus.DUPLICATE, duplicate_of=original.id)
+            job_id = insert(status=JobStatus.DUPLICATE, duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
 
     def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
@@ -269,7 +269,8 @@ class SqliteStore(LedgerReads):
 
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
         """Jobs waiting to run, oldest first; only those of ``partners`` when given."""
-        where, params = "status = ?", (JobStatus.QUEUED,)
+        where = "status = ?"
+        params: tuple[object, ...] = (JobStatus.QUEUED,)
         if partners is not None:
             partners = tuple(partners)
             where += f" AND partner_id IN ({', '.join('?' * len(partners)) or 'NULL'})"
@@ -292,7 +293,8 @@ class SqliteStore(LedgerReads):
                                           f"{', '.join(sorted(REQUEUEABLE))} jobs can be requeued")
                 chosen = ids
             else:
-                where, params = ["status = ?"], [status]
+                where = ["status = ?"]
+                params: list[object] = [status]
                 if partner_id:
                     where.append("partner_id = ?")
                     params.append(partner_id)

@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from config.canonical import INPUT_FIELDS
 
@@ -72,7 +73,8 @@ def _load(name: str, text: str) -> Preset:
     bad = unknown | (set(data.get("columns", {})) - set(INPUT_FIELDS))
     if bad:
         raise ValueError(f"preset {name}: unknown keys {sorted(bad)}")
-    rows = data.get("rows")
+    # [rows] with its arrays as tuples (a RowModel is frozen); the values as the file has them
+    rows: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in (data.get("rows") or {}).items()}
     return Preset(
         name=name,
         description=data.get("description", ""),
@@ -80,7 +82,7 @@ def _load(name: str, text: str) -> Preset:
         values={k: {str(a).lower(): str(b) for a, b in v.items()} for k, v in data.get("values", {}).items()},
         lists=dict(data.get("lists", {})),
         key_value=tuple(data.get("attributes", {}).get("key_value", ())),
-        rows=RowModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in rows.items()}) if rows else None,
+        rows=RowModel(**rows) if rows else None,
         delimiter=data.get("delimiter"),
     )
 

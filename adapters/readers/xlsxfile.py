@@ -85,7 +85,8 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
             next_row = 2
             yielded = False
             while chunk := list(itertools.islice(rows, PY_BATCH_ROWS)):
-                numbers, columns = [], [[] for _ in range(width)]
+                numbers: list[int] = []
+                columns: list[list[str | None]] = [[] for _ in range(width)]
                 for offset, row in enumerate(chunk):
                     cells = [_cell_text(v) for v in row[:width]]
                     if not any(c is not None for c in cells):

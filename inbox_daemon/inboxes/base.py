@@ -10,7 +10,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from config.model import InboxConfig
+from config.model import InboxBase, InboxConfig
 from inbox_daemon.drop import Drop
 
 OnReady = Callable[[Drop], None]
@@ -21,7 +21,7 @@ PROCESSED, FAILED, RESULTS = "processed", "failed", "results"
 RESERVED = (PROCESSED, FAILED, RESULTS)
 
 
-def wanted(name: str, cfg: InboxConfig) -> bool:
+def wanted(name: str, cfg: InboxBase) -> bool:
     """Is a top-level file of this name input? Temp names never are; ``patterns`` decide the rest."""
     lowered = name.lower()
     if any(fnmatch.fnmatchcase(lowered, p) for p in TEMP_PATTERNS):

@@ -30,6 +30,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from config.errors import InboxMisconfigured, InboxUnavailable
 from config.model import LocalInboxConfig
@@ -50,7 +51,7 @@ class LocalInbox:
         self.root = Path(config.path).resolve()
         self._observer_factory = observer_factory
         self._clock = clock
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._settler: threading.Thread | None = None
         self._stop = threading.Event()
         # name -> (size, mtime_ns, since, wait): ready when unchanged for ``wait`` seconds

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from config.errors import InboxError
 from config.model import RemoteInboxConfig
@@ -26,6 +27,9 @@ JITTER = 0.1
 MAX_BACKOFF = 300.0
 REOFFER_S = 300.0       # a file handed over but still there is offered again after this long
 
+# the config type of the subclass's kind (SftpInboxConfig, S3InboxConfig): its own keys, typed
+ConfigT = TypeVar("ConfigT", bound=RemoteInboxConfig)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -37,7 +41,7 @@ class Entry:
     modified: float     # Unix time of the last change, as the server says
 
 
-class PollingInbox:
+class PollingInbox(Generic[ConfigT]):
     """Base for remote inboxes. Subclasses implement ``list_entries``, ``fetch``, ``archive``,
     ``write_back`` and ``disconnect``; ``uri(key)`` names a file for people.
 
@@ -48,7 +52,7 @@ class PollingInbox:
 
     atomic_uploads = False
 
-    def __init__(self, config: RemoteInboxConfig, *, clock=time.time):
+    def __init__(self, config: ConfigT, *, clock=time.time):
         self.config = config
         self._clock = clock
         self._seen: dict[str, tuple[int, str, float]] = {}     # key -> (size, version, since)

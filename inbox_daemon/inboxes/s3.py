@@ -185,7 +185,7 @@ def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
     return f"{parts.scheme}://{parts.netloc}", region.group(1) if region else None
 
 
-class S3Inbox(PollingInbox):
+class S3Inbox(PollingInbox[S3InboxConfig]):
     atomic_uploads = True           # an S3 object is visible only once its upload completed
 
     def __init__(self, config: S3InboxConfig, *, client=None, sqs=None):
@@ -194,7 +194,7 @@ class S3Inbox(PollingInbox):
         self.prefix = config.prefix
         self._client = client
         self._sqs = sqs
-        self._session = None
+        self._session: boto3.session.Session | None = None
         self._client_lock = threading.Lock()
         # listing watermark: entries of the last full listing plus the incremental ones since
         self._listing_lock = threading.Lock()
@@ -228,6 +228,8 @@ class S3Inbox(PollingInbox):
     def sqs(self):
         with self._client_lock:
             if self._sqs is None:
+                # only event mode talks to SQS, and event mode is a configured queue
+                assert self.config.sqs_queue_url is not None
                 endpoint, region = _sqs_endpoint(self.config.sqs_queue_url)
                 self._sqs = self._new_client("sqs", region_name=region or self.config.region,
                                              endpoint_url=endpoint)
@@ -263,11 +265,12 @@ class S3Inbox(PollingInbox):
         to processed/ is seen again the moment it is dropped again.
         """
         with self._listing_lock:
-            watermark = max(self._known) if self._known else None
-            full = watermark is None or self._listings % FULL_LISTING_EVERY == 0
+            # None: list everything (nothing known yet, or this poll's turn to list in full)
+            watermark = max(self._known) if self._known and self._listings % FULL_LISTING_EVERY else None
             self._listings += 1
+        full = watermark is None
         params = {"Bucket": self.bucket, "Prefix": self.prefix, "Delimiter": "/"}
-        if not full:
+        if watermark is not None:
             params["StartAfter"] = watermark
         listed: dict[str, Entry] = {}
         with s3_errors(f"list {self.uri(self.prefix)}", action="s3:ListBucket",
@@ -485,11 +488,11 @@ class S3Inbox(PollingInbox):
 
     def _announced(self, record: EventRecord) -> Drop | None:
         """The drop a record announces, or None (logged) when it is none of ours or gone."""
-        name = record.key[len(self.prefix):] if record.key.startswith(self.prefix) else None
+        name = record.key[len(self.prefix):]
         ignored = None
         if not record.event.startswith("ObjectCreated:"):
             ignored = f"event {record.event}"
-        elif record.bucket != self.bucket or name is None or safe_name(name) is None:
+        elif record.bucket != self.bucket or not record.key.startswith(self.prefix) or safe_name(name) is None:
             ignored = "outside the inbox"          # processed/, failed/, results/ land here too
         elif not wanted(name, self.config):
             ignored = "not a wanted name"

@@ -34,7 +34,7 @@ KEEPALIVE_S = 30
 TIMEOUT_S = 20
 
 
-class SftpInbox(PollingInbox):
+class SftpInbox(PollingInbox[SftpInboxConfig]):
     def __init__(self, config: SftpInboxConfig, *, ssh_client_factory=paramiko.SSHClient):
         super().__init__(config)
         self._factory = ssh_client_factory
