@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
@@ -34,10 +35,12 @@ from config.model import (
     FeedMode,
     InboxConfig,
     Limits,
+    LocalInboxConfig,
     LogFormat,
     LogLevel,
     OnSuccess,
     PartnerConfig,
+    S3InboxConfig,
     SftpInboxConfig,
     StoreConfig,
     WebhookConfig,
@@ -388,6 +391,7 @@ def _inboxes(r: _Reader, raw: Any, partners: Collection[str]) -> tuple[InboxConf
         r.problems.append("inboxes: expected [[inboxes]] tables")
         return ()
     inboxes: list[InboxConfig] = []
+    read: list[tuple[int, InboxConfig]] = []      # (its index in the file, the inbox)
     seen: dict[str, int] = {}
     for i, table in enumerate(raw):
         inbox = _inbox(r, table, f"inboxes[{i}]", partners)
@@ -397,7 +401,84 @@ def _inboxes(r: _Reader, raw: Any, partners: Collection[str]) -> tuple[InboxConf
             r.problems.append(f"inboxes[{i}]: same location as inboxes[{seen[inbox.id]}] ({inbox.id})")
         seen[inbox.id] = i
         inboxes.append(inbox)
+        read.append((i, inbox))
+    _overlaps(r, read)
     return tuple(inboxes)
+
+
+# -- inboxes that overlap ------------------------------------------------------------------------
+# Two inboxes whose folders are the same, or one inside the other (inside its processed/, failed/
+# or results/ too: they are inside it), would take one partner's files as another's, or a file
+# twice. Each inbox is reduced to where its folder is: a scope (what two folders must share to
+# meet at all) and the folder's path in it, as a tuple of names; two folders of one scope overlap
+# when one tuple starts with the other. What the file cannot tell (where an SFTP login folder is,
+# whether an IP address and a host name are one server) is not guessed: such folders are not compared.
+
+Place = tuple[tuple[str, ...], tuple[str, ...], str]     # scope, the folder's names in it, the folder as shown
+
+
+def _names(path: str) -> tuple[str, ...]:
+    """``"/a/b"`` -> ``("a", "b")``; ``"/"`` -> ``()``."""
+    return tuple(name for name in path.split("/") if name)
+
+
+def _local_place(inbox: LocalInboxConfig) -> Place:
+    # The folder LocalInbox opens: Path(path).resolve(), relative to the working directory, every
+    # symlink followed. A folder that does not exist yet (the inbox creates it) resolves as far as
+    # it exists, and the rest is taken as written.
+    real = os.path.realpath(inbox.path)
+    return ("local",), _names(real), real
+
+
+def _sftp_place(inbox: SftpInboxConfig, login: str) -> Place:
+    server = ("sftp", inbox.host.lower(), str(inbox.port))
+    path = posixpath.normpath(inbox.path)
+    if path.startswith("/"):        # any user's: the same absolute folder whoever logs in
+        path = "/" + path.lstrip("/")           # normpath keeps a leading "//"
+        return server, _names(path), f"sftp://{inbox.host}:{inbox.port}{path}"
+    # Relative to the login folder, which is the user's own: comparable with the same user's only.
+    # ``login`` stands for it, deep enough that the ".." of a path never climbs above "/".
+    shown = f"sftp://{inbox.username}@{inbox.host}:{inbox.port}/~" + ("" if path == "." else f"/{path}")
+    return (*server, inbox.username), _names(posixpath.normpath(posixpath.join(login, path))), shown
+
+
+def _s3_place(inbox: S3InboxConfig) -> Place:
+    endpoint = (inbox.endpoint_url or "").rstrip("/").lower()
+    # A prefix is a folder ("acme/"; "" the whole bucket), compared name by name: "a/" holds "a/b/",
+    # not "ab/". Keys are taken as written: "a//b/" is another folder than "a/b/" in S3.
+    prefix = _prefix(inbox.prefix)
+    return ("s3", endpoint, inbox.bucket), tuple(prefix.split("/")[:-1]), f"s3://{inbox.bucket}/{prefix}"
+
+
+def _overlaps(r: _Reader, inboxes: list[tuple[int, InboxConfig]]) -> None:
+    """Every pair of inboxes whose folders are the same or one inside the other is a problem,
+    reported under the later one's key, naming the earlier one."""
+    climbs = max((inbox.path.count("..") for _, inbox in inboxes if isinstance(inbox, SftpInboxConfig)), default=0)
+    login = "/" + "/".join(["\0"] * (climbs + 1))      # NUL: a name no real folder has
+    places: list[tuple[int, InboxConfig, Place]] = []
+    for i, inbox in inboxes:
+        if isinstance(inbox, LocalInboxConfig):
+            places.append((i, inbox, _local_place(inbox)))
+        elif isinstance(inbox, SftpInboxConfig):
+            places.append((i, inbox, _sftp_place(inbox, login)))
+        else:
+            places.append((i, inbox, _s3_place(inbox)))
+    for n, (j, inbox, (scope, names, shown)) in enumerate(places):
+        for i, other, (other_scope, other_names, other_shown) in places[:n]:
+            if scope != other_scope or inbox.id == other.id:    # one id: "same location", reported already
+                continue
+            depth = min(len(names), len(other_names))
+            if names[:depth] != other_names[:depth]:
+                continue
+            if len(names) == len(other_names):
+                how = f"both are {shown}"
+            elif len(names) > len(other_names):
+                how = f"{shown} is inside {other_shown}"
+            else:
+                how = f"{other_shown} is inside {shown}"
+            key = "prefix" if isinstance(inbox, S3InboxConfig) else "path"
+            r.problems.append(f"inboxes[{j}].{key}: overlaps inboxes[{i}] ({other.id}): "
+                              f"inbox folders must not be the same or inside one another ({how})")
 
 
 def _inbox(r: _Reader, data: Any, path: str, partners: Collection[str]) -> InboxConfig | None:

@@ -141,19 +141,24 @@ class Journey:
 
     # -- the two ways in ----------------------------------------------------------------------
     def _take_in(self, item: WorkItem, inbox: Inbox, log) -> Verdict:
-        """A file seen in its inbox: claim it, spool it, run it through the pipeline."""
+        """A file seen in its inbox: claim it, spool it (sha256), run it through the pipeline.
+
+        A delivery is what arrived: the file is read and hashed before anything is decided, and
+        the ledger decides by content (a file answered before and seen again is a replay of
+        that answer; new content under an old name and mtime — ``cp -p``, ``rsync -t``, a
+        filesystem with 1-second timestamps — is a new job). Only where the version the inbox
+        lists is itself derived from the content (an S3 ETag) is a version answered before
+        replayed without downloading it again."""
         drop = item.drop
         if not self._claim_file(drop, log):
             return OfferAgainIn(self.config.store.lease)
-        seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version)
-        if seen:
+        seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version) \
+            if inbox.version_is_content else None
+        if seen is not None and seen.result is not None:
             # taken in and answered before: kept ("keep"), or a daemon stopped after its report,
             # before the archive; answered again as any replay is
             log.debug("file.already_taken_in", version=drop.version, status=seen.status)
-            if seen.result is None:         # nothing to tell again: only the archive
-                inbox.archive(drop, seen.status)
-            else:
-                self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
+            self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
             return Done()
         spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
         result = self.pipeline.process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,

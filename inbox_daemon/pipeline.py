@@ -158,11 +158,13 @@ class Pipeline:
                 assert job.result is not None       # its outcome is committed, the manifest with it
                 return self.report(job, job.result, spooled, log)
             if claim.kind == "reported":
-                # this file was applied and answered already (a look that raced its report)
+                # this file was answered already (kept, a restart before its archive, a look that
+                # raced its report). Spool names are content: the copy just read is the one of the
+                # job that holds this content, kept only where that job's status needs it
                 log.info("job.already_reported", status=job.status)
                 assert job.result is not None       # its outcome is committed, the manifest with it
-                if spooled != Path(job.spool_path or ""):
-                    _drop_copy(spooled, job.status)
+                holder = self.store.job(job.duplicate_of) if job.duplicate_of else job
+                _drop_copy(spooled, holder.status)
                 return Result(job.status, job.result, None, replay=True)
             if claim.kind == "busy":
                 log.info("job.busy", status=job.status)

@@ -221,13 +221,16 @@ class LedgerReads:
             return Claim("unreported" if same_file else "busy", original)
         if answered_if_same_file and same_file:
             return Claim("reported", original)       # the very file it came from, seen again
-        # this very file recorded as a duplicate already, but not reported (a crash between)
-        pending = self._job_row(
-            "partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND reported_at IS NULL AND inbox = ?"
-            f" AND source_uri = ? AND source_version {self.NULL_SAFE_EQUAL} ?",
+        # this very file recorded as a duplicate already: seen again (a kept file, a look that
+        # raced the answer), or not reported yet (a crash between)
+        mine = self._job_row(
+            "partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND inbox = ?"
+            f" AND source_uri = ? AND source_version {self.NULL_SAFE_EQUAL} ? ORDER BY created_at DESC LIMIT 1",
             (original.partner_id, original.sha256, inbox, source.uri, source.version))
-        if pending is not None:      # its outcome recorded or not: finish and report that job
-            return Claim("unreported" if pending.result else "duplicate", pending)
+        if mine is not None and mine.reported_at is None:   # outcome recorded or not: finish and report it
+            return Claim("unreported" if mine.result else "duplicate", mine)
+        if mine is not None and answered_if_same_file:
+            return Claim("reported", mine)
         return None
 
     def job(self, job_id: str) -> Job:

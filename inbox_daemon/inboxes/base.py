@@ -44,6 +44,9 @@ def safe_name(key: str) -> str | None:
 
 class Inbox(Protocol):
     config: InboxConfig
+    # True where the version a listing shows changes whenever the content does (an S3 ETag):
+    # a version answered before need not be downloaded again. An mtime is not such a version.
+    version_is_content: bool
 
     @property
     def id(self) -> str: ...

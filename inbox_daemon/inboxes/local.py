@@ -46,6 +46,8 @@ PROBE = 0.05              # seconds a created file must stay unopened to count a
 
 
 class LocalInbox:
+    version_is_content = False          # an mtime: cp -p, rsync -t and coarse clocks keep it
+
     def __init__(self, config: LocalInboxConfig, *, observer_factory=Observer, clock=time.monotonic):
         self.config = config
         self.root = Path(config.path).resolve()
@@ -60,6 +62,9 @@ class LocalInbox:
         self._on_ready: OnReady | None = None
         self._close_events = False
         self._refused: set[str] = set()          # names already reported as unusable
+        # files answered and kept ("keep"), by name -> what a write would change: the rescan
+        # does not read them again while it is unchanged (an event, a new write, always is)
+        self._kept: dict[str, tuple[int, int, int, int]] = {}
         self.log = get_logger(inbox=self.id, partner=config.partner)
         for folder in (self.root, *(self.root / r for r in RESERVED)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ class LocalInbox:
         now_wall = time.time()
         for name in names:
             st = self._stat_candidate(name)
-            if st is None:
+            if st is None or self._kept.get(name) == _written(st):
                 continue
             if now_wall - st.st_mtime >= self.config.settle:
                 yield self._drop(name, st)
@@ -252,11 +257,13 @@ class LocalInbox:
         """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise.
         Only the very version that was processed is moved: a newer upload under the same name
         stays for its own job."""
-        if self._same_file(drop) is None:
+        st = self._same_file(drop)
+        if st is None:
             return
         source = self._path(drop.key)
         if status in ARCHIVED_AS_SUCCESS:
             if self.config.on_success == "keep":
+                self._kept[drop.key] = _written(st)
                 return
             if self.config.on_success == "delete":
                 source.unlink(missing_ok=True)
@@ -276,6 +283,12 @@ class LocalInbox:
         if safe_name(name) is None:
             raise InboxMisconfigured(f"{name!r} is not a plain file name; not written")
         write_atomic(self._folder(RESULTS) / name, data)
+
+
+def _written(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What any write to a file changes, even one that sets its mtime back (``cp -p``): the
+    inode change time moves with every write, rename or utime, and no user tool can set it."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _reports_close_write(observer) -> bool:

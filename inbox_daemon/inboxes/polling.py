@@ -9,6 +9,7 @@ subclass reconnects on its next call.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -51,6 +52,7 @@ class PollingInbox(Generic[ConfigT]):
     be off, and a file being uploaded can carry an old mtime."""
 
     atomic_uploads = False
+    version_is_content = False          # overridden where a listing's version is content-derived
 
     def __init__(self, config: ConfigT, *, clock=time.time):
         self.config = config
@@ -113,6 +115,12 @@ class PollingInbox(Generic[ConfigT]):
                     del self._seen[key]
             self._handed = {h: t for h, t in self._handed.items() if h[0] in present}
         return ready
+
+    def kept(self, drop: Drop) -> None:
+        """This version was answered and stays ("keep"): not handed over again while it is
+        listed unchanged. (A listing cannot tell an upload that keeps size and mtime apart.)"""
+        with self._lock:
+            self._handed[(drop.key, drop.version)] = math.inf
 
     def offer_again_in(self, drop: Drop, seconds: float) -> None:
         """Another daemon holds this file: hand it over again after ``seconds`` (when its

@@ -164,6 +164,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 return                    # a newer upload under the same name: it gets its own job
             if status in ARCHIVED_AS_SUCCESS:
                 if self.config.on_success == "keep":
+                    self.kept(drop)
                     return
                 if self.config.on_success == "delete":
                     sftp.remove(source)
