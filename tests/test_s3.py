@@ -10,7 +10,9 @@ import hashlib
 import http.client
 import json
 import queue
+import signal
 import threading
+import time
 import tomllib
 import urllib.parse
 import urllib.request
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -88,6 +91,13 @@ def sqs(moto):
     client = boto3.client("sqs", endpoint_url=moto)
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_queue_consumers():
+    """An inbox closed is unsubscribed: no test leaves a queue's consumer to the next one."""
+    yield
+    assert s3_module._consumers == {}
 
 
 class FaultProxy:
@@ -592,3 +602,214 @@ def test_botocore_errors_map_to_transient_or_terminal_inbox_errors(error, expect
             raise error
     assert type(info.value) is expected and info.value.__cause__ is error
     assert isinstance(info.value, Transient if issubclass(expected, InboxUnavailable) else Terminal)
+
+
+# -- one queue feeding several inboxes -----------------------------------------------------------
+
+PARTNERS = ("acme", "globex")
+
+
+def _shared_queue_config(endpoint: str | None, queue_url: str, partners=PARTNERS, **extra) -> str:
+    """An inbox per partner on one bucket, one prefix each (``acme/``, ``globex/``), all fed by
+    one queue; every partner of ``PARTNERS`` is configured, inbox or not."""
+    inboxes = ""
+    for partner in partners:
+        settings = {"partner": partner, "kind": "s3", "bucket": BUCKET, "prefix": f"{partner}/",
+                    "endpoint_url": endpoint, "sqs_queue_url": queue_url, "poll_interval": "1s",
+                    "settle": "200ms", **extra}
+        inboxes += "[[inboxes]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()
+                                             if v is not None) + "\n"
+    return config(partners="".join(f'[[partners]]\nid = "{p}"\n' for p in PARTNERS), inboxes=inboxes)
+
+
+def _notify_queue(s3, sqs, queue_url: str) -> None:
+    """The bucket's ObjectCreated notifications go to the queue (moto sends them as S3 does)."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+
+
+def test_one_queue_feeding_two_inboxes_loses_no_upload(tmp_path, s3, sqs, moto, aws_env):
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    _notify_queue(s3, sqs, queue_url)
+    d = DaemonProcess(tmp_path, _shared_queue_config(moto, queue_url), env=aws_env)
+    try:
+        uploads = {p: set() for p in PARTNERS}
+        for i in range(20):                                  # interleaved: acme, globex, acme, …
+            partner = PARTNERS[i % 2]
+            s3.put_object(Bucket=BUCKET, Key=f"{partner}/feed-{i:02}.csv", Body=f"sku,name\nP{i},item {i}\n".encode())
+            uploads[partner].add(f"feed-{i:02}.csv")
+
+        def applied() -> dict[str, list[str]]:
+            return {p: [m["source"]["name"] for m in manifests(tmp_path, p)] for p in PARTNERS}
+        try:
+            wait_for(lambda: sum(map(len, applied().values())) >= 20, timeout=30, what="20 uploads applied")
+        except AssertionError:
+            pass                                             # the counts below say what is missing
+        done = applied()
+        lost = {p: sorted(uploads[p] - set(done[p])) for p in PARTNERS}
+        print(f"applied {sum(map(len, done.values()))} of 20, lost {sum(map(len, lost.values()))}: {lost}")
+
+        assert lost == {"acme": [], "globex": []}
+        for partner in PARTNERS:                             # each exactly once, to the right partner
+            assert sorted(done[partner]) == sorted(uploads[partner])
+            assert set(products(tmp_path, partner)) == {f"p{i}" for i in range(20) if PARTNERS[i % 2] == partner}
+        assert len(ledger(tmp_path)) == 20
+        # the notifications of our own archive and results writes are deleted too: nothing is left over
+        wait_for(lambda: _queue_counts(sqs, queue_url) == (0, 0), what="every message deleted")
+        assert d.stop() == 0
+        assert sum(len(manifests(tmp_path, p)) for p in PARTNERS) == 20
+    finally:
+        d.close()
+
+
+def _shared_queue_inboxes(endpoint: str, queue_url: str, sqs_client, partners=PARTNERS, **extra) -> list[S3Inbox]:
+    cfg = build_config(tomllib.loads(_shared_queue_config(endpoint, queue_url, partners, **extra)))
+    return [S3Inbox(inbox_cfg, sqs=sqs_client) for inbox_cfg in cfg.inboxes]
+
+
+def _notification_of(*keys: str) -> str:
+    """One notification with a record per key (S3 sends one; the format allows several)."""
+    records = [json.loads(_notification(key))["Records"][0] for key in keys]
+    return json.dumps({"Records": records})
+
+
+def _deletions(sqs) -> list[dict]:
+    """Every DeleteMessage request the client sends from now on."""
+    sent: list[dict] = []
+    sqs.meta.events.register("before-call.sqs.DeleteMessage", lambda params, **_: sent.append(params))
+    return sent
+
+
+def test_message_for_two_inboxes_is_deleted_only_after_both_took_their_record(s3, sqs, moto):
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    for partner in PARTNERS:
+        s3.put_object(Bucket=BUCKET, Key=f"{partner}/catalog.csv", Body=CSV)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_notification_of("acme/catalog.csv", "globex/catalog.csv"))
+    deleted = _deletions(sqs)
+    acme, globex = inboxes = _shared_queue_inboxes(moto, queue_url, sqs)
+    ready = {inbox.id: queue.Queue() for inbox in inboxes}
+    for inbox in inboxes:
+        inbox.watch(ready[inbox.id].put)
+    try:
+        acme_drop, globex_drop = ready[acme.id].get(timeout=10), ready[globex.id].get(timeout=10)
+        assert (acme_drop.partner, acme_drop.key) == ("acme", "acme/catalog.csv")
+        assert (globex_drop.partner, globex_drop.key) == ("globex", "globex/catalog.csv")
+        assert _queue_counts(sqs, queue_url) == (0, 1)              # in flight: hidden, not deleted
+
+        acme.archive(acme_drop, "succeeded")
+        assert deleted == [] and _queue_counts(sqs, queue_url) == (0, 1)    # globex's record is not done
+
+        globex.archive(globex_drop, "succeeded")
+        assert len(deleted) == 1 and _queue_counts(sqs, queue_url) == (0, 0)
+        assert all(q.empty() for q in ready.values())              # each record went to one inbox, once
+    finally:
+        for inbox in inboxes:
+            inbox.close()
+
+
+def test_message_for_a_prefix_no_inbox_serves_is_left_in_the_queue_and_logged(s3, sqs, moto, monkeypatch):
+    monkeypatch.setattr(s3_module, "VISIBILITY", 1)         # seconds: it comes back soon
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    s3.put_object(Bucket=BUCKET, Key="initech/catalog.csv", Body=CSV)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_notification("initech/catalog.csv"))
+    deleted = _deletions(sqs)
+    with structlog.testing.capture_logs() as logs:
+        inboxes = _shared_queue_inboxes(moto, queue_url, sqs)
+        ready: queue.Queue = queue.Queue()
+        for inbox in inboxes:
+            inbox.watch(ready.put)
+        def unrouted() -> list[dict]:
+            return [e for e in logs if e["event"] == "inbox.event_unrouted"]
+        try:
+            wait_for(lambda: len(unrouted()) >= 2, what="the message received twice")
+        finally:
+            for inbox in inboxes:
+                inbox.close()
+
+    first, second = unrouted()[:2]
+    assert first["objects"] == [f"s3://{BUCKET}/initech/catalog.csv"] and first["log_level"] == "warning"
+    assert "left in the queue" in first["action"]
+    assert (first["receive_count"], second["receive_count"]) == ("1", "2")   # it came back: not deleted
+    assert deleted == [] and ready.empty()
+    assert sum(_queue_counts(sqs, queue_url)) == 1                        # still there for its owner or the DLQ
+
+
+def test_inbox_opened_after_its_message_came_receives_it_without_waiting_for_visibility(s3, sqs, moto):
+    """A SIGHUP reload closes a changed inbox and opens it again, and the inboxes of a queue
+    subscribe one by one at start-up: what came in between reaches the inbox at once."""
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    s3.put_object(Bucket=BUCKET, Key="globex/catalog.csv", Body=CSV)
+    sqs.send_message(QueueUrl=queue_url, MessageBody=_notification("globex/catalog.csv"))
+    acme, globex = _shared_queue_inboxes(moto, queue_url, sqs)
+    with structlog.testing.capture_logs() as logs:
+        acme.watch(lambda drop: pytest.fail(f"acme was handed {drop}"))
+        try:
+            wait_for(lambda: any(e["event"] == "inbox.event_unrouted" for e in logs), what="globex's message left")
+            ready: queue.Queue = queue.Queue()
+            started = time.monotonic()
+            globex.watch(ready.put)
+            try:
+                drop = ready.get(timeout=10)
+                assert time.monotonic() - started < s3_module.VISIBILITY / 2
+                assert (drop.partner, drop.key) == ("globex", "globex/catalog.csv")
+                globex.archive(drop, "succeeded")
+                assert _queue_counts(sqs, queue_url) == (0, 0)
+            finally:
+                globex.close()
+            assert acme.alive() and not globex.alive()            # the queue is still received for acme
+        finally:
+            acme.close()
+    assert not acme.alive()
+
+
+def test_inboxes_of_one_queue_share_one_receiver_stopped_by_the_last_close(s3, sqs, moto):
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    receives: list[dict] = []
+    sqs.meta.events.register("before-call.sqs.ReceiveMessage", lambda params, **_: receives.append(params))
+    acme, globex = _shared_queue_inboxes(moto, queue_url, sqs)
+    acme.watch(lambda drop: None)
+    globex.watch(lambda drop: None)
+    try:
+        wait_for(lambda: acme.settling() == 0 and globex.settling() == 0, what="a receive for both")
+        receivers = [t for t in threading.enumerate() if t.name == f"sqs {queue_url}"]
+        assert len(receivers) == 1 and acme._consumer is globex._consumer
+        acme.close()
+        assert globex.alive() and receivers[0].is_alive()
+    finally:
+        acme.close()
+        globex.close()
+    assert s3_module._consumers == {}
+
+
+def test_sighup_reload_adding_and_removing_inboxes_of_one_queue_keeps_receiving(tmp_path, s3, sqs, moto, aws_env):
+    queue_url = sqs.create_queue(QueueName="drops-events")["QueueUrl"]
+    _notify_queue(s3, sqs, queue_url)
+    d = DaemonProcess(tmp_path, _shared_queue_config(moto, queue_url, ("acme",)), env=aws_env)
+    try:
+        s3.put_object(Bucket=BUCKET, Key="acme/one.csv", Body=b"sku,name\nA1,one\n")
+        wait_manifests(tmp_path, 1, partner="acme")
+
+        d.config_path.write_text(_shared_queue_config(moto, queue_url))          # globex joins the queue
+        d.signal(signal.SIGHUP)
+        d.wait_event("config.reloaded", inboxes=[f"s3:{BUCKET}/acme/", f"s3:{BUCKET}/globex/"])
+        s3.put_object(Bucket=BUCKET, Key="globex/two.csv", Body=b"sku,name\nG2,two\n")
+        s3.put_object(Bucket=BUCKET, Key="acme/three.csv", Body=b"sku,name\nA3,three\n")
+        wait_manifests(tmp_path, 1, partner="globex")
+        wait_manifests(tmp_path, 2, partner="acme")
+        # (acme's archive and results notifications too: once acme is gone, they would be no inbox's)
+        wait_for(lambda: _queue_counts(sqs, queue_url) == (0, 0), what="every message deleted")
+
+        # acme leaves and globex changes: both are closed (the queue's receiver stops), globex reopened
+        d.config_path.write_text(_shared_queue_config(moto, queue_url, ("globex",), settle="300ms"))
+        d.signal(signal.SIGHUP)
+        d.wait_event("config.reloaded", inboxes=[f"s3:{BUCKET}/globex/"])
+        s3.put_object(Bucket=BUCKET, Key="globex/four.csv", Body=b"sku,name\nG4,four\n")
+        wait_manifests(tmp_path, 2, partner="globex")
+
+        assert set(products(tmp_path, "acme")) == {"a1", "a3"} and set(products(tmp_path, "globex")) == {"g2", "g4"}
+        wait_for(lambda: _queue_counts(sqs, queue_url) == (0, 0), what="every message deleted")
+        assert d.stop() == 0
+        assert len(ledger(tmp_path)) == 4
+    finally:
+        d.close()

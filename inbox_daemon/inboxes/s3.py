@@ -6,6 +6,12 @@ notifications feed, so a busy prefix is never listed; a message is deleted only 
 of its drop is durable (``archive``), and a heartbeat keeps it hidden from other receivers
 meanwhile. A daemon that dies before that leaves the message to reappear: nothing is lost.
 
+One queue may feed several inboxes (one bucket notification for many partners' prefixes, or
+several buckets): a process receives each queue once, with one ``QueueConsumer`` that the inboxes
+of that queue subscribe to with their bucket and prefix. It routes every record of a message to
+the inbox whose prefix holds its key and deletes the message only once every record was taken by
+its inbox (or ignored by it). A record under no subscribed prefix is left in the queue.
+
 botocore errors never leave this module: ``s3_errors`` maps them to ``InboxMisconfigured``
 (access, credentials, missing bucket or queue: retrying cannot help) or ``InboxUnavailable``
 (throttling, 5xx, network). Throttling and 5xx are first retried by botocore's "standard" retry
@@ -44,6 +50,7 @@ from inbox_daemon.backoff import backoff
 from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, OnReady, safe_name, wanted
 from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
+from inbox_daemon.logs import get_logger
 from inbox_daemon.spool import spool_stream
 
 RETRIES = {"mode": "standard", "max_attempts": 6}   # botocore retries throttling, 5xx, resets
@@ -174,7 +181,8 @@ class _Held:
     """A received message whose drops are not archived yet."""
     receipt: str
     since: float                                    # monotonic: when this hold began
-    waiting: set[tuple[str, str]] = field(default_factory=set)     # (key, version)
+    waiting: set[tuple[str, str]] = field(default_factory=set)     # (uri, version) of its drops
+    keep: bool = False          # it also has records no inbox took: never deleted by us
 
 
 def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
@@ -187,6 +195,7 @@ def _sqs_endpoint(queue_url: str) -> tuple[str, str | None]:
 
 class S3Inbox(PollingInbox[S3InboxConfig]):
     atomic_uploads = True           # an S3 object is visible only once its upload completed
+    version_is_content = True       # the ETag changes whenever the object's content does
 
     def __init__(self, config: S3InboxConfig, *, client=None, sqs=None):
         super().__init__(config)
@@ -200,11 +209,9 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         self._listing_lock = threading.Lock()
         self._known: dict[str, Entry] = {}
         self._listings = 0
-        # event mode
-        self._held: dict[str, _Held] = {}                # SQS message id -> hold
+        # event mode: the queue's consumer, shared with the other inboxes it feeds in this process
         self._archived: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._receiver: threading.Thread | None = None
-        self._heartbeat: threading.Thread | None = None
+        self._consumer: QueueConsumer | None = None
 
     # -- clients --------------------------------------------------------------------------------
     @staticmethod
@@ -226,14 +233,19 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             return self._client
 
     def sqs(self):
+        """The SQS client of this inbox's queue; the queue's consumer uses the first subscriber's."""
         with self._client_lock:
             if self._sqs is None:
-                # only event mode talks to SQS, and event mode is a configured queue
-                assert self.config.sqs_queue_url is not None
-                endpoint, region = _sqs_endpoint(self.config.sqs_queue_url)
-                self._sqs = self._new_client("sqs", region_name=region or self.config.region,
-                                             endpoint_url=endpoint)
+                endpoint, region = self.sqs_place()
+                self._sqs = self._new_client("sqs", region_name=region, endpoint_url=endpoint)
             return self._sqs
+
+    def sqs_place(self) -> tuple[str, str | None]:
+        """(endpoint, region) the queue is reached at: the URL's, else the inbox's region."""
+        # only event mode talks to SQS, and event mode is a configured queue
+        assert self.config.sqs_queue_url is not None
+        endpoint, region = _sqs_endpoint(self.config.sqs_queue_url)
+        return endpoint, region or self.config.region
 
     @property
     def event_mode(self) -> bool:
@@ -330,8 +342,8 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         finally:
             # Even when the move failed: the outcome is durable, and a redelivered message would
             # only find a file the ledger knows (the daemon logs the failed archive).
-            if self.event_mode:
-                self._release(key, drop.version)
+            if self._consumer is not None:
+                self._consumer.release(self.uri(key), drop.version)
 
     def _move(self, drop: Drop, key: str, folder: str) -> None:
         s3, source = self.s3(), {"Bucket": self.bucket, "Key": key}
@@ -396,98 +408,38 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         if not self.event_mode:
             super().watch(on_ready)
             return
-        self._receiver = threading.Thread(target=self._receive_loop, args=(on_ready,), daemon=True,
-                                          name=f"sqs {self.id}")
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
-                                           name=f"heartbeat {self.id}")
-        self._receiver.start()
-        self._heartbeat.start()
+        self._consumer = subscribe(self, on_ready)
 
     def scan(self) -> list[Drop]:
         """Nothing to scan: the poll thread lists, or the queue announces."""
         return []
 
     def settling(self) -> int:
-        if self.event_mode:
-            return 0 if self._polled.is_set() else 1    # 1 until the first receive finished
+        if self.event_mode:     # 1 until a receive that began after this inbox subscribed finished
+            return 0 if self._consumer is not None and self._consumer.received_for(self) else 1
         return super().settling()
 
     def alive(self) -> bool:
         if self.event_mode:
-            return all(t is not None and t.is_alive() for t in (self._receiver, self._heartbeat))
+            return self._consumer is not None and self._consumer.serves(self) and self._consumer.alive()
         return super().alive()
+
+    def failing(self) -> dict | None:
+        if self.event_mode:
+            return self._consumer.failing() if self._consumer is not None else None
+        return super().failing()
 
     def close(self) -> None:
         super().close()
-        # A long poll in progress cannot be interrupted; rather than hold up the daemon's shutdown
-        # for up to 20 s, leave the (daemon) thread to end with it. Whatever it receives after the
-        # stop is not handed on and reappears in the queue after VISIBILITY.
-        for thread, wait in ((self._heartbeat, 5.0), (self._receiver, CLOSE_WAIT)):
-            if thread is not None:
-                thread.join(timeout=wait)
+        # The queue's consumer stops with the last inbox it feeds. The consumer is kept: a drop in
+        # flight may still be archived through this inbox, and that deletes its message.
+        if self._consumer is not None:
+            unsubscribe(self, self._consumer)
 
-    def _wait_seconds(self) -> int:
-        return max(1, min(LONG_POLL_MAX, int(self.config.poll_interval)))
-
-    def _receive_loop(self, on_ready: OnReady) -> None:
-        queue_url = self.config.sqs_queue_url
-        while not self._stop.is_set():
-            try:
-                with s3_errors(f"receive from {queue_url}", action="sqs:ReceiveMessage"):
-                    messages = self.sqs().receive_message(
-                        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_seconds(),
-                        VisibilityTimeout=VISIBILITY).get("Messages", [])
-                self._failures = 0
-                for message in messages:
-                    if self._stop.is_set():
-                        break
-                    self._handle(message, on_ready)
-            except Exception as exc:  # noqa: BLE001 — this thread is the inbox: it must outlive any error
-                self._failures += 1
-                delay = backoff(self._failures, 1.0, MAX_BACKOFF)
-                self.log.warning("inbox.receive_failed", error=str(exc), error_type=type(exc).__name__,
-                                 failures=self._failures, retry_in_s=round(delay, 2),
-                                 exc_info=not isinstance(exc, InboxError))
-                self._stop.wait(delay)
-            finally:
-                self._polled.set()
-
-    def _handle(self, message: dict, on_ready: OnReady) -> None:
-        """Hand on the live objects a message announces; delete at once what announces nothing."""
-        message_id, body = message["MessageId"], message.get("Body", "")
-        try:
-            records = event_records(body)
-        except ValueError as exc:
-            self.log.warning("inbox.event_unreadable", message_id=message_id, error=str(exc), body=body[:200])
-            self._delete_message(message["ReceiptHandle"])
-            return
-        drops: list[Drop] = []
-        for record in records:
-            try:
-                drop = self._announced(record)
-            except InboxError as exc:
-                # cannot tell now: leave the whole message to come back after VISIBILITY
-                self.log.warning("inbox.event_deferred", message_id=message_id, key=record.key, error=str(exc))
-                return
-            if drop is not None:
-                drops.append(drop)
-        if not drops:
-            if not records:
-                self.log.info("inbox.event_ignored", message_id=message_id, reason="s3:TestEvent")
-            self._delete_message(message["ReceiptHandle"])
-            return
-        with self._lock:        # held before handed on: archive() may come at once from a worker
-            held = self._held.get(message_id)
-            if held is None:
-                held = self._held[message_id] = _Held(message["ReceiptHandle"], time.monotonic())
-            else:               # a redelivery: only the newest receipt handle is valid
-                held.receipt, held.since = message["ReceiptHandle"], time.monotonic()
-            held.waiting.update((d.key, d.version) for d in drops)
-        for drop in drops:
-            on_ready(drop)
-
-    def _announced(self, record: EventRecord) -> Drop | None:
-        """The drop a record announces, or None (logged) when it is none of ours or gone."""
+    def announced(self, record: EventRecord) -> Drop | None:
+        """The drop a record under this inbox's prefix announces, or None (logged) when it is
+        none (an event of processed/, failed/ or results/, an unwanted name, an object gone).
+        Called by the queue's consumer; ``InboxError``: cannot tell now."""
         name = record.key[len(self.prefix):]
         ignored = None
         if not record.event.startswith("ObjectCreated:"):
@@ -521,24 +473,262 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             while len(self._archived) > ARCHIVED_MEMORY:
                 self._archived.popitem(last=False)
 
-    def _release(self, key: str, version: str) -> None:
+
+# -- one consumer per queue ----------------------------------------------------------------------
+
+@dataclass
+class _Subscriber:
+    inbox: S3Inbox
+    on_ready: OnReady
+    joined: int                 # receives begun before it subscribed
+
+
+class QueueConsumer:
+    """Receives one SQS queue for every S3 inbox of this process that it feeds.
+
+    S3 sends one notification configuration's events to one queue, whatever the prefix; several
+    receivers of one queue would each take the others' messages (and delete them, for they are
+    "outside the inbox"). So the inboxes of a queue subscribe here with their (bucket, prefix),
+    and a message is handed record by record to the inbox whose prefix holds the key. It is
+    deleted once every record in it was taken and its drops archived, or ignored by its inbox.
+    Made by the first subscriber (``subscribe``), stopped by the last one's ``close()``.
+    """
+
+    def __init__(self, queue_url: str, place: tuple[str, str | None], sqs):
+        self.queue_url = queue_url
+        self.place = place                          # (endpoint, region) it is received at
+        self._sqs = sqs
+        self.log = get_logger(component="sqs", queue=queue_url)
+        self._lock = threading.Lock()
+        self._subscribers: dict[tuple[str, str], _Subscriber] = {}      # (bucket, prefix) ->
+        self._held: dict[str, _Held] = {}           # SQS message id -> hold
+        self._left: dict[str, tuple[str, float]] = {}   # message id -> (receipt, when): no inbox's
+        self._offer_left = False                    # a subscriber joined: let the left ones return
+        self._begun = self._finished = 0            # receives begun / the last one finished
+        self._failures = 0
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._receiver: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+
+    # -- subscribers ----------------------------------------------------------------------------
+    def add(self, inbox: S3Inbox, on_ready: OnReady) -> None:
+        with self._lock:
+            route = (inbox.bucket, inbox.prefix)
+            if route in self._subscribers:
+                raise InboxMisconfigured(f"s3://{inbox.bucket}/{inbox.prefix} already receives "
+                                         f"{self.queue_url} in this process")
+            self._subscribers[route] = _Subscriber(inbox, on_ready, self._begun)
+            self._offer_left = bool(self._left)
+
+    def remove(self, inbox: S3Inbox) -> bool:
+        """Unsubscribe ``inbox``; True when no inbox is left."""
+        with self._lock:
+            route = (inbox.bucket, inbox.prefix)
+            if route in self._subscribers and self._subscribers[route].inbox is inbox:
+                del self._subscribers[route]
+            return not self._subscribers
+
+    def serves(self, inbox: S3Inbox) -> bool:
+        with self._lock:
+            subscriber = self._subscribers.get((inbox.bucket, inbox.prefix))
+            return subscriber is not None and subscriber.inbox is inbox
+
+    def received_for(self, inbox: S3Inbox) -> bool:
+        """Has a receive that began after ``inbox`` subscribed finished? (``run --once``)"""
+        with self._lock:
+            subscriber = self._subscribers.get((inbox.bucket, inbox.prefix))
+            return subscriber is None or self._finished > subscriber.joined
+
+    def _route(self, record: EventRecord) -> _Subscriber | None:
+        """The subscriber whose prefix holds the record's key: its nearest folder first (inboxes
+        never nest, ``config check`` refuses that, so there is at most one)."""
+        key, end = record.key, len(record.key)
+        with self._lock:
+            while True:
+                end = key.rfind("/", 0, end)
+                subscriber = self._subscribers.get((record.bucket, key[:end + 1]))
+                if subscriber is not None or end < 0:
+                    return subscriber
+
+    # -- threads --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
+                                          name=f"sqs {self.queue_url}")
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                           name=f"heartbeat {self.queue_url}")
+        self._receiver.start()
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        # A long poll in progress cannot be interrupted; rather than hold up the daemon's shutdown
+        # for up to 20 s, leave the (daemon) thread to end with it. Whatever it receives after the
+        # stop is not handed on and reappears in the queue after VISIBILITY.
+        for thread, wait in ((self._heartbeat, 5.0), (self._receiver, CLOSE_WAIT)):
+            if thread is not None:
+                thread.join(timeout=wait)
+
+    def alive(self) -> bool:
+        return all(t is not None and t.is_alive() for t in (self._receiver, self._heartbeat))
+
+    def failing(self) -> dict | None:
+        """For /healthz of every inbox it feeds: its receives fail lately."""
+        if not self._failures:
+            return None
+        return {"error": self._last_error, "polls": self._failures}
+
+    def _wait_seconds(self) -> int:
+        """The long poll: the shortest ``poll_interval`` of its inboxes, 1 to 20 s. A message
+        ends it at once; its length only bounds how long a stop may wait for it."""
+        with self._lock:
+            interval = min((s.inbox.config.poll_interval for s in self._subscribers.values()), default=LONG_POLL_MAX)
+        return max(1, min(LONG_POLL_MAX, int(interval)))
+
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._begun += 1
+                begun = self._begun
+            try:
+                self._return_left()
+                with s3_errors(f"receive from {self.queue_url}", action="sqs:ReceiveMessage"):
+                    messages = self._sqs.receive_message(
+                        QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._wait_seconds(),
+                        VisibilityTimeout=VISIBILITY,
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+                self._failures, self._last_error = 0, None
+                for message in messages:
+                    if self._stop.is_set():
+                        break
+                    self._handle(message)
+            except Exception as exc:  # noqa: BLE001 — this thread is the inboxes': it must outlive any error
+                self._failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"[:300]
+                delay = backoff(self._failures, 1.0, MAX_BACKOFF)
+                self.log.warning("inbox.receive_failed", error=str(exc), error_type=type(exc).__name__,
+                                 failures=self._failures, retry_in_s=round(delay, 2),
+                                 exc_info=not isinstance(exc, InboxError))
+                self._stop.wait(delay)
+            finally:
+                with self._lock:
+                    self._finished = begun
+
+    # -- messages -------------------------------------------------------------------------------
+    def _handle(self, message: dict) -> None:
+        """Hand each record to the inbox it belongs to; delete at once what announces nothing."""
+        message_id, receipt, body = message["MessageId"], message["ReceiptHandle"], message.get("Body", "")
+        with self._lock:
+            self._left.pop(message_id, None)        # received again: that receipt is outdated
+        try:
+            records = event_records(body)
+        except ValueError as exc:
+            # no S3 notification at all: no inbox of any daemon could ever take it
+            self.log.warning("inbox.event_unreadable", message_id=message_id, error=str(exc), body=body[:200])
+            self._delete_message(receipt)
+            return
+        if not records:
+            self.log.info("inbox.event_ignored", message_id=message_id, reason="s3:TestEvent")
+            self._delete_message(receipt)
+            return
+        taken: list[tuple[_Subscriber, Drop]] = []
+        unrouted: list[EventRecord] = []
+        for record in records:
+            subscriber = self._route(record)
+            if subscriber is None:
+                unrouted.append(record)
+                continue
+            try:
+                drop = subscriber.inbox.announced(record)
+            except InboxError as exc:
+                # cannot tell now: leave the whole message to come back after VISIBILITY
+                subscriber.inbox.log.warning("inbox.event_deferred", message_id=message_id, key=record.key,
+                                             error=str(exc))
+                return
+            if drop is not None:
+                taken.append((subscriber, drop))
+        if unrouted:
+            # Records under no prefix an inbox of this process serves are left in the queue, not
+            # deleted: the inbox they belong to may be closed for a moment (a SIGHUP reload closes
+            # a changed inbox before it opens it again; at start-up the inboxes subscribe one by
+            # one) or served by another daemon reading this queue. Deleting would lose that drop
+            # for good (event mode never lists), while a message left here only comes back after
+            # VISIBILITY, again and again, until the queue's redrive policy moves it to the
+            # dead-letter queue, where an operator sees it. A new subscriber makes the ones left
+            # recently visible at once. Our own archive and results writes are under a served
+            # prefix: the inbox takes and ignores them, so they are deleted and never end up here.
+            self.log.warning("inbox.event_unrouted", message_id=message_id,
+                             objects=[f"s3://{r.bucket}/{r.key}" for r in unrouted],
+                             receive_count=message.get("Attributes", {}).get("ApproximateReceiveCount"),
+                             action=f"left in the queue: received again after {VISIBILITY} s, or "
+                                    "moved to the dead-letter queue by the queue's redrive policy")
+        if not taken:
+            if unrouted:
+                with self._lock:
+                    self._left[message_id] = (receipt, time.monotonic())
+            else:
+                self._delete_message(receipt)
+            return
+        with self._lock:        # held before handed on: archive() may come at once from a worker
+            held = self._held.get(message_id)
+            if held is None:
+                held = self._held[message_id] = _Held(receipt, time.monotonic())
+            else:               # a redelivery: only the newest receipt handle is valid
+                held.receipt, held.since = receipt, time.monotonic()
+            held.waiting.update((drop.uri, drop.version) for _, drop in taken)
+            held.keep = bool(unrouted)
+        for subscriber, drop in taken:
+            subscriber.on_ready(drop)
+
+    def release(self, uri: str, version: str) -> None:
         """The drop's outcome is durable: delete each message that waited on it alone."""
-        done = []
+        done: list[str] = []
+        kept: list[str] = []
         with self._lock:
             for message_id, held in list(self._held.items()):
-                held.waiting.discard((key, version))
+                held.waiting.discard((uri, version))
                 if not held.waiting:
-                    done.append(self._held.pop(message_id).receipt)
+                    del self._held[message_id]
+                    (kept if held.keep else done).append(held.receipt)
         for receipt in done:
             try:
                 self._delete_message(receipt)
             except InboxError as exc:
                 # it reappears after VISIBILITY; the ledger knows the file, so that costs a look-up
-                self.log.warning("inbox.message_not_deleted", key=key, error=str(exc))
+                self.log.warning("inbox.message_not_deleted", uri=uri, error=str(exc))
+        if kept:        # the rest of it is no inbox's: it comes back after VISIBILITY (see _handle)
+            self.log.info("inbox.message_left", uri=uri, messages=len(kept))
 
     def _delete_message(self, receipt: str) -> None:
-        with s3_errors(f"delete a message from {self.config.sqs_queue_url}", action="sqs:DeleteMessage"):
-            self.sqs().delete_message(QueueUrl=self.config.sqs_queue_url, ReceiptHandle=receipt)
+        with s3_errors(f"delete a message from {self.queue_url}", action="sqs:DeleteMessage"):
+            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+
+    def _return_left(self) -> None:
+        """A subscriber joined: the messages no inbox took lately may be its own (it was opened
+        after they came). Make them visible at once rather than after VISIBILITY."""
+        now = time.monotonic()
+        with self._lock:
+            self._left = {m: (r, t) for m, (r, t) in self._left.items() if now - t < VISIBILITY}
+            if not self._offer_left:
+                return
+            self._offer_left = False
+            left, self._left = list(self._left.items()), {}
+        try:
+            self._change_visibility([(m, r) for m, (r, _) in left], 0, "inbox.message_returned")
+        except InboxError as exc:           # then they come back after VISIBILITY anyway
+            self.log.warning("inbox.return_failed", messages=len(left), error=str(exc))
+
+    def _change_visibility(self, messages: list[tuple[str, str]], seconds: int, event: str) -> None:
+        for start in range(0, len(messages), 10):          # SQS batches hold 10 entries at most
+            batch = messages[start:start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+                       for i, (_, receipt) in enumerate(batch)]
+            with s3_errors(f"change visibility in {self.queue_url}", action="sqs:ChangeMessageVisibility"):
+                answer = self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            for failed in answer.get("Failed", []):
+                # deleted meanwhile, or received again with a newer handle: nothing to change
+                message_id = batch[int(failed["Id"])][0]
+                self.log.info(f"{event}_refused", message_id=message_id, code=failed.get("Code"))
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT):
@@ -558,15 +748,43 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             held = [(m, h.receipt) for m, h in self._held.items()]
         for message_id in expired:
             self.log.warning("inbox.message_released", message_id=message_id, held_s=MAX_HOLD)
-        for start in range(0, len(held), 10):          # SQS batches hold 10 entries at most
-            batch = held[start:start + 10]
-            entries = [{"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": VISIBILITY}
-                       for i, (_, receipt) in enumerate(batch)]
-            with s3_errors(f"extend visibility in {self.config.sqs_queue_url}",
-                           action="sqs:ChangeMessageVisibility"):
-                answer = self.sqs().change_message_visibility_batch(
-                    QueueUrl=self.config.sqs_queue_url, Entries=entries)
-            for failed in answer.get("Failed", []):
-                # deleted meanwhile, or redelivered to us with a newer handle: nothing to extend
-                message_id = batch[int(failed["Id"])][0]
-                self.log.info("inbox.heartbeat_refused", message_id=message_id, code=failed.get("Code"))
+        self._change_visibility(held, VISIBILITY, "inbox.heartbeat")
+
+
+# Receives in this process, by queue URL: the URL names the queue, and the endpoint is the URL's.
+_consumers: dict[str, QueueConsumer] = {}
+_consumers_lock = threading.Lock()
+
+
+def subscribe(inbox: S3Inbox, on_ready: OnReady) -> QueueConsumer:
+    """Route the records of ``inbox``'s prefix to ``on_ready``; the first inbox of a queue
+    starts its consumer."""
+    queue_url = inbox.config.sqs_queue_url
+    assert queue_url is not None
+    with _consumers_lock:
+        consumer = _consumers.get(queue_url)
+        fresh = consumer is None
+        if consumer is None:
+            consumer = QueueConsumer(queue_url, inbox.sqs_place(), inbox.sqs())
+        elif consumer.place != inbox.sqs_place():
+            # one queue, one receiver: a second one would take (and delete) this inbox's messages
+            raise InboxMisconfigured(
+                f"{inbox.id}: {queue_url} is received at {consumer.place[0]} in region "
+                f"{consumer.place[1]} for the other inboxes it feeds, not in {inbox.sqs_place()[1]}: "
+                "give the inboxes of one queue the same region")
+        consumer.add(inbox, on_ready)
+        if fresh:
+            _consumers[queue_url] = consumer
+            consumer.start()
+    inbox.log.info("inbox.queue_subscribed", queue=queue_url, shared=not fresh)
+    return consumer
+
+
+def unsubscribe(inbox: S3Inbox, consumer: QueueConsumer) -> None:
+    """Stop routing to ``inbox``; the last inbox of a queue stops its consumer."""
+    with _consumers_lock:
+        last = consumer.remove(inbox) and _consumers.get(consumer.queue_url) is consumer
+        if last:
+            del _consumers[consumer.queue_url]
+    if last:
+        consumer.stop()         # outside the lock: it may wait for a long poll (CLOSE_WAIT)
