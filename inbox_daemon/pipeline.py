@@ -34,7 +34,7 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
-from storage.base import CatalogStore, Job, Outcome, Source, new_job_id, utcnow
+from storage.base import CatalogStore, Claim, Job, Outcome, Source, new_job_id, utcnow
 
 
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
@@ -151,25 +151,8 @@ class Pipeline:
                                      answered_if_same_file=watching)
             job = claim.job
             log = log.bind(job_id=job.id)
-            if claim.kind == "duplicate":
-                return self._duplicate(job, spooled, log)
-            if claim.kind == "unreported":
-                log.info("job.report_resumed")
-                assert job.result is not None       # its outcome is committed, the manifest with it
-                return self.report(job, job.result, spooled, log)
-            if claim.kind == "reported":
-                # this file was answered already (kept, a restart before its archive, a look that
-                # raced its report). Spool names are content: the copy just read is the one of the
-                # job that holds this content, kept only where that job's status needs it
-                log.info("job.already_reported", status=job.status)
-                assert job.result is not None       # its outcome is committed, the manifest with it
-                holder = self.store.job(job.duplicate_of) if job.duplicate_of else job
-                _drop_copy(spooled, holder.status)
-                return Result(job.status, job.result, None, replay=True)
-            if claim.kind == "busy":
-                log.info("job.busy", status=job.status)
-                return Result(JobStatus.RUNNING, {"job_id": job.id, "status": JobStatus.RUNNING, "message":
-                              f"the same content is being processed right now as job {job.id}"}, None)
+            if claim.kind not in ("new", "resumed"):
+                return self._not_to_run(claim, spooled, log)
             log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
             failpoints.reached("after_claim")
         run = Run(job=job, partner=partner, spooled=spooled, fmt=fmt, mode=mode, dry_run=dry_run,
@@ -184,6 +167,28 @@ class Pipeline:
         if dry_run:
             return Result(outcome.status, outcome.result, None)
         return self.report(job, outcome.result, spooled, log)
+
+    def _not_to_run(self, claim: Claim, spooled: Path, log) -> Result:
+        """A claim whose content is not to be applied here: record a duplicate, finish the report
+        of an outcome committed before a crash, replay an answer, or leave it to its runner."""
+        job = claim.job
+        if claim.kind == "duplicate":
+            return self._duplicate(job, spooled, log)
+        if claim.kind == "busy":
+            log.info("job.busy", status=job.status)
+            return Result(JobStatus.RUNNING, {"job_id": job.id, "status": JobStatus.RUNNING, "message":
+                          f"the same content is being processed right now as job {job.id}"}, None)
+        assert job.result is not None       # its outcome is committed, the manifest with it
+        if claim.kind == "unreported":
+            log.info("job.report_resumed")
+            return self.report(job, job.result, spooled, log)
+        # "reported": this file was answered already (kept, a restart before its archive, a look
+        # that raced its report). Spool names are content: the copy just read is the one of the
+        # job that holds this content, kept only where that job's status needs it
+        log.info("job.already_reported", status=job.status)
+        holder = self.store.job(job.duplicate_of) if job.duplicate_of else job
+        _drop_copy(spooled, holder.status)
+        return Result(job.status, job.result, None, replay=True)
 
     # -- stages ---------------------------------------------------------------------------------
     def _apply(self, run: Run) -> Outcome:

@@ -631,22 +631,10 @@ class QueueConsumer:
             self.log.info("inbox.event_ignored", message_id=message_id, reason="s3:TestEvent")
             self._delete_message(receipt)
             return
-        taken: list[tuple[_Subscriber, Drop]] = []
-        unrouted: list[EventRecord] = []
-        for record in records:
-            subscriber = self._route(record)
-            if subscriber is None:
-                unrouted.append(record)
-                continue
-            try:
-                drop = subscriber.inbox.announced(record)
-            except InboxError as exc:
-                # cannot tell now: leave the whole message to come back after VISIBILITY
-                subscriber.inbox.log.warning("inbox.event_deferred", message_id=message_id, key=record.key,
-                                             error=str(exc))
-                return
-            if drop is not None:
-                taken.append((subscriber, drop))
+        sorted_out = self._sort(message_id, records)
+        if sorted_out is None:
+            return              # cannot tell now: the whole message comes back after VISIBILITY
+        taken, unrouted = sorted_out
         if unrouted:
             # Records under no prefix an inbox of this process serves are left in the queue, not
             # deleted: the inbox they belong to may be closed for a moment (a SIGHUP reload closes
@@ -669,16 +657,42 @@ class QueueConsumer:
             else:
                 self._delete_message(receipt)
             return
-        with self._lock:        # held before handed on: archive() may come at once from a worker
+        self._hold(message_id, receipt, taken, keep=bool(unrouted))
+        for subscriber, drop in taken:
+            subscriber.on_ready(drop)
+
+    def _sort(self, message_id: str, records: list[EventRecord]
+              ) -> tuple[list[tuple[_Subscriber, Drop]], list[EventRecord]] | None:
+        """(the drops inboxes took, with their inbox; the records no inbox serves), or None when
+        an inbox cannot tell now whether its record announces a drop."""
+        taken: list[tuple[_Subscriber, Drop]] = []
+        unrouted: list[EventRecord] = []
+        for record in records:
+            subscriber = self._route(record)
+            if subscriber is None:
+                unrouted.append(record)
+                continue
+            try:
+                drop = subscriber.inbox.announced(record)
+            except InboxError as exc:
+                subscriber.inbox.log.warning("inbox.event_deferred", message_id=message_id, key=record.key,
+                                             error=str(exc))
+                return None
+            if drop is not None:
+                taken.append((subscriber, drop))
+        return taken, unrouted
+
+    def _hold(self, message_id: str, receipt: str, taken: list[tuple[_Subscriber, Drop]], *, keep: bool) -> None:
+        """Remember the message until its drops are archived; held before they are handed on,
+        since archive() may come at once from a worker."""
+        with self._lock:
             held = self._held.get(message_id)
             if held is None:
                 held = self._held[message_id] = _Held(receipt, time.monotonic())
             else:               # a redelivery: only the newest receipt handle is valid
                 held.receipt, held.since = receipt, time.monotonic()
             held.waiting.update((drop.uri, drop.version) for _, drop in taken)
-            held.keep = bool(unrouted)
-        for subscriber, drop in taken:
-            subscriber.on_ready(drop)
+            held.keep = keep
 
     def release(self, uri: str, version: str) -> None:
         """The drop's outcome is durable: delete each message that waited on it alone."""
