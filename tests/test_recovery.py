@@ -41,6 +41,24 @@ def test_a_newer_upload_under_the_same_name_is_not_archived_by_the_older_job(loc
     assert not (local_inbox.root / "processed" / "feed.csv").exists()
 
 
+def test_a_newer_upload_renamed_over_the_read_file_with_the_same_mtime_is_not_archived(local_inbox, tmp_path):
+    """rsync -t: the new content is written to a temp name, given the old mtime and renamed over
+    the file the job read. Same name, same mtime: only the inode tells them apart."""
+    path = local_inbox.root / "feed.csv"
+    path.write_text("sku,name\nOLD,x\n")
+    old = _drop_for(local_inbox, "feed.csv")
+    local_inbox.fetch(old, tmp_path / "spool")
+    replacement = local_inbox.root / ".feed.csv.tmp"
+    replacement.write_text("sku,name\nNEW,x\n")
+    os.utime(replacement, ns=(os.stat(path).st_atime_ns, int(old.version)))
+    replacement.rename(path)
+
+    local_inbox.archive(old, "succeeded")
+
+    assert path.read_text() == "sku,name\nNEW,x\n"                  # left for its own job
+    assert not (local_inbox.root / "processed" / "feed.csv").exists()
+
+
 def test_archiving_never_overwrites_an_earlier_archive(local_inbox):
     for content in ("sku,name\nA,x\n", "sku,name\nB,x\n"):
         path = local_inbox.root / "daily.csv"

@@ -475,6 +475,19 @@ def test_on_success_delete_leaves_an_object_overwritten_since_it_was_read(s3, mo
     assert _read(s3, "acme/catalog.csv").endswith(b"A3,Newer,2\n")
 
 
+def test_move_leaves_an_object_overwritten_since_it_was_read(s3, moto):
+    """moto, like s3rver, ignores the copy's CopySourceIfMatch: the archive must not rely on it.
+    The newer upload stays in the inbox for its own job, whole."""
+    s3.put_object(Bucket=BUCKET, Key="acme/stock.csv", Body=CSV)
+    inbox = _inbox(moto, s3)
+    drop = _listed_drop(inbox, "stock.csv")
+    s3.put_object(Bucket=BUCKET, Key="acme/stock.csv", Body=CSV + b"A3,Newer,2\n")
+
+    inbox.archive(drop, "succeeded")
+
+    assert _read(s3, "acme/stock.csv").endswith(b"A3,Newer,2\n")
+
+
 # -- event mode ----------------------------------------------------------------------------------
 
 def test_message_is_deleted_only_when_its_drop_is_archived(s3, sqs, moto):

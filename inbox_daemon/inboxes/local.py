@@ -65,6 +65,9 @@ class LocalInbox:
         # files answered and kept ("keep"), by name -> what a write would change: the rescan
         # does not read them again while it is unchanged (an event, a new write, always is)
         self._kept: dict[str, tuple[int, int, int, int]] = {}
+        # the inode each version was read from: the archive moves that file, not another one
+        # renamed over it since with the same mtime (rsync -t, a re-send that keeps mtimes)
+        self._read_from: dict[tuple[str, str], int] = {}
         self.log = get_logger(inbox=self.id, partner=config.partner)
         for folder in (self.root, *(self.root / r for r in RESERVED)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +244,7 @@ class LocalInbox:
                 raise InboxMisconfigured(f"{drop.key} is not a regular file; not read")
             if str(st.st_mtime_ns) != drop.version:
                 raise InboxUnavailable(f"{drop.key} changed since it was seen; it is read once it is ready again")
+            self._read_from[(drop.key, drop.version)] = st.st_ino
             return spool_stream(fh, spool_dir)
 
     def _same_file(self, drop: Drop) -> os.stat_result | None:
@@ -251,6 +255,8 @@ class LocalInbox:
             return None
         if not stat_mod.S_ISREG(st.st_mode) or str(st.st_mtime_ns) != drop.version:
             return None     # replaced by a newer upload (or a link): that one gets its own job
+        if self._read_from.get((drop.key, drop.version), st.st_ino) != st.st_ino:
+            return None     # another file renamed over it, with the same mtime: its own job too
         return st
 
     def archive(self, drop: Drop, status: str) -> None:
@@ -258,6 +264,7 @@ class LocalInbox:
         Only the very version that was processed is moved: a newer upload under the same name
         stays for its own job."""
         st = self._same_file(drop)
+        self._read_from.pop((drop.key, drop.version), None)
         if st is None:
             return
         source = self._path(drop.key)

@@ -346,7 +346,13 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
                 self._consumer.release(self.uri(key), drop.version)
 
     def _move(self, drop: Drop, key: str, folder: str) -> None:
+        """Copy the version that was read into ``folder``, then delete it from the inbox, only if
+        the inbox still holds that version (``_delete_read_version``): an upload that replaced it
+        meanwhile stays for its own job, whether or not the server honoured the copy's
+        condition (moto and s3rver, for two, ignore ``CopySourceIfMatch``)."""
         s3, source = self.s3(), {"Bucket": self.bucket, "Key": key}
+        if drop.version and self._head(key)[1] != drop.version:
+            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
         target = f"{self.prefix}{folder}/{drop.name}"
         if self._exists(target):
             target = f"{target}.{drop.version}"     # an earlier file of that name is kept
@@ -359,15 +365,20 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
                 s3.copy(source, self.bucket, target, ExtraArgs=same)
             else:
                 s3.copy_object(CopySource=source, Bucket=self.bucket, Key=target, **same)
-        with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
-            s3.delete_object(Bucket=self.bucket, Key=key)
-        self._forget(key)
+        self._delete_read_version(drop, key)
 
     def _delete(self, drop: Drop, key: str) -> None:
+        self._delete_read_version(drop, key)
+
+    def _delete_read_version(self, drop: Drop, key: str) -> None:
+        """Delete ``key`` only while it is the version that was read: its ETag is checked right
+        before the delete, and the delete itself is conditional (``If-Match``) where the server
+        honours it (AWS S3 does), so an upload landing in between is never deleted."""
         if drop.version and self._head(key)[1] != drop.version:
             raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        same = {"IfMatch": drop.version} if drop.version else {}
         with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
-            self.s3().delete_object(Bucket=self.bucket, Key=key)
+            self.s3().delete_object(Bucket=self.bucket, Key=key, **same)
         self._forget(key)
 
     def _head(self, key: str) -> tuple[int, str]:
