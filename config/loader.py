@@ -455,14 +455,9 @@ def _overlaps(r: _Reader, inboxes: list[tuple[int, InboxConfig]]) -> None:
     reported under the later one's key, naming the earlier one."""
     climbs = max((inbox.path.count("..") for _, inbox in inboxes if isinstance(inbox, SftpInboxConfig)), default=0)
     login = "/" + "/".join(["\0"] * (climbs + 1))      # NUL: a name no real folder has
-    places: list[tuple[int, InboxConfig, Place]] = []
-    for i, inbox in inboxes:
-        if isinstance(inbox, LocalInboxConfig):
-            places.append((i, inbox, _local_place(inbox)))
-        elif isinstance(inbox, SftpInboxConfig):
-            places.append((i, inbox, _sftp_place(inbox, login)))
-        else:
-            places.append((i, inbox, _s3_place(inbox)))
+    place_of: dict[str, Callable[[Any], Place]] = {
+        "local": _local_place, "sftp": lambda inbox: _sftp_place(inbox, login), "s3": _s3_place}
+    places = [(i, inbox, place_of[inbox.kind](inbox)) for i, inbox in inboxes]
     for n, (j, inbox, (scope, names, shown)) in enumerate(places):
         for i, other, (other_scope, other_names, other_shown) in places[:n]:
             if scope != other_scope or inbox.id == other.id:    # one id: "same location", reported already

@@ -271,9 +271,10 @@ class LedgerReads:
         self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (utcnow(), job_id))
 
     def seen(self, *, inbox: str, uri: str, version: str) -> Job | None:
-        """The job that took in this exact file (same place, same mtime/ETag) and reported its
-        final outcome, else None. Then it need not be fetched again: with ``on_success = "keep"``
-        the ledger alone prevents reprocessing."""
+        """The job that took in this exact version (same place, same ETag) and reported its final
+        outcome, else None. Only for inboxes whose version changes with the content (S3): there
+        it need not be fetched again. An mtime says nothing of the content: such files are read
+        and hashed, and the claim decides."""
         return self._job_row("inbox = ? AND source_uri = ? AND source_version = ?"
                              " AND status NOT IN (?, ?, ?) AND reported_at IS NOT NULL"
                              " ORDER BY created_at DESC LIMIT 1",

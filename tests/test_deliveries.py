@@ -39,7 +39,11 @@ def test_new_content_under_an_answered_name_and_mtime_is_applied(tmp_path, daemo
     for send in range(RESENDS):
         _cp_p(source, inbox / "stock.csv", f"sku,name,price,stock\nS-1,Sock,{send + 1}.00,{send}\n")
         found = wait_manifests(tmp_path, send + 1, status="succeeded")
-        assert os.stat(inbox / ("stock.csv" if on_success == "keep" else "processed/stock.csv")).st_mtime == MTIME
+        copies = 1 if on_success == "keep" else send + 1          # kept in place, or each archived
+        delivered = wait_for(lambda c=copies: (found := [inbox / "stock.csv"] if on_success == "keep" else
+                                               list((inbox / "processed").glob("stock.csv*"))) and
+                             len(found) == c and found, what=f"{copies} copies of stock.csv")
+        assert {os.stat(p).st_mtime for p in delivered} == {MTIME}      # every copy kept the one mtime
         row = wait_for(lambda s=send: products(tmp_path).get("s-1", {}).get("stock") == s and products(tmp_path),
                        what=f"send {send} in the catalog")
         applied += row["s-1"]["price_cents"] == (send + 1) * 100

@@ -7,6 +7,7 @@ the one place a kind is mapped to its class.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -27,6 +28,14 @@ def wanted(name: str, cfg: InboxBase) -> bool:
     if any(fnmatch.fnmatchcase(lowered, p) for p in TEMP_PATTERNS):
         return False
     return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in cfg.patterns)
+
+
+def archive_name(name: str, version: str, taken: Callable[[str], bool]) -> str:
+    """The name a file gets in ``processed/`` or ``failed/``: its own, else ``<name>.<version>``,
+    else ``<name>.<version>.<n>``, the first one not ``taken``: an earlier archive is never
+    overwritten, not even by a re-send that keeps size and mtime (``cp -p``, ``rsync -t``)."""
+    candidates = itertools.chain((name, f"{name}.{version}"), (f"{name}.{version}.{n}" for n in itertools.count(2)))
+    return next(c for c in candidates if not taken(c))
 
 
 def safe_name(key: str) -> str | None:

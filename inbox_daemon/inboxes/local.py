@@ -36,7 +36,16 @@ from config.errors import InboxMisconfigured, InboxUnavailable
 from config.model import LocalInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESERVED, RESULTS, OnReady, safe_name, wanted
+from inbox_daemon.inboxes.base import (
+    FAILED,
+    PROCESSED,
+    RESERVED,
+    RESULTS,
+    OnReady,
+    archive_name,
+    safe_name,
+    wanted,
+)
 from inbox_daemon.logs import get_logger
 from inbox_daemon.spool import spool_stream
 from inbox_daemon.tempfiles import fsync_dir, write_atomic
@@ -102,6 +111,7 @@ class LocalInbox:
         """Files present now. Young ones (changed within ``settle``) wait to settle instead."""
         with os.scandir(self.root) as entries:
             names = sorted(e.name for e in entries)
+        self._forget_gone(set(names))
         now_wall = time.time()
         for name in names:
             st = self._stat_candidate(name)
@@ -111,6 +121,12 @@ class LocalInbox:
                 yield self._drop(name, st)
             else:
                 self._track(name, st)
+
+    def _forget_gone(self, present: set[str]) -> None:
+        """What is remembered per file (kept, the inode read) only while the file is there: the
+        memory stays as small as the folder, however long the daemon runs."""
+        self._kept = {name: w for name, w in self._kept.items() if name in present}
+        self._read_from = {k: ino for k, ino in self._read_from.items() if k[0] in present}
 
     # -- watching -----------------------------------------------------------------------------
     def watch(self, on_ready: OnReady) -> None:
@@ -279,9 +295,7 @@ class LocalInbox:
             folder = self._folder(PROCESSED)
         else:
             folder = self._folder(FAILED)
-        target = folder / source.name
-        if target.exists():
-            target = folder / f"{source.name}.{drop.version}"
+        target = folder / archive_name(source.name, drop.version, lambda n: (folder / n).exists())
         os.replace(source, target)
         fsync_dir(folder)
         fsync_dir(self.root)

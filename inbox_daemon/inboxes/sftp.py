@@ -25,7 +25,7 @@ from config.errors import InboxMisconfigured, InboxUnavailable
 from config.model import SftpInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, safe_name
+from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, archive_name, safe_name
 from inbox_daemon.inboxes.polling import Entry, PollingInbox
 from inbox_daemon.logs import register_secret
 from inbox_daemon.spool import spool_stream
@@ -173,13 +173,13 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             else:
                 folder = FAILED
             self._mkdir(sftp, folder)
-            target = self._path(folder, name)
-            try:
-                sftp.stat(target)
-                target = self._path(folder, f"{name}.{drop.version}")    # never overwrite an archive
-            except FileNotFoundError:
-                pass
-            sftp.posix_rename(source, target)
+            def taken(candidate: str) -> bool:
+                try:
+                    sftp.stat(self._path(folder, candidate))
+                except FileNotFoundError:
+                    return False
+                return True
+            sftp.posix_rename(source, self._path(folder, archive_name(name, drop.version, taken)))
 
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
         name = self._checked(name)
