@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from adapters.mapping import ColumnMap, attributes_json
 from adapters.readers import Block
-from config.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, TEXT_FIELDS
+from config.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, REQUIRED_FIELDS, TEXT_FIELDS
 from config.model import PartnerConfig
 
 ERROR, WARNING = "error", "warning"
@@ -167,7 +167,7 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     text prices (the partner's, for CSV/TSV); numbers from JSON and Parquet always use "."."""
     batch = block.batch
     rows = block.row_numbers()
-    texts = {f: _text(batch, cmap, f) for f in ("sku", "name", *TEXT_FIELDS)}
+    texts = {f: _text(batch, cmap, f) for f in (*REQUIRED_FIELDS, *TEXT_FIELDS)}
     sku = texts["sku"]
     # the stages add their problems in this order, which is the order of a row's diagnostics
     p = _Problems(rows, sku, cmap)
@@ -197,7 +197,7 @@ def _check_encoding(p: _Problems, block: Block) -> None:
 
 
 def _check_required(p: _Problems, texts: dict[str, pa.Array]) -> None:
-    for canonical in ("sku", "name"):
+    for canonical in REQUIRED_FIELDS:
         p.add(pc.is_null(texts[canonical]), canonical, "missing_value", f"{canonical} is required",
               texts[canonical])
 
