@@ -55,6 +55,9 @@ class Daemon:
         self.queue: queue.Queue[WorkItem] = queue.Queue(maxsize=QUEUE_MAX)
         self.inboxes: dict = {}
         self._pending: set[tuple] = set()          # queued or in flight: never twice at once
+        # files seen again while their item was queued or in flight: a re-send that kept name and
+        # mtime looks the same; the inbox offers them again once that item is done
+        self._sighted_again: set[tuple] = set()
         self._lock = threading.Lock()
         self._retries: list[tuple[float, int, WorkItem]] = []
         self._seq = itertools.count()
@@ -201,6 +204,8 @@ class Daemon:
     def _enqueue(self, item: WorkItem) -> bool:
         with self._lock:
             if item.key in self._pending or self._stopping.is_set():
+                if item.job_id is None and item.key in self._pending:
+                    self._sighted_again.add(item.key)
                 return False
             self._pending.add(item.key)
         if item.job_id is None:
@@ -328,7 +333,11 @@ class Daemon:
                     with self._lock:
                         self._in_flight -= 1
                         self._pending.discard(item.key)
+                        again = item.key in self._sighted_again
+                        self._sighted_again.discard(item.key)
                     self.metrics.in_flight.dec()
+                    if again and (inbox := self.inboxes.get(item.drop.inbox)) is not None:
+                        inbox.offer_again_in(item.drop, 0)      # read again: the content decides
         finally:
             store.close()
 

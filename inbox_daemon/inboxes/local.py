@@ -76,7 +76,7 @@ class LocalInbox:
         self._kept: dict[str, tuple[int, int, int, int]] = {}
         # the inode each version was read from: the archive moves that file, not another one
         # renamed over it since with the same mtime (rsync -t, a re-send that keeps mtimes)
-        self._read_from: dict[tuple[str, str], int] = {}
+        self._read_from: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self.log = get_logger(inbox=self.id, partner=config.partner)
         for folder in (self.root, *(self.root / r for r in RESERVED)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ class LocalInbox:
         """What is remembered per file (kept, the inode read) only while the file is there: the
         memory stays as small as the folder, however long the daemon runs."""
         self._kept = {name: w for name, w in self._kept.items() if name in present}
-        self._read_from = {k: ino for k, ino in self._read_from.items() if k[0] in present}
+        self._read_from = {k: w for k, w in self._read_from.items() if k[0] in present}
 
     # -- watching -----------------------------------------------------------------------------
     def watch(self, on_ready: OnReady) -> None:
@@ -260,7 +260,7 @@ class LocalInbox:
                 raise InboxMisconfigured(f"{drop.key} is not a regular file; not read")
             if str(st.st_mtime_ns) != drop.version:
                 raise InboxUnavailable(f"{drop.key} changed since it was seen; it is read once it is ready again")
-            self._read_from[(drop.key, drop.version)] = st.st_ino
+            self._read_from[(drop.key, drop.version)] = _written(st)
             return spool_stream(fh, spool_dir)
 
     def _same_file(self, drop: Drop) -> os.stat_result | None:
@@ -271,7 +271,8 @@ class LocalInbox:
             return None
         if not stat_mod.S_ISREG(st.st_mode) or str(st.st_mtime_ns) != drop.version:
             return None     # replaced by a newer upload (or a link): that one gets its own job
-        if self._read_from.get((drop.key, drop.version), st.st_ino) != st.st_ino:
+        read = self._read_from.get((drop.key, drop.version))
+        if read is not None and read[0] != st.st_ino:
             return None     # another file renamed over it, with the same mtime: its own job too
         return st
 
@@ -280,13 +281,14 @@ class LocalInbox:
         Only the very version that was processed is moved: a newer upload under the same name
         stays for its own job."""
         st = self._same_file(drop)
-        self._read_from.pop((drop.key, drop.version), None)
+        read = self._read_from.pop((drop.key, drop.version), None)
         if st is None:
             return
         source = self._path(drop.key)
         if status in ARCHIVED_AS_SUCCESS:
             if self.config.on_success == "keep":
-                self._kept[drop.key] = _written(st)
+                # what was read, not what is there now: a write since then is seen by the rescan
+                self._kept[drop.key] = read or _written(st)
                 return
             if self.config.on_success == "delete":
                 source.unlink(missing_ok=True)
