@@ -168,3 +168,11 @@ class CatalogChanged(StoreError, Transient):
     catalog holds (to stage only what differs) and its merge: what it left out may be stale.
     The job is read again with the catalog held from the start (``load(exclusive=True)``)."""
     code = "catalog_changed"
+
+
+class SourceChanged(InboxUnavailable):
+    """The partner's file changed after it was judged ready (an upload that paused longer than
+    ``settle``, then went on): what was read may be a truncated copy. Raised by an inbox's
+    ``fetch`` (changed while read) or ``verify_unchanged`` (changed before the commit); nothing
+    of that read is applied, and the file is read again once it is ready."""
+    code = "source_changed"

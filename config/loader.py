@@ -110,7 +110,8 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            names = ("true or false" if kind is bool else kind.__name__ if isinstance(kind, type)
+                     else " or ".join(k.__name__ for k in kind))
             self.problems.append(f"{full}: expected {names}, got {type(value).__name__}")
             return default
         if check is not None:
@@ -274,6 +275,7 @@ _INBOX_KEYS: Spec = {
     "settle": (_DURATION, parse_duration),
     "patterns": (list, _patterns),
     "format": (str, _choice(*FORMAT_NAMES)),
+    "ready_marker": (bool, None),
     "poll_interval": (_DURATION, parse_duration),
     "host": (str, None),
     "port": (int, None),

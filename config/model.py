@@ -72,6 +72,9 @@ class InboxBase:
     settle: float = 5.0                 # seconds a file must stay unchanged before it is read
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
     format: FileFormat | None = None    # force a format instead of guessing from the name
+    # True: a file is ready only once ``<name>.done`` or ``<name>.ok`` exists next to it (the
+    # partner says "complete"); the marker is archived with it and is never input itself
+    ready_marker: bool = False
 
     @property
     def id(self) -> str:

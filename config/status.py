@@ -1,8 +1,9 @@
 """A job's status: one type for the ledger, the pipeline, the inboxes and the command line
 (here, on the floor every package shares, like the canonical row and the error tree).
 
-    queued → running → succeeded | partial | rejected | failed | duplicate
+    queued → running → succeeded | partial | rejected | failed | duplicate | abandoned
                                              failed → (retried) … → quarantined
+                                             abandoned → (the file, read again once complete) running
 
 ``JobStatus`` is a ``StrEnum``: a member *is* its text, so it is written to SQL parameters, JSON
 manifests and logs as that text and compares equal to the text read back from the store. The
@@ -23,15 +24,18 @@ class JobStatus(StrEnum):
     FAILED = "failed"              # this attempt failed for a transient reason: retried
     QUARANTINED = "quarantined"    # retried max_attempts times: an operator must act
     DUPLICATE = "duplicate"        # content already received: no catalog change
+    ABANDONED = "abandoned"        # the file changed after it was read (an upload went on): nothing
+                                   # applied, no answer; the file is read again once it is complete
 
 
 #: statuses a job rests in once an attempt is over (``failed`` may still be retried)
 FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.REJECTED, JobStatus.FAILED,
-                   JobStatus.QUARANTINED, JobStatus.DUPLICATE})
+                   JobStatus.QUARANTINED, JobStatus.DUPLICATE, JobStatus.ABANDONED})
 #: statuses ``jobs requeue`` puts back to ``queued``
 REQUEUEABLE = frozenset({JobStatus.REJECTED, JobStatus.FAILED, JobStatus.QUARANTINED})
-#: statuses a work item may (re)start
-RUNNABLE = frozenset({JobStatus.QUEUED, JobStatus.FAILED})
+#: statuses a work item may (re)start; an abandoned job only when its content is read again
+#: (a partner's upload that really ended where it paused): never from its spooled copy alone
+RUNNABLE = frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.ABANDONED})
 #: the file's rows reached the catalog
 APPLIED = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL})
 #: outcomes archived the ``on_success`` way (processed/, delete, keep); the others go to failed/

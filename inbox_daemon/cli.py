@@ -80,10 +80,12 @@ def _summary(manifest: dict) -> str:
     r = manifest["rows"]
     text = (f"{manifest['status']}: {r['read']} read, {r['rejected']} rejected, {r['warnings']} with warnings; "
             f"{r['inserted']} inserted, {r['updated']} updated, {r['unchanged']} unchanged, "
-            f"{r['superseded']} superseded, {r['deactivated']} deactivated "
+            f"{r['superseded']} superseded, {r['deactivated']} deactivated, {r.get('stale', 0)} stale "
             f"(job {manifest['job_id']}, {manifest.get('duration_ms', 0) / 1000:.2f} s)")
     if manifest.get("duplicate_of"):
         text += f"; duplicate of {manifest['duplicate_of']}"
+    if manifest.get("reapplies"):
+        text += f"; applies job {manifest['reapplies']} again"
     if manifest.get("message"):
         text += f"\n  {manifest['message']}"
     return text
@@ -92,7 +94,7 @@ def _summary(manifest: dict) -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 def cmd_ingest(args, *, dry_run: bool = False) -> int:
-    from inbox_daemon.drop import Drop
+    from inbox_daemon.drop import Drop, delivery_time
     from inbox_daemon.pipeline import Pipeline, default_actor
     config = _config(args)
     _setup_logs(config, args)
@@ -104,7 +106,8 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
     try:
         stat = path.stat()
         drop = Drop(inbox="cli", partner=partner.id, key=str(path.resolve()), name=path.name,
-                    uri=path.resolve().as_uri(), size=stat.st_size, version=str(stat.st_mtime_ns))
+                    uri=path.resolve().as_uri(), size=stat.st_size, version=str(stat.st_mtime_ns),
+                    delivered=delivery_time(stat.st_ctime_ns / 1e9))    # as a local inbox dates it
         progress = Progress(drop.size, path.name) if sys.stderr.isatty() and not args.json else None
         try:
             result = Pipeline(config, store, actor=default_actor()).process_path(

@@ -382,7 +382,9 @@ class Daemon:
             with self._lock:
                 if failing:
                     self._faults[f"inbox {inbox_id}"] = failing
-                elif f"inbox {inbox_id}" in self._faults and self._faults[f"inbox {inbox_id}"].get("polls"):
+                # what the inbox reported (failing polls, archived files that grew) ends when it
+                # no longer does: the polls work again, the grown file was taken in
+                elif self._faults.get(f"inbox {inbox_id}", {}).keys() & {"polls", "grew_after_archive"}:
                     del self._faults[f"inbox {inbox_id}"]
         try:
             self.store.queued(limit=1)

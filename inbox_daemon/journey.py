@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import Config
-from config.errors import Cancelled, InboxError, ResultsUnwritable, SpoolError, StoreError, Transient
+from config.errors import (
+    Cancelled,
+    InboxError,
+    ResultsUnwritable,
+    SourceChanged,
+    SpoolError,
+    StoreError,
+    Transient,
+)
 from config.status import ARCHIVED_AS_SUCCESS, RUNNABLE, JobStatus
 from inbox_daemon import failpoints
 from inbox_daemon.backoff import backoff
@@ -55,7 +63,8 @@ class WorkItem:
     def for_job(cls, job: Job) -> WorkItem:
         """Run ``job`` again; its inbox finds the file by name, if it is still there."""
         drop = Drop(inbox=job.inbox, partner=job.partner_id, key=job.source_name, name=job.source_name,
-                    uri=job.source_uri, size=job.size, version=job.source_version or "")
+                    uri=job.source_uri, size=job.size, version=job.source_version or "",
+                    delivered=job.delivered_at)     # its place in the partner's order stays
         return cls(drop, job_id=job.id)
 
 
@@ -120,6 +129,11 @@ class Journey:
             return self._take_in(item, inbox, log)
         except Cancelled:
             return Done()
+        except SourceChanged as exc:
+            # written to while it was read: no fault, the upload simply is not over; the inbox
+            # offers it again once it is ready (nothing reached the ledger)
+            log.info("file.changed_while_read", reason=str(exc))
+            return OfferAgainIn(inbox.config.settle if inbox is not None else 0)
         except Transient as exc:
             return self._transient(item, inbox, exc, log)
         except InboxError as exc:
@@ -152,7 +166,7 @@ class Journey:
         drop = item.drop
         if not self._claim_file(drop, log):
             return OfferAgainIn(self.config.store.lease)
-        seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version) \
+        seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version, delivered_at=drop.delivered) \
             if inbox.version_is_content else None
         if seen is not None and seen.result is not None:
             # taken in and answered before: kept ("keep"), or a daemon stopped after its report,
@@ -162,13 +176,14 @@ class Journey:
             return Done()
         spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
         result = self.pipeline.process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
-                                       should_stop=self.should_stop, watching=True)
+                                       should_stop=self.should_stop, watching=True,
+                                       verify_source=lambda: inbox.verify_unchanged(drop))
         return self._conclude(item, inbox, result, log)
 
     def _run_job(self, item: WorkItem, job_id: str, inbox: Inbox | None, log) -> Verdict:
         """A ledger job run again (retry, requeue): from its spooled copy, else from the inbox."""
         job = self.store.job(job_id)
-        if job.status not in RUNNABLE:
+        if job.status not in RUNNABLE or job.status == JobStatus.ABANDONED:
             return Done()       # done meanwhile (its file was picked up too): nothing to redo
         spooled = Path(job.spool_path) if job.spool_path else None
         if spooled is None or not spooled.exists():
@@ -203,6 +218,9 @@ class Journey:
             if inbox is not None:
                 self._answer(inbox, drop, manifest, status, log, replay=True)
             return Done()
+        if status == JobStatus.ABANDONED:
+            # the file changed after it was read: left in its inbox, read again once it is ready
+            return OfferAgainIn(inbox.config.settle if inbox is not None else 0)
         if status == JobStatus.RUNNING:
             # the same content is being applied right now (another name, another worker): look
             # again once that is done; it will be this file's duplicate, answered and archived

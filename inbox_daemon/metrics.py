@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from config.status import APPLIED
 
-ROW_OUTCOMES = ("read", "rejected", "inserted", "updated", "unchanged", "superseded", "deactivated")
+ROW_OUTCOMES = ("read", "rejected", "inserted", "updated", "unchanged", "superseded", "deactivated", "stale")
 
 
 class Metrics:

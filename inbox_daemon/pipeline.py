@@ -25,16 +25,24 @@ from adapters.mapping import ColumnMap, preset_of, requested_paths, resolve_colu
 from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.rows import shaper_for
 from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
-from config.errors import Cancelled, CatalogChanged, FeedError, ResultsUnwritable, TooManyRejects, Transient
+from config.errors import (
+    Cancelled,
+    CatalogChanged,
+    FeedError,
+    ResultsUnwritable,
+    SourceChanged,
+    TooManyRejects,
+    Transient,
+)
 from config.model import Config, Limits, PartnerConfig
 from config.status import KEEP_SPOOL, JobStatus
 from inbox_daemon import __version__, failpoints, tempfiles
 from inbox_daemon.audit import AuditLog
-from inbox_daemon.drop import Drop
+from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
-from storage.base import CatalogStore, Claim, Job, Outcome, Source, new_job_id, utcnow
+from storage.base import TO_RUN, CatalogStore, Claim, Job, Outcome, Source, new_job_id, utcnow
 
 
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
@@ -76,6 +84,9 @@ class Run:
     progress: Callable[[int], None] | None
     should_stop: Callable[[], bool]
     log: Any
+    # raises ``SourceChanged`` if the partner's file changed since it was read; asked right
+    # before the commit (a watched inbox's file; nothing to ask for a file given to ``ingest``)
+    verify_source: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -130,15 +141,19 @@ class Pipeline:
     def process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None = None,
                 mode: str = "delta", dry_run: bool = False,
                 progress: Callable[[int], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False, watching: bool = False) -> Result:
+                should_stop: Callable[[], bool] = lambda: False, watching: bool = False,
+                verify_source: Callable[[], None] = lambda: None) -> Result:
         """Run one spooled file through every stage. ``should_stop`` is asked between batches: when
         it says yes the job is abandoned before its commit and released back to ``queued``.
         ``watching``: the caller watches an inbox, where the very file a job came from may be
-        seen again after its answer (a look racing the report): then it is not a duplicate."""
+        seen again after its answer (a look racing the report): then it is not a duplicate.
+        ``verify_source`` is asked right before the commit: a file that changed since it was
+        read (an upload that went on after a pause) is abandoned, nothing of it applied."""
         failpoints.reached("after_spool")
         partner = self.config.partner(drop.partner)
         log = get_logger(partner=partner.id, inbox=drop.inbox, file=drop.name, sha256=sha256[:12])
-        source = Source(uri=drop.uri, name=drop.name, size=drop.size, version=drop.version)
+        source = Source(uri=drop.uri, name=drop.name, size=drop.size, version=drop.version,
+                        delivered_at=drop.delivered or delivery_time(time.time()))
         try:
             fmt = fmt or detect_format(drop.name)
         except FeedError:
@@ -151,12 +166,13 @@ class Pipeline:
                                      answered_if_same_file=watching)
             job = claim.job
             log = log.bind(job_id=job.id)
-            if claim.kind not in ("new", "resumed"):
+            if claim.kind not in TO_RUN:
                 return self._not_to_run(claim, spooled, log)
-            log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size)
+            log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size,
+                     delivered_at=job.delivered_at, reapplies=job.reapplies)
             failpoints.reached("after_claim")
         run = Run(job=job, partner=partner, spooled=spooled, fmt=fmt, mode=mode, dry_run=dry_run,
-                  progress=progress, should_stop=should_stop, log=log)
+                  progress=progress, should_stop=should_stop, log=log, verify_source=verify_source)
         try:
             outcome = self._apply(run)
         except (Cancelled, KeyboardInterrupt):
@@ -165,6 +181,9 @@ class Pipeline:
             log.info("job.released", reason="stopped before its commit; nothing was applied")
             raise
         if dry_run:
+            return Result(outcome.status, outcome.result, None)
+        if outcome.status == JobStatus.ABANDONED:
+            _drop_copy(spooled, outcome.status)      # no answer: the complete file gets one
             return Result(outcome.status, outcome.result, None)
         return self.report(job, outcome.result, spooled, log)
 
@@ -217,6 +236,8 @@ class Pipeline:
             return outcome
         except FeedError as exc:
             return self._reject(run, progress, exc)
+        except SourceChanged as exc:
+            return self._abandon(run, progress, exc)
         except Cancelled:
             progress.diagnostics.discard()
             raise
@@ -269,12 +290,13 @@ class Pipeline:
         if run.dry_run:
             load.abort()
         else:
+            run.verify_source()                 # the file read is still the partner's whole file
             failpoints.reached("before_commit")
             load.commit(outcome)
             failpoints.reached("after_commit")
         run.log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
                      inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
-                     deactivated=counts.deactivated, duration_ms=manifest["duration_ms"])
+                     deactivated=counts.deactivated, stale=counts.stale, duration_ms=manifest["duration_ms"])
         return outcome
 
     def _reject(self, run: Run, progress: Progress, exc: FeedError) -> Outcome:
@@ -290,6 +312,18 @@ class Pipeline:
             self.store.finish(run.job, outcome)
         run.log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
                         rejected=totals.rejected)
+        return outcome
+
+    def _abandon(self, run: Run, progress: Progress, exc: SourceChanged) -> Outcome:
+        """The partner's file changed after it was read: what was read may be the first part of
+        an upload that paused and went on. Nothing of it is applied and the partner gets no
+        answer for it; the inbox offers the file again once it is complete."""
+        progress.diagnostics.discard()
+        manifest = self._manifest(run.job, JobStatus.ABANDONED, progress.totals, None, None, progress.started,
+                                  progress.clock, run.fmt, run.mode, dry_run=run.dry_run, message=str(exc))
+        outcome = Outcome(status=JobStatus.ABANDONED, result=manifest, error=str(exc))
+        self.store.finish(run.job, outcome)
+        run.log.warning("job.abandoned", reason=str(exc), read=progress.totals.read)
         return outcome
 
     def _fail(self, run: Run, progress: Progress, exc: Exception) -> Outcome:
@@ -358,6 +392,10 @@ class Pipeline:
             "diagnostics": diagnostics, "started_at": started, "finished_at": utcnow(),
             "duration_ms": int((time.monotonic() - clock) * 1000), "version": __version__,
         }
+        if job.reapplies:
+            manifest["reapplies"] = job.reapplies
+            manifest.setdefault("message", f"the same content as job {job.reapplies}, applied again: the "
+                                           "partner delivered other content since")
         if message:
             manifest["message"] = message
         if dry_run:
@@ -377,7 +415,7 @@ def _rows(totals: Totals, counts) -> dict:
         "read": totals.read, "valid": totals.read - totals.rejected, "rejected": totals.rejected,
         "warnings": totals.warnings, "skipped": totals.skipped,
         **{k: getattr(counts, k) if counts else 0
-           for k in ("superseded", "inserted", "updated", "unchanged", "deactivated")},
+           for k in ("superseded", "inserted", "updated", "unchanged", "deactivated", "stale")},
     }
 
 
@@ -393,6 +431,7 @@ def _dry_run_job(drop: Drop, sha256: str, source: Source, fmt, mode, spooled: Pa
     now = utcnow()
     return Job(id=f"validate-{new_job_id()}", partner_id=drop.partner, inbox=drop.inbox, sha256=sha256,
                source_uri=source.uri, source_name=source.name, size=source.size,
-               source_version=source.version, format=fmt, mode=mode, status=JobStatus.RUNNING, attempt=1,
+               source_version=source.version, delivered_at=source.delivered_at, format=fmt, mode=mode,
+               status=JobStatus.RUNNING, attempt=1,
                duplicate_of=None, spool_path=str(spooled), error=None, result=None, created_at=now,
                started_at=now, finished_at=None, reported_at=None)

@@ -18,14 +18,14 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
-from config.status import JobStatus
+from config.status import APPLIED, JobStatus
 
 # the canonical columns a merge writes, and the ledger's columns as a Job has them
 MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
                   "category", "gtin", "url", "image_url", "attributes")
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
                "status, attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
-               "finished_at, reported_at")
+               "finished_at, reported_at, delivered_at, reapplies")
 
 
 def default_holder() -> str:
@@ -67,9 +67,11 @@ class Source:
     name: str
     size: int
     version: str | None = None      # mtime or ETag
+    delivered_at: str | None = None  # when it became ready in its inbox (``drop.delivery_time``)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "name": self.name, "size": self.size, "version": self.version}
+        return {"uri": self.uri, "name": self.name, "size": self.size, "version": self.version,
+                "delivered_at": self.delivered_at}
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Job:
     started_at: str | None
     finished_at: str | None
     reported_at: str | None
+    delivered_at: str | None = None     # the source's delivery time: the partner's order
+    reapplies: str | None = None        # an earlier job of the same content this one applies again
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -101,17 +105,38 @@ class Job:
     @property
     def source(self) -> Source:
         return Source(uri=self.source_uri, name=self.source_name, size=self.size,
-                      version=self.source_version)
+                      version=self.source_version, delivered_at=self.delivered_at)
+
+    @property
+    def delivery(self) -> str:
+        """Its place in the partner's delivery order: delivery time, then file name (files that
+        became ready in the same second of a coarse clock are ordered by name). Text order is
+        delivery order; every product keeps the ``delivery`` of the job that last changed it."""
+        return delivery_order(self.delivered_at, self.source_name)
 
 
-ClaimKind = Literal["new", "resumed", "duplicate", "unreported", "reported", "busy"]
+def delivery_order(delivered_at: str | None, name: str) -> str:
+    return f"{delivered_at or ''} {name}"
+
+
+# the same, in SQL, of the job that last changed a product (its ``source_job_id``): products keep
+# no copy of it, so a merge of files that come in order writes nothing more than before
+PRODUCT_DELIVERY = ("coalesce((SELECT coalesce(j.delivered_at, '') || ' ' || j.source_name FROM jobs j"
+                    " WHERE j.id = products.source_job_id), '')")
+
+
+ClaimKind = Literal["new", "resumed", "reapply", "duplicate", "unreported", "reported", "busy"]
+#: claims whose job is to be run now
+TO_RUN = frozenset({"new", "resumed", "reapply"})
 
 
 @dataclass(frozen=True)
 class Claim:
-    """What ``claim`` decided: run ``job`` (new/resumed), report it (unreported: outcome committed
-    but its files not yet written), record a duplicate of ``job.duplicate_of``, leave it (busy),
-    or nothing at all (reported: the very file the job came from, seen again after its answer)."""
+    """What ``claim`` decided: run ``job`` (new/resumed; reapply: content the partner sent before
+    and has sent something else since, applied again as a job of its own), report it
+    (unreported: outcome committed but its files not yet written), record a duplicate of
+    ``job.duplicate_of``, leave it (busy), or nothing at all (reported: the very file the job
+    came from, seen again after its answer)."""
     kind: ClaimKind
     job: Job
 
@@ -124,6 +149,7 @@ class MergeCounts:
     updated: int
     unchanged: int
     deactivated: int
+    stale: int = 0          # rows (and a snapshot's absent keys) left alone: a newer delivery set them
 
 
 @dataclass(frozen=True)
@@ -157,7 +183,7 @@ class CatalogStore(Protocol):
     def spool_paths(self, statuses: Iterable[JobStatus]) -> list[str]: ...
     def release(self, job: Job) -> None: ...
     def recover(self) -> list[str]: ...
-    def seen(self, *, inbox: str, uri: str, version: str) -> Job | None: ...
+    def seen(self, *, inbox: str, uri: str, version: str, delivered_at: str | None) -> Job | None: ...
     def queued(self, partners: Iterable[str] | None = None, limit: int = 100) -> list[Job]: ...
     def job(self, job_id: str) -> Job: ...
     def jobs(self, *, status: JobStatus | None = None, partner_id: str | None = None,
@@ -206,15 +232,25 @@ class LedgerReads:
                           params)
         return job_from_row(rows[0]) if rows else None
 
+    def _content_holder(self, partner_id: str, sha256: str, *, lock: bool = False) -> Job | None:
+        """The job that holds this content now: the newest of it that is no duplicate (the first
+        job of it, or the latest to apply it again)."""
+        return self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL"
+                             " ORDER BY created_at DESC, id DESC LIMIT 1", (partner_id, sha256), lock=lock)
+
     def _settled_claim(self, original: Job, *, inbox: str, source: Source,
-                       answered_if_same_file: bool) -> Claim | None:
+                       answered_if_same_file: bool) -> Claim | Literal["duplicate", "reapply"]:
         """The claim of content whose job is not to run (again) here, the same on every store:
-        busy, unreported, reported, or the duplicate already recorded for this very file.
-        None: this file is a new duplicate of ``original``, to be recorded by the caller."""
+        busy, unreported, reported, or the duplicate already recorded for this very file. Else
+        what the caller records: a new "duplicate" of ``original``, or — content the partner
+        applied before but has sent something else since — a job to "reapply" it."""
         if original.status == JobStatus.RUNNING:
             return Claim("busy", original)
+        # the same place, version and delivery time: the very file again, not a re-send of its bytes
+        # (a re-send that keeps name and mtime is delivered anew: local, a new inode change time;
+        # S3, a new LastModified). Jobs from before delivery times were kept match on the rest
         same_file = (original.inbox, original.source_uri, original.source_version) == \
-            (inbox, source.uri, source.version)
+            (inbox, source.uri, source.version) and original.delivered_at in (None, source.delivered_at)
         if original.reported_at is None:
             # committed, not yet reported: the same file back (after a crash) reports it;
             # another file of that content waits until it is reported, then is its duplicate
@@ -225,13 +261,25 @@ class LedgerReads:
         # raced the answer), or not reported yet (a crash between)
         mine = self._job_row(
             "partner_id = ? AND sha256 = ? AND duplicate_of IS NOT NULL AND inbox = ?"
-            f" AND source_uri = ? AND source_version {self.NULL_SAFE_EQUAL} ? ORDER BY created_at DESC LIMIT 1",
-            (original.partner_id, original.sha256, inbox, source.uri, source.version))
+            f" AND source_uri = ? AND source_version {self.NULL_SAFE_EQUAL} ?"
+            " AND (delivered_at IS NULL OR delivered_at = ?) ORDER BY created_at DESC LIMIT 1",
+            (original.partner_id, original.sha256, inbox, source.uri, source.version, source.delivered_at))
         if mine is not None and mine.reported_at is None:   # outcome recorded or not: finish and report it
             return Claim("unreported" if mine.result else "duplicate", mine)
         if mine is not None and answered_if_same_file:
             return Claim("reported", mine)
-        return None
+        if original.status in APPLIED and self._latest_applied_content(original.partner_id) != original.sha256:
+            return "reapply"
+        return "duplicate"
+
+    def _latest_applied_content(self, partner_id: str) -> str | None:
+        """The sha256 of the partner's latest applied delivery (in delivery order): the partner's
+        truth. The same content again is a duplicate; any earlier content is applied again."""
+        rows = self._exec(self._sql(
+            "SELECT sha256 FROM jobs WHERE partner_id = ? AND status IN (?, ?)"
+            " ORDER BY delivered_at DESC NULLS LAST, source_name DESC, created_at DESC LIMIT 1"),
+            (partner_id, *sorted(APPLIED)))
+        return rows[0][0] if rows else None
 
     def job(self, job_id: str) -> Job:
         from config.errors import JobNotFound
@@ -270,12 +318,15 @@ class LedgerReads:
     def mark_reported(self, job_id: str) -> None:
         self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (utcnow(), job_id))
 
-    def seen(self, *, inbox: str, uri: str, version: str) -> Job | None:
-        """The job that took in this exact version (same place, same ETag) and reported its final
-        outcome, else None. Only for inboxes whose version changes with the content (S3): there
-        it need not be fetched again. An mtime says nothing of the content: such files are read
-        and hashed, and the claim decides."""
+    def seen(self, *, inbox: str, uri: str, version: str, delivered_at: str | None) -> Job | None:
+        """The job that took in this exact version (same place, same ETag, same delivery) and
+        reported its final outcome, else None. Only for inboxes whose version changes with the
+        content (S3): there it need not be fetched again; the same bytes uploaded again are a
+        delivery of their own (LastModified), which the claim decides on. An mtime says nothing
+        of the content: such files are read and hashed, and the claim decides."""
         return self._job_row("inbox = ? AND source_uri = ? AND source_version = ?"
-                             " AND status NOT IN (?, ?, ?) AND reported_at IS NOT NULL"
+                             " AND (delivered_at IS NULL OR delivered_at = ?)"
+                             " AND status NOT IN (?, ?, ?, ?) AND reported_at IS NOT NULL"
                              " ORDER BY created_at DESC LIMIT 1",
-                             (inbox, uri, version, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED))
+                             (inbox, uri, version, delivered_at, JobStatus.QUEUED, JobStatus.RUNNING,
+                              JobStatus.FAILED, JobStatus.ABANDONED))

@@ -41,10 +41,11 @@ from config.errors import (
     StoreError,
     StoreUnavailable,
 )
-from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
+from config.status import APPLIED, ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
 from storage.base import (
     JOB_COLUMNS,
     MERGED_COLUMNS,
+    PRODUCT_DELIVERY,
     Claim,
     Job,
     LedgerReads,
@@ -66,6 +67,8 @@ _COPY_OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 _STAGE_COLUMNS = ", ".join(f'"{n}"' for n in CANONICAL_SCHEMA.names)
 _BUSY = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
          psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+# a product that no later delivery than this file's (the parameter) set
+_NOT_LATER = f"{PRODUCT_DELIVERY} <= %s"
 # the partner's active products the file has no row of, valid or rejected: what a snapshot deactivates
 _ABSENT = ("partner_id = %s AND active AND NOT EXISTS (SELECT 1 FROM stage g WHERE g.sku_key ="
            " products.sku_key) AND NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = products.sku_key)")
@@ -163,52 +166,63 @@ class PostgresStore(LedgerReads):
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
-        where = ("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL", (partner_id, sha256))
         with self._transaction():
-            original = self._job_row(*where, lock=True)
-            if original is None:
+            # twice at most: a job another daemon inserted for this content meanwhile is seen on
+            # the second pass (ON CONFLICT waited for its insert to commit, so the next statement
+            # sees its row; under REPEATABLE READ or SERIALIZABLE the insert raises instead)
+            for _ in range(2):
+                original = self._content_holder(partner_id, sha256, lock=True)
+                reapplies = None
+                if original is not None:
+                    expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
+                                        (original.id,))
+                    if original.status in RUNNABLE or (original.status == JobStatus.RUNNING and expired):
+                        return self._resume(original, inbox=inbox, source=source, fmt=fmt, mode=mode,
+                                            spool_path=spool_path, now=now)
+                    settled = self._settled_claim(original, inbox=inbox, source=source,
+                                                  answered_if_same_file=answered_if_same_file)
+                    if isinstance(settled, Claim):
+                        return settled
+                    if settled == "duplicate":
+                        job_id = new_job_id()
+                        self._exec(
+                            "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size,"
+                            " source_version, delivered_at, format, mode, status, attempt, duplicate_of, created_at,"
+                            " started_at, claimed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s,"
+                            " %s, %s, %s)",
+                            (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
+                             source.delivered_at, fmt, mode, JobStatus.DUPLICATE, original.id, now, now, self.holder))
+                        return Claim("duplicate", self.job(job_id))
+                    reapplies = original.id
                 job_id = new_job_id()
                 inserted = self._exec(
                     "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-                    " format, mode, status, attempt, spool_path, created_at, started_at, lease_until, claimed_by)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s,"
-                    " now() + make_interval(secs => %s), %s)"
-                    " ON CONFLICT (partner_id, sha256) WHERE duplicate_of IS NULL DO NOTHING RETURNING id",
+                    " delivered_at, format, mode, status, attempt, spool_path, reapplies, created_at, started_at,"
+                    " lease_until, claimed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s,"
+                    " %s, now() + make_interval(secs => %s), %s)"
+                    " ON CONFLICT (partner_id, sha256, (coalesce(reapplies, ''))) WHERE duplicate_of IS NULL"
+                    " DO NOTHING RETURNING id",
                     (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-                     fmt, mode, JobStatus.RUNNING, spool_path, now, now, self.lease, self.holder))
+                     source.delivered_at, fmt, mode, JobStatus.RUNNING, spool_path, reapplies, now, now, self.lease,
+                     self.holder))
                 if inserted:
                     self._start_attempt(job_id, 1, now)
-                    return Claim("new", self.job(job_id))
-                original = self._job_row(*where, lock=True)       # another daemon inserted it first
-                # ON CONFLICT waited for that insert to commit, so this statement sees its row (under
-                # REPEATABLE READ or SERIALIZABLE the insert raises a serialization failure instead)
-                assert original is not None
-            expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
-                                (original.id,))
-            if original.status in RUNNABLE or (original.status == JobStatus.RUNNING and expired):
-                attempt = original.attempt + 1
-                self._exec(
-                    "UPDATE jobs SET status = %s, attempt = %s, inbox = %s, source_uri = %s,"
-                    " source_name = %s, size = %s, source_version = %s, format = %s, mode = %s,"
-                    " spool_path = %s, error = NULL, result = NULL, started_at = %s, finished_at = NULL,"
-                    " reported_at = NULL, lease_until = now() + make_interval(secs => %s), claimed_by = %s"
-                    " WHERE id = %s",
-                    (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
-                     fmt, mode, spool_path, now, self.lease, self.holder, original.id))
-                self._start_attempt(original.id, attempt, now)
-                return Claim("resumed", self.job(original.id))
-            settled = self._settled_claim(original, inbox=inbox, source=source,
-                                          answered_if_same_file=answered_if_same_file)
-            if settled is not None:
-                return settled
-            job_id = new_job_id()
-            self._exec(
-                "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-                " format, mode, status, attempt, duplicate_of, created_at, started_at, claimed_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)",
-                (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-                 fmt, mode, JobStatus.DUPLICATE, original.id, now, now, self.holder))
-            return Claim("duplicate", self.job(job_id))
+                    return Claim("reapply" if reapplies else "new", self.job(job_id))
+            raise StoreBusy(f"the content {sha256[:12]} of {partner_id} is being claimed by another daemon")
+
+    def _resume(self, original: Job, *, inbox: str, source: Source, fmt: str | None, mode: str,
+                spool_path: str | None, now: str) -> Claim:
+        attempt = original.attempt + 1
+        self._exec(
+            "UPDATE jobs SET status = %s, attempt = %s, inbox = %s, source_uri = %s,"
+            " source_name = %s, size = %s, source_version = %s, delivered_at = %s, format = %s, mode = %s,"
+            " spool_path = %s, error = NULL, result = NULL, started_at = %s, finished_at = NULL,"
+            " reported_at = NULL, lease_until = now() + make_interval(secs => %s), claimed_by = %s"
+            " WHERE id = %s",
+            (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
+             source.delivered_at, fmt, mode, spool_path, now, self.lease, self.holder, original.id))
+        self._start_attempt(original.id, attempt, now)
+        return Claim("resumed", self.job(original.id))
 
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)"
@@ -331,6 +345,7 @@ class PostgresLoad:
 
     def __init__(self, store: PostgresStore, job: Job):
         self._s, self.job = store, job
+        self._delivery = job.delivery          # this file's place in the partner's delivery order
         self._done = False
         self._rejected: list[pa.Table] = []
         self._copy: ExitStack | None = None
@@ -394,26 +409,43 @@ class PostgresLoad:
             self._finish_copy()
             # the whole file is sorted by key once: give that sort memory rather than temp files
             self._s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-            deactivated = self._to_deactivate(mode, max_deactivate_ratio)
-            staged, distinct, inserted, updated = self._upsert(self._kept(), now)
+            behind = self._behind()
+            deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind)
+            staged, distinct, inserted, updated, stale = self._upsert(self._kept(), now, behind)
             if deactivated:
                 self._deactivate(now)
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
-                               updated=updated, unchanged=distinct - inserted - updated,
-                               deactivated=deactivated)
+                               updated=updated, unchanged=distinct - inserted - updated - stale,
+                               deactivated=deactivated, stale=stale)
         except BaseException:
             self.abort()
             raise
 
-    def _to_deactivate(self, mode: str, max_ratio: float) -> int:
-        """How many keys a snapshot deactivates; ``DeactivationRefused`` when they are more than
-        ``max_ratio`` of the partner's active keys."""
+    def _behind(self) -> bool:
+        """Was a later delivery than this file's merged before (then each row is checked against
+        its product's delivery, and the rows left alone are counted)? Another daemon's merge may
+        commit a later one meanwhile: the upsert checks every row it would change all the same
+        (``_NOT_LATER``, on the row as locked), only the count may then miss a few."""
+        # an index range of the partner's jobs delivered at or after this one: nearly always empty
+        # (nothing is written per merge for this: a row every merge of a partner updated would
+        # make them queue for each other's commits)
+        return bool(self._s._one(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE partner_id = %s AND delivered_at >= %s AND status IN (%s, %s)"
+            " AND delivered_at || ' ' || source_name > %s)",
+            (self.job.partner_id, self.job.delivered_at or "", *sorted(APPLIED), self._delivery)))
+
+    def _to_deactivate(self, mode: str, max_ratio: float, behind: bool) -> int:
+        """How many keys a snapshot deactivates: those it has no row of, but the ones a later
+        delivery set; ``DeactivationRefused`` when they are more than ``max_ratio`` of the
+        partner's active keys."""
         if mode != "snapshot":
             return 0
         s, partner = self._s, self.job.partner_id
         active = s._one("SELECT count(*) FROM products WHERE partner_id = %s AND active", (partner,))
-        deactivated = s._one(f"SELECT count(*) FROM products WHERE {_ABSENT}", (partner,))
+        later = f" AND {_NOT_LATER}" if behind else ""
+        deactivated = s._one(f"SELECT count(*) FROM products WHERE {_ABSENT}{later}",
+                             (partner, *((self._delivery,) if behind else ())))
         if deactivated and deactivated > max_ratio * active:
             raise DeactivationRefused(would_deactivate=deactivated, active=active, max_ratio=max_ratio)
         return deactivated
@@ -426,29 +458,38 @@ class PostgresLoad:
         self._s._exec('CREATE INDEX ON seen (sku_key, "row")')
         return 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
 
-    def _upsert(self, keep: str, now: str) -> tuple[int, int, int, int]:
+    def _upsert(self, keep: str, now: str, behind: bool) -> tuple[int, int, int, int, int]:
         """One statement: the last row per key (sorted once, in key order), the upsert of the kept
-        ones skipping unchanged rows, and the counts of all three: (rows staged, keys kept, rows
-        inserted, rows updated)."""
+        ones skipping unchanged rows and products a later delivery set, and the counts: (rows
+        staged, keys kept, rows inserted, rows updated, rows left stale)."""
         cols = ", ".join(MERGED_COLUMNS)
         last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
                 ' ORDER BY sku_key, "row" DESC')
         theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
         ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
+        # the statement's snapshot is from before the upsert: the rows it counts stale are the
+        # differing ones whose product holds a later delivery, which the upsert leaves alone
+        # (a subquery per row of the file, each an index lookup: a join would have the planner
+        # scan the partner's catalog whenever its statistics lag behind its growth)
+        stale = (f"(SELECT count(*) FROM last l WHERE {keep} AND (SELECT NOT {_NOT_LATER} AND ({theirs})"
+                 f" IS DISTINCT FROM ({', '.join(f'l.{c}' for c in MERGED_COLUMNS)}) FROM products"
+                 " WHERE products.partner_id = %s AND products.sku_key = l.sku_key))") if behind else "0"
         return self._s._exec(
             f"WITH last AS MATERIALIZED ({last}),"
             f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
             f" SELECT %s, sku_key, {cols}, %s, %s FROM last l WHERE {keep}"
             " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
-            + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) RETURNING (xmax = 0) AS fresh)"
+            + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
             f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
-            " count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
-            (self.job.partner_id, now, self.job.id))[0]
+            f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh), {stale} FROM up",
+            (self.job.partner_id, now, self.job.id, self._delivery,
+             *((self._delivery, self.job.partner_id) if behind else ())))[0]
 
     def _deactivate(self, now: str) -> None:
-        self._s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s WHERE {_ABSENT}",
-                      (now, self.job.id, self.job.partner_id))
+        """What ``_ABSENT`` names, but products a later delivery set."""
+        self._s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s"
+                      f" WHERE {_ABSENT} AND {_NOT_LATER}", (now, self.job.id, self.job.partner_id, self._delivery))
 
     def commit(self, outcome: Outcome) -> None:
         """Record the job's outcome in the merge's transaction and commit both together."""

@@ -44,6 +44,7 @@ from storage.base import (
     MERGED_COLUMNS as _MERGED,
 )
 from storage.base import (
+    PRODUCT_DELIVERY,
     Claim,
     Job,
     LedgerReads,
@@ -80,6 +81,10 @@ _THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are stag
 _LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.row AS last_row FROM"
                 " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
                 " JOIN temp.stage s ON s.rowid = k.at")
+
+
+# a product that no later delivery than this file's (the parameter) set
+_NOT_LATER = f"{PRODUCT_DELIVERY} <= ?"
 
 
 def _map_errors(exc: Exception) -> StoreError:
@@ -176,8 +181,7 @@ class SqliteStore(LedgerReads):
               mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
         now = utcnow()
         with self._transaction():
-            original = self._job_row("partner_id = ? AND sha256 = ? AND duplicate_of IS NULL",
-                                     (partner_id, sha256))
+            original = self._content_holder(partner_id, sha256)
             insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
                                        source=source, fmt=fmt, mode=mode, now=now)
             if original is None:
@@ -190,30 +194,37 @@ class SqliteStore(LedgerReads):
                 attempt = original.attempt + 1
                 self._exec(
                     "UPDATE jobs SET status = ?, attempt = ?, inbox = ?, source_uri = ?,"
-                    " source_name = ?, size = ?, source_version = ?, format = ?, mode = ?,"
+                    " source_name = ?, size = ?, source_version = ?, delivered_at = ?, format = ?, mode = ?,"
                     " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
                     " reported_at = NULL, lease_until = ?, claimed_by = ? WHERE id = ?",
                     (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
-                     fmt, mode, spool_path, now, _in(self.lease), self.holder, original.id))
+                     source.delivered_at, fmt, mode, spool_path, now, _in(self.lease), self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
             settled = self._settled_claim(original, inbox=inbox, source=source,
                                           answered_if_same_file=answered_if_same_file)
-            if settled is not None:
+            if isinstance(settled, Claim):
                 return settled
+            if settled == "reapply":
+                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=_in(self.lease),
+                                reapplies=original.id)
+                self._start_attempt(job_id, 1, now)
+                return Claim("reapply", self.job(job_id))
             job_id = insert(status=JobStatus.DUPLICATE, duplicate_of=original.id)
             return Claim("duplicate", self.job(job_id))
 
     def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
                     mode: str, now: str, status: JobStatus, spool_path: str | None = None,
-                    duplicate_of: str | None = None, lease_until: str | None = None) -> str:
+                    duplicate_of: str | None = None, lease_until: str | None = None,
+                    reapplies: str | None = None) -> str:
         job_id = new_job_id()
         self._exec(
             "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-            " format, mode, status, attempt, spool_path, duplicate_of, created_at, started_at, lease_until,"
-            " claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
-            (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version, fmt,
-             mode, status, spool_path, duplicate_of, now, now, lease_until, self.holder))
+            " delivered_at, format, mode, status, attempt, spool_path, duplicate_of, reapplies, created_at,"
+            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
+             source.delivered_at, fmt, mode, status, spool_path, duplicate_of, reapplies, now, now, lease_until,
+             self.holder))
         return job_id
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
@@ -379,6 +390,8 @@ class SqliteLoad:
         self._done = False
         self._rejected = False
         self._existing: Existing | None = None
+        self._delivery = job.delivery          # this file's place in the partner's delivery order
+        self._behind = False                   # a later delivery was merged before: guard each row
         self._staged_rows = 0
         self._unchanged_rows = 0
         self._pending: deque[Future] = deque()
@@ -497,13 +510,14 @@ class SqliteLoad:
             written, inserted = self._upsert(keep, now, newest) if self._staged_rows else (0, 0)
             if staged_keys is None:
                 staged_keys = written + not_kept
-            if staged_keys - not_kept > written:
+            stale = self._stale(keep) if self._behind and self._staged_rows else 0
+            if staged_keys - not_kept - stale > written:
                 self._refresh_hashes(keep)
-            if len(absent):
-                self._deactivate(absent, now)
+            if absent:
+                self._deactivate(now)
             self._bump_version(inserted)
             return self._counts(existing, staged_keys=staged_keys, blocked=blocked, written=written,
-                                inserted=inserted, deactivated=len(absent))
+                                inserted=inserted, deactivated=absent, stale=stale)
         except adbc_driver_manager.Error as exc:
             self._s._reset_cursor()
             self.abort()
@@ -521,24 +535,36 @@ class SqliteLoad:
 
     def _check_version(self, existing: Existing) -> int:
         """Raises ``CatalogChanged`` if the partner's catalog moved on since ``existing`` was read;
-        else returns the largest rowid of ``products``, past which this merge's inserts land."""
+        else returns the largest rowid of ``products``, past which this merge's inserts land.
+        Also learns whether a later delivery than this file was merged already (``_behind``):
+        only then may a product hold a newer delivery, and each row is checked against it."""
         partner = self.job.partner_id
-        version, newest = self._s._exec(
+        version, newest, latest = self._s._exec(
             "SELECT coalesce((SELECT version FROM catalog_versions WHERE partner_id = ?), 0),"
-            " coalesce((SELECT max(rowid) FROM products), 0)", (partner,))[0]
+            " coalesce((SELECT max(rowid) FROM products), 0),"
+            " (SELECT delivery FROM catalog_versions WHERE partner_id = ?)", (partner, partner))[0]
         if existing.checked and version != existing.version:
             raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
+        self._behind = latest is not None and latest > self._delivery
         return newest
 
-    def _to_deactivate(self, existing: Existing, mode: str, max_ratio: float) -> pa.Array:
-        """The keys a snapshot deactivates; ``DeactivationRefused`` when they are more than
+    def _to_deactivate(self, existing: Existing, mode: str, max_ratio: float) -> int:
+        """How many keys a snapshot deactivates (into ``temp.absent``): those it has no row of,
+        but the ones a later delivery set; ``DeactivationRefused`` when they are more than
         ``max_ratio`` of the partner's active keys."""
         if mode != "snapshot":
-            return pa.array([], pa.string())
+            return 0
         absent, active = self._absent(existing)
-        if len(absent) and len(absent) > max_ratio * active:
-            raise DeactivationRefused(would_deactivate=len(absent), active=active, max_ratio=max_ratio)
-        return absent
+        if not len(absent):
+            return 0
+        self._append("absent", pa.table({"sku_key": absent}))
+        later = self._s._one(f"SELECT count(*) FROM products WHERE partner_id = ? AND NOT {_NOT_LATER} AND sku_key IN"
+                             " (SELECT sku_key FROM temp.absent)", (self.job.partner_id, self._delivery)) \
+            if self._behind else 0
+        deactivated = len(absent) - later
+        if deactivated and deactivated > max_ratio * active:
+            raise DeactivationRefused(would_deactivate=deactivated, active=active, max_ratio=max_ratio)
+        return deactivated
 
     def _kept(self, blockers: bool) -> tuple[str, int, int]:
         """(the SQL condition on a key's last staged row ``l`` that it is applied, keys it leaves
@@ -567,35 +593,55 @@ class SqliteLoad:
             f" SELECT ?, sku_key, {cols}, row_hash, ?, ? FROM ({_LAST_STAGED}) l"
             f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
             + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("row_hash", "updated_at", "source_job_id"))
-            + f" WHERE {changed}",
-            (self.job.partner_id, now, self.job.id))
+            + f" WHERE ({changed}){self._guard}",
+            (self.job.partner_id, now, self.job.id, *self._guard_params))
         # rows are inserted with rowids past the largest one before (products are never deleted)
         written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
                                     (newest,))[0]
         return written, inserted
 
+    def _stale(self, keep: str) -> int:
+        """Kept keys whose row differs from the catalog's but was left alone: a later delivery
+        set that product (counted after the upsert, which wrote every other differing row)."""
+        return self._s._one(f"SELECT count(*) FROM ({_LAST_STAGED}) l JOIN products ON products.partner_id = ?"
+                            f" AND products.sku_key = l.sku_key WHERE {keep} AND NOT {_NOT_LATER}"
+                            " AND products.row_hash IS NOT l.row_hash", (self.job.partner_id, self._delivery))
+
     def _refresh_hashes(self, keep: str) -> None:
         """For kept keys staged as different but equal after all (a hash of an older daemon, or
-        none): the values stand, only the stored hash is brought up to date."""
+        none): the values stand, only the stored hash is brought up to date (never on a product
+        a later delivery set: its hash is that delivery's)."""
         self._s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({_LAST_STAGED}) l WHERE {keep}"
                       " AND products.partner_id = ? AND products.sku_key = l.sku_key"
-                      " AND products.row_hash IS NOT l.row_hash", (self.job.partner_id,))
+                      f" AND products.row_hash IS NOT l.row_hash{self._guard}",
+                      (self.job.partner_id, *self._guard_params))
 
-    def _deactivate(self, absent: pa.Array, now: str) -> None:
-        self._append("absent", pa.table({"sku_key": absent}))
+    def _deactivate(self, now: str) -> None:
+        """The keys in ``temp.absent`` (``_to_deactivate``), but those a later delivery set."""
         self._s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
-                      " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)",
-                      (now, self.job.id, self.job.partner_id))
+                      " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)" + self._guard,
+                      (now, self.job.id, self.job.partner_id, *self._guard_params))
+
+    @property
+    def _guard(self) -> str:
+        """The condition a write to a product adds when a later delivery was merged before."""
+        return f" AND {_NOT_LATER}" if self._behind else ""
+
+    @property
+    def _guard_params(self) -> tuple[str, ...]:
+        return (self._delivery,) if self._behind else ()
 
     def _bump_version(self, inserted: int) -> None:
         """The partner's catalog moves on (a load that read it before fails ``_check_version``),
-        and its count of products with it."""
-        self._s._exec("INSERT INTO catalog_versions (partner_id, version, products) VALUES (?, 1, ?)"
+        and its count of products and its latest delivery merged with it."""
+        self._s._exec("INSERT INTO catalog_versions (partner_id, version, products, delivery) VALUES (?, 1, ?, ?)"
                       " ON CONFLICT (partner_id) DO UPDATE SET version = version + 1,"
-                      " products = products + excluded.products", (self.job.partner_id, inserted))
+                      " products = products + excluded.products,"
+                      " delivery = max(coalesce(delivery, ''), excluded.delivery)",
+                      (self.job.partner_id, inserted, self._delivery))
 
     def _counts(self, existing: Existing, *, staged_keys: int, blocked: int, written: int, inserted: int,
-                deactivated: int) -> MergeCounts:
+                deactivated: int, stale: int) -> MergeCounts:
         """Every row of the file is counted once. The file's keys are those staged plus those with
         a row equal to the catalog, less the keys that had both; each key's last row is
         inserted, updated or unchanged, unless it is blocked (a rejected row came after it), and
@@ -605,8 +651,8 @@ class SqliteLoad:
         blocked += blocked_unstaged
         staged = self._staged_rows + self._unchanged_rows
         return MergeCounts(staged=staged, superseded=staged - distinct + blocked, inserted=inserted,
-                           updated=written - inserted, unchanged=distinct - blocked - written,
-                           deactivated=deactivated)
+                           updated=written - inserted, unchanged=distinct - blocked - written - stale,
+                           deactivated=deactivated, stale=stale)
 
     def _absent(self, existing: Existing) -> tuple[pa.Array, int]:
         """(active keys of the partner the file has no row of, active keys). From the hashes

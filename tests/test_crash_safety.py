@@ -91,7 +91,8 @@ def _price(i: int) -> str:
 
 def _small_feeds(folder: Path) -> list[Feed]:
     """Ten small files in the order they are dropped: every format, a partial file, a rejected
-    one, and last a byte-for-byte copy of the first (a duplicate)."""
+    one, and last a byte-for-byte copy of the one before it (the partner's latest delivery again:
+    a duplicate; a copy of an earlier one would be applied again, ``reapplies``)."""
     import openpyxl
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -132,14 +133,14 @@ def _small_feeds(folder: Path) -> list[Feed]:
         book.active.append([f"F09-{i:05d}", f"Rug {i}", float(_price(i)), i % 4])
     book.save(folder / "09-sheet.xlsx")
     add("09-sheet.xlsx", "f09")
-    add("10-copy-of-01.csv", "f01", (folder / "01-basic.csv").read_bytes())
+    add("10-copy-of-09.xlsx", "f09", (folder / "09-sheet.xlsx").read_bytes())
     return feeds
 
 
 EXPECTED_STATUS = {"01-basic.csv": "succeeded", "02-catalog.json": "succeeded", "03-feed.ndjson": "succeeded",
                    "04-export.parquet": "succeeded", "05-legacy.csv.gz": "succeeded",
                    "06-partial.csv": "partial", "07-broken.csv": "rejected", "08-tabs.tsv": "succeeded",
-                   "09-sheet.xlsx": "succeeded", "10-copy-of-01.csv": "duplicate"}
+                   "09-sheet.xlsx": "succeeded", "10-copy-of-09.xlsx": "duplicate"}
 
 
 def _big_feed(folder: Path) -> Feed:
@@ -235,7 +236,7 @@ KILLS = [
     Kill("after_commit:1", "failpoint", "after_commit:1", "01-basic.csv"),
     Kill("after_commit:4-parquet", "failpoint", "after_commit:4", "04-export.parquet"),
     Kill("after_manifest:3", "failpoint", "after_manifest:3", "03-feed.ndjson"),
-    Kill("after_manifest:10-duplicate", "failpoint", "after_manifest:10", "10-copy-of-01.csv", defect=D3),
+    Kill("after_manifest:10-duplicate", "failpoint", "after_manifest:10", "10-copy-of-09.xlsx", defect=D3),
     Kill("after_audit:6-partial", "failpoint", "after_audit:6", "06-partial.csv"),
     Kill("after_audit:7-rejected", "failpoint", "after_audit:7", "07-broken.csv"),
     Kill("after_report:1", "failpoint", "after_report:1", "01-basic.csv"),
@@ -386,7 +387,7 @@ def check_failpoint_state(kill: Kill, snap: Snapshot, feeds: list[Feed], refs: l
         assert job is None, f"killed right after spooling {target.name}: nothing in the ledger yet"
         return
     assert job is not None, f"killed at {kill.failpoint} before {target.name} was claimed"
-    rows = snap.counts.get(target.prefix, 0) if target.name != "10-copy-of-01.csv" else None
+    rows = snap.counts.get(target.prefix, 0) if target.name != "10-copy-of-09.xlsx" else None
     expected = {p: n for ref in refs for p, n in ref.counts.items()}.get(target.prefix, 0)
     audited = [r for r in snap.audit if r.get("job_id") == job["id"]]
     if point in ("after_claim", "mid_stage", "before_commit"):

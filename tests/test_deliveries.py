@@ -53,9 +53,11 @@ def test_new_content_under_an_answered_name_and_mtime_is_applied(tmp_path, daemo
     assert d.stop() == 0
 
 
-def test_the_same_delivery_copied_again_with_its_mtime_is_answered_not_applied_again(tmp_path, daemons):
-    """Same name, same mtime, same content: the same delivery. It is read, recognised by its
-    sha256, answered with the job that applied it, and archived: one job, one apply."""
+def test_the_same_content_copied_again_with_its_mtime_is_a_duplicate_not_applied_again(tmp_path, daemons):
+    """Same name, same mtime, same content, copied again: a delivery of its own (the copy has a
+    new inode change time), whose content is the partner's latest applied one. It is read,
+    recognised by its sha256, answered as a duplicate of the job that applied it, and archived:
+    one apply."""
     d = daemons(tmp_path, config(inboxes=_inbox("move")))
     inbox = tmp_path / "inbox" / "default"
     source = tmp_path / "stock.csv"
@@ -67,6 +69,8 @@ def test_the_same_delivery_copied_again_with_its_mtime_is_answered_not_applied_a
     wait_for(lambda: not (inbox / "stock.csv").exists(), what="the copy answered and archived")
 
     assert first["status"] == "succeeded"
-    assert ledger(tmp_path, "source_name, status") == [("stock.csv", "succeeded")]
+    assert ledger(tmp_path, "source_name, status") == [("stock.csv", "succeeded"), ("stock.csv", "duplicate")]
+    [duplicate] = wait_manifests(tmp_path, 1, status="duplicate")
+    assert duplicate["duplicate_of"] == first["job_id"]
     assert len(list((inbox / "processed").glob("stock.csv*"))) == 2
     assert d.stop() == 0

@@ -306,7 +306,7 @@ def test_manifest_has_every_contract_field(workdir, ingest):
                              "attempt", "rows", "errors", "diagnostics", "started_at", "finished_at",
                              "duration_ms", "version"}
     assert set(manifest["rows"]) == {"read", "valid", "rejected", "warnings", "skipped", "superseded", "inserted",
-                                     "updated", "unchanged", "deactivated"}
+                                     "updated", "unchanged", "deactivated", "stale"}
     assert set(manifest["source"]) >= {"uri", "name", "size"}
     on_disk = json.loads((workdir / "var" / "results" / "default" / f"{manifest['job_id']}.result.json").read_text())
     assert on_disk == manifest

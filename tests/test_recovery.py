@@ -136,7 +136,7 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     """A crash after the commit and before the manifest: the file is seen again; the committed
     outcome is reported (manifest, audit) instead of being taken for a duplicate."""
     from config import default_config
-    from inbox_daemon.drop import Drop
+    from inbox_daemon.drop import Drop, delivery_time
     from inbox_daemon.pipeline import Pipeline
     from storage import open_store
     from tests.conftest import products, write_csv
@@ -148,7 +148,7 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     pipeline.report = lambda *args, **kw: reported.append(args)       # the crash: never reported
     stat = path.stat()
     drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
-                size=stat.st_size, version=str(stat.st_mtime_ns))
+                size=stat.st_size, version=str(stat.st_mtime_ns), delivered=delivery_time(stat.st_ctime_ns / 1e9))
     pipeline.process_path(path, drop)
     store.close()
     assert reported and products(workdir)["c1"]["name"] == "x"
@@ -159,3 +159,46 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     assert code == 0 and manifest["status"] == "succeeded" and "duplicate_of" not in manifest
     assert manifest["rows"]["inserted"] == 1
     assert len(list((workdir / "var" / "results" / "default").glob("*.result.json"))) == 1
+
+
+def test_a_file_that_changed_before_the_commit_is_abandoned_and_its_content_taken_again_if_complete(workdir):
+    """The inbox says, right before the commit, that the partner's file changed since it was
+    read (an upload went on after a pause): nothing is applied, no answer is written, the job is
+    ``abandoned``. If the same bytes come back (the upload really ended there), they run again."""
+    from config import default_config
+    from config.errors import SourceChanged
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+    from inbox_daemon.spool import spool_file
+    from storage import open_store
+    from tests.conftest import ledger, products, write_csv
+    path = write_csv(workdir / "feed.csv", ["sku", "name"], [["C1", "x"], ["C2", "y"]])
+    config = default_config()
+    store = open_store(config.store)
+    stat = path.stat()
+    drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
+                size=stat.st_size, version=str(stat.st_mtime_ns), delivered="2026-12-06T08:00:00.000000Z")
+    spooled, sha256, _ = spool_file(
+        path, config.daemon.spool_dir / "default")
+
+    import sys
+
+    from inbox_daemon.logs import configure
+    configure(fmt="json", level="warning", stream=sys.stderr)   # not a capture an earlier test closed
+
+    def changed() -> None:
+        raise SourceChanged("feed.csv grew from 16 to 40 bytes since it was read")
+    try:
+        abandoned = Pipeline(config, store).process(spooled, sha256, drop, verify_source=changed)
+        assert abandoned.status == "abandoned" and abandoned.manifest_path is None
+        assert products(workdir) == {} and not spooled.exists()
+        assert not list((workdir / "var" / "results" / "default").glob("*.result.json"))
+        assert ledger(workdir, "source_name, status") == [("feed.csv", "abandoned")]
+
+        spooled, sha256, _ = spool_file(
+            path, config.daemon.spool_dir / "default")
+        again = Pipeline(config, store).process(spooled, sha256, drop)
+    finally:
+        store.close()
+    assert again.status == "succeeded" and set(products(workdir)) == {"c1", "c2"}
+    assert ledger(workdir, "source_name, status, attempt") == [("feed.csv", "succeeded", 2)]

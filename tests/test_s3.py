@@ -299,6 +299,8 @@ def test_dropped_object_is_applied_moved_to_processed_and_answered_in_results(tm
 
         assert manifest["status"] == "succeeded" and manifest["rows"]["inserted"] == 2
         assert manifest["inbox"] == f"s3:{BUCKET}/acme/"
+        delivered = manifest["source"].pop("delivered_at")      # the object's LastModified, whole seconds
+        assert delivered.endswith(".000000Z")
         assert manifest["source"] == {"uri": f"s3://{BUCKET}/acme/catalog.csv", "name": "catalog.csv",
                                       "size": len(CSV), "version": etag}
         assert set(products(tmp_path, "acme")) == {"a1", "a2"}

@@ -1,23 +1,43 @@
 """A local directory inbox, watched with watchdog (inotify on Linux).
 
-Readiness, with inotify: a file renamed within the folder, or closed after writing
-(IN_CLOSE_WRITE), is ready at once. A file moved in from another folder arrives as a bare
-"created" with no open or close (IN_MOVED_TO without its IN_MOVED_FROM); a writer's file is
-"created" then "opened" in the same instant. So a created file that nobody opens within
-``PROBE`` is complete; one that is opened or modified waits for its close. Without close events
-(the polling observer, network filesystems) and for young files found at start-up, a file is
-ready once its size and mtime stayed unchanged for ``settle``. Empty files never become ready by
-waiting: a writer may not have started. Only top-level regular files that match ``patterns`` are taken:
-never symlinks, temp names, or the ``processed/``, ``failed/`` and ``results/`` folders.
+Only complete files are handed over. Events only say what happened to a file; one thread (the
+settle loop) alone decides when it is ready, combining these signals:
+
+- *When to look.* With inotify: a file renamed into the folder is due at once (the rename is the
+  writer's "done"); a file closed after writing (IN_CLOSE_WRITE) is due after ``QUIET`` seconds
+  with no further write: a writer that appends line by line (a shell's ``>>`` opens, appends and
+  closes for every line) closes its file many times, and the quiet window makes its lines one
+  delivery. A write meanwhile waits for the next close, with ``settle`` as the fallback. A file
+  "created" that nobody writes to within ``PROBE`` was moved in whole from another folder. Without
+  close events (the polling observer, network filesystems) and for files found at start-up, a file
+  is due once its size and mtime stayed unchanged for ``settle``. Empty files are never due by
+  waiting: a writer may not have started.
+- *No writer.* No process holds the file open for writing (``writers_holding``, by /proc on
+  Linux): a writer that pauses longer than ``settle`` with its file open, or an upload still going
+  on when the daemon (re)starts, keeps its file until it closes it.
+- *A whole last line.* A text file due by a close before ``settle`` passed whose last byte is not
+  a newline waits until ``settle`` passed since its last change: its writer is most likely
+  between two lines.
+- *A marker*, with ``ready_marker``: ``<name>.done`` or ``<name>.ok`` exists next to it.
+
+A file handed over is still checked: ``fetch`` reads it and compares what it read and what the
+file is at the end of the read (fstat of the open file, lstat of its path) with what was judged
+ready, and ``verify_unchanged`` does so again right before the commit; a file that changed is
+read again once it is ready (``SourceChanged``), never applied truncated. Archived files are
+watched for growth (``ArchiveWatch``): the recursive watch sees ``processed/`` and ``failed/``.
+Only top-level regular files that match ``patterns`` are taken: never symlinks, temp names,
+markers, or the ``processed/``, ``failed/`` and ``results/`` folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -25,17 +45,17 @@ from watchdog.events import (
     FileCreatedEvent,
     FileModifiedEvent,
     FileMovedEvent,
-    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from config.errors import InboxMisconfigured, InboxUnavailable
+from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged
 from config.model import LocalInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
-from inbox_daemon.drop import Drop
+from inbox_daemon.drop import Drop, delivery_time
+from inbox_daemon.inboxes.archived import Archived, ArchiveWatch
 from inbox_daemon.inboxes.base import (
     FAILED,
     PROCESSED,
@@ -43,6 +63,9 @@ from inbox_daemon.inboxes.base import (
     RESULTS,
     OnReady,
     archive_name,
+    marked_name,
+    marker_names,
+    read_checked,
     safe_name,
     wanted,
 )
@@ -50,8 +73,31 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.spool import spool_stream
 from inbox_daemon.tempfiles import fsync_dir, write_atomic
 
-SETTLE_TICK = 0.02        # seconds between checks of files waiting to settle
-PROBE = 0.05              # seconds a created file must stay unopened to count as moved in whole
+SETTLE_TICK = 0.02        # seconds between checks of files waiting to be ready
+PROBE = 0.05              # seconds a created file must stay unwritten to count as moved in whole
+QUIET = 0.25              # seconds after a close-write without another write: the writer is done
+                          # (a `>>` writer's lines come a few ms to ~100 ms apart)
+PROC = "/proc"
+# text formats, whose last byte tells whether a writer stopped between two lines (compressed
+# files do not say: ".csv.gz" is not among them)
+TEXT_FORMATS = frozenset({"csv", "tsv", "json", "ndjson", "xml"})
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".ndjson", ".jsonl", ".xml")
+
+# why a due file is not handed over (logged at debug)
+HELD = "a process holds it open for writing"
+NO_MARKER = "waiting for its marker"
+UNTERMINATED = "its last line is not terminated: waiting for settle"
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A file seen but not handed over yet. Replaced (never changed in place) on every event,
+    so the settle loop can tell that an event came while it was checking the file."""
+    size: int
+    mtime: int
+    since: float          # clock() of the last change seen (an event, a size or mtime change)
+    wait: float           # due once unchanged this long
+    closed: bool = False  # due by a close-write's quiet window, not by ``settle``
 
 
 class LocalInbox:
@@ -65,8 +111,8 @@ class LocalInbox:
         self._observer: BaseObserver | None = None
         self._settler: threading.Thread | None = None
         self._stop = threading.Event()
-        # name -> (size, mtime_ns, since, wait): ready when unchanged for ``wait`` seconds
-        self._pending: dict[str, tuple[int, int, float, float]] = {}
+        self._wake = threading.Event()         # a file is due at once (a rename, a marker): look now
+        self._pending: dict[str, _Waiting] = {}
         self._lock = threading.Lock()
         self._on_ready: OnReady | None = None
         self._close_events = False
@@ -78,6 +124,7 @@ class LocalInbox:
         # renamed over it since with the same mtime (rsync -t, a re-send that keeps mtimes)
         self._read_from: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self.log = get_logger(inbox=self.id, partner=config.partner)
+        self._archives = ArchiveWatch(settle=config.settle, log=self.log, clock=clock)
         for folder in (self.root, *(self.root / r for r in RESERVED)):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -89,7 +136,7 @@ class LocalInbox:
     def _drop(self, name: str, stat: os.stat_result) -> Drop:
         path = self.root / name
         return Drop(inbox=self.id, partner=self.config.partner, key=name, name=name, uri=path.as_uri(),
-                    size=stat.st_size, version=str(stat.st_mtime_ns))
+                    size=stat.st_size, version=str(stat.st_mtime_ns), delivered=delivery_time(stat.st_ctime_ns / 1e9))
 
     def _stat_candidate(self, name: str) -> os.stat_result | None:
         """lstat of a top-level regular file we take, or None."""
@@ -108,19 +155,28 @@ class LocalInbox:
         return st if stat_mod.S_ISREG(st.st_mode) else None      # symlinks are not followed
 
     def scan(self) -> Iterator[Drop]:
-        """Files present now. Young ones (changed within ``settle``) wait to settle instead."""
+        """Files present now that are ready; young ones (changed within ``settle``) and those a
+        writer still holds wait in the settle loop instead."""
         with os.scandir(self.root) as entries:
             names = sorted(e.name for e in entries)
         self._forget_gone(set(names))
         now_wall = time.time()
+        settled = []
         for name in names:
             st = self._stat_candidate(name)
             if st is None or self._kept.get(name) == _written(st):
                 continue
             if now_wall - st.st_mtime >= self.config.settle:
-                yield self._drop(name, st)
+                settled.append((name, st))
             else:
                 self._track(name, st)
+        held = writers_holding({(st.st_dev, st.st_ino) for _, st in settled})
+        for name, st in settled:
+            why = self._not_ready(name, st, held, closed_at=None)
+            if why is None:
+                yield self._drop(name, st)
+            elif why == HELD:
+                self._track(name, st, wait=self.config.settle, touched=True)
 
     def _forget_gone(self, present: set[str]) -> None:
         """What is remembered per file (kept, the inode read) only while the file is there: the
@@ -135,79 +191,168 @@ class LocalInbox:
         self._close_events = _reports_close_write(self._observer)
         # Recursive, although only top-level files are input: archiving moves a file into
         # processed/, and watchdog holds an IN_MOVED_FROM whose IN_MOVED_TO it cannot see for
-        # 0.5 s, delaying every event queued behind it. Watching the subfolders pairs the move.
+        # 0.5 s, delaying every event queued behind it. Watching the subfolders pairs the move,
+        # and shows an archived file that an upload still writes to (``ArchiveWatch``).
         self._observer.schedule(_Handler(self), str(self.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
         self._settler = threading.Thread(target=self._settle_loop, name=f"settle {self.id}", daemon=True)
         self._settler.start()
 
-    def _track(self, name: str, st: os.stat_result, wait: float | None = None) -> None:
+    def _track(self, name: str, st: os.stat_result, *, wait: float | None = None, touched: bool = False,
+               closed: bool = False) -> None:
+        """Wait for ``name``: ``wait`` seconds unchanged (default: as before, else ``settle``),
+        counted from now if it changed or an event ``touched`` it."""
+        now = self._clock()
         with self._lock:
             prev = self._pending.get(name)
-            wait = wait if wait is not None else (prev[3] if prev else self.config.settle)
-            if prev is None or prev[:2] != (st.st_size, st.st_mtime_ns):
-                self._pending[name] = (st.st_size, st.st_mtime_ns, self._clock(), wait)
-
-    def _ready_now(self, name: str) -> None:
-        with self._lock:
-            self._pending.pop(name, None)
-        st = self._stat_candidate(name)
-        if st is not None and self._on_ready is not None:
-            self._on_ready(self._drop(name, st))
+            changed = prev is None or (prev.size, prev.mtime) != (st.st_size, st.st_mtime_ns)
+            if not (changed or touched or wait is not None):
+                return
+            self._pending[name] = _Waiting(
+                st.st_size, st.st_mtime_ns,
+                since=now if changed or touched or prev is None else prev.since,
+                wait=wait if wait is not None else (prev.wait if prev else self.config.settle),
+                closed=closed if wait is not None else bool(prev and prev.closed))
+        if wait == 0:
+            self._wake.set()
 
     def _event(self, name: str, kind: str) -> None:
-        """``kind``: "final" (closed after writing, renamed in place), "created", "writing"."""
+        """``kind``: "renamed" (into place), "closed" (after writing), "created", "written"."""
+        if self.config.ready_marker and (data := marked_name(name)) is not None:
+            self._marker_seen(data)
+            return
         st = self._stat_candidate(name)
         if st is None:
             return
-        if kind == "final":
-            self._ready_now(name)
+        settle = self.config.settle
+        if kind == "renamed":
+            self._track(name, st, wait=0.0, touched=True)
         elif not self._close_events:
-            self._track(name, st, self.config.settle)      # no close events: settle decides
+            self._track(name, st, wait=settle)                      # no close events: settle decides
+        elif kind == "closed":
+            self._track(name, st, wait=min(QUIET, settle), touched=True, closed=True)
         elif kind == "created":
-            self._track(name, st, min(PROBE, self.config.settle))
-        else:                                               # a writer has it open: wait for close
-            with self._lock:
-                self._pending.pop(name, None)
+            self._track(name, st, wait=min(PROBE, settle), touched=True)
+        else:                                   # written: wait for its close (settle: a fallback)
+            self._track(name, st, wait=settle, touched=True)
+
+    def _marker_seen(self, data: str) -> None:
+        """A marker appeared: its data file is looked at again (at once, unless it is waiting
+        for its own quiet window or ``settle`` already)."""
+        st = self._stat_candidate(data)
+        if st is None:
+            return                  # a marker without its data file is left alone
+        with self._lock:
+            if data not in self._pending:
+                self._pending[data] = _Waiting(st.st_size, st.st_mtime_ns, self._clock(), 0.0)
+                self._wake.set()
 
     def _settle_loop(self) -> None:
-        while not self._stop.wait(SETTLE_TICK):
-            now = self._clock()
+        while True:
+            self._wake.wait(SETTLE_TICK)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._hand_over(self._due())
+            try:
+                self._watch_grown()
+            except OSError as exc:
+                self.log.error("inbox.archive_watch_failed", error=str(exc))
+
+    def _due(self) -> list[tuple[str, os.stat_result, _Waiting]]:
+        now = self._clock()
+        with self._lock:
+            pending = list(self._pending.items())
+        due = []
+        for name, waiting in pending:
+            st = self._stat_candidate(name)
+            if st is None:
+                with self._lock:
+                    if self._pending.get(name) is waiting:
+                        del self._pending[name]
+            elif (st.st_size, st.st_mtime_ns) != (waiting.size, waiting.mtime):
+                self._track(name, st)
+            elif now - waiting.since >= waiting.wait and st.st_size > 0:
+                due.append((name, st, waiting))
+        return due
+
+    def _hand_over(self, due: list[tuple[str, os.stat_result, _Waiting]]) -> None:
+        """Hand over the due files that are ready; the others wait (see the module docstring)."""
+        if not due:
+            return
+        held = writers_holding({(st.st_dev, st.st_ino) for _, st, _ in due})
+        for name, st, waiting in due:
+            why = self._not_ready(name, st, held, closed_at=waiting.since if waiting.closed else None)
             with self._lock:
-                pending = list(self._pending.items())
-            for name, (size, mtime, since, wait) in pending:
-                st = self._stat_candidate(name)
-                if st is None:
-                    with self._lock:
-                        self._pending.pop(name, None)
-                elif (st.st_size, st.st_mtime_ns) != (size, mtime):
-                    self._track(name, st)
-                elif now - since >= wait and st.st_size > 0:
-                    self._ready_now(name)
+                if self._pending.get(name) is not waiting:
+                    continue                        # an event came meanwhile: it decides
+                if why is None or why == NO_MARKER:
+                    del self._pending[name]         # (the marker's own event brings it back)
+                elif why == HELD:                   # look again after its wait, or at its close
+                    self._pending[name] = dataclasses.replace(
+                        waiting, since=self._clock(), wait=max(waiting.wait, QUIET))
+                else:
+                    self._pending[name] = dataclasses.replace(waiting, wait=self.config.settle, closed=False)
+            if why is not None:
+                self.log.debug("file.not_ready", name=name, reason=why)
+            elif self._on_ready is not None:
+                self._on_ready(self._drop(name, st))
+
+    def _not_ready(self, name: str, st: os.stat_result, held: Collection[tuple[int, int]], *,
+                   closed_at: float | None) -> str | None:
+        """Why a file that is due is not ready yet, or None. ``closed_at``: when the close-write
+        that made it due was seen (None: due by ``settle``, a rename, a marker)."""
+        if (st.st_dev, st.st_ino) in held:
+            return HELD
+        if self.config.ready_marker and not self._markers(name):
+            return NO_MARKER
+        if (closed_at is not None and self._clock() - closed_at < self.config.settle
+                and self._is_text(name) and not _ends_with_newline(self.root / name)):
+            return UNTERMINATED
+        return None
+
+    def _is_text(self, name: str) -> bool:
+        if self.config.format is not None:
+            return self.config.format in TEXT_FORMATS
+        return name.lower().endswith(TEXT_SUFFIXES)
+
+    def _markers(self, name: str, folder: Path | None = None) -> list[Path]:
+        """The markers of ``name`` present in ``folder`` (the inbox root by default)."""
+        found = []
+        for marker in marker_names(name):
+            path = (folder or self.root) / marker
+            try:
+                if not stat_mod.S_ISDIR(os.lstat(path).st_mode):
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+        return found
 
     def offer_again_in(self, drop: Drop, seconds: float) -> None:
         """Another process holds this file (another daemon on a shared folder, or one that died
-        and whose claim has not run out): offer it again after ``seconds``."""
+        and whose claim has not run out), or it changed while it was read: offer it again after
+        ``seconds``, if it is ready then."""
         st = self._stat_candidate(drop.key)
         if st is not None:
             with self._lock:
-                self._pending[drop.key] = (st.st_size, st.st_mtime_ns, self._clock(), seconds)
+                self._pending[drop.key] = _Waiting(st.st_size, st.st_mtime_ns, self._clock(), seconds)
 
     def probe(self) -> dict:
         ok = os.access(self.root, os.R_OK | os.W_OK | os.X_OK)
         return {"ok": ok, "detail": f"{self.root} is {'readable and writable' if ok else 'not writable'}"}
 
     def settling(self) -> int:
-        """Files seen but not yet ready (waiting for ``settle``). An empty file that stayed empty
-        past its wait does not count: it may never be written, and ``run --once`` must end."""
+        """Files seen but not yet ready (waiting for ``settle``, their quiet window or their
+        writer). An empty file that stayed empty past its wait does not count: it may never be
+        written, and ``run --once`` must end."""
         now = self._clock()
         with self._lock:
-            return sum(not (size == 0 and now - since >= wait)
-                       for size, _, since, wait in self._pending.values())
+            return sum(not (w.size == 0 and now - w.since >= w.wait) for w in self._pending.values())
 
     def failing(self) -> dict | None:
-        return None                 # inotify tells of files; there is no look that could fail
+        """For /healthz: archived files that grew (inotify tells of files; no look can fail)."""
+        return self._archives.failing()
 
     def alive(self) -> bool:
         return bool(self._observer and self._observer.is_alive() and self._settler
@@ -215,6 +360,7 @@ class LocalInbox:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -246,7 +392,8 @@ class LocalInbox:
 
     def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
         """Spool exactly the file that was judged ready: opened without following a symlink,
-        a regular file, still the version (mtime) seen. Anything else waits for its own event."""
+        a regular file, still the version (size, mtime) seen, and still that version once it
+        was read to its end (``_read_whole``)."""
         path = self._path(drop.key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -258,10 +405,34 @@ class LocalInbox:
             st = os.fstat(fh.fileno())
             if not stat_mod.S_ISREG(st.st_mode):
                 raise InboxMisconfigured(f"{drop.key} is not a regular file; not read")
-            if str(st.st_mtime_ns) != drop.version:
-                raise InboxUnavailable(f"{drop.key} changed since it was seen; it is read once it is ready again")
+            if (st.st_size, str(st.st_mtime_ns)) != (drop.size, drop.version):
+                raise SourceChanged(f"{drop.key} changed since it was seen; it is read once it is ready again")
             self._read_from[(drop.key, drop.version)] = _written(st)
-            return spool_stream(fh, spool_dir)
+            return spool_stream(read_checked(fh, lambda read: self._read_whole(drop, fh.fileno(), read)), spool_dir)
+
+    def _read_whole(self, drop: Drop, fd: int, read: int) -> None:
+        """At the end of the read: the bytes read, the open file (fstat) and the file at its
+        path (lstat) are all still the size and mtime judged ready."""
+        st = os.fstat(fd)
+        if read != drop.size or (st.st_size, str(st.st_mtime_ns)) != (drop.size, drop.version):
+            raise SourceChanged(f"{drop.key} changed while it was read ({drop.size} bytes when judged ready, "
+                                f"{read} read, {st.st_size} now); it is read again once it is ready")
+        self.verify_unchanged(drop)
+
+    def verify_unchanged(self, drop: Drop) -> None:
+        """``SourceChanged`` if the file read for ``drop`` (the same inode) has another size or
+        mtime now: a writer went on after it was read. Another file renamed over it is a
+        delivery of its own, and a file gone is gone: neither makes what was read incomplete."""
+        read = self._read_from.get((drop.key, drop.version))
+        if read is None:
+            return                      # not read here: there is nothing to compare with
+        try:
+            st = os.lstat(self._path(drop.key))
+        except FileNotFoundError:
+            return
+        if st.st_ino == read[0] and (st.st_size, str(st.st_mtime_ns)) != (drop.size, drop.version):
+            raise SourceChanged(f"{drop.key} changed after it was read ({drop.size} bytes then, {st.st_size} "
+                                "now); it is read again once it is ready")
 
     def _same_file(self, drop: Drop) -> os.stat_result | None:
         """The file at ``drop.key`` if it is still the version that was processed, else None."""
@@ -279,11 +450,13 @@ class LocalInbox:
     def archive(self, drop: Drop, status: str) -> None:
         """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise.
         Only the very version that was processed is moved: a newer upload under the same name
-        stays for its own job."""
+        stays for its own job. Its markers go with it (first: a marker left behind would make
+        the next upload of that name ready before its own marker)."""
         st = self._same_file(drop)
         read = self._read_from.pop((drop.key, drop.version), None)
         if st is None:
             return
+        self._archives.taken_in(drop.key)
         source = self._path(drop.key)
         if status in ARCHIVED_AS_SUCCESS:
             if self.config.on_success == "keep":
@@ -291,6 +464,7 @@ class LocalInbox:
                 self._kept[drop.key] = read or _written(st)
                 return
             if self.config.on_success == "delete":
+                self._move_markers(drop.key, None)
                 source.unlink(missing_ok=True)
                 fsync_dir(self.root)
                 return
@@ -298,14 +472,146 @@ class LocalInbox:
         else:
             folder = self._folder(FAILED)
         target = folder / archive_name(source.name, drop.version, lambda n: (folder / n).exists())
+        self._move_markers(drop.key, target)
         os.replace(source, target)
+        self._archives.remember(drop.key, f"{folder.name}/{target.name}", (st.st_size, st.st_mtime_ns))
         fsync_dir(folder)
         fsync_dir(self.root)
+
+    def _move_markers(self, name: str, target: Path | None) -> None:
+        """``ready_marker``: the markers of ``name`` next to ``target`` (its archived name), or
+        deleted when ``target`` is None."""
+        if not self.config.ready_marker:
+            return
+        for marker in self._markers(name):
+            if target is None:
+                marker.unlink(missing_ok=True)
+            else:
+                os.replace(marker, target.with_name(target.name + marker.name[len(name):]))
 
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
         if safe_name(name) is None:
             raise InboxMisconfigured(f"{name!r} is not a plain file name; not written")
         write_atomic(self._folder(RESULTS) / name, data)
+
+    # -- archived files that grew -------------------------------------------------------------
+    def _archived_changed(self, path: str) -> None:
+        """An event for ``processed/<x>`` or ``failed/<x>``: tell the watch how it looks now."""
+        self._archives.seen(path, _state(self.root / path))
+
+    def _watch_grown(self) -> None:
+        """Archived files that grew: followed until quiet for ``settle`` with no writer, then
+        moved back into the inbox root, to be read whole as a new delivery."""
+        growing = self._archives.growing()
+        if not growing:
+            return
+        for archived in growing:
+            self._archives.seen(archived.path, _state(self.root / archived.path))
+        stats: dict[str, os.stat_result] = {}
+        for archived in self._archives.due():
+            try:
+                stats[archived.path] = os.lstat(self.root / archived.path)
+            except FileNotFoundError:
+                continue
+        held = writers_holding({(st.st_dev, st.st_ino) for st in stats.values()})
+        for archived in self._archives.due():
+            st = stats.get(archived.path)
+            if st is not None and (st.st_dev, st.st_ino) not in held:
+                self._return(archived)
+
+    def _return(self, archived: Archived) -> None:
+        """Move a grown archived file back under its own name, never over another file: the
+        name taken (a new upload) means wait; its markers first, for the same reason as at
+        archive time."""
+        source, target = self.root / archived.path, self.root / archived.name
+        if os.path.lexists(target):
+            return
+        if self.config.ready_marker:
+            for marker in self._markers(source.name, source.parent):
+                os.replace(marker, self.root / (archived.name + marker.name[len(source.name):]))
+        try:
+            os.link(source, target)             # fails rather than replace a file of that name
+        except FileExistsError:
+            return
+        except OSError:                         # a filesystem without hard links
+            if os.path.lexists(target):
+                return
+            os.rename(source, target)
+        else:
+            os.unlink(source)
+        fsync_dir(self.root)
+        fsync_dir(source.parent)
+        self._archives.returned(archived)
+
+
+def writers_holding(files: Collection[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which of ``files`` ((st_dev, st_ino) pairs) a process holds open for writing.
+
+    Linux: one pass over /proc for any number of files. Every ``/proc/<pid>/fd/<fd>`` link is
+    stat'ed (that gives the inode it leads to); a match counts when ``/proc/<pid>/fdinfo/<fd>``
+    says O_WRONLY or O_RDWR (a reader does not hold a file back). Processes whose fds we may not
+    read (another user's, without CAP_SYS_PTRACE) are skipped, and so is everything where there
+    is no /proc: the other signals still hold there."""
+    wanted_keys = set(files)
+    held: set[tuple[int, int]] = set()
+    if not wanted_keys:
+        return held
+    try:
+        pids = [p for p in os.listdir(PROC) if p.isdigit()]
+    except OSError:
+        return held
+    for pid in pids:
+        fd_dir = f"{PROC}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue                    # gone meanwhile, or not ours to read
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in wanted_keys and key not in held and _open_for_writing(f"{PROC}/{pid}/fdinfo/{fd}"):
+                held.add(key)
+                if held == wanted_keys:
+                    return held
+    return held
+
+
+def _open_for_writing(fdinfo: str) -> bool:
+    try:
+        with open(fdinfo, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("flags:"):
+                    return bool(int(line.split()[1], 8) & (os.O_WRONLY | os.O_RDWR))
+    except (OSError, ValueError):
+        pass                            # closed meanwhile: it holds nothing
+    return False
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """Is the last byte of ``path`` a newline? (True when it cannot be read: ``fetch`` decides.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        size = os.fstat(fd).st_size
+        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _state(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of ``path``, or None when it is gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _written(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -323,24 +629,28 @@ def _reports_close_write(observer) -> bool:
     return isinstance(observer, InotifyObserver)
 
 
-# watchdog event → (the path that names the file, what it says about readiness)
+# watchdog event → (the path that names the file, what it says about readiness). Opens are not
+# among them: the daemon's own reads open files too, and a writer's open shows by its first
+# write and by the writer check.
 _EVENT_KINDS = {
-    FileMovedEvent: ("dest_path", "final"),        # renamed into place
-    FileClosedEvent: ("src_path", "final"),        # closed after writing
+    FileMovedEvent: ("dest_path", "renamed"),      # renamed into place
+    FileClosedEvent: ("src_path", "closed"),       # closed after writing
     FileCreatedEvent: ("src_path", "created"),     # a bare create may be a move from elsewhere
-    FileOpenedEvent: ("src_path", "writing"),      # someone has it open: wait for the close
-    FileModifiedEvent: ("src_path", "writing"),
+    FileModifiedEvent: ("src_path", "written"),    # someone writes: wait for the close
 }
 
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, inbox: LocalInbox):
         self.inbox = inbox
+        self.archives = (inbox.root / PROCESSED, inbox.root / FAILED)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         spec = _EVENT_KINDS.get(type(event))
         if spec is None:
             return                                  # directories, deletions, closed-without-write
         path = Path(os.fsdecode(getattr(event, spec[0])))
-        if path.parent == self.inbox.root:          # top-level files only
+        if path.parent == self.inbox.root:          # top-level files are input
             self.inbox._event(path.name, spec[1])
+        elif path.parent in self.archives:          # an archived file an upload may still write to
+            self.inbox._archived_changed(f"{path.parent.name}/{path.name}")

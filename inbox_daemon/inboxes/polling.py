@@ -2,7 +2,10 @@
 
 A poll lists the folder or prefix every ``poll_interval`` (±10% jitter, so many inboxes do not
 poll in lockstep). A file is ready when its size and version (mtime or ETag) were unchanged
-across ``settle``, or at first sight when it was last modified more than ``settle`` ago. A poll
+across ``settle``, or at first sight when it was last modified more than ``settle`` ago; with
+``ready_marker``, also only once the same listing shows ``<name>.done`` or ``<name>.ok`` (markers
+are never input). What a listing cannot see (a client that paused longer than ``settle``, then
+went on) is caught by the subclass's ``fetch`` and ``verify_unchanged``. A poll
 that fails (network, server) is logged and retried with exponential backoff and full jitter; the
 subclass reconnects on its next call.
 """
@@ -13,15 +16,15 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from config.errors import InboxError
 from config.model import RemoteInboxConfig
 from inbox_daemon.backoff import backoff
-from inbox_daemon.drop import Drop
-from inbox_daemon.inboxes.base import OnReady, safe_name, wanted
+from inbox_daemon.drop import Drop, delivery_time
+from inbox_daemon.inboxes.base import OnReady, marker_names, safe_name, wanted
 from inbox_daemon.logs import get_logger
 
 JITTER = 0.1
@@ -59,6 +62,7 @@ class PollingInbox(Generic[ConfigT]):
         self._clock = clock
         self._seen: dict[str, tuple[int, str, float]] = {}     # key -> (size, version, since)
         self._handed: dict[tuple[str, str], float] = {}         # (key, version) -> when handed over
+        self._unmarked: set[str] = set()        # keys settled but waiting for their marker
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,17 +86,16 @@ class PollingInbox(Generic[ConfigT]):
         pass
 
     # -- readiness ------------------------------------------------------------------------------
-    def _candidates(self) -> Iterator[Entry]:
-        for entry in self.list_entries():
-            if safe_name(entry.name) and wanted(entry.name, self.config):
-                yield entry
-
     def ready_entries(self) -> list[Entry]:
         """One listing: the entries to hand over now (see the class docstring). Each version is
         handed over once; one still there after ``REOFFER_S`` (its job could not run) again."""
         now = self._clock()
-        ready, present = [], set()
-        for entry in self._candidates():
+        ready, present, unmarked = [], set(), set()
+        listed = list(self.list_entries())
+        names = {entry.name for entry in listed}        # markers among them
+        for entry in listed:
+            if not (safe_name(entry.name) and wanted(entry.name, self.config)):
+                continue
             present.add(entry.key)
             with self._lock:
                 prev = self._seen.get(entry.key)
@@ -106,6 +109,9 @@ class PollingInbox(Generic[ConfigT]):
                 self.atomic_uploads and now - entry.modified >= self.config.settle)
             fresh = handed is None or now - handed >= REOFFER_S
             if settled and entry.size > 0 and fresh:
+                if self.config.ready_marker and names.isdisjoint(marker_names(entry.name)):
+                    unmarked.add(entry.key)
+                    continue
                 ready.append(entry)
                 with self._lock:
                     self._handed[(entry.key, entry.version)] = now
@@ -114,6 +120,7 @@ class PollingInbox(Generic[ConfigT]):
                 if key not in present:
                     del self._seen[key]
             self._handed = {h: t for h, t in self._handed.items() if h[0] in present}
+            self._unmarked = unmarked
         return ready
 
     def kept(self, drop: Drop) -> None:
@@ -131,7 +138,8 @@ class PollingInbox(Generic[ConfigT]):
 
     def drop_for(self, entry: Entry) -> Drop:
         return Drop(inbox=self.id, partner=self.config.partner, key=entry.key, name=entry.name,
-                    uri=self.uri(entry.key), size=entry.size, version=entry.version)
+                    uri=self.uri(entry.key), size=entry.size, version=entry.version,
+                    delivered=delivery_time(entry.modified))
 
     def scan(self) -> list[Drop]:
         """The poll thread does the listing; a second lister at start-up would only race it."""
@@ -165,7 +173,7 @@ class PollingInbox(Generic[ConfigT]):
             finally:
                 self._polled.set()
             # poll sooner while something waits to settle, so it is taken as soon as it may be
-            if not failed and self._waiting():
+            if not failed and self._poll_soon():
                 delay = min(delay, max(self.config.settle / 2, 0.05))
             self._stop.wait(delay)
 
@@ -182,13 +190,18 @@ class PollingInbox(Generic[ConfigT]):
         return self._waiting()
 
     def _waiting(self) -> int:
-        """Entries not handed over yet, except empty ones that stayed empty past ``settle``
-        (an upload that never started must not hold ``run --once`` or keep polling fast)."""
+        """Entries not handed over yet, except empty ones that stayed empty past ``settle`` and
+        settled ones waiting for their marker (an upload that never started, or whose marker
+        never comes, must not hold ``run --once`` or keep polling fast)."""
         now = self._clock()
         with self._lock:
-            return sum((key, version) not in self._handed
+            return sum((key, version) not in self._handed and key not in self._unmarked
                        and not (size == 0 and now - since >= self.config.settle)
                        for key, (size, version, since) in self._seen.items())
+
+    def _poll_soon(self) -> bool:
+        """Poll at ``settle``/2 rather than ``poll_interval``: something is about to be ready."""
+        return bool(self._waiting())
 
     def alive(self) -> bool:
         return bool(self._thread and self._thread.is_alive())

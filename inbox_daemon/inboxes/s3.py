@@ -12,6 +12,12 @@ of that queue subscribe to with their bucket and prefix. It routes every record 
 the inbox whose prefix holds its key and deletes the message only once every record was taken by
 its inbox (or ignored by it). A record under no subscribed prefix is left in the queue.
 
+Objects are immutable: an upload becomes visible whole, and its ETag names the content, so
+there is nothing to check after a download (``verify_unchanged`` does nothing). With
+``ready_marker`` an object is ready once ``<name>.done`` or ``<name>.ok`` exists next to it: a
+listing sees both, and in event mode the marker's own event announces the data file (an event
+for a data file whose marker is not there yet is ignored; the marker's will come).
+
 botocore errors never leave this module: ``s3_errors`` maps them to ``InboxMisconfigured``
 (access, credentials, missing bucket or queue: retrying cannot help) or ``InboxUnavailable``
 (throttling, 5xx, network). Throttling and 5xx are first retried by botocore's "standard" retry
@@ -47,8 +53,17 @@ from config.errors import InboxError, InboxMisconfigured, InboxUnavailable
 from config.model import S3InboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.backoff import backoff
-from inbox_daemon.drop import Drop
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, OnReady, safe_name, wanted
+from inbox_daemon.drop import Drop, delivery_time
+from inbox_daemon.inboxes.base import (
+    FAILED,
+    PROCESSED,
+    RESULTS,
+    OnReady,
+    marked_name,
+    marker_names,
+    safe_name,
+    wanted,
+)
 from inbox_daemon.inboxes.polling import MAX_BACKOFF, Entry, PollingInbox
 from inbox_daemon.logs import get_logger
 from inbox_daemon.spool import spool_stream
@@ -292,7 +307,8 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
                     key = obj["Key"]
                     listed[key] = Entry(key=key, name=key[len(self.prefix):], size=obj["Size"],
                                         version=obj["ETag"].strip('"'),
-                                        modified=obj["LastModified"].timestamp())
+                                        # whole seconds, as a HEAD (an event's drop) gives it
+                                        modified=float(int(obj["LastModified"].timestamp())))
         with self._listing_lock:
             if full:
                 self._known = listed
@@ -319,6 +335,10 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         except ObjectGone:
             self._forget(key)
             raise
+
+    def verify_unchanged(self, drop: Drop) -> None:
+        """Nothing to verify: an object never changes; an upload under its key is a new object
+        with an ETag of its own, a delivery of its own."""
 
     def archive(self, drop: Drop, status: str) -> None:
         """After the outcome is durable: processed/ (or delete/keep) on success, failed/ otherwise.
@@ -356,6 +376,8 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         target = f"{self.prefix}{folder}/{drop.name}"
         if self._exists(target):
             target = f"{target}.{drop.version}"     # an earlier file of that name is kept
+        # markers first: one left behind would make the next upload of that name ready early
+        self._move_markers(drop.name, target)
         what = f"archive {self.uri(key)} to {self.uri(target)}"
         # only the content we read: an upload that replaced it meanwhile stays in the inbox
         same = {"CopySourceIfMatch": drop.version} if drop.version else {}
@@ -368,7 +390,29 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         self._delete_read_version(drop, key)
 
     def _delete(self, drop: Drop, key: str) -> None:
+        if drop.version and self._head(key)[1] != drop.version:
+            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        self._move_markers(drop.name, None)
         self._delete_read_version(drop, key)
+
+    def _move_markers(self, name: str, target: str | None) -> None:
+        """``ready_marker``: the markers of ``name`` next to ``target`` (the archived object's
+        key), or deleted when ``target`` is None."""
+        if not self.config.ready_marker:
+            return
+        for marker in marker_names(name):
+            key = self.prefix + marker
+            if target is not None:
+                moved = target + marker[len(name):]
+                try:
+                    with s3_errors(f"archive {self.uri(key)} to {self.uri(moved)}", target=self.uri(key),
+                                   action="s3:GetObject on the source, s3:PutObject on the target"):
+                        self.s3().copy_object(CopySource={"Bucket": self.bucket, "Key": key}, Bucket=self.bucket,
+                                              Key=moved)
+                except ObjectGone:
+                    continue
+            with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
+                self.s3().delete_object(Bucket=self.bucket, Key=key)
 
     def _delete_read_version(self, drop: Drop, key: str) -> None:
         """Delete ``key`` only while it is the version that was read: its ETag is checked right
@@ -381,13 +425,13 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             self.s3().delete_object(Bucket=self.bucket, Key=key, **same)
         self._forget(key)
 
-    def _head(self, key: str) -> tuple[int, str]:
-        """(size, ETag) of a live object; ``ObjectGone`` if there is none."""
+    def _head(self, key: str) -> tuple[int, str, float]:
+        """(size, ETag, LastModified as Unix time) of a live object; ``ObjectGone`` if there is none."""
         # a HEAD of a missing key says 404 only to callers allowed s3:ListBucket, otherwise 403
         with s3_errors(f"look up {self.uri(key)}", action="s3:GetObject and s3:ListBucket",
                        target=self.uri(key)):
             head = self.s3().head_object(Bucket=self.bucket, Key=key)
-        return head["ContentLength"], head["ETag"].strip('"')
+        return head["ContentLength"], head["ETag"].strip('"'), float(int(head["LastModified"].timestamp()))
 
     def _exists(self, key: str) -> bool:
         try:
@@ -451,32 +495,39 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         """The drop a record under this inbox's prefix announces, or None (logged) when it is
         none (an event of processed/, failed/ or results/, an unwanted name, an object gone).
         Called by the queue's consumer; ``InboxError``: cannot tell now."""
-        name = record.key[len(self.prefix):]
+        name, key = record.key[len(self.prefix):], record.key
+        marker = self.config.ready_marker and marked_name(name) is not None
         ignored = None
         if not record.event.startswith("ObjectCreated:"):
             ignored = f"event {record.event}"
         elif record.bucket != self.bucket or not record.key.startswith(self.prefix) or safe_name(name) is None:
             ignored = "outside the inbox"          # processed/, failed/, results/ land here too
+        elif marker and wanted(data := marked_name(name) or "", self.config):
+            name, key = data, self.prefix + data    # a marker announces its data file
         elif not wanted(name, self.config):
             ignored = "not a wanted name"
         if ignored:
             self.log.debug("inbox.event_ignored", key=record.key, reason=ignored)
             return None
         try:
-            size, version = self._head(record.key)
+            size, version, modified = self._head(key)
         except ObjectGone:
             self.log.info("inbox.event_ignored", key=record.key, reason="object already gone")
             return None
         with self._lock:
-            archived = (record.key, version) in self._archived
+            archived = (key, version) in self._archived
         if archived:
             self.log.info("inbox.event_ignored", key=record.key, reason="archived already")
             return None
         if size == 0:
             self.log.info("inbox.event_ignored", key=record.key, reason="empty object")
             return None
-        return Drop(inbox=self.id, partner=self.config.partner, key=record.key, name=name,
-                    uri=self.uri(record.key), size=size, version=version)
+        if self.config.ready_marker and not marker and not any(
+                self._exists(self.prefix + m) for m in marker_names(name)):
+            self.log.info("inbox.event_ignored", key=record.key, reason="waiting for its marker")
+            return None
+        return Drop(inbox=self.id, partner=self.config.partner, key=key, name=name,
+                    uri=self.uri(key), size=size, version=version, delivered=delivery_time(modified))
 
     def _remember_archived(self, key: str, version: str) -> None:
         with self._lock:

@@ -6,6 +6,13 @@ Host keys are checked against the configured ``known_hosts`` only, with paramiko
 connection per inbox, kept alive with SSH keepalives and reopened on the next call after any
 failure; calls are serialised on it. Every path is the configured folder joined with a plain
 file name (``safe_name``), so nothing the server lists can lead outside that folder.
+
+Complete files only: a listing sees a client that paused longer than ``settle`` as done, so the
+file is stat'ed before and after the download and compared with the listed size and mtime
+(``fetch``), and again right before the commit (``verify_unchanged``); a file that changed is read
+again once it is ready. A client that goes on writing after its file was archived (the rename
+moves the very file it writes to) is caught by watching what was archived (``ArchiveWatch``): a
+stat per poll of each file archived in the last hour (at most 1,000).
 """
 
 from __future__ import annotations
@@ -21,11 +28,20 @@ from pathlib import Path
 import paramiko
 import paramiko.hostkeys
 
-from config.errors import InboxMisconfigured, InboxUnavailable
+from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged
 from config.model import SftpInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
-from inbox_daemon.inboxes.base import FAILED, PROCESSED, RESULTS, archive_name, safe_name
+from inbox_daemon.inboxes.archived import Archived, ArchiveWatch
+from inbox_daemon.inboxes.base import (
+    FAILED,
+    PROCESSED,
+    RESULTS,
+    archive_name,
+    marker_names,
+    read_checked,
+    safe_name,
+)
 from inbox_daemon.inboxes.polling import Entry, PollingInbox
 from inbox_daemon.logs import register_secret
 from inbox_daemon.spool import spool_stream
@@ -42,6 +58,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         self._sftp: paramiko.SFTPClient | None = None
         self._conn_lock = threading.RLock()
         self.root = config.path.rstrip("/") or "/"
+        self._archives = ArchiveWatch(settle=config.settle, log=self.log, clock=self._clock)
 
     # -- connection -----------------------------------------------------------------------------
     @contextmanager
@@ -141,15 +158,45 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             name = safe_name(a.filename)
             if name is None or a.st_mode is None or not stat.S_ISREG(a.st_mode):
                 continue     # folders (processed/, failed/, results/), links, odd names
-            yield Entry(key=name, name=name, size=a.st_size or 0, version=f"{a.st_mtime}-{a.st_size}",
+            yield Entry(key=name, name=name, size=a.st_size or 0, version=_version(a),
                         modified=float(a.st_mtime or 0))
 
+    def ready_entries(self) -> list[Entry]:
+        ready = super().ready_entries()
+        self._watch_archived()
+        return ready
+
     def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+        """Download the file judged ready, if it still is that version (size and mtime), and
+        only if it still is once it was read to its end: else ``SourceChanged``, and the spool
+        keeps nothing of it."""
         name = self._checked(drop.key)
         with self._conn_lock, self._errors("download"):
-            with self._client().open(self._path(name), "rb") as remote:
+            sftp = self._client()
+            if _version(sftp.stat(self._path(name))) != drop.version:
+                raise SourceChanged(f"{drop.key} changed since it was listed; it is read once it is ready again")
+            with sftp.open(self._path(name), "rb") as remote:
                 remote.prefetch(drop.size or None)
-                return spool_stream(remote, spool_dir)
+                return spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read)), spool_dir)
+
+    def _read_whole(self, drop: Drop, read: int) -> None:
+        if read != drop.size:
+            raise SourceChanged(f"{drop.key} changed while it was read ({drop.size} bytes listed, {read} "
+                                "read); it is read again once it is ready")
+        self.verify_unchanged(drop)
+
+    def verify_unchanged(self, drop: Drop) -> None:
+        """``SourceChanged`` if the file at ``drop.key`` has another size or mtime than the one
+        read (a client went on writing). A file gone is fine: what was read was whole."""
+        name = self._checked(drop.key)
+        with self._conn_lock, self._errors("look at"):
+            try:
+                st = self._client().stat(self._path(name))
+            except FileNotFoundError:
+                return
+        if _version(st) != drop.version:
+            raise SourceChanged(f"{drop.key} changed after it was listed (mtime-size {drop.version} then, "
+                                f"{_version(st)} now); it is read again once it is ready")
 
     def archive(self, drop: Drop, status: str) -> None:
         name = self._checked(drop.key)
@@ -160,13 +207,15 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 st = sftp.stat(source)
             except FileNotFoundError:
                 return                    # archived already (a restart between outcome and archive)
-            if f"{st.st_mtime}-{st.st_size}" != drop.version:
+            if _version(st) != drop.version:
                 return                    # a newer upload under the same name: it gets its own job
+            self._archives.taken_in(name)
             if status in ARCHIVED_AS_SUCCESS:
                 if self.config.on_success == "keep":
                     self.kept(drop)
                     return
                 if self.config.on_success == "delete":
+                    self._move_markers(sftp, name, None)
                     sftp.remove(source)
                     return
                 folder = PROCESSED
@@ -179,7 +228,78 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 except FileNotFoundError:
                     return False
                 return True
-            sftp.posix_rename(source, self._path(folder, archive_name(name, drop.version, taken)))
+            target = archive_name(name, drop.version, taken)
+            # markers first: one left behind would make the next upload of that name ready early
+            self._move_markers(sftp, name, self._path(folder, target))
+            sftp.posix_rename(source, self._path(folder, target))
+            self._archives.remember(name, f"{folder}/{target}", (st.st_size or 0, st.st_mtime or 0))
+
+    def _move_markers(self, sftp: paramiko.SFTPClient, name: str, target: str | None) -> None:
+        """``ready_marker``: the markers of ``name`` next to ``target`` (the archived file's
+        path), or deleted when ``target`` is None."""
+        if not self.config.ready_marker:
+            return
+        for marker in marker_names(name):
+            try:
+                if target is None:
+                    sftp.remove(self._path(marker))
+                else:
+                    sftp.posix_rename(self._path(marker), target + marker[len(name):])
+            except FileNotFoundError:
+                continue
+
+    # -- archived files that grew ---------------------------------------------------------------
+    def _watch_archived(self) -> None:
+        """A stat of every file archived lately (``ArchiveWatch``); one that grew and is quiet
+        again goes back into the folder, to be read whole as a new delivery."""
+        watched = self._archives.watched()
+        if not watched:
+            return
+        with self._conn_lock, self._errors("look at archived files"):
+            sftp = self._client()
+            for archived in watched:
+                try:
+                    st = sftp.stat(self._path(archived.path))
+                except FileNotFoundError:
+                    self._archives.seen(archived.path, None)
+                    continue
+                self._archives.seen(archived.path, (st.st_size or 0, st.st_mtime or 0))
+            for archived in self._archives.due():
+                self._return(sftp, archived)
+
+    def _return(self, sftp: paramiko.SFTPClient, archived: Archived) -> None:
+        """Move a grown file back under its own name; the name taken (a new upload) means wait.
+        A plain SFTP rename never replaces an existing file; markers go first, as at archive."""
+        target = self._path(archived.name)
+        try:
+            sftp.stat(target)
+            return
+        except FileNotFoundError:
+            pass
+        if self.config.ready_marker:
+            for marker in marker_names(archived.name):
+                try:
+                    sftp.posix_rename(self._path(archived.path + marker[len(archived.name):]), self._path(marker))
+                except FileNotFoundError:
+                    continue
+        try:
+            sftp.rename(self._path(archived.path), target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:                  # the name was taken meanwhile: next poll
+            self.log.info("file.return_deferred", archived=archived.path, error=str(exc))
+            return
+        self._archives.returned(archived)
+
+    def _poll_soon(self) -> bool:
+        return super()._poll_soon() or bool(self._archives.growing())
+
+    def failing(self) -> dict | None:
+        """For /healthz: failing polls, and archived files that grew."""
+        polls, grown = super().failing(), self._archives.failing()
+        if polls and grown:
+            return {**grown, **polls, "error": f"{polls['error']}; {grown['error']}"}
+        return polls or grown
 
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
         name = self._checked(name)
@@ -215,3 +335,8 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         if name is None:
             raise InboxMisconfigured(f"refusing a path that leaves the inbox folder: {key!r}")
         return name
+
+
+def _version(attrs: paramiko.SFTPAttributes) -> str:
+    """What names a version of a remote file: mtime and size (SFTP has no inode or ctime)."""
+    return f"{attrs.st_mtime}-{attrs.st_size}"
