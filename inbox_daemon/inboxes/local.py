@@ -51,7 +51,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged
+from adapters.readers import detect_format, split_name
+from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged, UnknownFormat
 from config.model import LocalInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop, delivery_time
@@ -81,7 +82,6 @@ PROC = "/proc"
 # text formats, whose last byte tells whether a writer stopped between two lines (compressed
 # files do not say: ".csv.gz" is not among them)
 TEXT_FORMATS = frozenset({"csv", "tsv", "json", "ndjson", "xml"})
-TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".ndjson", ".jsonl", ".xml")
 
 # why a due file is not handed over (logged at debug)
 HELD = "a process holds it open for writing"
@@ -313,9 +313,14 @@ class LocalInbox:
         return None
 
     def _is_text(self, name: str) -> bool:
-        if self.config.format is not None:
-            return self.config.format in TEXT_FORMATS
-        return name.lower().endswith(TEXT_SUFFIXES)
+        """Read as uncompressed text: the format the inbox forces, else the one its name says
+        (the readers' own mapping: ``.txt`` is CSV, ``.jsonl`` NDJSON)."""
+        if split_name(name)[1]:
+            return False
+        try:
+            return (self.config.format or detect_format(name)) in TEXT_FORMATS
+        except UnknownFormat:
+            return False
 
     def _markers(self, name: str, folder: Path | None = None) -> list[Path]:
         """The markers of ``name`` present in ``folder`` (the inbox root by default)."""
