@@ -178,7 +178,9 @@ def test_a_manifest_says_when_its_file_was_delivered(tmp_path, daemons):
     d = daemons(tmp_path, config(inboxes=INBOX.format(mode="delta")))
     _deliver(tmp_path, "one.csv", "sku,name\nX-1,x\n")
     [m] = wait_manifests(tmp_path, 1)
-    ctime = os.stat(tmp_path / "inbox" / "default" / "processed" / "one.csv").st_ctime
+    archived = tmp_path / "inbox" / "default" / "processed" / "one.csv"
+    wait_for(archived.exists, what="one.csv archived (after its manifest)")
+    ctime = os.stat(archived).st_ctime
     delivered = m["source"]["delivered_at"]
     assert delivered.endswith("Z") and len(delivered) == len(MON)
     # the rename into the inbox set it; the archive's rename came later
