@@ -4,7 +4,8 @@
 ``name:N`` for the N-th time the point is passed) makes the process SIGKILL itself there: no
 cleanup, no flush, no ``finally``. Unset, as in every real deployment, ``reached`` is one dict
 lookup. The points name the moments where a crash is most interesting: between each durable
-step of a job.
+step of a job. ``INBOX_DAEMON_FREEZE_AT`` (same syntax) stops the process there instead
+(SIGSTOP), the way a hung host would: alive, holding its claims, until its lease runs out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import threading
 
 ENV = "INBOX_DAEMON_CRASH_AT"
+FREEZE_ENV = "INBOX_DAEMON_FREEZE_AT"
 POINTS = (
     "after_spool",        # the file is in the spool, hashed; nothing is in the ledger yet
     "after_claim",        # the job is running in the ledger; nothing staged
@@ -27,27 +29,27 @@ POINTS = (
 )
 
 
-def _parse(value: str) -> dict[str, int]:
+def _parse(env: str, sig: signal.Signals) -> dict[str, tuple[int, signal.Signals]]:
     wanted = {}
-    for item in filter(None, (p.strip() for p in value.split(","))):
+    for item in filter(None, (p.strip() for p in os.environ.get(env, "").split(","))):
         name, _, nth = item.partition(":")
         if name not in POINTS:
-            raise ValueError(f"{ENV}: unknown point {name!r}; known: {', '.join(POINTS)}")
-        wanted[name] = int(nth or 1)
+            raise ValueError(f"{env}: unknown point {name!r}; known: {', '.join(POINTS)}")
+        wanted[name] = (int(nth or 1), sig)
     return wanted
 
 
-_WANTED = _parse(os.environ.get(ENV, ""))
+_WANTED = _parse(ENV, signal.SIGKILL) | _parse(FREEZE_ENV, signal.SIGSTOP)
 _passed: dict[str, int] = {}
 _lock = threading.Lock()
 
 
 def reached(name: str) -> None:
-    """Kill this process here if a crash test asked for it."""
+    """Kill (or freeze) this process here if a crash test asked for it."""
     if not _WANTED:
         return
     with _lock:
         _passed[name] = _passed.get(name, 0) + 1
-        due = _WANTED.get(name) == _passed[name]
-    if due:
-        os.kill(os.getpid(), signal.SIGKILL)
+        nth, sig = _WANTED.get(name, (0, signal.SIGKILL))
+    if nth == _passed[name]:
+        os.kill(os.getpid(), sig)

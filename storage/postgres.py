@@ -96,6 +96,12 @@ class PostgresStore(LedgerReads):
             conninfo = psycopg.conninfo.make_conninfo(url, password=password)
             self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                          application_name="inbox-daemon")
+            # A daemon that hangs inside a transaction (a frozen VM, a stopped process) would hold
+            # its row locks, and stall every other daemon merging those products, for ever. The
+            # server ends such a transaction once it has been idle as long as a claim lives
+            # without a heartbeat: by then the job is queued again elsewhere anyway.
+            self._conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                               (f"{max(1, round(lease * 1000))}ms",))
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {str(exc).strip()}") from exc
         try:

@@ -21,7 +21,7 @@ import pytest
 
 from config import ConfigError, build_config
 from config.errors import SourceChanged
-from inbox_daemon.inboxes.local import LocalInbox, writers_holding
+from inbox_daemon.inboxes.local import LocalInbox, _proc_writers, writers_holding
 from tests.conftest import ledger, products
 from tests.daemon_harness import config, manifests, wait_for, wait_manifests
 from tests.test_sftp import keys, secrets, server  # noqa: F401 — fixtures
@@ -174,8 +174,19 @@ sys.stdin.readline()
 """
 
 
+def _by_lease_or_proc(path, key):
+    return writers_holding({key: path})
+
+
+def _by_proc_only(path, key):
+    return _proc_writers({key})
+
+
 @pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="no /proc to look for writers in")
-def test_writers_holding_names_files_open_for_writing_not_for_reading(tmp_path):
+@pytest.mark.parametrize("ask", [_by_lease_or_proc, _by_proc_only], ids=["lease", "proc"])
+def test_writers_holding_names_files_open_for_writing_not_for_reading(tmp_path, ask):
+    """Both ways of asking (a read lease, and the /proc pass for files a lease cannot answer
+    for: another owner's, a filesystem without leases) tell a writer from a reader."""
     path = tmp_path / "held.csv"
     path.write_text(HEADER)
     st = path.stat()
@@ -184,8 +195,8 @@ def test_writers_holding_names_files_open_for_writing_not_for_reading(tmp_path):
         with subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) as proc:      # ends at stdin's close
             assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
-            assert (key in writers_holding({key})) is held, mode
-    assert writers_holding({key}) == set()          # nobody holds it now
+            assert (key in ask(path, key)) is held, mode
+    assert ask(path, key) == set()          # nobody holds it now
 
 
 # == size and mtime unchanged from the readiness check to the commit ===============================

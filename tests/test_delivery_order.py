@@ -15,7 +15,7 @@ import pytest
 
 from config.status import JobStatus
 from storage.base import Outcome, Source
-from tests.conftest import ledger, products, run_cli
+from tests.conftest import ledger, pg_products, products, run_cli
 from tests.daemon_harness import config, manifests, wait_for, wait_manifests
 from tests.test_store import catalog, make_store, rows, store, store_url  # noqa: F401 — fixtures
 
@@ -159,19 +159,31 @@ def test_a_large_delta_dropped_before_a_small_one_never_overwrites_it(tmp_path, 
     assert d.stop() == 0
 
 
-def test_an_earlier_file_killed_before_its_commit_runs_after_a_later_one_and_leaves_its_rows(tmp_path, daemons):
-    """One worker. A is killed right before its commit; B arrives while the daemon is down; the
-    restarted daemon runs both (A from its spooled copy), in whatever order: B's rows stand."""
-    cfg = config(inboxes=INBOX.format(mode="delta")).replace("workers = 2", "workers = 1")
-    first = daemons(tmp_path, cfg, env={"INBOX_DAEMON_CRASH_AT": "before_commit"})
+def test_an_earlier_file_whose_daemon_hung_before_its_commit_is_applied_after_a_later_one(tmp_path, daemons,
+                                                                                          pg_url):
+    """PostgreSQL, two daemons. A's daemon hangs right before A's commit (frozen inside the
+    transaction, holding A and its rows' locks); B arrives and the second daemon applies it (the
+    server ends the hung transaction once idle for ``lease``); A's claim runs out, the second
+    daemon runs A from its spooled copy and commits it last: B's rows stand, A's others apply."""
+    cfg = (config(inboxes=INBOX.format(mode="delta")).replace("workers = 2", "workers = 1")
+           + f'\n[store]\nurl = "{pg_url}"\nlease = "2s"\n')
+    hung = daemons(tmp_path, cfg, env={"INBOX_DAEMON_FREEZE_AT": "before_commit"})
     _deliver(tmp_path, "a.csv", "sku,name,price\nK-1,Key,1.00\nK-2,Kit,1.00\n")
-    wait_for(lambda: first.proc.poll() is not None, what="the daemon killed at before_commit")
+    wait_for(lambda: _state(hung.proc.pid) == "T", what="the first daemon frozen at before_commit")
     _deliver(tmp_path, "b.csv", "sku,name,price\nK-1,Key,2.00\n")
     second = daemons(tmp_path, cfg)
-    wait_manifests(tmp_path, 2, status="succeeded")
-    got = products(tmp_path)
+    done = {m["source"]["name"]: m for m in wait_manifests(tmp_path, 2, status="succeeded", timeout=60)}
+    assert done["b.csv"]["finished_at"] < done["a.csv"]["finished_at"]       # the order this test is about
+    got = pg_products(pg_url, "default")
     assert (got["k-1"]["price_cents"], got["k-2"]["price_cents"]) == (200, 100)
+    assert done["a.csv"]["rows"]["stale"] == 1
+    hung.proc.kill()
     assert second.stop() == 0
+
+
+def _state(pid: int) -> str:
+    """The process state letter in /proc/<pid>/stat ("T": stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
 def test_a_manifest_says_when_its_file_was_delivered(tmp_path, daemons):
