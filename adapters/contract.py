@@ -17,14 +17,17 @@ from config.model import PartnerConfig
 _FIELDS: dict[str, tuple[str, dict[str, int | str], str]] = {
     "sku": ("The partner's product id. Unique per partner, case-insensitively; the last row wins.",
             {"minLength": 1, "maxLength": MAX_LENGTH["sku"]}, "ABC-123"),
-    "name": ("Product name.", {"minLength": 1, "maxLength": MAX_LENGTH["name"]}, "Ocean Blue Shirt"),
+    "name": ("Product name. Needed to create a product; a row without one updates an existing product "
+             "and keeps its name.", {"maxLength": MAX_LENGTH["name"]}, "Ocean Blue Shirt"),
     "description": ("Free text, HTML allowed.", {"maxLength": MAX_LENGTH["description"]},
                      "Cotton shirt with a narrow collar."),
     "price": ("Non-negative amount: 9.99, \"9.99 USD\", \"$9.99\", \"1,299.00\".",
               {"pattern": PRICE_TEXT}, "19.99"),
     "currency": ("ISO 4217 code; the partner's default when absent.", {"pattern": "^[A-Za-z]{3}$"}, "USD"),
-    "stock": ("Whole number of units, 0 or more.", {"pattern": "^[0-9]+$"}, "12"),
-    "active": ("true/false, 1/0 or yes/no; true when absent.",
+    "stock": ("Whole number of units; a negative one (oversold) is stored as 0, with a warning.",
+              {"pattern": "^-?[0-9]+$"}, "12"),
+    "active": ("true/false, 1/0 or yes/no; an empty cell is true; without the column a new product is "
+               "active and an existing one keeps its state.",
                {"pattern": "^(?i:true|false|1|0|yes|no|y|n|t|f|on|off)$"}, "true"),
     "brand": ("Brand name.", {"maxLength": MAX_LENGTH["brand"]}, "Acme"),
     "category": ("Category path.", {"maxLength": MAX_LENGTH["category"]}, "Apparel > Shirts"),
@@ -76,9 +79,13 @@ def contract(partner: PartnerConfig) -> dict:
                         "are kept as the product's attributes. Default currency: "
                         f"{partner.currency}; decimal separator: {partner.decimal_separator!r}; "
                         f"a file with more than {partner.max_reject_ratio:.0%} rejected rows is "
-                        "rejected as a whole."),
+                        "rejected as a whole. A file sets only the columns it has: a stock-only file "
+                        f"({partner_column(partner, 'sku')}, {partner_column(partner, 'stock')}) changes "
+                        "stock and nothing else; an empty cell clears that value (never the name). "
+                        "Every row needs the sku column; a file that creates products needs the name "
+                        "column too."),
         "type": "object",
-        "required": [partner_column(partner, "sku"), partner_column(partner, "name")],
+        "required": [partner_column(partner, "sku")],
         "properties": properties,
         "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
         "examples": [example],

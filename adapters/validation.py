@@ -2,8 +2,15 @@
 
 ``judge`` turns one text ``Block`` into the rows that may land (``CANONICAL_SCHEMA``) and the
 problems found, as a table of diagnostics lines. Errors reject their row; warnings let the row
-land without the bad value (a GTIN with a wrong check digit is dropped, the row is kept). There
-is no Python loop over rows here: each check is a ``pyarrow.compute`` mask.
+land without the bad value (a GTIN with a wrong check digit is dropped, the row is kept) or with
+a corrected one (negative stock lands as 0). There is no Python loop over rows here: each check
+is a ``pyarrow.compute`` mask.
+
+A file sets only what it carries: ``carried_columns`` says which stored columns its header
+feeds, and the merge writes those alone. A column the file does not have is NULL in the batch
+(``active`` too: a new product is then active, an existing one keeps its state); an empty cell in
+a column it has clears that value, except ``name``, which is never cleared: a row without a name
+updates an existing product and is refused for a new one (by the merge, which knows which exist).
 """
 
 from __future__ import annotations
@@ -14,9 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.mapping import ColumnMap, attributes_json
+from adapters.mapping import ColumnMap, attributes_json, preset_of
 from adapters.readers import Block
-from config.canonical import AVAILABILITY, CANONICAL_SCHEMA, ISO_4217, MAX_LENGTH, REQUIRED_FIELDS, TEXT_FIELDS
+from config.canonical import (
+    AVAILABILITY,
+    CANONICAL_SCHEMA,
+    ISO_4217,
+    MAX_LENGTH,
+    MERGED_COLUMNS,
+    REQUIRED_FIELDS,
+    TEXT_FIELDS,
+)
 from config.model import PartnerConfig
 
 ERROR, WARNING = "error", "warning"
@@ -101,6 +116,30 @@ def _text(batch: pa.RecordBatch, cmap: ColumnMap, canonical: str) -> pa.Array:
     return cmap.apply_rules(canonical, values)
 
 
+# a spreadsheet guard: an apostrophe before a number ('0123, '-1, '7350177880121) or before a
+# formula's first character; "'90s Jacket" is no guard
+_GUARDED = r"(?s)^'([-+]?[0-9][0-9.,]*|[=+\-@].*)$"
+
+
+def apostrophe_guard(partner: PartnerConfig) -> bool:
+    """Do this partner's files guard values with an apostrophe (its own switch, else its preset's)?"""
+    if partner.apostrophe_guard is not None:
+        return partner.apostrophe_guard
+    preset = preset_of(partner)
+    return bool(preset and getattr(preset, "apostrophe_guard", False))
+
+
+def _unguard(batch: pa.RecordBatch, cmap: ColumnMap) -> pa.RecordBatch:
+    """The mapped columns without the platform's spreadsheet guard (its importer removes it too)."""
+    mapped = set(cmap.source.values())
+    arrays = []
+    for name, values in zip(batch.schema.names, batch.columns):
+        if name in mapped and pa.types.is_string(values.type) and pc.any(pc.starts_with(values, "'")).as_py():
+            values = pc.replace_substring_regex(values, _GUARDED, r"\1")
+        arrays.append(values)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
 def _empty(values: pa.Array) -> bool:
     return values.null_count == len(values)
 
@@ -162,12 +201,31 @@ def _gtin_valid(digits: pa.Array) -> pa.Array:
     return pc.and_(shaped, pa.array(matrix[:, 13] == expected))
 
 
+def carried_columns(cmap: ColumnMap) -> frozenset[str]:
+    """The stored columns (``MERGED_COLUMNS``) a file with this header sets; the merge leaves
+    the others as the catalog holds them. ``price_cents`` and ``currency`` come with a price
+    (a price without a currency column is in the partner's currency), ``stock`` with a stock or
+    an availability column, ``attributes`` with any column that lands there."""
+    mapped = set(cmap.source)
+    carried = {c for c in MERGED_COLUMNS if c in mapped}
+    carried.add("sku")
+    if mapped & {"price", "price_cents"}:
+        carried |= {"price_cents", "currency"}
+    if "availability" in mapped:
+        carried.add("stock")
+    if cmap.unmapped or cmap.key_value:
+        carried.add("attributes")
+    return frozenset(carried)
+
+
 def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str | None = None) -> Judged:
     """Map and validate one block; see the module docstring. ``decimal`` is the separator of
     text prices (the partner's, for CSV/TSV); numbers from JSON and Parquet always use "."."""
     batch = block.batch
+    if apostrophe_guard(partner):
+        batch = _unguard(batch, cmap)
     rows = block.row_numbers()
-    texts = {f: _text(batch, cmap, f) for f in (*REQUIRED_FIELDS, *TEXT_FIELDS)}
+    texts = {f: _text(batch, cmap, f) for f in ("sku", "name", *TEXT_FIELDS)}
     sku = texts["sku"]
     # the stages add their problems in this order, which is the order of a row's diagnostics
     p = _Problems(rows, sku, cmap)
@@ -251,8 +309,9 @@ def _stock(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap) -> pa.Array:
         return pa.nulls(batch.num_rows, pa.int64())
     stock, bad = _parse_integer(raw)
     p.add(bad, "stock", "invalid_stock", "stock is not a whole number", raw)
-    p.add(pc.less(stock, 0), "stock", "negative_stock", "stock must not be negative", raw)
-    return stock
+    negative = pc.less(stock, 0)
+    p.add(negative, "stock", "negative_stock", "stock is negative (oversold); it lands as 0", raw, WARNING)
+    return pc.if_else(pc.fill_null(negative, False), pa.scalar(0, pa.int64()), stock)
 
 
 def _availability(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap, stock: pa.Array) -> pa.Array:
@@ -270,7 +329,10 @@ def _availability(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap, stock: p
 
 
 def _active(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap) -> pa.Array:
-    """A boolean as 0/1, true where not given."""
+    """A boolean as 0/1; true where the cell is empty; NULL when the file has no such column
+    (the merge then keeps an existing product's state and makes a new one active)."""
+    if "active" not in cmap.source:
+        return pa.nulls(batch.num_rows, pa.int64())
     raw = _text(batch, cmap, "active")
     if _empty(raw):
         return pa.array(np.ones(batch.num_rows, dtype=np.int64))

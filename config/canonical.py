@@ -13,12 +13,20 @@ INPUT_FIELDS = (
     "sku", "name", "description", "price", "price_cents", "currency", "stock", "active",
     "brand", "category", "gtin", "url", "image_url", "availability",
 )
-REQUIRED_FIELDS = ("sku", "name")
+# Every row needs a sku. A file sets only the columns it carries (``carried_columns``); ``name``
+# is needed only for products the catalog does not hold yet, which the merge decides.
+REQUIRED_FIELDS = ("sku",)
+NAMED_ON_CREATE = "name"
 # ``availability`` is not stored: it only says "stock 0" when a feed has no quantity.
 AVAILABILITY = {"in stock": "in stock", "instock": "in stock", "out of stock": "out of stock",
                 "outofstock": "out of stock", "preorder": "preorder", "pre order": "preorder",
                 "backorder": "backorder", "back order": "backorder"}
 TEXT_FIELDS = ("description", "brand", "category", "url", "image_url")
+
+# The stored columns of a product that files set (the store's merge writes these; ``carried
+# columns`` of a file are a subset)
+MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
+                  "category", "gtin", "url", "image_url", "attributes")
 
 # Longest accepted value per column, in characters.
 MAX_LENGTH = {

@@ -163,6 +163,13 @@ class InboxMisconfigured(InboxError, Terminal):
     code = "inbox_misconfigured"
 
 
+class SourceGone(InboxError, Terminal):
+    """The file is no longer in the inbox when it is to be read: deleted by the partner, or
+    already taken in and archived by another look at it. Nothing to read and nothing wrong with
+    the inbox: not retried, and no fault for /healthz."""
+    code = "source_gone"
+
+
 class CatalogChanged(StoreError, Transient):
     """Another job changed this partner's catalog between the moment this one read what the
     catalog holds (to stage only what differs) and its merge: what it left out may be stale.

@@ -266,6 +266,7 @@ _PARTNER_KEYS: Spec = {
     "sheet": (str, None),
     "locale": (str, _token),
     "channel": (str, _token),
+    "apostrophe_guard": (bool, None),
 }
 _WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None)}
 # every kind's keys but partner, kind and path, which are read first: they decide the rest

@@ -53,6 +53,9 @@ class PartnerConfig:
     sheet: str | None = None            # .xlsx: None = the first sheet
     locale: str = "en_US"               # presets with localized columns (name-en_US)
     channel: str = "ecommerce"          # presets with channel-scoped columns (description-en_US-ecommerce)
+    # the partner's files put an apostrophe before values a spreadsheet would turn into a number
+    # or a formula ('0123, '-1): it is removed before judging. None: as the preset says
+    apostrophe_guard: bool | None = None
     webhook: WebhookConfig | None = None
 
 

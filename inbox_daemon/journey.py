@@ -28,6 +28,7 @@ from config.errors import (
     InboxError,
     ResultsUnwritable,
     SourceChanged,
+    SourceGone,
     SpoolError,
     StoreError,
     Transient,
@@ -136,6 +137,9 @@ class Journey:
             return OfferAgainIn(inbox.config.settle if inbox is not None else 0)
         except Transient as exc:
             return self._transient(item, inbox, exc, log)
+        except SourceGone as exc:
+            log.info("file.gone", reason=str(exc))
+            return Done()
         except InboxError as exc:
             # Terminal trouble with the inbox itself (permission denied, archived object): the
             # file stays where it is; the operator sees this line, the next scan tries again.

@@ -24,7 +24,8 @@ import pyarrow as pa
 from adapters.mapping import ColumnMap, preset_of, requested_paths, resolve_columns
 from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.rows import shaper_for
-from adapters.validation import DIAGNOSTICS_SCHEMA, Judged, judge
+from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, judge
+from config.canonical import MERGED_COLUMNS
 from config.errors import (
     Cancelled,
     CatalogChanged,
@@ -42,7 +43,7 @@ from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
-from storage.base import TO_RUN, CatalogStore, Claim, Job, Outcome, Source, new_job_id, utcnow
+from storage.base import TO_RUN, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
 
 
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
@@ -94,6 +95,8 @@ class Progress:
     """What one attempt has gathered so far: counts, diagnostics, and when it started."""
     diagnostics: DiagnosticsWriter
     totals: Totals = field(default_factory=Totals)
+    carried: frozenset[str] = frozenset()     # the stored columns the file sets (its headers')
+    name_column: str = "name"                 # the partner's column for a name, for diagnostics
     started: str = field(default_factory=utcnow)
     clock: float = field(default_factory=time.monotonic)
 
@@ -270,6 +273,8 @@ class Pipeline:
             if cmap is None or block.batch.schema.names != names:
                 names = block.batch.schema.names
                 cmap = resolve_columns(names, partner, require=cmap is None)
+                progress.carried |= carried_columns(cmap)
+                progress.name_column = cmap.partner_column("name")
             judged = judge(block, cmap, partner, decimal=decimal)
             progress.diagnostics.write(judged.diagnostics)
             load.stage(judged.valid, judged.rejected_keys)
@@ -282,10 +287,15 @@ class Pipeline:
         """Merge the staged rows and commit them with the job's outcome, in one transaction (a
         dry run rolls back)."""
         totals = progress.totals
-        counts = load.merge(mode=run.mode, max_deactivate_ratio=run.partner.max_deactivate_ratio)
+        counts = load.merge(mode=run.mode, max_deactivate_ratio=run.partner.max_deactivate_ratio,
+                            columns=Columns(progress.carried))
+        if counts.unnamed:
+            self._refuse_unnamed(run, progress, counts)
         status = JobStatus.PARTIAL if totals.rejected else JobStatus.SUCCEEDED
         manifest = self._manifest(run.job, status, totals, counts, progress.diagnostics.finish(),
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run)
+        # what the file set (in catalog terms): a column it does not carry was left as it was
+        manifest["columns"] = [c for c in MERGED_COLUMNS if c in progress.carried]
         outcome = Outcome(status=status, result=manifest)
         if run.dry_run:
             load.abort()
@@ -298,6 +308,25 @@ class Pipeline:
                      inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
                      deactivated=counts.deactivated, stale=counts.stale, duration_ms=manifest["duration_ms"])
         return outcome
+
+    @staticmethod
+    def _refuse_unnamed(run: Run, progress: Progress, counts: MergeCounts) -> None:
+        """Rows the merge refused (a new product without a name) are rejected rows like any
+        other: a diagnostics line each (after the lines of the judged rows) and counted against
+        ``max_reject_ratio``."""
+        rows, skus = zip(*counts.unnamed, strict=True)
+        n = len(rows)
+        progress.diagnostics.write(pa.table({
+            "row": pa.array(rows, pa.int64()), "sku": pa.array(skus, pa.string()),
+            "severity": pa.repeat(ERROR, n), "column": pa.repeat(progress.name_column, n),
+            "code": pa.repeat("name_required", n),
+            "message": pa.repeat("the catalog has no product with this sku yet, and a new product needs a name", n),
+            "value": pa.nulls(n, pa.string())}, schema=DIAGNOSTICS_SCHEMA))
+        totals = progress.totals
+        totals.rejected += n
+        totals.error_codes["name_required"] = totals.error_codes.get("name_required", 0) + n
+        if totals.rejected > run.partner.max_reject_ratio * totals.read:
+            raise TooManyRejects(rejected=totals.rejected, read=totals.read, max_ratio=run.partner.max_reject_ratio)
 
     def _reject(self, run: Run, progress: Progress, exc: FeedError) -> Outcome:
         """The file as a whole cannot be applied: nothing of it is, and a diagnostics line says why."""

@@ -18,11 +18,10 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
+from config.canonical import MERGED_COLUMNS as MERGED_COLUMNS
 from config.status import APPLIED, JobStatus
 
-# the canonical columns a merge writes, and the ledger's columns as a Job has them
-MERGED_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
-                  "category", "gtin", "url", "image_url", "attributes")
+# the ledger's columns as a Job has them (the columns a merge writes: config.canonical.MERGED_COLUMNS)
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
                "status, attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
                "finished_at, reported_at, delivered_at, reapplies")
@@ -150,6 +149,51 @@ class MergeCounts:
     unchanged: int
     deactivated: int
     stale: int = 0          # rows (and a snapshot's absent keys) left alone: a newer delivery set them
+    # (row, sku) of rows refused by the merge: the last row of a key the catalog does not hold,
+    # without a name (a product is created only with one)
+    unnamed: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The stored columns a file sets (``adapters.validation.carried_columns``): a merge writes
+    these alone and leaves the others as the catalog holds them. ``name`` is never cleared: a
+    row without one keeps the product's (and cannot create a product)."""
+    carried: frozenset[str] = frozenset(MERGED_COLUMNS)
+
+    @property
+    def every(self) -> bool:
+        """The file sets every stored column: its rows' hashes are those of whole products."""
+        return self.carried.issuperset(MERGED_COLUMNS)
+
+    @property
+    def written(self) -> tuple[str, ...]:
+        return tuple(c for c in MERGED_COLUMNS if c in self.carried)
+
+    @staticmethod
+    def value(column: str, new: str = "excluded") -> str:
+        """What an update of ``products`` writes into ``column`` from the row ``new``. A missing
+        name is inserted as '' (``insert_value``: NOT NULL is checked before ON CONFLICT turns
+        the insert into an update; a row without a name never creates a product), read here as
+        "keep the product's"."""
+        return f"coalesce(nullif({new}.name, ''), products.name)" if column == "name" else f"{new}.{column}"
+
+    @staticmethod
+    def insert_value(column: str, true: str) -> str:
+        """What an upsert's insert takes from the staged row: a new product without ``active``
+        is active (``true``, the store's literal)."""
+        return {"name": "coalesce(name, '')", "active": f"coalesce(active, {true})"}.get(column, column)
+
+    def assignments(self) -> str:
+        """The SET list of an upsert's update."""
+        return ", ".join(f"{c} = {self.value(c)}" for c in self.written)
+
+    def differs(self, null_safe_not_equal: str, new: str = "excluded") -> str:
+        """SQL: the row ``new`` would change the product (in the columns the file sets)."""
+        return " OR ".join(f"products.{c} {null_safe_not_equal} {self.value(c, new)}" for c in self.written)
+
+
+EVERY_COLUMN = Columns()        # a file that sets every stored column
 
 
 @dataclass(frozen=True)
@@ -163,7 +207,7 @@ class Load(Protocol):
     """One file being applied: stage batches, merge them, then commit rows + outcome together."""
 
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None: ...
-    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts: ...
+    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts: ...
     def commit(self, outcome: Outcome) -> None: ...
     def abort(self) -> None: ...
     def __enter__(self) -> Load: ...

@@ -43,10 +43,12 @@ from config.errors import (
 )
 from config.status import APPLIED, ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
 from storage.base import (
+    EVERY_COLUMN,
     JOB_COLUMNS,
     MERGED_COLUMNS,
     PRODUCT_DELIVERY,
     Claim,
+    Columns,
     Job,
     LedgerReads,
     MergeCounts,
@@ -354,6 +356,7 @@ class PostgresLoad:
         self._delivery = job.delivery          # this file's place in the partner's delivery order
         self._done = False
         self._rejected: list[pa.Table] = []
+        self._unnamed = 0                       # rows staged without a name (they cannot create a product)
         self._copy: ExitStack | None = None
         store._exec("BEGIN")
         try:
@@ -378,6 +381,7 @@ class PostgresLoad:
         for the whole file and a writer thread feeds it, so the server ingests a batch while the
         next one is read and judged."""
         if batch.num_rows:
+            self._unnamed += batch.column("name").null_count
             if self._copy is None:
                 self._copy = ExitStack()
                 cursor = self._copy.enter_context(self._s._conn.cursor())
@@ -409,7 +413,9 @@ class PostgresLoad:
             except psycopg.Error as exc:
                 raise _map_errors(exc) from exc
 
-    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
+    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts:
+        """Apply the staged rows: each kept key's last row sets the ``columns`` the file
+        carries (the others stay as the catalog holds them); a snapshot deactivates the rest."""
         now = utcnow()
         try:
             self._finish_copy()
@@ -417,13 +423,15 @@ class PostgresLoad:
             self._s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
             behind = self._behind()
             deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind)
-            staged, distinct, inserted, updated, stale = self._upsert(self._kept(), now, behind)
+            keep = self._kept()
+            unnamed = self._unnamed_rows(keep) if self._unnamed else ()
+            staged, distinct, inserted, updated, stale = self._upsert(keep, now, behind, columns)
             if deactivated:
                 self._deactivate(now)
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
-                               updated=updated, unchanged=distinct - inserted - updated - stale,
-                               deactivated=deactivated, stale=stale)
+                               updated=updated, unchanged=distinct - inserted - updated - stale - len(unnamed),
+                               deactivated=deactivated, stale=stale, unnamed=unnamed)
         except BaseException:
             self.abort()
             raise
@@ -464,32 +472,47 @@ class PostgresLoad:
         self._s._exec('CREATE INDEX ON seen (sku_key, "row")')
         return 'NOT EXISTS (SELECT 1 FROM seen r WHERE r.sku_key = l.sku_key AND r."row" > l.last_row)'
 
-    def _upsert(self, keep: str, now: str, behind: bool) -> tuple[int, int, int, int, int]:
+    def _unnamed_rows(self, keep: str) -> tuple[tuple[int, str], ...]:
+        """(row, sku) of kept keys whose last row has no name and that the catalog does not hold:
+        refused (``MergeCounts.unnamed``), as a product is never created without a name."""
+        last = ('SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, sku, name FROM stage'
+                ' WHERE sku_key IN (SELECT sku_key FROM stage WHERE name IS NULL) ORDER BY sku_key, "row" DESC')
+        return tuple(self._s._exec(
+            f"SELECT l.last_row, l.sku FROM ({last}) l WHERE {keep} AND l.name IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM products p WHERE p.partner_id = %s AND p.sku_key = l.sku_key) ORDER BY l.last_row",
+            (self.job.partner_id,)))
+
+    def _upsert(self, keep: str, now: str, behind: bool, columns: Columns) -> tuple[int, int, int, int, int]:
         """One statement: the last row per key (sorted once, in key order), the upsert of the kept
         ones skipping unchanged rows and products a later delivery set, and the counts: (rows
-        staged, keys kept, rows inserted, rows updated, rows left stale)."""
+        staged, keys kept, rows inserted, rows updated, rows left stale). Only the columns the
+        file carries are updated; a new product without ``active`` is active; a row without a
+        name only updates."""
         cols = ", ".join(MERGED_COLUMNS)
+        values = ", ".join(columns.insert_value(c, "true") for c in MERGED_COLUMNS)
         last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
                 ' ORDER BY sku_key, "row" DESC')
-        theirs = ", ".join(f"products.{c}" for c in MERGED_COLUMNS)
-        ours = ", ".join(f"excluded.{c}" for c in MERGED_COLUMNS)
+        named = (" AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = %s"
+                 " AND p.sku_key = l.sku_key))") if self._unnamed else ""
+        theirs = ", ".join(f"products.{c}" for c in columns.written)
+        ours = ", ".join(columns.value(c) for c in columns.written)
         # the statement's snapshot is from before the upsert: the rows it counts stale are the
         # differing ones whose product holds a later delivery, which the upsert leaves alone
         # (a subquery per row of the file, each an index lookup: a join would have the planner
         # scan the partner's catalog whenever its statistics lag behind its growth)
         stale = (f"(SELECT count(*) FROM last l WHERE {keep} AND (SELECT NOT {_NOT_LATER} AND ({theirs})"
-                 f" IS DISTINCT FROM ({', '.join(f'l.{c}' for c in MERGED_COLUMNS)}) FROM products"
+                 f" IS DISTINCT FROM ({', '.join(columns.value(c, 'l') for c in columns.written)}) FROM products"
                  " WHERE products.partner_id = %s AND products.sku_key = l.sku_key))") if behind else "0"
         return self._s._exec(
             f"WITH last AS MATERIALIZED ({last}),"
             f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-            f" SELECT %s, sku_key, {cols}, %s, %s FROM last l WHERE {keep}"
-            " ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in MERGED_COLUMNS + ("updated_at", "source_job_id"))
+            f" SELECT %s, sku_key, {values}, %s, %s FROM last l WHERE {keep}{named}"
+            f" ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
+            + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id"))
             + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
             f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
             f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh), {stale} FROM up",
-            (self.job.partner_id, now, self.job.id, self._delivery,
+            (self.job.partner_id, now, self.job.id, *((self.job.partner_id,) if named else ()), self._delivery,
              *((self._delivery, self.job.partner_id) if behind else ())))[0]
 
     def _deactivate(self, now: str) -> None:

@@ -38,14 +38,10 @@ from config.errors import (
 )
 from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
 from storage.base import (
-    JOB_COLUMNS as _JOB_COLUMNS,
-)
-from storage.base import (
-    MERGED_COLUMNS as _MERGED,
-)
-from storage.base import (
+    EVERY_COLUMN,
     PRODUCT_DELIVERY,
     Claim,
+    Columns,
     Job,
     LedgerReads,
     MergeCounts,
@@ -55,6 +51,12 @@ from storage.base import (
     holder_is_dead,
     new_job_id,
     utcnow,
+)
+from storage.base import (
+    JOB_COLUMNS as _JOB_COLUMNS,
+)
+from storage.base import (
+    MERGED_COLUMNS as _MERGED,
 )
 from storage.base import (
     job_from_row as _job,
@@ -394,6 +396,8 @@ class SqliteLoad:
         self._behind = False                   # a later delivery was merged before: guard each row
         self._staged_rows = 0
         self._unchanged_rows = 0
+        self._unnamed = 0                      # rows staged without a name (they cannot create a product)
+        self._columns = Columns()              # what the file sets, told by merge()
         self._pending: deque[Future] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._used: set[str] = set()              # temp tables written to, emptied at the end
@@ -450,6 +454,7 @@ class SqliteLoad:
                         keep = ~unchanged
                         batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
                 if batch.num_rows:
+                    self._unnamed += batch.column("name").null_count
                     staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes)], schema=_STAGE_SCHEMA)
                     self._append("stage", staged)
                     self._staged_rows += batch.num_rows
@@ -491,8 +496,11 @@ class SqliteLoad:
         self._existing = Existing.from_table(table.filter(pc.is_valid(table.column("sku_key"))), version)
         return self._existing
 
-    def merge(self, *, mode: str, max_deactivate_ratio: float) -> MergeCounts:
+    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts:
+        """Apply the staged rows: each kept key's last row sets the ``columns`` the file
+        carries (the others stay as the catalog holds them); a snapshot deactivates the rest."""
         now = utcnow()
+        self._columns = columns
         try:
             self._write_lock()
             existing = self._existing or self._read_existing()
@@ -507,17 +515,18 @@ class SqliteLoad:
                 # keys staged: counted by SQLite (sorting, in bounded memory; a hash table of
                 # millions of keys would not be); into an empty catalog every one is inserted or kept
                 staged_keys = self._s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
+            unnamed = self._unnamed_rows(keep) if self._unnamed else ()
             written, inserted = self._upsert(keep, now, newest) if self._staged_rows else (0, 0)
             if staged_keys is None:
-                staged_keys = written + not_kept
+                staged_keys = written + not_kept + len(unnamed)
             stale = self._stale(keep) if self._behind and self._staged_rows else 0
-            if staged_keys - not_kept - stale > written:
+            if staged_keys - not_kept - stale - len(unnamed) > written and columns.every:
                 self._refresh_hashes(keep)
             if absent:
                 self._deactivate(now)
             self._bump_version(inserted)
             return self._counts(existing, staged_keys=staged_keys, blocked=blocked, written=written,
-                                inserted=inserted, deactivated=absent, stale=stale)
+                                inserted=inserted, deactivated=absent, stale=stale, unnamed=unnamed)
         except adbc_driver_manager.Error as exc:
             self._s._reset_cursor()
             self.abort()
@@ -582,19 +591,35 @@ class SqliteLoad:
                                           f" FROM ({_LAST_STAGED}) l")[0]
         return keep, not_kept, blocked
 
+    def _unnamed_rows(self, keep: str) -> tuple[tuple[int, str], ...]:
+        """(row, sku) of kept keys whose last row has no name and that the catalog does not hold:
+        refused (``MergeCounts.unnamed``), as a product is never created without a name."""
+        return tuple(self._s._exec(
+            f"SELECT l.last_row, l.sku FROM ({_LAST_STAGED}) l WHERE {keep} AND l.name IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key) ORDER BY l.last_row",
+            (self.job.partner_id,)))
+
     def _upsert(self, keep: str, now: str, newest: int) -> tuple[int, int]:
         """The last staged row of each kept key into ``products``, skipping rows equal to what it
-        holds: (rows written, of them inserted). ``newest``: the largest rowid before."""
-        s = self._s
+        holds: (rows written, of them inserted). ``newest``: the largest rowid before. Only the
+        columns the file carries are updated; a new product without ``active`` is active. The
+        stored hash is the row's when the row is the whole product, else NULL (compared in SQL
+        next time)."""
+        s, columns = self._s, self._columns
         cols = ", ".join(_MERGED)
-        changed = " OR ".join(f"products.{c} IS NOT excluded.{c}" for c in _MERGED)
+        values = ", ".join(columns.insert_value(c, "1") for c in _MERGED)
+        row_hash = "row_hash" if columns.every else "NULL"
+        named = ""
+        if self._unnamed:
+            named = " AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key))"
+            row_hash = f"CASE WHEN name IS NULL THEN NULL ELSE {row_hash} END"
         s._exec(
             f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
-            f" SELECT ?, sku_key, {cols}, row_hash, ?, ? FROM ({_LAST_STAGED}) l"
-            f" WHERE {keep} ON CONFLICT (partner_id, sku_key) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in _MERGED + ("row_hash", "updated_at", "source_job_id"))
-            + f" WHERE ({changed}){self._guard}",
-            (self.job.partner_id, now, self.job.id, *self._guard_params))
+            f" SELECT ?, sku_key, {values}, {row_hash}, ?, ? FROM ({_LAST_STAGED}) l"
+            f" WHERE {keep}{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
+            + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "updated_at", "source_job_id"))
+            + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
+            (self.job.partner_id, now, self.job.id, *((self.job.partner_id,) if named else ()), *self._guard_params))
         # rows are inserted with rowids past the largest one before (products are never deleted)
         written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
                                     (newest,))[0]
@@ -605,14 +630,14 @@ class SqliteLoad:
         set that product (counted after the upsert, which wrote every other differing row)."""
         return self._s._one(f"SELECT count(*) FROM ({_LAST_STAGED}) l JOIN products ON products.partner_id = ?"
                             f" AND products.sku_key = l.sku_key WHERE {keep} AND NOT {_NOT_LATER}"
-                            " AND products.row_hash IS NOT l.row_hash", (self.job.partner_id, self._delivery))
+                            f" AND ({self._columns.differs('IS NOT', 'l')})", (self.job.partner_id, self._delivery))
 
     def _refresh_hashes(self, keep: str) -> None:
         """For kept keys staged as different but equal after all (a hash of an older daemon, or
         none): the values stand, only the stored hash is brought up to date (never on a product
         a later delivery set: its hash is that delivery's)."""
         self._s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({_LAST_STAGED}) l WHERE {keep}"
-                      " AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                      " AND l.name IS NOT NULL AND products.partner_id = ? AND products.sku_key = l.sku_key"
                       f" AND products.row_hash IS NOT l.row_hash{self._guard}",
                       (self.job.partner_id, *self._guard_params))
 
@@ -641,7 +666,7 @@ class SqliteLoad:
                       (self.job.partner_id, inserted, self._delivery))
 
     def _counts(self, existing: Existing, *, staged_keys: int, blocked: int, written: int, inserted: int,
-                deactivated: int, stale: int) -> MergeCounts:
+                deactivated: int, stale: int, unnamed: tuple[tuple[int, str], ...]) -> MergeCounts:
         """Every row of the file is counted once. The file's keys are those staged plus those with
         a row equal to the catalog, less the keys that had both; each key's last row is
         inserted, updated or unchanged, unless it is blocked (a rejected row came after it), and
@@ -651,8 +676,9 @@ class SqliteLoad:
         blocked += blocked_unstaged
         staged = self._staged_rows + self._unchanged_rows
         return MergeCounts(staged=staged, superseded=staged - distinct + blocked, inserted=inserted,
-                           updated=written - inserted, unchanged=distinct - blocked - written - stale,
-                           deactivated=deactivated, stale=stale)
+                           updated=written - inserted,
+                           unchanged=distinct - blocked - written - stale - len(unnamed),
+                           deactivated=deactivated, stale=stale, unnamed=unnamed)
 
     def _absent(self, existing: Existing) -> tuple[pa.Array, int]:
         """(active keys of the partner the file has no row of, active keys). From the hashes

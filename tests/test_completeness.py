@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, build_config
-from config.errors import SourceChanged
+from config.errors import SourceChanged, SourceGone, Transient
 from inbox_daemon.inboxes.local import LocalInbox, _proc_writers, writers_holding
 from tests.conftest import ledger, products
 from tests.daemon_harness import config, manifests, wait_for, wait_manifests
@@ -244,6 +244,16 @@ def test_verify_unchanged_refuses_an_append_in_place_not_a_file_renamed_over_it(
 
 
 # == marker mode ===================================================================================
+
+def test_a_file_gone_before_it_is_read_is_no_fault_of_the_inbox(local_inbox, tmp_path):
+    """Deleted by the partner, or taken in and archived by another look at it (a retry and a
+    rescan of one file under load): nothing to read, nothing to retry, nothing for /healthz."""
+    drop = _ready(local_inbox, "feed.csv", HEADER + _rows(0, 10))
+    (local_inbox.root / "feed.csv").unlink()
+    with pytest.raises(SourceGone) as info:
+        local_inbox.fetch(drop, tmp_path / "spool")
+    assert not isinstance(info.value, Transient)             # the journey ends it quietly (file.gone)
+
 
 def test_ready_marker_must_be_true_or_false():
     with pytest.raises(ConfigError) as info:

@@ -171,7 +171,7 @@ def test_xlsx_named_sheet_and_row_numbers_in_diagnostics(workdir, ingest):
     code, manifest = ingest(workdir / "feed.xlsx", "--partner", "p", "--config", _config(workdir, sheet="Catalog"))
 
     [line] = read_diagnostics(manifest, workdir)
-    assert (line["row"], line["sku"], line["column"], line["code"]) == ("4", "B-2", "name", "missing_value")
+    assert (line["row"], line["sku"], line["column"], line["code"]) == ("4", "B-2", "name", "name_required")
     assert len(products(workdir, "p")) == 31
 
 

@@ -133,8 +133,8 @@ def test_partial_file_lands_good_rows_and_names_each_bad_one(workdir, ingest):
     rows = [[f"OK{i}", "fine", "1.00", "1"] for i in range(40)]
     rows[4] = ["BAD1", "", "1.00", "1"]          # row 6: name missing
     rows[9] = ["BAD2", "x", "cheap", "1"]        # row 11: price unparseable
-    rows[19] = ["BAD3", "x", "1.00", "-2"]       # row 21: negative stock
-    rows[29] = ["WARN", "x", "1.00", "1"]
+    rows[19] = ["BAD3", "x", "1.00", "1.5"]      # row 21: stock not a whole number
+    rows[29] = ["WARN", "x", "1.00", "-2"]       # row 31: negative stock lands as 0, with a warning
     path = write_csv(workdir / "partial.csv", ["sku", "name", "price", "stock"], rows)
     (workdir / "partners.toml").write_text('[[partners]]\nid = "default"\nmax_reject_ratio = 0.1\n')
 
@@ -142,14 +142,18 @@ def test_partial_file_lands_good_rows_and_names_each_bad_one(workdir, ingest):
 
     assert code == 0 and manifest["status"] == "partial"
     assert manifest["rows"]["rejected"] == 3 and manifest["rows"]["inserted"] == 37
-    assert manifest["errors"] == {"invalid_price": 1, "missing_value": 1, "negative_stock": 1}
+    assert manifest["rows"]["warnings"] == 1
+    assert manifest["errors"] == {"invalid_price": 1, "invalid_stock": 1, "name_required": 1}
     lines = read_diagnostics(manifest, workdir)
+    # lines of rows the merge refused (a new product without a name) come after the judged rows'
     assert [(d["row"], d["sku"], d["severity"], d["column"], d["code"], d["value"]) for d in lines] == [
-        ("6", "BAD1", "error", "name", "missing_value", ""),
         ("11", "BAD2", "error", "price", "invalid_price", "cheap"),
-        ("21", "BAD3", "error", "stock", "negative_stock", "'-2"),   # spreadsheet-safe
+        ("21", "BAD3", "error", "stock", "invalid_stock", "1.5"),
+        ("31", "WARN", "warning", "stock", "negative_stock", "'-2"),   # spreadsheet-safe
+        ("6", "BAD1", "error", "name", "name_required", ""),
     ]
     assert not {"bad1", "bad2", "bad3"} & set(products(workdir))
+    assert products(workdir)["warn"]["stock"] == 0
 
 
 def test_gtin_with_wrong_check_digit_is_a_warning_and_the_row_lands(workdir, ingest):

@@ -209,4 +209,4 @@ def test_contract_shows_the_effective_mapping(workdir, cli):
     assert mapping["columns"]["name"][:2] == ["name-de_DE", "name"]
     assert mapping["columns"]["price"][0] == "price-EUR"
     assert mapping["columns"]["brand"] == ["marke"] and mapping["overrides"] == {"brand": "marke"}
-    assert contract["required"] == ["sku", "name-de_DE"]
+    assert contract["required"] == ["sku"]           # name-de_DE: only to create products

@@ -219,16 +219,18 @@ def test_urls_without_a_password_are_unchanged(url):
 
 # -- contract ------------------------------------------------------------------------------------
 
-def test_shopify_contract_requires_its_sku_and_title_columns():
+def test_shopify_contract_requires_its_sku_column_and_says_a_title_creates_a_product():
     schema = contract(PartnerConfig(id="p", preset="shopify"))
-    assert schema["required"] == ["Variant SKU", "Title"]
+    assert schema["required"] == ["Variant SKU"]
+    assert "create a product" in schema["properties"]["Title"]["description"]
+    assert "sets only the columns it has" in schema["description"]
     assert {"Variant SKU", "Title", "Variant Price", "Variant Barcode"} <= set(schema["properties"])
     assert "sku" not in schema["properties"] and "name" not in schema["properties"]
 
 
 def test_partner_columns_name_the_contract_properties():
     schema = contract(PartnerConfig(id="p", preset="shopify", columns={"sku": "Item No"}))
-    assert schema["required"] == ["Item No", "Title"]
+    assert schema["required"] == ["Item No"]
     assert "Item No" in schema["properties"]
 
 
@@ -252,7 +254,8 @@ def test_contract_example_meets_its_own_schema(partner):
 
 def test_contract_patterns_refuse_what_validation_refuses():
     props = contract(PartnerConfig(id="p"))["properties"]
-    assert not re.search(props["stock"]["pattern"], "-1")
+    assert not re.search(props["stock"]["pattern"], "1.5")
+    assert re.search(props["stock"]["pattern"], "-1")          # accepted: stored as 0, with a warning
     assert not re.search(props["currency"]["pattern"], "EURO")
     assert not re.search(props["active"]["pattern"], "maybe")
     assert not re.search(props["price"]["pattern"], "abc")

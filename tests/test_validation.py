@@ -14,7 +14,7 @@ import pytest
 
 from adapters.mapping import resolve_columns
 from adapters.readers import Block
-from adapters.validation import DIAGNOSTICS_SCHEMA, MAX_VALUE_SHOWN, Judged, judge
+from adapters.validation import DIAGNOSTICS_SCHEMA, MAX_VALUE_SHOWN, Judged, carried_columns, judge
 from config.canonical import CANONICAL_SCHEMA, MAX_LENGTH
 from config.errors import MissingColumn
 from config.model import PartnerConfig
@@ -198,12 +198,21 @@ def test_stock_is_a_whole_number(text, stock):
     assert landed(one(stock=text))["stock"] == stock
 
 
-@pytest.mark.parametrize("text, code", [("-1", "negative_stock"), ("1.5", "invalid_stock"),
-                                        ("abc", "invalid_stock"), ("1e3", "invalid_stock")])
+@pytest.mark.parametrize("text, code", [("1.5", "invalid_stock"), ("abc", "invalid_stock"), ("1e3", "invalid_stock")])
 def test_bad_stock_is_rejected(text, code):
     result = one(stock=text)
     assert result.valid.num_rows == 0
     assert codes(result) == [(code, "error")]
+
+
+@pytest.mark.parametrize("text", ["-1", "-2", " -15 "])
+def test_negative_stock_lands_as_zero_with_a_warning_keeping_what_was_sent(text):
+    """An oversold variant (Shopify's "continue" policy, WooCommerce backorders) is out of stock,
+    not a broken row."""
+    result = one(stock=text)
+    assert landed(result)["stock"] == 0
+    [line] = result.diagnostics.to_pylist()
+    assert (line["code"], line["severity"], line["value"]) == ("negative_stock", "warning", text.strip())
 
 
 # -- active --------------------------------------------------------------------------------------
@@ -216,8 +225,12 @@ def test_active_booleans_are_mapped_case_insensitively(text, active):
     assert landed(one(active=text))["active"] == active
 
 
-def test_absent_active_column_means_active():
-    assert landed(one())["active"] == 1
+def test_absent_active_column_is_left_to_the_merge():
+    """No column: NULL in the batch and not among the columns the file sets (a new product is
+    then active, an existing one keeps its state: see test_partial_files)."""
+    result = one()
+    assert landed(result)["active"] is None
+    assert "active" not in carried_columns(resolve_columns(["sku", "name"], PARTNER))
 
 
 def test_empty_active_cell_means_active():
@@ -289,11 +302,11 @@ def test_missing_or_blank_sku_is_a_missing_value(sku):
 
 
 @pytest.mark.parametrize("name", [None, "", "  "])
-def test_missing_or_blank_name_is_a_missing_value(name):
+def test_missing_or_blank_name_is_left_to_the_merge(name):
+    """A row without a name updates an existing product; the merge refuses it for a new one."""
     result = judged({"sku": ["OK", "NoName"], "name": ["n", name]})
-    assert [(d["row"], d["sku"], d["column"], d["code"]) for d in result.diagnostics.to_pylist()] == [
-        (3, "NoName", "name", "missing_value")]
-    assert result.rejected_keys.column("sku_key").to_pylist() == ["noname"]
+    assert result.diagnostics.num_rows == 0
+    assert result.valid.column("name").to_pylist() == ["n", None]
 
 
 def test_sku_and_name_are_trimmed_and_sku_key_is_lower_cased():
@@ -355,7 +368,6 @@ def test_diagnostics_rows_are_numbered_from_first_row_and_sorted():
     lines = _messy_shopify_file().diagnostics.to_pylist()
     assert [line["row"] for line in lines] == sorted(line["row"] for line in lines)
     assert {(line["row"], line["sku"], line["code"]) for line in lines} == {
-        (3, "NoName", "missing_value"),
         (4, "BadStock", "invalid_stock"),
         (5, "BadPrice", "invalid_price"),
         (6, "Both", "negative_price"),
@@ -366,7 +378,6 @@ def test_diagnostics_rows_are_numbered_from_first_row_and_sorted():
 
 def test_diagnostics_name_the_partners_own_column():
     by_code = {(d["sku"], d["code"]): d for d in _messy_shopify_file().diagnostics.to_pylist()}
-    assert by_code[("NoName", "missing_value")]["column"] == "Title"
     assert by_code[("BadPrice", "invalid_price")]["column"] == "Variant Price"
     assert by_code[("BadStock", "invalid_stock")]["column"] == "Variant Inventory Qty"
     assert by_code[("Warn", "invalid_gtin")]["column"] == "Variant Barcode"
@@ -384,23 +395,22 @@ def test_diagnostics_line_carries_severity_message_and_the_value_as_written():
 def test_counts_add_up_and_error_codes_count_each_code():
     result = _messy_shopify_file()
     assert result.read == 6
-    assert result.rejected == 4                   # NoName, BadStock, BadPrice, Both
+    assert result.rejected == 3                   # BadStock, BadPrice, Both (NoName: the merge decides)
     assert result.read == result.valid.num_rows + result.rejected
     assert result.warned == 1
-    assert result.error_codes == {"missing_value": 1, "invalid_stock": 2, "invalid_price": 1,
-                                  "negative_price": 1}
-    assert sorted(result.rejected_keys.column("sku_key").to_pylist()) == ["badprice", "badstock", "both", "noname"]
-    assert result.valid.column("sku").to_pylist() == ["OK-1", "Warn"]
+    assert result.error_codes == {"invalid_stock": 2, "invalid_price": 1, "negative_price": 1}
+    assert sorted(result.rejected_keys.column("sku_key").to_pylist()) == ["badprice", "badstock", "both"]
+    assert result.valid.column("sku").to_pylist() == ["OK-1", "NoName", "Warn"]
 
 
 def test_valid_rows_have_the_canonical_schema_and_keep_their_row_numbers():
     result = _messy_shopify_file()
     assert result.valid.schema == CANONICAL_SCHEMA
-    assert result.valid.column("row").to_pylist() == [2, 7]
+    assert result.valid.column("row").to_pylist() == [2, 3, 7]
 
 
 def test_row_numbers_follow_first_row_of_a_later_block():
-    result = judged({"sku": ["A", "B", "C"], "name": ["n", "", "n"]}, first_row=1001)
+    result = judged({"sku": ["A", "", "C"], "name": ["n", "n", "n"]}, first_row=1001)
     assert result.diagnostics.column("row").to_pylist() == [1002]
     assert result.valid.column("row").to_pylist() == [1001, 1003]
 
@@ -458,11 +468,11 @@ def test_canonical_names_match_case_insensitively():
 
 @pytest.mark.parametrize("partner, names, canonical, expected", [
     (PARTNER, ["name", "price"], "sku", "sku"),
-    (PARTNER, ["sku", "price"], "name", "name"),
     (SHOPIFY, ["Title", "Variant Price"], "sku", "Variant SKU"),
-    (PartnerConfig(id="p", columns={"name": "Bezeichnung"}), ["sku", "name"], "name", "Bezeichnung"),
+    (PartnerConfig(id="p", columns={"sku": "Artikel"}), ["sku", "name"], "sku", "Artikel"),
 ])
 def test_missing_required_column_names_what_was_expected_and_found(partner, names, canonical, expected):
+    """Only the sku column is required: a file sets the columns it has (see carried_columns)."""
     with pytest.raises(MissingColumn) as info:
         resolve_columns(names, partner)
     assert info.value.canonical == canonical
@@ -535,7 +545,7 @@ def test_attributes_keep_column_order_and_every_unmapped_column():
 def test_rejected_keys_are_the_lower_cased_skus_of_rejected_rows():
     result = judged({"sku": ["Good", "BAD-Stock", "Bad-Price", "", "Warn-Only"],
                      "name": ["n"] * 5,
-                     "stock": ["1", "-1", "1", "1", "1"],
+                     "stock": ["1", "x", "1", "1", "1"],
                      "price": ["1", "1", "x", "1", "1"],
                      "gtin": ["", "", "", "", "123"]})
     assert sorted(result.rejected_keys.column("sku_key").to_pylist()) == ["bad-price", "bad-stock"]
@@ -547,3 +557,39 @@ def test_empty_block_judges_to_no_rows_and_no_diagnostics():
     assert (result.read, result.rejected, result.warned, result.error_codes) == (0, 0, 0, {})
     assert result.valid.num_rows == 0 and result.valid.schema == CANONICAL_SCHEMA
     assert result.diagnostics.num_rows == 0
+
+
+@pytest.mark.parametrize("names, carried", [
+    (["sku", "stock"], {"sku", "stock"}),
+    (["sku", "price"], {"sku", "price_cents", "currency"}),
+    (["sku", "availability"], {"sku", "stock"}),
+    (["sku", "product_online"], {"sku", "attributes"}),
+    (["sku", "name", "price", "currency", "stock", "active", "description", "brand", "category", "gtin", "url",
+      "image_url", "color"], set(CANONICAL_SCHEMA.names) - {"row", "sku_key"}),
+])
+def test_a_file_carries_the_stored_columns_its_header_feeds(names, carried):
+    assert carried_columns(resolve_columns(names, PARTNER)) == carried
+
+
+# -- spreadsheet guards --------------------------------------------------------------------------
+
+GUARDED = PartnerConfig(id="g", apostrophe_guard=True)
+
+
+def test_an_apostrophe_guard_is_removed_before_judging_when_the_partner_says_so():
+    """Shopify exports barcodes as '7350177880121, WooCommerce writes '-1 and '-3: the apostrophe
+    keeps a spreadsheet from turning the value into a number; the platform's importer drops it."""
+    result = judged({"sku": ["'00123", "B"], "name": ["'90s Jacket", "=cmd"], "gtin": ["'7350177880121", ""],
+                     "stock": ["'-3", "'12"], "price": ["'1,299.50", "'=1+1"]}, GUARDED)
+    rows = result.valid.to_pylist()
+    assert [(r["sku"], r["name"], r["gtin"], r["stock"]) for r in rows] == [
+        ("00123", "'90s Jacket", "7350177880121", 0)]
+    assert rows[0]["price_cents"] == 129950
+    assert [(d["sku"], d["code"]) for d in result.diagnostics.to_pylist()] == [
+        ("00123", "negative_stock"), ("B", "invalid_price")]       # '=1+1 is unguarded to =1+1: no price
+
+
+def test_without_the_switch_an_apostrophe_is_part_of_the_value():
+    result = judged({"sku": ["A"], "name": ["n"], "gtin": ["'7350177880121"]})
+    assert landed(result)["gtin"] is None
+    assert codes(result) == [("invalid_gtin", "warning")]

@@ -54,7 +54,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from adapters.readers import detect_format, split_name
-from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged, UnknownFormat
+from config.errors import InboxMisconfigured, SourceChanged, SourceGone, UnknownFormat
 from config.model import LocalInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop, delivery_time
@@ -405,7 +405,7 @@ class LocalInbox:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError as exc:
-            raise InboxUnavailable(f"{drop.key} disappeared before it could be read") from exc
+            raise SourceGone(f"{drop.key} disappeared before it could be read") from exc
         except OSError as exc:           # ELOOP: it became a symlink
             raise InboxMisconfigured(f"{drop.key} is not a regular file any more; not read ({exc})") from exc
         with os.fdopen(fd, "rb") as fh:
