@@ -1,11 +1,20 @@
 """Row models: platforms whose export spreads one product over several rows.
 
 A shaper turns the blocks of one file, in order, into blocks of one catalog row each, before
-mapping and validation. It keeps only what the next block needs (the product row the next
-variants inherit from, the parents seen so far), so memory does not grow with the rows.
-Everything is whole-column Arrow work: heads and parents are found with masks, inherited
-values are ``take``n by index and ``coalesce``d into the empty cells.
+mapping and validation. It keeps only what the next blocks need (the product row the next
+variants inherit from, the parents seen so far, the few variations still waiting for theirs),
+so memory does not grow with the rows. Everything is whole-column Arrow work: heads and parents
+are found with masks, inherited values are ``take``n by index and ``coalesce``d into the empty
+cells. ``shaped(blocks)`` is the whole of it for a caller: every block shaped, then what
+``finish`` releases at the end; ``notes`` holds the warnings (``DIAGNOSTICS_SCHEMA``) about
+the block last returned, and ``with_notes`` merges them into that block's judgement.
 
+- Every model: a row with a value in any ``skip_when_set`` column is no catalog row of its own;
+  it is skipped and counted (``skipped``, the manifest's ``rows.skipped``). Magento's export
+  follows each product's global row (``store_view_code`` empty) with one row per store view that
+  carries only that view's overrides (often just the name), every other cell empty: such a row
+  must never replace the product. Skipping them was chosen over keeping their overrides as
+  per-store-view attributes: the catalog holds one row per SKU and knows no store views.
 - ``GroupShaper`` (Shopify): consecutive rows with the same ``group`` value (``Handle``) are one
   product. The first row carries the product's fields; the others inherit ``inherit`` columns
   where their own cell is empty. A later row whose ``variant`` columns are all empty (an image
@@ -13,11 +22,21 @@ values are ``take``n by index and ``coalesce``d into the empty cells.
   ``<Handle>/<option values joined by "/">``, or ``<Handle>`` alone when the only option value is
   ``key_default`` ("Default Title"): stable across exports, since it depends on no row position.
 - ``ParentShaper`` (WooCommerce): a row naming a ``parent`` (a SKU, or ``id:<ID>``) inherits the
-  ``inherit`` columns where empty from that parent, if the parent came earlier in the file
-  (the last such definition of it).
+  ``inherit`` columns where empty from that parent, wherever the parent is in the file (an export
+  sorted newest first lists variations before their parent): the parent's definition closest
+  above the row, else the first one below it. A variation whose parent has not come yet is held
+  back and released, inherited, in the block where its parent comes. Held rows are bounded:
+  beyond ``max_held`` the oldest are released as they are, and so is a held row as soon as a
+  later row of the same SKU is released (the store keeps a SKU's last row *in staging order*, so
+  rows of one SKU must reach it in file order); what is still held at the end of the file
+  (``finish``) has a parent the file does not have. Each row released without its parent gets a
+  warning naming the row, its SKU, the parent and the columns it did not inherit.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +44,11 @@ import pyarrow.compute as pc
 
 from adapters.presets import RowModel
 from adapters.readers import Block
+from adapters.validation import DIAGNOSTICS_SCHEMA, WARNING, Judged
 
 _NULL = pa.scalar(None, pa.string())
+_NO_NOTES = DIAGNOSTICS_SCHEMA.empty_table()
+MAX_HELD = 10_000           # rows a ParentShaper holds back at most when its model does not say
 
 
 def _present(batch: pa.RecordBatch, names) -> list[str]:
@@ -43,32 +65,158 @@ def _replace_columns(batch: pa.RecordBatch, new: dict[str, pa.Array]) -> pa.Reco
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
+def _filtered(block: Block, keep: pa.Array) -> Block:
+    """The rows of ``block`` where ``keep``, each with its own row number and bad cells."""
+    return Block(block.batch.filter(keep), block.first_row, block.row_numbers().filter(keep),
+                 tuple((c, m.filter(keep)) for c, m in block.bad_cells), block.encoding)
+
+
+def _concat(blocks: list[Block]) -> Block:
+    """Blocks one after the other as one; a column some lack is null there (all text, as read)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    names = list(dict.fromkeys(n for b in blocks for n in b.batch.schema.names))
+    arrays = []
+    for name in names:
+        parts = [b.batch.column(name) if name in b.batch.schema.names else pa.nulls(b.batch.num_rows, pa.string())
+                 for b in blocks]
+        if len({p.type for p in parts}) > 1:
+            parts = [p.cast(pa.string()) for p in parts]
+        arrays.append(pa.concat_arrays(parts))
+    bad = dict.fromkeys(c for b in blocks for c, _ in b.bad_cells)
+    bad_cells = tuple((c, pa.concat_arrays([dict(b.bad_cells).get(c, pa.array(np.zeros(b.batch.num_rows, dtype=bool)))
+                                            for b in blocks])) for c in bad)
+    last = blocks[-1]
+    return Block(pa.RecordBatch.from_arrays(arrays, names=names), last.first_row,
+                 pa.concat_arrays([b.row_numbers() for b in blocks]), bad_cells, last.encoding)
+
+
+def _sku_keys(values: pa.Array) -> pa.Array:
+    """As the store compares SKUs (``sku_key``): trimmed, NFC, lower case; empty is null."""
+    return pc.utf8_lower(pc.utf8_normalize(pc.utf8_trim_whitespace(_blank_to_null(values)), "NFC"))
+
+
+def _kinds(batch: pa.RecordBatch, column: str | None) -> pa.Array | None:
+    """A type column's first word, lower case: WooCommerce writes "variation, virtual"."""
+    if not column or column not in batch.schema.names:
+        return None
+    return pc.utf8_lower(pc.utf8_trim_whitespace(pc.replace_substring_regex(batch.column(column), r",.*$", "")))
+
+
+def _nearest(def_ref: pa.Array, def_seq: np.ndarray, ref: pa.Array, seq: np.ndarray) -> pa.Array:
+    """For each (``ref``, ``seq``): the index of the definition of ``ref`` closest above ``seq``,
+    else the first one below it, else null. Definitions and requests are sorted together by
+    (ref, seq); a running maximum of the definitions' positions finds each request's nearest
+    definition above, a running minimum from the end the nearest below."""
+    out = np.full(len(ref), -1, dtype=np.int64)
+    asking = np.asarray(pc.is_valid(ref).to_numpy(zero_copy_only=False), dtype=bool)
+    n_def = len(def_ref)
+    if n_def and asking.any():
+        asked_at = np.nonzero(asking)[0]
+        refs = pa.concat_arrays([def_ref, ref.filter(pa.array(asking))])
+        order = pc.sort_indices(pa.table({"ref": refs, "seq": np.concatenate([def_seq, seq[asking]])}),
+                                sort_keys=[("ref", "ascending"), ("seq", "ascending")]).to_numpy()
+        sorted_refs = refs.take(pa.array(order))
+        is_def = order < n_def                          # else a request, number ``order - n_def``
+        at = np.arange(len(order))
+        above = np.maximum.accumulate(np.where(is_def, at, -1))
+        below = np.minimum.accumulate(np.where(is_def, at, len(order))[::-1])[::-1]
+
+        def same_ref(where: np.ndarray, ok: np.ndarray) -> np.ndarray:
+            there = sorted_refs.take(pa.array(np.clip(where, 0, len(order) - 1)))
+            return ok & np.asarray(pc.fill_null(pc.equal(there, sorted_refs), False).to_numpy(zero_copy_only=False))
+        above_ok = same_ref(above, above >= 0)
+        below_ok = same_ref(below, below < len(order))
+        chosen = np.where(above_ok, above, np.where(below_ok, below, -1))
+        found = np.where(chosen >= 0, order[np.clip(chosen, 0, None)], -1)
+        requests = ~is_def
+        out[asked_at[order[requests] - n_def]] = found[requests]
+    return pa.array(out, mask=out < 0)
+
+
+def with_notes(judged: Judged, notes: pa.Table) -> Judged:
+    """``judged`` with a shaper's ``notes`` about the same block merged into its diagnostics (in
+    row order) and counted in ``warned``, which counts rows: a row warned twice counts once."""
+    if not notes.num_rows:
+        return judged
+    diagnostics = judged.diagnostics
+    warned = diagnostics.filter(pc.equal(diagnostics.column("severity"), WARNING)).column("row").combine_chunks()
+    fresh = pc.sum(pc.invert(pc.is_in(pc.unique(notes.column("row").combine_chunks()), value_set=warned))).as_py() or 0
+    merged = pa.concat_tables([diagnostics, notes.cast(DIAGNOSTICS_SCHEMA)])
+    merged = merged.take(pc.sort_indices(merged, sort_keys=[("row", "ascending")]))     # a stable sort
+    return dataclasses.replace(judged, diagnostics=merged, warned=judged.warned + fresh)
+
+
 class Shaper:
     """The identity shaper, and the base of the others: ``skipped`` counts rows dropped as no
-    catalog row of their own."""
+    catalog row of their own; ``notes`` are the warnings about the block last returned."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: RowModel | None = None, *, sku: tuple[str, ...] = ()) -> None:
+        self.model = model
         self.skipped = 0
+        self.notes: pa.Table = _NO_NOTES
+        # the columns that may hold the catalog key, the partner's first (as mapping tries them)
+        self._sku_candidates = tuple(sku) + ((model.key,) if model and model.key else ())
+
+    def shaped(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        """Every block shaped, then what ``finish`` releases; read ``notes`` after each one."""
+        source = iter(blocks)
+        try:
+            for block in source:
+                yield self.shape(block)
+            rest = self.finish()
+            if rest is not None:
+                yield rest
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()             # a reader stopped early closes its file now, not when collected
 
     def shape(self, block: Block) -> Block:
+        self.notes = _NO_NOTES
+        return self._shape(self._unscoped(block))
+
+    def finish(self) -> Block | None:
+        """The rows still held back once the last block is shaped, if any."""
+        self.notes = _NO_NOTES
+        return None
+
+    def _shape(self, block: Block) -> Block:
         return block
+
+    def _unscoped(self, block: Block) -> Block:
+        """Without the rows that have a value in a ``skip_when_set`` column (counted)."""
+        m, batch = self.model, block.batch
+        names = _present(batch, m.skip_when_set) if m is not None and batch.num_rows else []
+        if not names:
+            return block
+        keep = pc.is_null(_blank_to_null(batch.column(names[0])))
+        for name in names[1:]:
+            keep = pc.and_(keep, pc.is_null(_blank_to_null(batch.column(name))))
+        return self._keep(block, batch, keep)
 
     def _keep(self, block: Block, batch: pa.RecordBatch, keep: pa.Array) -> Block:
         dropped = len(keep) - (pc.sum(keep).as_py() or 0)
         if not dropped:
             return Block(batch, block.first_row, block.rows, block.bad_cells, block.encoding)
         self.skipped += dropped
-        return Block(batch.filter(keep), block.first_row, block.row_numbers().filter(keep),
-                     tuple((c, m.filter(keep)) for c, m in block.bad_cells), block.encoding)
+        return _filtered(Block(batch, block.first_row, block.rows, block.bad_cells, block.encoding), keep)
+
+    def _sku_column(self, batch: pa.RecordBatch) -> str | None:
+        by_lower = {n.lower(): n for n in reversed(batch.schema.names)}
+        for name in self._sku_candidates:
+            if name in batch.schema.names or name.lower() in by_lower:
+                return name if name in batch.schema.names else by_lower[name.lower()]
+        return None
 
 
 class GroupShaper(Shaper):
-    def __init__(self, model: RowModel):
-        super().__init__()
-        self.model = model
+    def __init__(self, model: RowModel, *, sku: tuple[str, ...] = ()):
+        super().__init__(model, sku=sku)
+        self.model: RowModel = model
         self._carry: dict[str, pa.Array] | None = None     # the last product row seen, one row each
 
-    def shape(self, block: Block) -> Block:
+    def _shape(self, block: Block) -> Block:
         m, batch = self.model, block.batch
         by = m.group            # the group column; a model without one shapes nothing
         if by is None or by not in batch.schema.names or batch.num_rows == 0:
@@ -116,64 +264,161 @@ class GroupShaper(Shaper):
         return pc.if_else(pc.is_null(group), _NULL, key)
 
 
+# the diagnostics' ``code`` of a row released without its parent: the file has no such parent
+# (known at its end), or the row could wait no longer (held rows bounded, a later row of its SKU)
+_NOT_FOUND = "parent_not_found"
+_TOO_LATE = "parent_not_inherited"
+
+
 class ParentShaper(Shaper):
-    def __init__(self, model: RowModel):
-        super().__init__()
-        self.model = model
-        self._parents: pa.Table | None = None        # ref, then the inherited columns
+    def __init__(self, model: RowModel, *, sku: tuple[str, ...] = ()):
+        super().__init__(model, sku=sku)
+        self.model: RowModel = model
+        self.max_held = MAX_HELD if model.max_held is None else model.max_held
+        self._parents: pa.Table | None = None       # ref, seq, the inherited columns: each parent's last definition
+        self._held: Block | None = None              # variations waiting for their parent, in file order
+        self._held_seq = np.empty(0, dtype=np.int64)
+        self._seq = 0                                # rows seen so far: the position in the file of the next one
 
-    def shape(self, block: Block) -> Block:
-        m, batch = self.model, block.batch
-        if m.parent not in batch.schema.names or batch.num_rows == 0:
+    def _shape(self, block: Block) -> Block:
+        m, n = self.model, block.batch.num_rows
+        seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
+        self._seq += n
+        if self._held is None and (n == 0 or m.parent not in block.batch.schema.names):
             return block
-        inherit = _present(batch, m.inherit)
-        rows = block.row_numbers()
-        self._remember_parents(batch, inherit, rows)
-        if self._parents is None:
-            return block
-        parent = pc.utf8_trim_whitespace(_blank_to_null(batch.column(m.parent)))
-        where = pc.index_in(parent, value_set=self._parents.column("ref").combine_chunks())
-        # only a parent defined above the row counts, whatever the batch boundaries
-        above = pc.less(pc.take(self._parents.column("at").combine_chunks(), where), rows)
-        where = pc.if_else(pc.fill_null(above, False), where, pa.scalar(None, where.type))
-        new = {}
-        for name in inherit:
-            if name in self._parents.column_names:
-                inherited = pc.take(self._parents.column(name).combine_chunks(), where)
-                new[name] = pc.coalesce(_blank_to_null(batch.column(name)), inherited)
-        return Block(_replace_columns(batch, new), block.first_row, block.rows, block.bad_cells, block.encoding)
-
-    def _remember_parents(self, batch: pa.RecordBatch, inherit: list[str], rows: pa.Array) -> None:
-        m = self.model
+        work = _concat([self._held, block]) if self._held is not None else block
+        work_seq = np.concatenate([self._held_seq, seq])
+        batch = work.batch
         names = batch.schema.names
-        is_parent = pc.is_null(_blank_to_null(batch.column(m.parent)))
-        if m.parent_type_column in names and m.parent_types:
-            kinds = pc.utf8_lower(pc.utf8_trim_whitespace(batch.column(m.parent_type_column)))
+        inherit = _present(batch, m.inherit)
+        parent = (pc.utf8_trim_whitespace(_blank_to_null(batch.column(m.parent))) if m.parent in names
+                  else pa.nulls(batch.num_rows, pa.string()))
+        kinds = _kinds(batch, m.parent_type_column)
+        is_parent = pc.is_null(parent)
+        if kinds is not None and m.parent_types:
             is_parent = pc.and_(is_parent, pc.is_in(kinds, value_set=pa.array(list(m.parent_types))))
-        is_parent = pc.fill_null(is_parent, False)
+        is_child = pc.is_valid(parent)
+        if kinds is not None and m.child_types:
+            is_child = pc.and_(is_child, pc.is_in(kinds, value_set=pa.array(list(m.child_types))))
+        is_parent, is_child = pc.fill_null(is_parent, False), pc.fill_null(is_child, False)
+
+        known = self._known(batch, work_seq, is_parent, inherit)
+        where = pa.nulls(batch.num_rows, pa.int64())
+        if known is not None:
+            asked = pc.if_else(is_child, parent, _NULL)
+            where = _nearest(known.column("ref").combine_chunks(), known.column("seq").to_numpy(), asked, work_seq)
+            new = {name: pc.coalesce(_blank_to_null(batch.column(name)), known.column(name).combine_chunks().take(where))
+                   for name in inherit if name in known.column_names}
+            batch = _replace_columns(batch, new)
+            work = Block(batch, work.first_row, work.rows, work.bad_cells, work.encoding)
+            if known is not self._parents:              # this block defines parents
+                self._parents = self._last_definitions(known)
+
+        waiting = np.asarray(pc.and_(is_child, pc.is_null(where)).to_numpy(zero_copy_only=False), dtype=bool)
+        hold, collided = self._to_hold(batch, work_seq, waiting)
+        released = waiting & ~hold
+        self._held = _filtered(work, pa.array(hold)) if hold.any() else None
+        self._held_seq = work_seq[hold]
+        if released.any():
+            self.notes = self._released_early(_filtered(work, pa.array(released)), collided[released])
+        return _filtered(work, pa.array(~hold)) if hold.any() else work
+
+    def _released_early(self, rows: Block, collided: np.ndarray) -> pa.Table:
+        """Warnings for rows that could wait no longer for a parent that may still come."""
+        reason = np.where(collided, "a later row has the same SKU",
+                          f"more than {self.max_held} rows were waiting for their parent")
+        parent = pc.utf8_trim_whitespace(rows.batch.column(self.model.parent))
+        return self._orphans(rows, _TOO_LATE, pc.binary_join_element_wise(
+            'released before its parent "', parent, '" came (', pa.array(reason, pa.string()), ")", ""))
+
+    def finish(self) -> Block | None:
+        """Variations whose parent never came: released as they are, each with a warning."""
+        self.notes = _NO_NOTES
+        held, self._held, self._held_seq = self._held, None, np.empty(0, dtype=np.int64)
+        if held is None:
+            return None
+        parent = pc.utf8_trim_whitespace(held.batch.column(self.model.parent))
+        self.notes = self._orphans(held, _NOT_FOUND,
+                                   pc.binary_join_element_wise('parent "', parent, '" is not in the file', ""))
+        return held
+
+    def _known(self, batch: pa.RecordBatch, seq: np.ndarray, is_parent: pa.Array, inherit: list[str]) -> pa.Table | None:
+        """The parents seen before this block (their last definitions) and every definition in it;
+        the very table of those seen before when this block defines none."""
+        m = self.model
         if not pc.any(is_parent).as_py():
-            return
+            return self._parents
         chosen = batch.filter(is_parent)
-        at = rows.filter(is_parent)
+        at = seq[np.asarray(is_parent.to_numpy(zero_copy_only=False), dtype=bool)]
         refs = []
-        if m.key in names:
-            refs.append(pc.utf8_trim_whitespace(chosen.column(m.key)))
-        if m.id and m.id in names:
-            refs.append(pc.binary_join_element_wise("id:", pc.utf8_trim_whitespace(chosen.column(m.id)), ""))
-        tables = [pa.table({"ref": ref, "at": at, **{n: chosen.column(n) for n in inherit}}) for ref in refs]
-        if not tables:
-            return
+        if m.key and m.key in batch.schema.names:
+            refs.append(pc.utf8_trim_whitespace(_blank_to_null(chosen.column(m.key))))
+        if m.id and m.id in batch.schema.names:
+            refs.append(pc.binary_join_element_wise("id:", pc.utf8_trim_whitespace(_blank_to_null(chosen.column(m.id))), ""))
+        if not refs:
+            return self._parents
         known = [self._parents] if self._parents is not None else []
-        merged = pa.concat_tables(known + tables)
-        merged = merged.filter(pc.is_valid(merged.column("ref")))
-        # one row per parent, the last definition winning (as rows do): first match when reversed
-        reversed_rows = merged.take(pa.array(np.arange(merged.num_rows - 1, -1, -1, dtype=np.int64)))
-        refs = pc.unique(reversed_rows.column("ref"))
-        self._parents = reversed_rows.take(pc.index_in(refs, value_set=reversed_rows.column("ref")))
+        known += [pa.table({"ref": ref, "seq": at, **{n: chosen.column(n) for n in inherit}}) for ref in refs]
+        merged = pa.concat_tables(known, promote_options="default")
+        return merged.filter(pc.is_valid(merged.column("ref")))
+
+    @staticmethod
+    def _last_definitions(known: pa.Table) -> pa.Table:
+        """One row per parent, its last definition (as rows do): the first of each, latest first."""
+        latest_first = known.take(pc.sort_indices(known, sort_keys=[("seq", "descending")]))
+        refs = pc.unique(latest_first.column("ref"))
+        return latest_first.take(pc.index_in(refs, value_set=latest_first.column("ref")))
+
+    def _to_hold(self, batch: pa.RecordBatch, seq: np.ndarray, waiting: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which waiting rows stay held, and which of the others go for a later row of their SKU.
+
+        A row is released as soon as a later row of its SKU is (a held row must not come after
+        it: the store keeps the last row of a SKU in staging order); then the oldest, beyond
+        ``max_held``."""
+        hold = waiting.copy()
+        collided = np.zeros(len(waiting), dtype=bool)
+        column = self._sku_column(batch)
+        if hold.any() and (~waiting).any() and column is not None:
+            keys = _sku_keys(batch.column(column))
+            going = pa.array(~waiting)
+            last = (pa.table({"key": keys.filter(going), "seq": seq[~waiting]})
+                    .group_by("key").aggregate([("seq", "max")]))
+            at = pc.index_in(keys, value_set=last.column("key"), skip_nulls=True)
+            later = pc.greater(last.column("seq_max").combine_chunks().take(at), pa.array(seq))
+            collided = hold & np.asarray(pc.fill_null(later, False).to_numpy(zero_copy_only=False), dtype=bool)
+            hold &= ~collided
+        excess = int(hold.sum()) - self.max_held
+        if excess > 0:
+            hold[np.nonzero(hold)[0][:excess]] = False
+        return hold, collided
+
+    def _orphans(self, rows: Block, code: str, why: pa.Array) -> pa.Table:
+        """Warnings for rows released without their parent: the row, its SKU, the parent and the
+        inherited columns it had empty (which stay empty)."""
+        m, batch = self.model, rows.batch
+        n = batch.num_rows
+        empty = [pc.if_else(pc.is_null(_blank_to_null(batch.column(name))), pa.scalar(name), _NULL)
+                 for name in _present(batch, m.inherit)]
+        missing = (pc.binary_join_element_wise(*empty, ", ", null_handling="skip") if empty
+                   else pa.array([""] * n, pa.string()))
+        what = pc.if_else(pc.equal(missing, ""), pa.scalar("nothing was left to inherit (the row has every inherited column)"),
+                          pc.binary_join_element_wise("not inherited: ", missing, ""))
+        column = self._sku_column(batch)
+        sku = pc.utf8_trim_whitespace(_blank_to_null(batch.column(column))) if column else pa.nulls(n, pa.string())
+        return pa.table({
+            "row": rows.row_numbers(), "sku": sku, "severity": pa.array([WARNING] * n, pa.string()),
+            "column": pa.array([m.parent] * n, pa.string()), "code": pa.array([code] * n, pa.string()),
+            "message": pc.binary_join_element_wise(why, what, "; "),
+            "value": pc.utf8_trim_whitespace(batch.column(m.parent)),
+        }, schema=DIAGNOSTICS_SCHEMA)
 
 
-SHAPERS = {"group": GroupShaper, "parent": ParentShaper}
+SHAPERS: dict[str, type[Shaper]] = {"flat": Shaper, "group": GroupShaper, "parent": ParentShaper}
 
 
-def shaper_for(model: RowModel | None) -> Shaper:
-    return SHAPERS[model.model](model) if model is not None else Shaper()
+def shaper_for(model: RowModel | None, *, sku: tuple[str, ...] = ()) -> Shaper:
+    """The shaper of a preset's row model; ``sku``: the columns that may hold the catalog key,
+    in the order the mapping tries them (the partner's own first)."""
+    if model is None:
+        return Shaper(sku=sku)
+    return SHAPERS[model.model](model, sku=sku)

@@ -126,7 +126,7 @@ def apostrophe_guard(partner: PartnerConfig) -> bool:
     if partner.apostrophe_guard is not None:
         return partner.apostrophe_guard
     preset = preset_of(partner)
-    return bool(preset and getattr(preset, "apostrophe_guard", False))
+    return bool(preset and preset.apostrophe_guard)
 
 
 def _unguard(batch: pa.RecordBatch, cmap: ColumnMap) -> pa.RecordBatch:

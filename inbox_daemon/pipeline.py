@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from adapters.mapping import ColumnMap, preset_of, requested_paths, resolve_columns
+from adapters.mapping import ColumnMap, candidates, preset_of, requested_paths, resolve_columns
+from adapters.platforms import AUTO, detect_preset
 from adapters.readers import ReadOptions, detect_format, read_blocks
-from adapters.rows import shaper_for
+from adapters.rows import Shaper, shaper_for, with_notes
 from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, judge
 from config.canonical import MERGED_COLUMNS
 from config.errors import (
@@ -62,7 +64,8 @@ class Totals:
     read: int = 0
     rejected: int = 0
     warnings: int = 0
-    skipped: int = 0              # rows that are no catalog row of their own (Shopify image rows)
+    skipped: int = 0              # rows that are no catalog row of their own (Shopify image rows,
+                                  # Magento store-view rows)
     error_codes: dict[str, int] = field(default_factory=dict)
 
     def add(self, judged: Judged) -> None:
@@ -97,6 +100,12 @@ class Progress:
     totals: Totals = field(default_factory=Totals)
     carried: frozenset[str] = frozenset()     # the stored columns the file sets (its headers')
     name_column: str = "name"                 # the partner's column for a name, for diagnostics
+    platform: dict = field(default_factory=dict)   # preset chosen (preset = "auto") or hinted
+
+    def describe(self, manifest: dict) -> dict:
+        """The manifest with what was learnt of the file's platform."""
+        manifest.update(self.platform)
+        return manifest
     started: str = field(default_factory=utcnow)
     clock: float = field(default_factory=time.monotonic)
 
@@ -262,20 +271,26 @@ class Pipeline:
         options = read_options(partner, self.config.daemon.limits, run.progress)
         # the partner's decimal separator is a convention of text files only
         decimal = partner.decimal_separator if run.fmt in ("csv", "tsv", "xlsx") else "."
-        shaper = shaper_for(preset.rows if (preset := preset_of(partner)) else None)
+        blocks = read_blocks(run.spooled, name=run.job.source_name, fmt=run.fmt, options=options)
+        # the first block's header tells the platform (``_platform``), which decides the row model
+        first = next(blocks, None)
+        if first is not None:
+            partner = self._platform(run, partner, first.batch.schema.names, progress)
+            blocks = itertools.chain([first], blocks)
+        shaper: Shaper = shaper_for(preset.rows if (preset := preset_of(partner)) else None,
+                                    sku=candidates(partner, "sku"))
         cmap: ColumnMap | None = None
         names: list[str] | None = None
-        for block in read_blocks(run.spooled, name=run.job.source_name, fmt=run.fmt, options=options):
+        for block in shaper.shaped(blocks):
             if run.should_stop():
                 raise Cancelled()
-            block = shaper.shape(block)
             totals.skipped = shaper.skipped
             if cmap is None or block.batch.schema.names != names:
                 names = block.batch.schema.names
                 cmap = resolve_columns(names, partner, require=cmap is None)
                 progress.carried |= carried_columns(cmap)
                 progress.name_column = cmap.partner_column("name")
-            judged = judge(block, cmap, partner, decimal=decimal)
+            judged = with_notes(judge(block, cmap, partner, decimal=decimal), shaper.notes)
             progress.diagnostics.write(judged.diagnostics)
             load.stage(judged.valid, judged.rejected_keys)
             failpoints.reached("mid_stage")
@@ -296,6 +311,7 @@ class Pipeline:
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run)
         # what the file set (in catalog terms): a column it does not carry was left as it was
         manifest["columns"] = [c for c in MERGED_COLUMNS if c in progress.carried]
+        progress.describe(manifest)
         outcome = Outcome(status=status, result=manifest)
         if run.dry_run:
             load.abort()
@@ -308,6 +324,24 @@ class Pipeline:
                      inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
                      deactivated=counts.deactivated, stale=counts.stale, duration_ms=manifest["duration_ms"])
         return outcome
+
+    @staticmethod
+    def _platform(run: Run, partner: PartnerConfig, header: list[str], progress: Progress) -> PartnerConfig:
+        """``preset = "auto"``: the partner as if it had the preset its file's header shows (or
+        none). No preset: a file that is clearly a platform's export says which one to set."""
+        if partner.preset not in (None, AUTO):
+            return partner
+        detected = detect_preset(header, partner)
+        if partner.preset == AUTO:
+            progress.platform["preset"] = detected
+            run.log.info("file.preset_detected", preset=detected)
+            return dataclasses.replace(partner, preset=detected)
+        if detected is not None:
+            progress.platform["hint"] = (
+                f"this file looks like a {detected} export, and partner {partner.id} has no preset: its columns "
+                f"are read by their names alone. Set preset = \"{detected}\" (or \"auto\") for this partner.")
+            run.log.warning("file.looks_like_platform_export", preset=detected)
+        return partner
 
     @staticmethod
     def _refuse_unnamed(run: Run, progress: Progress, counts: MergeCounts) -> None:
@@ -336,6 +370,7 @@ class Pipeline:
         manifest = self._manifest(run.job, JobStatus.REJECTED, totals, None, progress.diagnostics.finish(),
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run,
                                   message=str(exc))
+        progress.describe(manifest)
         outcome = Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc))
         if not run.dry_run:
             self.store.finish(run.job, outcome)

@@ -5,13 +5,15 @@ exists. Presets are data files of ``adapters`` (``adapters/presets/*.toml``: add
 a file, so no fixed list of names can be written in ``config``), and ``config`` must not import
 ``adapters``, which builds on it. So the names are handed to the loader here, where both are
 known, and a wrong preset is reported with every other problem of the file, in one pass, under
-its key path (``partners[0].preset: unknown preset 'x'; known: ...``).
+its key path (``partners[0].preset: unknown preset 'x'; known: ...``). ``"auto"`` is one of
+them: the preset is then chosen per file from its header (``adapters.platforms``).
 """
 
 from __future__ import annotations
 
 import os
 
+from adapters.platforms import AUTO
 from adapters.presets import PRESETS
 from config import Config, load_config
 
@@ -19,4 +21,4 @@ from config import Config, load_config
 def load(path: str | os.PathLike | None = None) -> Config:
     """``path``, else ``$INBOX_DAEMON_CONFIG``, else the built-in default; ``ConfigError`` lists
     every problem."""
-    return load_config(path, presets=PRESETS)
+    return load_config(path, presets=[*PRESETS, AUTO])

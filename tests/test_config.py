@@ -300,7 +300,7 @@ def test_an_unknown_preset_is_reported_with_every_other_problem(workdir):
         settings.load(path)
     currency, preset = info.value.problems
     assert currency.startswith("partners[0].currency: ")
-    assert preset.startswith("partners[0].preset: unknown preset 'ebay'; known: akeneo, google-merchant")
+    assert preset.startswith("partners[0].preset: unknown preset 'ebay'; known: akeneo, auto, google-merchant")
 
 
 def test_config_imports_no_adapters():

@@ -115,19 +115,19 @@ def test_woocommerce_rules_private_out_of_stock_and_parent_by_id(workdir, ingest
     assert (catalog["cap"]["active"], catalog["cap"]["stock"]) == (0, 7)     # private, with a quantity
 
 
-def test_parent_shaper_inherits_only_from_parents_seen_and_the_last_definition_wins():
+def test_parent_shaper_inherits_from_the_closest_definition_above_else_the_first_below():
     shaper = ParentShaper(PRESETS["woocommerce"].rows)
     names = ["ID", "Type", "SKU", "Parent", "Categories"]
 
     def block(rows):
         return Block(pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*rows)], names=names), 2)
 
-    first = shaper.shape(block([["1", "variation", "v-early", "p", None],         # parent not seen yet
+    first = shaper.shape(block([["1", "variation", "v-early", "p", None],         # parent below: the first one
                                 ["2", "variable", "p", None, "Old"]]))
     second = shaper.shape(block([["3", "variable", "p", None, "New"],
                                  ["4", "variation", "v-late", "p", None],
                                  ["5", "variation", "v-own", "p", "Own"]]))
-    assert first.batch.column("Categories").to_pylist() == [None, "Old"]
+    assert first.batch.column("Categories").to_pylist() == ["Old", "Old"]
     assert second.batch.column("Categories").to_pylist() == ["New", "New", "Own"]
 
 

@@ -593,3 +593,16 @@ def test_without_the_switch_an_apostrophe_is_part_of_the_value():
     result = judged({"sku": ["A"], "name": ["n"], "gtin": ["'7350177880121"]})
     assert landed(result)["gtin"] is None
     assert codes(result) == [("invalid_gtin", "warning")]
+
+
+def test_shopify_and_woocommerce_presets_remove_their_guard():
+    shop = judged({"Variant SKU": ["S-1"], "Title": ["Tee"], "Variant Barcode": ["'7350177880121"]}, SHOPIFY)
+    assert landed(shop)["gtin"] == "7350177880121" and shop.diagnostics.num_rows == 0
+    woo = judged({"SKU": ["W-1", "W-2"], "Name": ["Cap", "Hat"], "Published": ["'-1", "1"], "Stock": ["5", "'-3"]},
+                 PartnerConfig(id="w", preset="woocommerce"))
+    assert [(r["sku"], r["active"], r["stock"]) for r in woo.valid.to_pylist()] == [("W-1", 0, 5), ("W-2", 1, 0)]
+    assert [(d["sku"], d["code"], d["severity"]) for d in woo.diagnostics.to_pylist()] == [
+        ("W-2", "negative_stock", "warning")]
+    off = judged({"Variant SKU": ["S-1"], "Title": ["Tee"], "Variant Barcode": ["'7350177880121"]},
+                 PartnerConfig(id="s", preset="shopify", apostrophe_guard=False))
+    assert landed(off)["gtin"] is None              # the partner turned it off: the guard stays, the GTIN is invalid

@@ -11,8 +11,11 @@ onboarding a partner on such a platform is one line of config (``preset = "shopi
 - ``[lists]``: canonical columns the platform fills with a list; the first item is used.
 - ``[attributes] key_value``: columns holding ``k=v,k=v`` pairs that become attributes.
 - ``[rows]``: the platform's row model (see ``adapters.rows``): variants that inherit from the
-  first row of their group (Shopify) or from a parent row (WooCommerce).
+  first row of their group (Shopify) or from a parent row (WooCommerce), rows that are no
+  product of their own (Magento's store-view rows).
 - ``delimiter``: the platform's CSV delimiter when it always uses one.
+- ``apostrophe_guard``: the platform writes an apostrophe before values a spreadsheet would turn
+  into numbers or formulas (``'0123``, ``'-1``); it is removed before judging.
 
 A partner's own ``columns`` always win over the preset; canonical names come last.
 """
@@ -21,24 +24,32 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
 
 from config.canonical import INPUT_FIELDS
 
+ROW_MODELS = ("flat", "group", "parent")        # the shapers of ``adapters.rows.SHAPERS``
+
 
 @dataclass(frozen=True)
 class RowModel:
-    """``model = "group"``: rows with the same ``group`` value in a row form one product; the
+    """Every model: a row with a value in any ``skip_when_set`` column is skipped and counted
+    (Magento's store-view rows, which carry only a store view's overrides).
+    ``model = "flat"``: one row per product, nothing else to shape.
+    ``model = "group"``: rows with the same ``group`` value in a row form one product; the
     first row carries the product's fields, the others inherit the ``inherit`` columns where
     they are empty; a later row with every ``variant`` column empty (an image row) is skipped;
     an empty ``key`` is derived from ``key_from`` (see ``adapters.rows``).
-    ``model = "parent"``: a row naming a ``parent`` inherits the ``inherit`` columns from the
-    row whose ``key`` (or ``id:<id>``) is that parent, among rows whose ``parent_type_column``
-    is one of ``parent_types``."""
+    ``model = "parent"``: a row naming a ``parent`` (one whose ``parent_type_column`` is one of
+    ``child_types``, when given) inherits the ``inherit`` columns from the row whose ``key`` (or
+    ``id:<id>``) is that parent, among rows whose ``parent_type_column`` is one of
+    ``parent_types``, wherever that row is in the file; at most ``max_held`` rows wait for a
+    parent that comes later (None: ``adapters.rows.MAX_HELD``; 0: none waits)."""
     model: str
     inherit: tuple[str, ...] = ()
+    skip_when_set: tuple[str, ...] = ()
     group: str | None = None
     variant: tuple[str, ...] = ()
     key: str | None = None
@@ -48,6 +59,8 @@ class RowModel:
     id: str | None = None
     parent_type_column: str | None = None
     parent_types: tuple[str, ...] = ()
+    child_types: tuple[str, ...] = ()
+    max_held: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class Preset:
     key_value: tuple[str, ...] = ()
     rows: RowModel | None = None
     delimiter: str | None = None
+    apostrophe_guard: bool = False      # the platform writes '0123 and '-1 (a spreadsheet guard)
 
     def candidates(self, canonical: str, *, locale: str, channel: str, currency: str) -> tuple[str, ...]:
         return tuple(dict.fromkeys(
@@ -69,12 +83,11 @@ class Preset:
 
 def _load(name: str, text: str) -> Preset:
     data = tomllib.loads(text)
-    unknown = set(data) - {"description", "columns", "values", "lists", "attributes", "rows", "delimiter"}
+    unknown = set(data) - {"description", "columns", "values", "lists", "attributes", "rows", "delimiter",
+                           "apostrophe_guard"}
     bad = unknown | (set(data.get("columns", {})) - set(INPUT_FIELDS))
     if bad:
         raise ValueError(f"preset {name}: unknown keys {sorted(bad)}")
-    # [rows] with its arrays as tuples (a RowModel is frozen); the values as the file has them
-    rows: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in (data.get("rows") or {}).items()}
     return Preset(
         name=name,
         description=data.get("description", ""),
@@ -82,9 +95,26 @@ def _load(name: str, text: str) -> Preset:
         values={k: {str(a).lower(): str(b) for a, b in v.items()} for k, v in data.get("values", {}).items()},
         lists=dict(data.get("lists", {})),
         key_value=tuple(data.get("attributes", {}).get("key_value", ())),
-        rows=RowModel(**rows) if rows else None,
+        rows=_row_model(name, data.get("rows") or {}),
         delimiter=data.get("delimiter"),
+        apostrophe_guard=bool(data.get("apostrophe_guard", False)),
     )
+
+
+def _row_model(name: str, table: dict[str, Any]) -> RowModel | None:
+    """``[rows]`` with its arrays as tuples (a RowModel is frozen); the values as the file has them."""
+    if not table:
+        return None
+    unknown = set(table) - {f.name for f in fields(RowModel)}
+    if unknown:
+        raise ValueError(f"preset {name}: [rows] unknown keys {sorted(unknown)}")
+    if table.get("model") not in ROW_MODELS:
+        raise ValueError(f"preset {name}: rows.model must be one of {list(ROW_MODELS)}, not {table.get('model')!r}")
+    held = table.get("max_held")
+    if held is not None and (not isinstance(held, int) or isinstance(held, bool) or held < 0):
+        raise ValueError(f"preset {name}: rows.max_held must be a whole number >= 0, not {held!r}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    return RowModel(**values)
 
 
 def _load_all() -> dict[str, Preset]:
