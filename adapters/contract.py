@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from adapters.mapping import candidates, preset_of
-from adapters.validation import PRICE_TEXT
+from adapters.prices import price_pattern
 from config.canonical import AVAILABILITY, MAX_LENGTH
 from config.model import PartnerConfig
 
@@ -21,8 +21,9 @@ _FIELDS: dict[str, tuple[str, dict[str, int | str], str]] = {
              "and keeps its name.", {"maxLength": MAX_LENGTH["name"]}, "Ocean Blue Shirt"),
     "description": ("Free text, HTML allowed.", {"maxLength": MAX_LENGTH["description"]},
                      "Cotton shirt with a narrow collar."),
-    "price": ("Non-negative amount: 9.99, \"9.99 USD\", \"$9.99\", \"1,299.00\".",
-              {"pattern": PRICE_TEXT}, "19.99"),
+    "price": ("Non-negative amount: 9.99, \"9.99 USD\", \"$9.99\", \"1,299.00\", \"1 299,00 €\" (the "
+              "partner's decimal separator), a currency symbol or ISO code before or after.",
+              {}, "19.99"),
     "currency": ("ISO 4217 code; the partner's default when absent.", {"pattern": "^[A-Za-z]{3}$"}, "USD"),
     "stock": ("Whole number of units; a negative one (oversold) is stored as 0, with a warning.",
               {"pattern": "^-?[0-9]+$"}, "12"),
@@ -69,6 +70,8 @@ def contract(partner: PartnerConfig) -> dict:
     properties, example = {}, {}
     for canonical, (text, constraints, sample) in _FIELDS.items():
         column = partner_column(partner, canonical)
+        if canonical == "price":          # its shape follows the partner's decimal separator
+            constraints = {"pattern": price_pattern(partner.decimal_separator)}
         properties[column] = {"type": ["string", "null"], "description": f"{canonical}: {text}",
                               **constraints}
         example[column] = sample

@@ -66,9 +66,8 @@ def _replace_columns(batch: pa.RecordBatch, new: dict[str, pa.Array]) -> pa.Reco
 
 
 def _filtered(block: Block, keep: pa.Array) -> Block:
-    """The rows of ``block`` where ``keep``, each with its own row number and bad cells."""
-    return Block(block.batch.filter(keep), block.first_row, block.row_numbers().filter(keep),
-                 tuple((c, m.filter(keep)) for c, m in block.bad_cells), block.encoding)
+    """The rows of ``block`` where ``keep``, each with its own row number, bad and typed cells."""
+    return block.filter(keep)
 
 
 def _concat(blocks: list[Block]) -> Block:
@@ -83,12 +82,18 @@ def _concat(blocks: list[Block]) -> Block:
         if len({p.type for p in parts}) > 1:
             parts = [p.cast(pa.string()) for p in parts]
         arrays.append(pa.concat_arrays(parts))
-    bad = dict.fromkeys(c for b in blocks for c, _ in b.bad_cells)
-    bad_cells = tuple((c, pa.concat_arrays([dict(b.bad_cells).get(c, pa.array(np.zeros(b.batch.num_rows, dtype=bool)))
-                                            for b in blocks])) for c in bad)
     last = blocks[-1]
     return Block(pa.RecordBatch.from_arrays(arrays, names=names), last.first_row,
-                 pa.concat_arrays([b.row_numbers() for b in blocks]), bad_cells, last.encoding)
+                 pa.concat_arrays([b.row_numbers() for b in blocks]), _concat_masks(blocks, "bad_cells"),
+                 last.encoding, _concat_masks(blocks, "typed_cells"))
+
+
+def _concat_masks(blocks: list[Block], kind: str) -> tuple[tuple[str, pa.Array], ...]:
+    """Per-column cell masks (``bad_cells``, ``typed_cells``) of blocks one after the other;
+    false where a block has none for that column."""
+    columns = dict.fromkeys(c for b in blocks for c, _ in getattr(b, kind))
+    return tuple((c, pa.concat_arrays([dict(getattr(b, kind)).get(c, pa.array(np.zeros(b.batch.num_rows, dtype=bool)))
+                                       for b in blocks])) for c in columns)
 
 
 def _sku_keys(values: pa.Array) -> pa.Array:
@@ -197,10 +202,11 @@ class Shaper:
 
     def _keep(self, block: Block, batch: pa.RecordBatch, keep: pa.Array) -> Block:
         dropped = len(keep) - (pc.sum(keep).as_py() or 0)
+        kept = dataclasses.replace(block, batch=batch)
         if not dropped:
-            return Block(batch, block.first_row, block.rows, block.bad_cells, block.encoding)
+            return kept
         self.skipped += dropped
-        return _filtered(Block(batch, block.first_row, block.rows, block.bad_cells, block.encoding), keep)
+        return kept.filter(keep)
 
     def _sku_column(self, batch: pa.RecordBatch) -> str | None:
         by_lower = {n.lower(): n for n in reversed(batch.schema.names)}
@@ -310,7 +316,7 @@ class ParentShaper(Shaper):
             new = {name: pc.coalesce(_blank_to_null(batch.column(name)), known.column(name).combine_chunks().take(where))
                    for name in inherit if name in known.column_names}
             batch = _replace_columns(batch, new)
-            work = Block(batch, work.first_row, work.rows, work.bad_cells, work.encoding)
+            work = dataclasses.replace(work, batch=batch)
             if known is not self._parents:              # this block defines parents
                 self._parents = self._last_definitions(known)
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adapters.mapping import ColumnMap, attributes_json, preset_of
+from adapters.prices import parse_price
 from adapters.readers import Block
 from config.canonical import (
     AVAILABILITY,
@@ -47,8 +48,6 @@ _TRUE = pa.array(["true", "1", "yes", "y", "t", "on"])
 _FALSE = pa.array(["false", "0", "no", "n", "f", "off"])
 _AVAILABILITY_WORDS = pa.array(list(AVAILABILITY), pa.string())
 _AVAILABILITY_MEANS = pa.array(list(AVAILABILITY.values()), pa.string())
-# 9.99 | 1,299.99 | "9.99 USD" | "USD 9.99" | $9.99 | €9,99 | "9,99 €" | -5
-PRICE_TEXT = r"^(?:[A-Za-z]{3}\s*)?[$€£¥]?\s*-?\s*[0-9][0-9.,' ]*[$€£¥]?(?:\s*[A-Za-z]{3})?$"
 _INTEGER = r"^-?[0-9]{1,15}(?:\.0+)?$"
 
 
@@ -158,34 +157,6 @@ def _parse_integer(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.cast(digits, pa.int64()), bad
 
 
-def _parse_price(text: pa.Array, decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(cents, mask of unparseable prices, ISO code written inside the price or null)."""
-    plain = pc.match_substring_regex(text, r"^[0-9]{1,13}(?:\.[0-9]+)?$")
-    if decimal == "." and pc.all(pc.fill_null(plain, True)).as_py():
-        # the common case, a column of plain numbers: no currency, separators or symbols to undo
-        cents = pc.cast(pc.round(pc.multiply(pc.cast(text, pa.float64()), 100.0)), pa.int64())
-        return cents, pa.array(np.zeros(len(text), dtype=bool)), pa.nulls(len(text), pa.string())
-    shape_ok = pc.fill_null(pc.match_substring_regex(text, PRICE_TEXT), False)
-    number = pc.replace_substring_regex(text, r"[^0-9.,\-]", "")
-    # The other separator is accepted only as thousands groups: "1.299,50" for a "," partner,
-    # "1,299.50" for a "." partner. "9.99" from a "," partner or "9,99" from a "." one is
-    # ambiguous, and a price off by a factor of 100 is worse than a rejected row.
-    group, point = (".", ",") if decimal == "," else (",", ".")
-    grouped = (rf"^-?(?:[0-9]{{1,3}}(?:\{group}[0-9]{{3}})+|[0-9]+)(?:\{point}[0-9]+)?$")
-    ambiguous = pc.invert(pc.fill_null(pc.match_substring_regex(number, grouped), True))
-    number = pc.replace_substring(number, group, "")
-    if decimal == ",":
-        number = pc.replace_substring(number, ",", ".")
-    numeric = pc.fill_null(pc.match_substring_regex(number, r"^-?[0-9]{1,13}(?:\.[0-9]+)?$"), False)
-    bad = pc.and_(pc.is_valid(text), pc.invert(pc.and_(pc.and_(shape_ok, numeric), pc.invert(ambiguous))))
-    as_float = pc.cast(_null_where(number, bad), pa.float64())
-    cents = pc.cast(pc.round(pc.multiply(as_float, 100.0)), pa.int64())
-    code = pc.struct_field(pc.extract_regex(text, r"(?P<c>[A-Za-z]{3})"), [0])
-    code = pc.if_else(pc.equal(code, ""), _NULL_STR, pc.utf8_upper(code))
-    code = _null_where(code, bad)          # no currency is read out of a price that did not parse
-    return cents, bad, code
-
-
 _GTIN_WEIGHTS = np.array([3, 1] * 6 + [3], dtype=np.int64)   # GS1, on the 14-digit form
 
 
@@ -232,7 +203,8 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     _check_encoding(p, block)
     _check_required(p, texts)
     _check_lengths(p, texts)
-    price_cents, price_code, raw_price = _price(p, batch, cmap, decimal or partner.decimal_separator)
+    price_cents, price_code, raw_price = _price(p, block, batch, cmap, decimal or partner.decimal_separator,
+                                                partner.currency)
     currency = _currency(p, batch, cmap, partner.currency, price_code, raw_price)
     stock = _availability(p, batch, cmap, _stock(p, batch, cmap))
     active = _active(p, batch, cmap)
@@ -268,8 +240,8 @@ def _check_lengths(p: _Problems, texts: dict[str, pa.Array]) -> None:
               f"{canonical} is longer than {MAX_LENGTH[canonical]} characters", values)
 
 
-def _price(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap,
-           decimal: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+def _price(p: _Problems, block: Block, batch: pa.RecordBatch, cmap: ColumnMap, decimal: str,
+           default_currency: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(cents, ISO code written inside the price or null, the text read): the partner's column
     is either exact cents or a text to parse."""
     if "price_cents" in cmap.source:
@@ -281,7 +253,11 @@ def _price(p: _Problems, batch: pa.RecordBatch, cmap: ColumnMap,
     else:
         canonical = "price"
         raw = _text(batch, cmap, canonical)
-        cents, bad, code = _parse_price(raw, decimal)
+        column = cmap.source.get(canonical)
+        # cells that were numbers in the file (.xlsx) are written with a "."; text uses the partner's
+        typed = block.typed(column) if column is not None else None
+        currency = pc.utf8_upper(_text(batch, cmap, "currency"))      # picks among "$" currencies
+        cents, bad, code = parse_price(raw, decimal, default_currency, typed=typed, currency=currency)
         example = "9,99" if decimal == "," else "9.99"
         p.add(bad, canonical, "invalid_price",
               f"price is not a number: expected e.g. {example}, \"{example} USD\" or \"${example}\"", raw)

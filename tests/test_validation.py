@@ -68,9 +68,14 @@ def test_price_text_is_parsed_to_cents_and_currency(text, cents, currency):
     assert (row["price_cents"], row["currency"]) == (cents, currency)
 
 
-def test_dollar_sign_price_takes_the_partner_default_currency():
-    row = landed(one(PartnerConfig(id="gb", currency="GBP"), price="$9.99"))
-    assert (row["price_cents"], row["currency"]) == (999, "GBP")
+@pytest.mark.parametrize("currency, price, expected", [
+    ("CAD", "$9.99", "CAD"), ("GBP", "$9.99", "USD"), ("NOK", "9,99 kr", "NOK"), ("EUR", "9.99 kr", "EUR"),
+])
+def test_a_shared_symbol_is_the_partners_currency_when_it_can_mean_it(currency, price, expected):
+    """"$" is the partner's dollar (CAD), else USD; "kr" the partner's krone, else the default."""
+    partner = PartnerConfig(id="p", currency=currency, decimal_separator="," if "," in price else ".")
+    row = landed(one(partner, price=price))
+    assert (row["price_cents"], row["currency"]) == (999, expected)
 
 
 def test_currency_written_in_the_price_beats_the_partner_default():

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,19 +38,38 @@ PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through P
 class Block:
     """One batch of a file: all-text columns; ``first_row`` is the partner's number of its first
     row. ``rows``, when set, numbers each row explicitly (rows were dropped from the batch, e.g.
-    blank lines, and the ones after them keep the numbers the partner sees)."""
+    blank lines, and the ones after them keep the numbers the partner sees).
+
+    The masks in ``bad_cells`` and ``typed_cells`` are row-aligned with ``batch``: whatever
+    drops or reorders rows drops them from the masks too (``filter``), and a block rebuilt with
+    other columns keeps them (``dataclasses.replace(block, batch=...)``)."""
     batch: pa.RecordBatch
     first_row: int
     rows: pa.Array | None = None
     # (column, mask) of cells that were not valid text in ``encoding``; shown with U+FFFD
     bad_cells: tuple[tuple[str, pa.Array], ...] = ()
     encoding: str = "utf-8"
+    # (column, mask) of cells that were numbers in the file, not text (.xlsx): their text has a
+    # "." decimal point, no grouping and no exponent, whatever the partner's locale. Only the
+    # columns that hold such a cell are listed.
+    typed_cells: tuple[tuple[str, pa.Array], ...] = ()
 
     def row_numbers(self) -> pa.Array:
         if self.rows is not None:
             return self.rows
         import numpy as np
         return pa.array(np.arange(self.first_row, self.first_row + self.batch.num_rows, dtype=np.int64))
+
+    def typed(self, column: str) -> pa.Array | None:
+        """The mask of ``column``'s cells that were numbers in the file; None when none was."""
+        return next((mask for name, mask in self.typed_cells if name == column), None)
+
+    def filter(self, keep: pa.Array) -> Block:
+        """The rows where ``keep`` is true, with their partner row numbers and cell masks."""
+        return replace(
+            self, batch=self.batch.filter(keep), rows=self.row_numbers().filter(keep),
+            bad_cells=tuple((c, m.filter(keep)) for c, m in self.bad_cells),
+            typed_cells=tuple((c, m.filter(keep)) for c, m in self.typed_cells))
 
 
 def plain_temp(folder: Path, prefix: str) -> tuple[int, str]:

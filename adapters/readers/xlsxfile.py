@@ -4,6 +4,10 @@ openpyxl has no Arrow path, so rows go through Python objects in batches of ``PY
 (as ijson's JSON arrays do); memory stays flat whatever the sheet's size. The first row is the
 header; empty rows are dropped and later rows keep the numbers Excel shows. Cells become the
 text a person sees: whole numbers without ``.0``, dates in ISO 8601, booleans as true/false.
+Numbers are written with a "." decimal point, without grouping or exponent, whatever the
+locale of the person who typed them (the cell holds a number, not its display), and the
+``Block`` says which cells they were (``typed_cells``): a partner's decimal comma is a
+convention of the cells that hold text.
 
 An .xlsx is a zip archive: the declared sizes of its members are checked against
 ``[limits]`` before anything is inflated, so a zip bomb is refused unopened.
@@ -15,12 +19,25 @@ import datetime as dt
 import itertools
 import zipfile
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from adapters.readers.base import PY_BATCH_ROWS, Block, ReadOptions, seekable_copy
 from config.errors import LimitExceeded, UnreadableFile
+
+
+def _number_text(value: float) -> str:
+    """1.849 -> "1.849", 12.0 -> "12", 1e-07 -> "0.0000001": the shortest text that reads back
+    as the same float (what Excel shows, at most 17 digits), in plain decimal notation."""
+    if value == 0:
+        return "0"                                                   # and not "-0"
+    text = repr(value)                                               # "inf" and "nan" stay as they are
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text.removesuffix(".0")
 
 
 def _cell_text(value) -> str | None:
@@ -29,13 +46,25 @@ def _cell_text(value) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+        return _number_text(value)
     if isinstance(value, dt.datetime) and value.time() == dt.time(0):
         return value.date().isoformat()       # Excel has no date type: a date is midnight
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     text = str(value)
     return text if text.strip() else None
+
+
+_NUMBERS = (int, float)      # what openpyxl gives for a numeric cell (bool is a type of its own)
+
+
+def _typed_cells(names: list[str], typed: dict[int, list[int]], n: int) -> tuple[tuple[str, pa.Array], ...]:
+    masks = []
+    for column, at in sorted(typed.items()):
+        mask = np.zeros(n, dtype=bool)
+        mask[at] = True
+        masks.append((names[column], pa.array(mask)))
+    return tuple(masks)
 
 
 def _check_archive(path: Path, options: ReadOptions) -> None:
@@ -87,10 +116,15 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
             while chunk := list(itertools.islice(rows, PY_BATCH_ROWS)):
                 numbers: list[int] = []
                 columns: list[list[str | None]] = [[] for _ in range(width)]
+                typed: dict[int, list[int]] = {}       # column -> rows of the block that hold a number
                 for offset, row in enumerate(chunk):
-                    cells = [_cell_text(v) for v in row[:width]]
+                    values = row[:width]
+                    cells = [_cell_text(v) for v in values]
                     if not any(c is not None for c in cells):
                         continue                              # an empty row, as Excel shows it
+                    for i, v in enumerate(values):
+                        if type(v) in _NUMBERS:
+                            typed.setdefault(i, []).append(len(numbers))
                     numbers.append(next_row + offset)
                     cells += [None] * (width - len(cells))
                     for column, cell in zip(columns, cells):
@@ -98,7 +132,8 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
                 arrays = [pa.array(c, pa.string()) for c in columns]
                 batch = (pa.RecordBatch.from_arrays(arrays, schema=schema) if schema is not None
                          else pa.RecordBatch.from_arrays(arrays, names=names))
-                yield Block(batch, next_row, pa.array(numbers, pa.int64()))
+                yield Block(batch, next_row, pa.array(numbers, pa.int64()),
+                            typed_cells=_typed_cells(names, typed, len(numbers)))
                 yielded = True
                 next_row += len(chunk)
             if not yielded:
