@@ -288,11 +288,12 @@ class Pipeline:
             if cmap is None or block.batch.schema.names != names:
                 names = block.batch.schema.names
                 cmap = resolve_columns(names, partner, require=cmap is None)
-                progress.carried |= carried_columns(cmap)
+                carried = carried_columns(cmap)
+                progress.carried |= carried
                 progress.name_column = cmap.partner_column("name")
             judged = with_notes(judge(block, cmap, partner, decimal=decimal), shaper.notes)
             progress.diagnostics.write(judged.diagnostics)
-            load.stage(judged.valid, judged.rejected_keys)
+            load.stage(judged.valid, judged.rejected_keys, Columns(carried))
             failpoints.reached("mid_stage")
             totals.add(judged)
         if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
@@ -338,7 +339,7 @@ class Pipeline:
             return dataclasses.replace(partner, preset=detected)
         if detected is not None:
             progress.platform["hint"] = (
-                f"this file looks like a {detected} export, and partner {partner.id} has no preset: its columns "
+                f"this file looks like an export of {detected}, and partner {partner.id} has no preset: its columns "
                 f"are read by their names alone. Set preset = \"{detected}\" (or \"auto\") for this partner.")
             run.log.warning("file.looks_like_platform_export", preset=detected)
         return partner

@@ -162,11 +162,6 @@ class Columns:
     carried: frozenset[str] = frozenset(MERGED_COLUMNS)
 
     @property
-    def every(self) -> bool:
-        """The file sets every stored column: its rows' hashes are those of whole products."""
-        return self.carried.issuperset(MERGED_COLUMNS)
-
-    @property
     def written(self) -> tuple[str, ...]:
         return tuple(c for c in MERGED_COLUMNS if c in self.carried)
 
@@ -206,7 +201,8 @@ class Outcome:
 class Load(Protocol):
     """One file being applied: stage batches, merge them, then commit rows + outcome together."""
 
-    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None: ...
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
+              columns: Columns = EVERY_COLUMN) -> None: ...
     def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts: ...
     def commit(self, outcome: Outcome) -> None: ...
     def abort(self) -> None: ...

@@ -16,6 +16,7 @@ hashes are taken as equal rows; a partner can only ever hit its own rows, and a 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,10 +84,15 @@ _INTEGERS = ("price_cents", "stock", "active")
 _COLUMN_KEYS = _fmix(np.arange(1001, 1001 + len(_STRINGS) + 2 * len(_INTEGERS) + 1, dtype=np.uint64) * _SEED)
 
 
-def row_hashes(batch: pa.RecordBatch) -> np.ndarray:
+def row_hashes(batch: pa.RecordBatch, carried: Collection[str] | None = None) -> np.ndarray:
     """The 64-bit hash of each row's merged columns, as int64 (what SQLite stores): the bytes
     of the string columns joined, plus one word per string column (its length, -1 for NULL)
-    and two per integer column (its value, its NULL flag), each mixed with its column's key."""
+    and two per integer column (its value, its NULL flag), each mixed with its column's key.
+
+    ``carried``: the columns the file sets (all when None). The set is mixed in, so that a hash
+    only ever equals one of a file that set the same columns: the stored hash is that of the
+    last file that wrote (or matched) the product, and equal hashes then mean equal values in
+    every column the new file sets. A file that sets every column mixes in nothing."""
     n = batch.num_rows
     if n == 0:
         return np.empty(0, dtype=np.int64)
@@ -98,10 +104,17 @@ def row_hashes(batch: pa.RecordBatch) -> np.ndarray:
         column = batch.column(name)
         fields[:, len(strings) + 2 * i] = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
         fields[:, len(strings) + 2 * i + 1] = column.is_null().to_numpy(zero_copy_only=False)
-    fields[:, -1] = HASH_VERSION
+    fields[:, -1] = HASH_VERSION | _missing_mask(carried) << 8
     mixed = (fields.view(np.uint64) ^ _COLUMN_KEYS) * _M1
     mixed ^= mixed >> np.uint64(32)
     return _fmix(_words_hash(strings)[0] + (mixed * _M2).sum(axis=1, dtype=np.uint64)).view(np.int64)
+
+
+def _missing_mask(carried: Collection[str] | None) -> int:
+    """A bit per merged column the file does not set (0 for a file that sets every one)."""
+    if carried is None:
+        return 0
+    return sum(1 << i for i, c in enumerate(MERGED_COLUMNS) if c not in carried)
 
 
 @dataclass

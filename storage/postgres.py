@@ -376,7 +376,8 @@ class PostgresLoad:
         if not self._done:
             self.abort()
 
-    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None:
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
+              columns: Columns = EVERY_COLUMN) -> None:
         """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage``. One ``COPY`` stays open
         for the whole file and a writer thread feeds it, so the server ingests a batch while the
         next one is read and judged."""

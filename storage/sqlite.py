@@ -417,16 +417,17 @@ class SqliteLoad:
         if not self._done:
             self.abort()
 
-    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None) -> None:
+    def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
+              columns: Columns = EVERY_COLUMN) -> None:
         """Stage valid rows. ``rejected_keys`` (sku_key, row) are rows of the file that had errors:
         a snapshot must not deactivate their SKUs for being "absent", and when a SKU's LAST
         occurrence was rejected, its earlier rows must not be applied in its stead."""
         if self._pool is None:
-            self._stage_now(batch, rejected_keys)     # a small file: no thread
+            self._stage_now(batch, rejected_keys, columns)     # a small file: no thread
             return
         while len(self._pending) >= self._AHEAD:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys))
+        self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys, columns))
 
     def _append(self, table: str, data) -> None:
         """Rows into one of this connection's temp tables, which is then emptied at the end."""
@@ -442,11 +443,11 @@ class SqliteLoad:
         while self._pending:
             self._pending.popleft().result()
 
-    def _stage_now(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None) -> None:
+    def _stage_now(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None, columns: Columns) -> None:
         existing = self._existing or self._read_existing()
         try:
             if batch.num_rows:
-                hashes = row_hashes(batch)
+                hashes = row_hashes(batch, columns.carried)
                 if len(existing.key_hashes):
                     unchanged = existing.split(batch, hashes)
                     if unchanged.any():
@@ -520,7 +521,7 @@ class SqliteLoad:
             if staged_keys is None:
                 staged_keys = written + not_kept + len(unnamed)
             stale = self._stale(keep) if self._behind and self._staged_rows else 0
-            if staged_keys - not_kept - stale - len(unnamed) > written and columns.every:
+            if staged_keys - not_kept - stale - len(unnamed) > written:
                 self._refresh_hashes(keep)
             if absent:
                 self._deactivate(now)
@@ -603,19 +604,16 @@ class SqliteLoad:
         """The last staged row of each kept key into ``products``, skipping rows equal to what it
         holds: (rows written, of them inserted). ``newest``: the largest rowid before. Only the
         columns the file carries are updated; a new product without ``active`` is active. The
-        stored hash is the row's when the row is the whole product, else NULL (compared in SQL
-        next time)."""
+        stored hash is the staged row's (``row_hashes``: over the columns the file sets)."""
         s, columns = self._s, self._columns
         cols = ", ".join(_MERGED)
         values = ", ".join(columns.insert_value(c, "1") for c in _MERGED)
-        row_hash = "row_hash" if columns.every else "NULL"
         named = ""
         if self._unnamed:
             named = " AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key))"
-            row_hash = f"CASE WHEN name IS NULL THEN NULL ELSE {row_hash} END"
         s._exec(
             f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
-            f" SELECT ?, sku_key, {values}, {row_hash}, ?, ? FROM ({_LAST_STAGED}) l"
+            f" SELECT ?, sku_key, {values}, row_hash, ?, ? FROM ({_LAST_STAGED}) l"
             f" WHERE {keep}{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
             + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "updated_at", "source_job_id"))
             + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
@@ -637,7 +635,7 @@ class SqliteLoad:
         none): the values stand, only the stored hash is brought up to date (never on a product
         a later delivery set: its hash is that delivery's)."""
         self._s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({_LAST_STAGED}) l WHERE {keep}"
-                      " AND l.name IS NOT NULL AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                      " AND products.partner_id = ? AND products.sku_key = l.sku_key"
                       f" AND products.row_hash IS NOT l.row_hash{self._guard}",
                       (self.job.partner_id, *self._guard_params))
 

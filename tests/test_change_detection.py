@@ -13,7 +13,7 @@ import pytest
 
 from config.canonical import CANONICAL_SCHEMA
 from config.errors import CatalogChanged
-from storage.base import MERGED_COLUMNS, Outcome, Source
+from storage.base import MERGED_COLUMNS, Columns, Outcome, Source
 from storage.changes import hash_binary, row_hashes
 from storage.sqlite import SqliteLoad, SqliteStore
 
@@ -193,3 +193,30 @@ def test_the_pipeline_reads_the_file_again_when_the_catalog_moved_under_it(workd
     assert result.status == "succeeded" and result.manifest["rows"]["read"] == 2
     got = products(workdir)
     assert (got["c1"]["name"], got["c2"]["name"]) == ("ours", "x")
+
+
+def test_a_partial_file_sent_again_is_skipped_in_arrow_and_another_column_set_is_compared_in_sql(store):
+    """The stored hash covers the columns the file set, with that set mixed in: the same stock
+    file again stages nothing; a price file of the same rows is compared (its set differs)."""
+    s = store()
+    stock_only, price_only = Columns(frozenset({"sku", "stock"})), Columns(frozenset({"sku", "price_cents", "currency"}))
+
+    def send(sha, rows, columns):
+        with s.load(_claim(s, sha)) as load:
+            load.stage(batch(*rows), None, columns)
+            load._drain()
+            staged = (load._staged_rows, load._unchanged_rows)
+            counts = load.merge(mode="delta", max_deactivate_ratio=1, columns=columns)
+            load.commit(Outcome("succeeded", {}))
+        return staged, counts
+
+    full = [{"sku": f"S{i}", "sku_key": f"s{i}", "name": "n", "row": i + 2, "stock": 5} for i in range(100)]
+    send("1", full, Columns())
+    stock = [{"sku": f"S{i}", "sku_key": f"s{i}", "name": None, "active": None, "row": i + 2, "stock": 7}
+             for i in range(100)]
+    assert send("2", stock, stock_only)[0] == (100, 0)           # stock changed: staged, updated
+    staged, counts = send("3", stock, stock_only)
+    assert staged == (0, 100) and counts.unchanged == 100       # the same again: skipped in Arrow
+    price = [{**r, "stock": None, "price_cents": 1299} for r in stock]
+    assert send("4", price, price_only)[0] == (100, 0)
+    assert {p for _, p, _ in _catalog_rows(s)} == {1299}

@@ -65,3 +65,15 @@ def test_preset_auto_with_a_plain_file_reads_canonical_names(workdir, ingest):
     code, manifest = ingest(path, "--config", _config(workdir, "auto"))
     assert manifest["status"] == "succeeded" and manifest["preset"] is None
     assert products(workdir)["a-1"]["price_cents"] == 100
+
+
+def test_shopifys_2025_template_columns_land_with_the_shopify_preset(workdir, ingest):
+    """Shopify's current product CSV template names columns SKU, Price, Inventory quantity,
+    Barcode (the admin export still writes Variant SKU, Variant Price…): both are read."""
+    path = write_csv(workdir / "product_template.csv",
+                     ["Title", "URL handle", "SKU", "Price", "Inventory quantity", "Barcode", "Status"],
+                     [["The Band T-Shirt", "the-band-t-shirt", "TheBandTShirt-SG", "19.99", "47", "'4006381333931",
+                       "active"]])
+    code, manifest = ingest(path, "--config", _config(workdir, "shopify"))
+    got = products(workdir)["thebandtshirt-sg"]
+    assert (got["price_cents"], got["stock"], got["gtin"], got["active"]) == (1999, 47, "4006381333931", 1)
