@@ -66,6 +66,14 @@ def candidates(partner: PartnerConfig, canonical: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(named + (canonical,)))
 
 
+def _unquoted(name: str) -> str:
+    """``' "sku" '`` -> ``sku``: a name as its quotes meant it."""
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('""', '"').strip()
+    return name
+
+
 def requested_paths(partner: PartnerConfig) -> tuple[str, ...]:
     """Candidates that are paths into nested records (``brands[0]``): readers extract them."""
     return tuple(dict.fromkeys(c for f in INPUT_FIELDS for c in candidates(partner, f) if "[" in c))
@@ -83,11 +91,17 @@ def resolve_columns(names: list[str], partner: PartnerConfig, *, require: bool =
     by_lower: dict[str, str] = {}
     for n in names:
         by_lower.setdefault(n.lower(), n)
+    for n in names:                  # ` "sku"`: a header cell whose quotes a reader kept as text
+        by_lower.setdefault(_unquoted(n).lower(), n)
+
+    def find(candidate: str) -> str | None:
+        return candidate if candidate in present else by_lower.get(candidate.lower())
+
     source: dict[str, str] = {}
     for canonical in INPUT_FIELDS:
         tried = candidates(partner, canonical)
         for candidate in tried:
-            hit = candidate if candidate in present else by_lower.get(candidate.lower())
+            hit = find(candidate)
             if hit is not None and hit not in source.values():
                 source[canonical] = hit
                 break
@@ -97,7 +111,7 @@ def resolve_columns(names: list[str], partner: PartnerConfig, *, require: bool =
     if "price_cents" in source and "price" in source:
         del source["price"]          # an exact integer beats a text to parse
     preset = preset_of(partner)
-    key_value = tuple(c for c in (preset.key_value if preset else ()) if c in present)
+    key_value = tuple(dict.fromkeys(hit for hit in map(find, preset.key_value if preset else ()) if hit))
     used = set(source.values()) | set(key_value)
     # paths extracted from nested records duplicate their parent column: not attributes again
     unmapped = tuple(dict.fromkeys(n for n in names if n not in used and n and "[" not in n))
@@ -138,29 +152,93 @@ def _member(key: pa.Array, value: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise('"', _json_string(key), '":"', _json_string(value), '",', "")
 
 
-def key_value_members(values: pa.Array) -> pa.Array:
-    """``k=v,k=v`` cells as ``"k":"v",…`` JSON members, vectorized. A piece without ``=``
-    continues the previous value (``material=Wool,Cotton`` keeps ``Wool,Cotton``)."""
-    n = len(values)
-    split = pc.split_pattern(values, ",")
-    flat = pc.list_flatten(split)
-    if len(flat) == 0:
-        return pa.array([""] * n, pa.string())
-    parent = pc.list_parent_indices(split).to_numpy()
+# Where a pair starts: at the cell's start or at a comma, ``key=``, and when the value opens with
+# a quote, the whole quoted run, so that the commas and ``=`` inside it start nothing. The run is
+# Magento's "Fields Enclosure" form: ``""`` is a quote, ``"|"`` separates multiselect options.
+# (No capture groups: RE2 finds whole matches much faster than it fills groups.)
+_PAIR_START = r'(?:^|,)[^=,]*=(?:[ \t]*"(?:[^"]|""|"\|")*")?'
+_QUOTED_VALUE = r'^"(?:[^"]|""|"\|")*"$'
+_ENCLOSURE_ESCAPES = r'"(")|"(\|)"'          # "" -> "   and   "|" -> |
+# pair starts are marked with this character, then split on; a column that holds it has it
+# escaped first (MARK -> MARK + _KEPT) and is split on MARK + _SPLIT instead
+_MARK, _KEPT, _SPLIT = "\x1f", "\x1e", "\x1d"
+_SEEN_BITMAP = 1 << 26            # (rows x distinct keys) up to which repeated keys are found with a bitmap
+
+
+def key_value_pairs(values: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """``k=v,k=v`` cells as one (row, key, value) per pair, vectorized, in order; a key given
+    twice in a cell keeps its last value (as Magento's importer does).
+
+    Unquoted values run to the next comma that starts a pair, so a piece without ``=`` continues
+    the previous value (``material=Wool,Cotton`` keeps ``Wool,Cotton``). A value written
+    ``"..."`` (Magento's Fields Enclosure) may hold ``,`` and ``=``; its quotes are removed and
+    ``""`` read as ``"``."""
+    mark = _MARK
+    escaped = bool(pc.any(pc.fill_null(pc.match_substring(values, _MARK), False)).as_py())
+    if escaped:
+        values, mark = pc.replace_substring(values, _MARK, _MARK + _KEPT), _MARK + _SPLIT
+    split = pc.split_pattern(pc.replace_substring_regex(values, _PAIR_START, mark + r"\0"), mark)
+    pieces = pc.list_flatten(split)
+    rows = pc.list_parent_indices(split).to_numpy()
+    # each cell's first piece is the text before its first pair, usually empty; every other
+    # piece is a pair, starting with its comma (but the cell's first pair)
     offsets = split.offsets.to_numpy()
-    position = np.arange(len(flat)) - offsets[parent]
-    starts = np.flatnonzero(pc.fill_null(pc.match_substring(flat, "="), False).to_numpy(zero_copy_only=False)
-                            | (position == 0))
-    pairs = pa.ListArray.from_arrays(pa.array(np.append(starts, len(flat)), pa.int32()), flat)
-    joined = pc.binary_join(pairs, ",")
-    kv = pc.extract_regex(joined, r"^(?P<k>[^=]*)=?(?P<v>.*)$")
-    key = pc.utf8_trim_whitespace(pc.struct_field(kv, [0]))
-    value = pc.utf8_trim_whitespace(pc.struct_field(kv, [1]))
-    keep = pc.fill_null(pc.not_equal(key, ""), False)
-    members = _member(key, value).filter(keep)
-    rows = parent[starts][keep.to_numpy(zero_copy_only=False)]
+    first = pa.array(np.arange(len(pieces)) == offsets[rows] - offsets[0])
+    if pc.any(pc.and_(first, pc.not_equal(pieces, ""))).as_py():
+        # rare: text before the first pair is kept whole as a key without a value, as a piece
+        # without "=" always was (an "=" is added so that every piece has one)
+        pieces = pc.if_else(first, pc.binary_join_element_wise(pieces, "=", ""), pc.utf8_ltrim(pieces, characters=","))
+    else:
+        keep = pc.invert(first)
+        rows, pieces = rows[keep.to_numpy(zero_copy_only=False)], pc.utf8_ltrim(pieces.filter(keep), characters=",")
+    # key and value around the first "="
+    halves = pc.split_pattern(pieces, "=", max_splits=1)
+    key = pc.utf8_trim_whitespace(pc.list_element(halves, 0))
+    value = pc.utf8_trim_whitespace(pc.list_element(halves, 1))
+    if pc.any(pc.match_substring(values, '"')).as_py():
+        quoted = pc.fill_null(pc.match_substring_regex(value, _QUOTED_VALUE), False)
+        inner = pc.replace_substring_regex(pc.utf8_slice_codeunits(value, 1, -1), _ENCLOSURE_ESCAPES, r"\1\2")
+        value = pc.if_else(quoted, inner, value)
+    if escaped:
+        key, value = (pc.replace_substring(a, _MARK + _KEPT, _MARK) for a in (key, value))
+    keep = pc.not_equal(key, "")
+    rows, key, value = rows[keep.to_numpy(zero_copy_only=False)], key.filter(keep), value.filter(keep)
+    last = _last_of_each_key(rows, key, len(values))
+    if last is not None:
+        rows, key, value = rows[last], key.filter(last), value.filter(last)
+    return rows, key, value
+
+
+def _last_of_each_key(rows: np.ndarray, key: pa.Array, n: int) -> np.ndarray | None:
+    """Mask of the last pair of each (row, key) among ``n`` rows, or None when no row repeats a key."""
+    if len(key) == 0:
+        return None
+    codes = pc.dictionary_encode(key)
+    width = len(codes.dictionary)
+    pairs = rows.astype(np.int64) * width + codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if n * width <= _SEEN_BITMAP:
+        seen = np.zeros(n * width, dtype=bool)       # one flag per (row, key): the usual quick answer
+        seen[pairs] = True
+        if np.count_nonzero(seen) == len(pairs):
+            return None
+    # the first of each in reverse order is the last in order
+    _, first_from_end = np.unique(pairs[::-1], return_index=True)
+    if len(first_from_end) == len(pairs):
+        return None
+    last = np.zeros(len(pairs), dtype=bool)
+    last[len(pairs) - 1 - first_from_end] = True
+    return last
+
+
+def key_value_members(values: pa.Array) -> pa.Array:
+    """``k=v,k=v`` cells as ``"k":"v",…`` JSON members per row (see ``key_value_pairs``)."""
+    n = len(values)
+    rows, key, value = key_value_pairs(values)
+    if len(key) == 0:
+        return pa.array([""] * n, pa.string())
     counts = np.bincount(rows, minlength=n)
-    per_row = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()), members)
+    per_row = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()),
+                                       _member(key, value))
     return pc.binary_join(per_row, "")
 
 

@@ -10,6 +10,11 @@ Encodings: a UTF-8, UTF-16 or UTF-32 byte-order mark decides; otherwise the part
 ``encoding``. Anything but UTF-8 is transcoded to UTF-8 on the way in; bytes the encoding cannot
 decode travel through as invalid UTF-8 (``surrogateescape``) and are caught by the same check.
 Line endings may be ``\\n``, ``\\r\\n`` or a lone ``\\r``, mixed; quoted cells may hold newlines.
+
+Blanks before an opening quote (``"sku", "product_online"``, as Magento's own sample imports are
+written) are not part of the value, as for PHP's ``fgetcsv`` and Python's ``skipinitialspace``;
+pyarrow would keep the quotes as text. When the file's first 64 KiB show that layout, the byte
+stream loses those blanks on its way to pyarrow (``_SpaceBeforeQuote``); other files are untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from config.model import Limits
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 HEADER_ROWS = 1
+SPACED_QUOTES_SAMPLE = 1 << 16    # characters of the file's start that tell the blanks-before-quotes layout
 _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
@@ -109,8 +115,98 @@ class _LineGuard(io.RawIOBase):
         return n
 
 
-def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding: str, progress: bool):
-    """The file as a guarded UTF-8 byte stream (a context manager)."""
+_QUOTE, _SPACE, _TAB, _LF, _CR = 0x22, 0x20, 0x09, 0x0A, 0x0D
+
+
+def _blanks_before_quotes(data: np.ndarray, *, delimiter: int, quoted: bool) -> tuple[np.ndarray, bool]:
+    """Positions in ``data`` of the blanks (spaces, tabs unless tab delimits) between the start of
+    a field (after the delimiter or a line break) and its opening quote, and whether ``data``
+    ends inside a quoted value. ``data[0]`` is context, the byte before, already passed on and
+    never a blank; ``quoted`` says whether it left a quoted value open.
+
+    Inside or outside a quoted value is told by the parity of the quotes before a byte (``""``
+    inside one counts twice), so every other quote opens one: vectorized over the quotes, not the
+    bytes. A quote in the middle of an unquoted cell (``5" tall``) would upset the count, which
+    is why only files that show the layout get here."""
+    quotes = np.flatnonzero(data == _QUOTE)
+    if quotes.size and quotes[0] == 0:
+        quotes = quotes[1:]                       # the context's quote was counted with its chunk
+    still_quoted = bool((len(quotes) + quoted) % 2)
+    blank = data == _SPACE
+    if delimiter != _TAB:
+        blank |= data == _TAB
+    opening = quotes[int(quoted)::2]
+    opening = opening[blank[opening - 1]]
+    if not opening.size:
+        return opening, still_quoted
+    # where the blanks before each opening quote start (data[0] is never blank): a step back at
+    # a time for the usual one or two, then from the starts of all runs for longer ones
+    start = opening - 1
+    for _ in range(4):
+        more = blank[start - 1]
+        if not more.any():
+            break
+        start[more] -= 1
+    else:
+        run_starts = np.flatnonzero(blank[1:] & ~blank[:-1]) + 1
+        start = run_starts[np.searchsorted(run_starts, start, side="right") - 1]
+    at_field_start = np.isin(data[start - 1], (delimiter, _LF, _CR))
+    start, end = start[at_field_start], opening[at_field_start]
+    lengths = end - start
+    first = np.cumsum(lengths) - lengths              # where each run's positions begin in the result
+    return np.repeat(start - first, lengths) + np.arange(lengths.sum()), still_quoted
+
+
+def _spaced_quotes(sample: str, delimiter: str) -> bool:
+    """Does the start of the file have blanks before opening quotes (``"a", "b"``)?"""
+    sample = sample[:SPACED_QUOTES_SAMPLE]
+    if len(delimiter) != 1 or ord(delimiter) > 0x7F or (' "' not in sample and '\t"' not in sample):
+        return False                     # two substring searches: a plain file's whole cost
+    data = np.frombuffer(b"\n" + sample.encode("utf-8", errors="surrogateescape"), dtype=np.uint8)
+    return bool(_blanks_before_quotes(data, delimiter=ord(delimiter), quoted=False)[0].size)
+
+
+class _SpaceBeforeQuote(io.RawIOBase):
+    """Drops the blanks between a field's start and its opening quote from a UTF-8 byte stream,
+    a chunk at a time with numpy (see ``_blanks_before_quotes``), so pyarrow reads ``, "x, y"``
+    as the quoted value ``x, y``. Blanks that end a chunk wait for the next byte."""
+
+    def __init__(self, raw, delimiter: str):
+        self._raw, self._delimiter = raw, ord(delimiter)
+        self._context = b"\n"          # the byte before what is held: a file starts a line
+        self._held = b""                # trailing blanks of the last chunk, not decided yet
+        self._quoted = False
+        self._pending = memoryview(b"")
+        self._strip = b" " if self._delimiter == _TAB else b" \t"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._pending:
+            chunk = self._raw.read(BLOCK_SIZE)
+            if not chunk:
+                self._pending, self._held = memoryview(self._held), b""
+                break
+            data = self._context + self._held + chunk
+            end = len(data.rstrip(self._strip))          # >= 1: the context is never a blank
+            body = np.frombuffer(data, dtype=np.uint8, count=end)
+            drop, self._quoted = _blanks_before_quotes(body, delimiter=self._delimiter, quoted=self._quoted)
+            keep = np.ones(end, dtype=bool)
+            keep[0] = False                              # the context, passed on before
+            keep[drop] = False
+            self._pending = memoryview(body[keep].data)
+            self._context, self._held = data[end - 1:end], data[end:]
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding: str, progress: bool,
+                 spaced_delimiter: str | None = None):
+    """The file as a guarded UTF-8 byte stream (a context manager); with ``spaced_delimiter``,
+    without the blanks before opening quotes."""
     import contextlib
 
     @contextlib.contextmanager
@@ -120,12 +216,16 @@ def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding
             raw = stream if _is_utf8(encoding) else _ToUtf8(stream, encoding)
             # pyarrow holds a row within one read block: longer lines can never be read anyway
             limit = min(options.limits.max_line_bytes, BLOCK_SIZE)
-            yield io.BufferedReader(_LineGuard(raw, limit), buffer_size=BLOCK_SIZE)
+            guarded: io.RawIOBase = _LineGuard(raw, limit)
+            if spaced_delimiter is not None:
+                guarded = _SpaceBeforeQuote(guarded, spaced_delimiter)
+            yield io.BufferedReader(guarded, buffer_size=BLOCK_SIZE)
     return opened()
 
 
-def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str]:
-    """(encoding, header line) from the first bytes of the file, checked against the limits."""
+def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str, str]:
+    """(encoding, header line, the first MiB as text) from the first bytes of the file, checked
+    against the limits."""
     limits: Limits = options.limits
     with open_stream(path, compressed=compressed, options=ReadOptions(limits=limits)) as stream:
         head = stream.read(min(limits.max_line_bytes, 1 << 20) + 4)
@@ -136,7 +236,7 @@ def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str,
     if len(first_line.encode("utf-8", errors="replace")) > min(limits.max_line_bytes, 1 << 20):
         raise LimitExceeded(limit="max_line_bytes", row=1,
                             reason=f"the header line is longer than {min(limits.max_line_bytes, 1 << 20)} bytes")
-    return encoding, first_line
+    return encoding, first_line, text
 
 
 def sniff_delimiter(header: str) -> str:
@@ -212,15 +312,16 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
           delimiter: str | None) -> Iterator[Block]:
     next_row = HEADER_ROWS + 1
     try:
-        encoding, header = _header(path, compressed=compressed, options=options)
+        encoding, header, sample = _header(path, compressed=compressed, options=options)
         delimiter = delimiter or sniff_delimiter(header)
+        spaced = delimiter if _spaced_quotes(sample, delimiter) else None
         if header.count(delimiter) + 1 > options.limits.max_columns:
             raise LimitExceeded(limit="max_columns", row=1,
                                 reason=f"the header has more than {options.limits.max_columns} columns")
         shown_encoding = "UTF-8" if _is_utf8(encoding) else encoding
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                              progress=False) as stream:
+                              progress=False, spaced_delimiter=spaced) as stream:
                 names = _csv_reader(stream, delimiter=delimiter).schema.names
         except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
             raise UnreadableFile(reason=f"the header line is not valid {shown_encoding} text "
@@ -229,7 +330,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             if "Empty CSV file" not in str(exc) or not header.strip():
                 raise
             # one header line and nothing after it, not even a line break: no rows to read
-            names = next(csv.reader([header], delimiter=delimiter))
+            names = next(csv.reader([header], delimiter=delimiter, skipinitialspace=spaced is not None))
             yield Block(to_text(pa.RecordBatch.from_pylist(
                 [], schema=pa.schema([(n, pa.string()) for n in names]))), next_row)
             return
@@ -237,7 +338,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
         as_bytes = {n: pa.binary() for n in names}
         with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                          progress=True) as stream:
+                          progress=True, spaced_delimiter=spaced) as stream:
             for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes):
                 batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
                 text, bad_cells = _as_text(batch)
