@@ -224,8 +224,10 @@ class GroupShaper(Shaper):
 
     def _shape(self, block: Block) -> Block:
         m, batch = self.model, block.batch
-        by = m.group            # the group column; a model without one shapes nothing
-        if by is None or by not in batch.schema.names or batch.num_rows == 0:
+        # the group column (the first of the model's that the file has); a file without one shapes nothing
+        groups = (m.group,) if isinstance(m.group, str) else (m.group or ())
+        by = next((g for g in groups if g in batch.schema.names), None)
+        if by is None or batch.num_rows == 0:
             return block
         n = batch.num_rows
         inherit = _present(batch, m.inherit)
@@ -253,15 +255,15 @@ class GroupShaper(Shaper):
         for name in variant:
             keep = pc.or_(keep, pc.is_valid(_blank_to_null(batch.column(name))))
         if m.key and m.key in batch.schema.names:
-            new[m.key] = pc.coalesce(_blank_to_null(batch.column(m.key)), self._derived_key(batch, group))
+            new[m.key] = pc.coalesce(_blank_to_null(batch.column(m.key)), self._derived_key(batch, by, group))
         return self._keep(block, _replace_columns(batch, new), keep)
 
-    def _derived_key(self, batch: pa.RecordBatch, group: pa.Array) -> pa.Array:
+    def _derived_key(self, batch: pa.RecordBatch, by: str, group: pa.Array) -> pa.Array:
         m = self.model
         parts = []
         for name in _present(batch, m.key_from):
-            values = group if name == m.group else _blank_to_null(batch.column(name))
-            if m.key_default is not None and name != m.group:
+            values = group if name == by else _blank_to_null(batch.column(name))
+            if m.key_default is not None and name != by:
                 values = pc.if_else(pc.fill_null(pc.equal(values, m.key_default), False), _NULL, values)
             parts.append(pc.utf8_trim_whitespace(values))
         if not parts:

@@ -73,7 +73,12 @@ def test_shopifys_2025_template_columns_land_with_the_shopify_preset(workdir, in
     path = write_csv(workdir / "product_template.csv",
                      ["Title", "URL handle", "SKU", "Price", "Inventory quantity", "Barcode", "Status"],
                      [["The Band T-Shirt", "the-band-t-shirt", "TheBandTShirt-SG", "19.99", "47", "'4006381333931",
-                       "active"]])
+                       "active"],
+                      ["", "the-band-t-shirt", "TheBandTShirt-SA", "21.99", "42", "", ""]])     # a variant row
     code, manifest = ingest(path, "--config", _config(workdir, "shopify"))
-    got = products(workdir)["thebandtshirt-sg"]
-    assert (got["price_cents"], got["stock"], got["gtin"], got["active"]) == (1999, 47, "4006381333931", 1)
+    got = products(workdir)
+    assert (got["thebandtshirt-sg"]["price_cents"], got["thebandtshirt-sg"]["stock"], got["thebandtshirt-sg"]["gtin"],
+            got["thebandtshirt-sg"]["active"]) == (1999, 47, "4006381333931", 1)
+    # grouped by "URL handle": the variant inherits the product's title and status
+    assert (got["thebandtshirt-sa"]["name"], got["thebandtshirt-sa"]["price_cents"],
+            got["thebandtshirt-sa"]["active"]) == ("The Band T-Shirt", 2199, 1)

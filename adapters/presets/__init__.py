@@ -50,7 +50,7 @@ class RowModel:
     model: str
     inherit: tuple[str, ...] = ()
     skip_when_set: tuple[str, ...] = ()
-    group: str | None = None
+    group: str | tuple[str, ...] | None = None     # the group column; a tuple: the first one present
     variant: tuple[str, ...] = ()
     key: str | None = None
     key_from: tuple[str, ...] = ()
