@@ -93,6 +93,22 @@ def test_line_endings_of_every_kind(workdir, ingest, newline):
     assert code == 0 and _landed(workdir) == EXPECTED
 
 
+@pytest.mark.parametrize("before", [b"\n", b"\r\n  \r\n", b"\n\t\xef\xbb\xbf", b"\xef\xbb\xbf\n\n"],
+                         ids=["blank-line", "whitespace-lines", "a-BOM-after-a-blank-line", "BOM-then-blank-lines"])
+def test_blank_lines_before_the_header_are_skipped_and_rows_keep_their_numbers(workdir, ingest, before):
+    """A plugin printing whitespace ahead of an export (a real WooCommerce file starts with
+    0a 09 ef bb bf) no longer makes a blank line the header."""
+    lines = before.count(b"\n")
+    path = workdir / "feed.csv"
+    path.write_bytes(before + b"sku,name,price\nA-1,Pen,1.50\nB-2,Pad,x\n" + b"".join(
+        f"C-{i},Clip,1.00\n".encode() for i in range(30)))
+    code, manifest = ingest(path)
+    assert manifest["rows"]["inserted"] == 31
+    assert products(workdir)["a-1"]["price_cents"] == 150
+    [line] = read_diagnostics(manifest, workdir)
+    assert (line["row"], line["sku"], line["code"]) == (str(lines + 3), "B-2", "invalid_price")
+
+
 def test_mixed_line_endings_and_quoted_newlines(workdir, ingest):
     data = 'sku,name,description\r\nA-1,Shirt,"two\nlines"\nB-2,Hat,"cr\r\nlf"\rC-3,Cap,plain\n'
     (workdir / "feed.csv").write_bytes(data.encode())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,20 +224,27 @@ def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding
     return opened()
 
 
-def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str, str]:
-    """(encoding, header line, the first MiB as text) from the first bytes of the file, checked
-    against the limits."""
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")     # the line breaks pyarrow splits rows at
+
+
+def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str, str, int]:
+    """(encoding, header line, the first MiB as text, blank lines before the header) from the
+    first bytes of the file, checked against the limits. Lines of nothing but whitespace before
+    the header (what a plugin prints ahead of an export) are not the header: they are skipped,
+    and the rows keep the numbers a spreadsheet shows."""
     limits: Limits = options.limits
     with open_stream(path, compressed=compressed, options=ReadOptions(limits=limits)) as stream:
         head = stream.read(min(limits.max_line_bytes, 1 << 20) + 4)
     encoding = detect_encoding(head, options.encoding)
     text = codecs.decode(head, encoding, errors="replace") if head else ""
     text = text.lstrip("\ufeff")
-    first_line = text.splitlines()[0] if text.strip() else ""
+    lines = _LINE_BREAK.split(text)
+    leading = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff")), 0)
+    first_line = lines[leading].lstrip("\ufeff") if text.strip() else ""
     if len(first_line.encode("utf-8", errors="replace")) > min(limits.max_line_bytes, 1 << 20):
         raise LimitExceeded(limit="max_line_bytes", row=1,
                             reason=f"the header line is longer than {min(limits.max_line_bytes, 1 << 20)} bytes")
-    return encoding, first_line, text
+    return encoding, first_line, text, leading
 
 
 def sniff_delimiter(header: str) -> str:
@@ -246,8 +254,8 @@ def sniff_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-def _csv_reader(stream, *, delimiter: str, column_types=None):
-    read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8")
+def _csv_reader(stream, *, delimiter: str, column_types=None, skip_rows: int = 0):
+    read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8", skip_rows=skip_rows)
     # blank lines are kept as rows, so later rows keep the numbers a spreadsheet shows
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False)
     convert = pacsv.ConvertOptions(
@@ -312,7 +320,8 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
           delimiter: str | None) -> Iterator[Block]:
     next_row = HEADER_ROWS + 1
     try:
-        encoding, header, sample = _header(path, compressed=compressed, options=options)
+        encoding, header, sample, leading = _header(path, compressed=compressed, options=options)
+        next_row += leading
         delimiter = delimiter or sniff_delimiter(header)
         spaced = delimiter if _spaced_quotes(sample, delimiter) else None
         if header.count(delimiter) + 1 > options.limits.max_columns:
@@ -322,7 +331,9 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                               progress=False, spaced_delimiter=spaced) as stream:
-                names = _csv_reader(stream, delimiter=delimiter).schema.names
+                names = _csv_reader(stream, delimiter=delimiter, skip_rows=leading).schema.names
+            if leading and names:       # a BOM or blanks after the skipped lines: not the name's
+                names[0] = names[0].strip().lstrip("\ufeff").strip()
         except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
             raise UnreadableFile(reason=f"the header line is not valid {shown_encoding} text "
                                         "(is the partner's encoding set?)", row=1) from exc
@@ -339,7 +350,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         as_bytes = {n: pa.binary() for n in names}
         with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                           progress=True, spaced_delimiter=spaced) as stream:
-            for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes):
+            for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading):
                 batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
                 text, bad_cells = _as_text(batch)
                 block = _without_blank_lines(to_text(text), next_row)
@@ -350,7 +361,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
                     block = Block(block.batch, block.first_row, block.rows, bad_cells, shown_encoding)
                 yield block
                 next_row += batch.num_rows
-        if next_row == HEADER_ROWS + 1:
+        if next_row == HEADER_ROWS + 1 + leading:
             # a header without rows still names its columns: a missing required one must show
             empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(n, pa.string()) for n in names]))
             yield Block(to_text(empty), next_row)
