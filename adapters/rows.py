@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from adapters.presets import RowModel
 from adapters.readers import Block
-from adapters.validation import DIAGNOSTICS_SCHEMA, WARNING, Judged
+from adapters.validation import DIAGNOSTICS_SCHEMA, WARNING, Judged, diagnostics_lines
 
 _NULL = pa.scalar(None, pa.string())
 _NO_NOTES = DIAGNOSTICS_SCHEMA.empty_table()
@@ -225,8 +225,7 @@ class GroupShaper(Shaper):
     def _shape(self, block: Block) -> Block:
         m, batch = self.model, block.batch
         # the group column (the first of the model's that the file has); a file without one shapes nothing
-        groups = (m.group,) if isinstance(m.group, str) else (m.group or ())
-        by = next((g for g in groups if g in batch.schema.names), None)
+        by = next((g for g in m.groups if g in batch.schema.names), None)
         if by is None or batch.num_rows == 0:
             return block
         n = batch.num_rows
@@ -413,12 +412,9 @@ class ParentShaper(Shaper):
                           pc.binary_join_element_wise("not inherited: ", missing, ""))
         column = self._sku_column(batch)
         sku = pc.utf8_trim_whitespace(_blank_to_null(batch.column(column))) if column else pa.nulls(n, pa.string())
-        return pa.table({
-            "row": rows.row_numbers(), "sku": sku, "severity": pa.array([WARNING] * n, pa.string()),
-            "column": pa.array([m.parent] * n, pa.string()), "code": pa.array([code] * n, pa.string()),
-            "message": pc.binary_join_element_wise(why, what, "; "),
-            "value": pc.utf8_trim_whitespace(batch.column(m.parent)),
-        }, schema=DIAGNOSTICS_SCHEMA)
+        return diagnostics_lines(rows.row_numbers(), sku, severity=WARNING, column=m.parent, code=code,
+                                 message=pc.binary_join_element_wise(why, what, "; "),
+                                 values=pc.utf8_trim_whitespace(batch.column(m.parent)))
 
 
 SHAPERS: dict[str, type[Shaper]] = {"flat": Shaper, "group": GroupShaper, "parent": ParentShaper}

@@ -63,6 +63,20 @@ class Judged:
     error_codes: dict[str, int] = field(default_factory=dict)
 
 
+def diagnostics_lines(rows: pa.Array, skus: pa.Array, *, severity: str, column: str | None, code: str,
+                      message: str | pa.Array, values: pa.Array | None = None) -> pa.Table:
+    """Diagnostics lines (``DIAGNOSTICS_SCHEMA``) of ``rows``: one severity, column and code for
+    all, a message for all or one each, and each row's value as written (shortened)."""
+    n = len(rows)
+    shown = (pc.utf8_slice_codeunits(values, 0, MAX_VALUE_SHOWN).cast(pa.string()) if values is not None
+             else pa.nulls(n, pa.string()))
+    return pa.table({
+        "row": rows, "sku": skus, "severity": pa.repeat(severity, n), "column": pa.repeat(column, n),
+        "code": pa.repeat(code, n), "message": pa.repeat(message, n) if isinstance(message, str) else message,
+        "value": shown,
+    }, schema=DIAGNOSTICS_SCHEMA)
+
+
 class _Problems:
     """Collects (mask, column, code, message, values, severity) and builds the diagnostics."""
 
@@ -88,17 +102,8 @@ class _Problems:
     def table(self) -> pa.Table:
         parts = []
         for mask, column, code, message, values, severity in self.items:
-            n = pc.sum(mask).as_py()
-            shown = pc.utf8_slice_codeunits(values.filter(mask), 0, MAX_VALUE_SHOWN)
-            parts.append(pa.table({
-                "row": self.rows.filter(mask),
-                "sku": self.sku.filter(mask),
-                "severity": pa.repeat(severity, n),
-                "column": pa.repeat(column, n),
-                "code": pa.repeat(code, n),
-                "message": pa.repeat(message, n),
-                "value": shown.cast(pa.string()),
-            }, schema=DIAGNOSTICS_SCHEMA))
+            parts.append(diagnostics_lines(self.rows.filter(mask), self.sku.filter(mask), severity=severity,
+                                           column=column, code=code, message=message, values=values.filter(mask)))
         if not parts:
             return DIAGNOSTICS_SCHEMA.empty_table()
         table = pa.concat_tables(parts)

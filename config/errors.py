@@ -164,9 +164,9 @@ class InboxMisconfigured(InboxError, Terminal):
 
 
 class SourceGone(InboxError, Terminal):
-    """The file is no longer in the inbox when it is to be read: deleted by the partner, or
-    already taken in and archived by another look at it. Nothing to read and nothing wrong with
-    the inbox: not retried, and no fault for /healthz."""
+    """The file is no longer in the inbox when it is to be read (local or SFTP): deleted by the
+    partner, or already taken in and archived by another look at it. Nothing to read and nothing
+    wrong with the inbox: not retried, and no fault for /healthz."""
     code = "source_gone"
 
 

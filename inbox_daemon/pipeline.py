@@ -26,7 +26,7 @@ from adapters.mapping import ColumnMap, candidates, preset_of, requested_paths, 
 from adapters.platforms import AUTO, detect_preset
 from adapters.readers import ReadOptions, detect_format, read_blocks
 from adapters.rows import Shaper, shaper_for, with_notes
-from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, judge
+from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, diagnostics_lines, judge
 from config.canonical import MERGED_COLUMNS
 from config.errors import (
     Cancelled,
@@ -102,10 +102,9 @@ class Progress:
     name_column: str = "name"                 # the partner's column for a name, for diagnostics
     platform: dict = field(default_factory=dict)   # preset chosen (preset = "auto") or hinted
 
-    def describe(self, manifest: dict) -> dict:
-        """The manifest with what was learnt of the file's platform."""
+    def describe(self, manifest: dict) -> None:
+        """Adds to the manifest what was learnt of the file's platform."""
         manifest.update(self.platform)
-        return manifest
     started: str = field(default_factory=utcnow)
     clock: float = field(default_factory=time.monotonic)
 
@@ -351,12 +350,10 @@ class Pipeline:
         ``max_reject_ratio``."""
         rows, skus = zip(*counts.unnamed, strict=True)
         n = len(rows)
-        progress.diagnostics.write(pa.table({
-            "row": pa.array(rows, pa.int64()), "sku": pa.array(skus, pa.string()),
-            "severity": pa.repeat(ERROR, n), "column": pa.repeat(progress.name_column, n),
-            "code": pa.repeat("name_required", n),
-            "message": pa.repeat("the catalog has no product with this sku yet, and a new product needs a name", n),
-            "value": pa.nulls(n, pa.string())}, schema=DIAGNOSTICS_SCHEMA))
+        progress.diagnostics.write(diagnostics_lines(
+            pa.array(rows, pa.int64()), pa.array(skus, pa.string()), severity=ERROR, column=progress.name_column,
+            code="name_required",
+            message="the catalog has no product with this sku yet, and a new product needs a name"))
         totals = progress.totals
         totals.rejected += n
         totals.error_codes["name_required"] = totals.error_codes.get("name_required", 0) + n

@@ -495,14 +495,13 @@ class PostgresLoad:
                 ' ORDER BY sku_key, "row" DESC')
         named = (" AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = %s"
                  " AND p.sku_key = l.sku_key))") if self._unnamed else ""
-        theirs = ", ".join(f"products.{c}" for c in columns.written)
-        ours = ", ".join(columns.value(c) for c in columns.written)
+        changed = columns.differs("IS DISTINCT FROM")
         # the statement's snapshot is from before the upsert: the rows it counts stale are the
         # differing ones whose product holds a later delivery, which the upsert leaves alone
         # (a subquery per row of the file, each an index lookup: a join would have the planner
         # scan the partner's catalog whenever its statistics lag behind its growth)
-        stale = (f"(SELECT count(*) FROM last l WHERE {keep} AND (SELECT NOT {_NOT_LATER} AND ({theirs})"
-                 f" IS DISTINCT FROM ({', '.join(columns.value(c, 'l') for c in columns.written)}) FROM products"
+        stale = (f"(SELECT count(*) FROM last l WHERE {keep} AND (SELECT NOT {_NOT_LATER} AND"
+                 f" ({columns.differs('IS DISTINCT FROM', 'l')}) FROM products"
                  " WHERE products.partner_id = %s AND products.sku_key = l.sku_key))") if behind else "0"
         return self._s._exec(
             f"WITH last AS MATERIALIZED ({last}),"
@@ -510,7 +509,7 @@ class PostgresLoad:
             f" SELECT %s, sku_key, {values}, %s, %s FROM last l WHERE {keep}{named}"
             f" ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
             + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id"))
-            + f" WHERE ({theirs}) IS DISTINCT FROM ({ours}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
+            + f" WHERE ({changed}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
             f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
             f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh), {stale} FROM up",
             (self.job.partner_id, now, self.job.id, *((self.job.partner_id,) if named else ()), self._delivery,

@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from config import build_config
-from config.errors import InboxMisconfigured
+from config.errors import InboxMisconfigured, SourceGone
 from inbox_daemon.inboxes.sftp import SftpInbox
 from tests.conftest import products, run_cli, write_csv
 from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
@@ -159,6 +159,18 @@ def test_names_that_would_leave_the_folder_are_refused(tmp_path, server, secrets
     evil = Drop(inbox=inbox.id, partner="globex", key="../secret.csv", name="secret.csv", uri="x", size=1, version="1")
     with pytest.raises(InboxMisconfigured, match="leaves the inbox folder"):
         inbox.fetch(evil, tmp_path)
+    inbox.close()
+
+
+def test_a_file_gone_before_it_is_downloaded_is_no_fault_of_the_inbox(tmp_path, server, secrets):
+    """Deleted by the partner, or taken in by another look at it: SourceGone (not retried, no
+    /healthz fault), not the InboxUnavailable of a server that cannot be reached."""
+    inbox = _inbox(server, *secrets)
+    from inbox_daemon.drop import Drop
+    gone = Drop(inbox=inbox.id, partner="globex", key="gone.csv", name="gone.csv", uri="x", size=1, version="1")
+    _outbound(server)
+    with pytest.raises(SourceGone):
+        inbox.fetch(gone, tmp_path)
     inbox.close()
 
 

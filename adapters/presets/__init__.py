@@ -62,6 +62,11 @@ class RowModel:
     child_types: tuple[str, ...] = ()
     max_held: int | None = None
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The group columns to try, in order (``group`` may name one or several)."""
+        return (self.group,) if isinstance(self.group, str) else (self.group or ())
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -28,7 +28,7 @@ from pathlib import Path
 import paramiko
 import paramiko.hostkeys
 
-from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged
+from config.errors import InboxMisconfigured, InboxUnavailable, SourceChanged, SourceGone
 from config.model import SftpInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
 from inbox_daemon.drop import Drop
@@ -174,7 +174,11 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         name = self._checked(drop.key)
         with self._conn_lock, self._errors("download"):
             sftp = self._client()
-            with sftp.open(self._path(name), "rb") as remote:
+            try:
+                remote = sftp.open(self._path(name), "rb")
+            except FileNotFoundError as exc:     # deleted, or taken in by another look at it
+                raise SourceGone(f"{drop.key} disappeared before it could be read") from exc
+            with remote:
                 remote.prefetch(drop.size or None)
                 return spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read)), spool_dir)
 
