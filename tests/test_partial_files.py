@@ -139,8 +139,9 @@ def test_the_same_stock_values_again_change_nothing(shop):
 
 
 def test_a_full_file_after_a_partial_one_is_compared_whole_again(shop):
-    """A partial update leaves no row hash (it would be of half a row): the next full file is
-    compared in SQL, finds the row equal, and restores the hash, so the one after skips it."""
+    """A partial update stores the hash of what that file set (its column set mixed in), which a
+    full file never matches: the next full file is compared in SQL, finds the row equal, and
+    stores its own hash, so the one after skips it."""
     send, catalog = shop
     send("stock.csv", ["sku", "stock"], [["P-1", "7"]])
     rows = [list(r) for r in FULL_ROWS]
