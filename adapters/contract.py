@@ -53,7 +53,8 @@ def effective_mapping(partner: PartnerConfig) -> dict:
     mapping: dict[str, object] = {
         "preset": partner.preset,
         "columns": {c: list(candidates(partner, c)) for c in _FIELDS},
-        "overrides": dict(partner.columns),
+        # as the partner wrote them: a column, or a list of columns to try
+        "overrides": {k: v[0] if len(v) == 1 else list(v) for k, v in partner.columns.items()},
     }
     if preset is not None:
         mapping["description"] = " ".join(preset.description.split())

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from adapters.presets import PRESETS, Preset
+from adapters.presets import Preset, partner_preset
 from config.canonical import INPUT_FIELDS, REQUIRED_FIELDS
 from config.errors import DuplicateColumn, MissingColumn
 from config.model import PartnerConfig
@@ -51,7 +51,8 @@ class ColumnMap:
 
 
 def preset_of(partner: PartnerConfig) -> Preset | None:
-    return PRESETS.get(partner.preset) if partner.preset else None
+    """The preset the partner's files are read with (its own keys laid over its preset's)."""
+    return partner_preset(partner)
 
 
 def candidates(partner: PartnerConfig, canonical: str) -> tuple[str, ...]:
@@ -59,7 +60,7 @@ def candidates(partner: PartnerConfig, canonical: str) -> tuple[str, ...]:
     it has one, else the preset's names (formatted for the partner), then the canonical name."""
     configured = partner.columns.get(canonical)
     if configured is not None:
-        return (configured,)
+        return configured
     preset = preset_of(partner)
     named = preset.candidates(canonical, locale=partner.locale, channel=partner.channel,
                               currency=partner.currency) if preset else ()
@@ -98,12 +99,17 @@ def resolve_columns(names: list[str], partner: PartnerConfig, *, require: bool =
         return candidate if candidate in present else by_lower.get(candidate.lower())
 
     source: dict[str, str] = {}
+    taken: dict[str, str] = {}           # partner column -> the canonical column it feeds
     for canonical in INPUT_FIELDS:
         tried = candidates(partner, canonical)
         for candidate in tried:
             hit = find(candidate)
-            if hit is not None and hit not in source.values():
+            # a column feeds one canonical column, unless the partner's own mapping names it
+            # for two (``sku = "Name"``: a supplier without SKUs keys its products by name)
+            if hit is not None and (hit not in taken or canonical in partner.columns
+                                    or taken[hit] in partner.columns):
                 source[canonical] = hit
+                taken.setdefault(hit, canonical)
                 break
         else:
             if require and canonical in REQUIRED_FIELDS:

@@ -30,7 +30,9 @@ the block last returned, and ``with_notes`` merges them into that block's judgem
   later row of the same SKU is released (the store keeps a SKU's last row *in staging order*, so
   rows of one SKU must reach it in file order); what is still held at the end of the file
   (``finish``) has a parent the file does not have. Each row released without its parent gets a
-  warning naming the row, its SKU, the parent and the columns it did not inherit.
+  warning naming the row, its SKU, the parent and the columns it did not inherit. A row with an
+  empty ``key`` is keyed ``id:<id>`` (with ``id`` set): WooCommerce makes SKUs optional, and a
+  shop without them names its products by ID, as its Parent column does.
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ def _concat(blocks: list[Block]) -> Block:
     last = blocks[-1]
     return Block(pa.RecordBatch.from_arrays(arrays, names=names), last.first_row,
                  pa.concat_arrays([b.row_numbers() for b in blocks]), _concat_masks(blocks, "bad_cells"),
-                 last.encoding, _concat_masks(blocks, "typed_cells"))
+                 last.encoding, _concat_masks(blocks, "typed_cells"), _concat_masks(blocks, "refused_rows"))
 
 
 def _concat_masks(blocks: list[Block], kind: str) -> tuple[tuple[str, pa.Array], ...]:
-    """Per-column cell masks (``bad_cells``, ``typed_cells``) of blocks one after the other;
+    """Per-column cell masks (``bad_cells``, ``typed_cells``, ``refused_rows`` per code) of blocks one after the other;
     false where a block has none for that column."""
     columns = dict.fromkeys(c for b in blocks for c, _ in getattr(b, kind))
     return tuple((c, pa.concat_arrays([dict(getattr(b, kind)).get(c, pa.array(np.zeros(b.batch.num_rows, dtype=bool)))
@@ -288,6 +290,7 @@ class ParentShaper(Shaper):
         self._seq = 0                                # rows seen so far: the position in the file of the next one
 
     def _shape(self, block: Block) -> Block:
+        block = self._keyed_by_id(block)
         m, n = self.model, block.batch.num_rows
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
@@ -329,6 +332,19 @@ class ParentShaper(Shaper):
         if released.any():
             self.notes = self._released_early(_filtered(work, pa.array(released)), collided[released])
         return _filtered(work, pa.array(~hold)) if hold.any() else work
+
+    def _keyed_by_id(self, block: Block) -> Block:
+        """Rows with an empty ``key`` keyed ``id:<id>``: the platform's own way to name a product
+        without SKU (WooCommerce's Parent column does), stable across exports of one shop."""
+        m, batch = self.model, block.batch
+        if not (m.key and m.id and m.key in batch.schema.names and m.id in batch.schema.names):
+            return block
+        key = _blank_to_null(batch.column(m.key))
+        if key.null_count == 0:
+            return block
+        ids = pc.utf8_trim_whitespace(_blank_to_null(batch.column(m.id)))
+        derived = pc.binary_join_element_wise("id:", ids, "")
+        return dataclasses.replace(block, batch=_replace_columns(batch, {m.key: pc.coalesce(key, derived)}))
 
     def _released_early(self, rows: Block, collided: np.ndarray) -> pa.Table:
         """Warnings for rows that could wait no longer for a parent that may still come."""

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from adapters.mapping import ColumnMap, attributes_json, preset_of
 from adapters.prices import parse_price
 from adapters.readers import Block
+from adapters.readers.base import TOO_MANY_CELLS
 from config.canonical import (
     AVAILABILITY,
     CANONICAL_SCHEMA,
@@ -223,8 +224,16 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
     return _verdict(p, canonical)
 
 
+# what a row the reader refused on its own is told (``Block.refused_rows``)
+_REFUSED = {TOO_MANY_CELLS: "the row has more cells than the header has columns (a value with the "
+                            "delimiter in it, not quoted?): the row is not read"}
+
+
 def _check_encoding(p: _Problems, block: Block) -> None:
-    """Cells the reader could not decode: the row is rejected, the rest of the file goes on."""
+    """Cells the reader could not decode, rows it could not split: the row is rejected, the
+    rest of the file goes on."""
+    for code, refused in block.refused_rows:
+        p.add(refused, "", code, _REFUSED[code], pa.nulls(block.batch.num_rows, pa.string()))
     for column, bad in block.bad_cells:
         p.add(bad, "", "invalid_encoding", f"not valid {block.encoding} text (undecodable bytes or a NUL "
               "character); the value is shown with them replaced by U+FFFD", block.batch.column(column),

@@ -218,6 +218,20 @@ def _prefix(value: str) -> str:
     return value if not value or value.endswith("/") else value + "/"
 
 
+def _name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a name, got \"\"")
+    return value.strip()
+
+
+def _alternatives(value: str | list) -> tuple[str, ...]:
+    """One name or a list of alternatives, as a tuple."""
+    items = [value] if isinstance(value, str) else value
+    if not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ValueError("expected a name or a non-empty list of names")
+    return tuple(v.strip() for v in items)
+
+
 def _preset(presets: Collection[str] | None) -> Check | None:
     """The check of ``preset = "..."`` against the names the caller knows; none without them."""
     if presets is None:
@@ -267,6 +281,9 @@ _PARTNER_KEYS: Spec = {
     "locale": (str, _token),
     "channel": (str, _token),
     "apostrophe_guard": (bool, None),
+    "header_row": (int, _positive),
+    "record_path": ((str, list), _alternatives),
+    "expand": (str, _name),
 }
 _WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None)}
 # every kind's keys but partner, kind and path, which are read first: they decide the rest
@@ -346,13 +363,13 @@ def _store(r: _Reader, data: dict, state_dir: Path) -> StoreConfig:
     return StoreConfig(url=url, **_read(r, data, "store", StoreConfig, _STORE_KEYS))
 
 
-def _partners(r: _Reader, raw: Any, presets: Collection[str] | None) -> dict[str, PartnerConfig]:
+def _partners(r: _Reader, raw: Any, presets: Collection[str] | None, base: Path) -> dict[str, PartnerConfig]:
     if not isinstance(raw, list):
         r.problems.append("partners: expected [[partners]] tables")
         return {}
     partners: dict[str, PartnerConfig] = {}
     for i, table in enumerate(raw):
-        p = _partner(r, table, f"partners[{i}]", presets)
+        p = _partner(r, table, f"partners[{i}]", presets, base)
         if p is None:
             continue
         if p.id in partners:
@@ -361,12 +378,20 @@ def _partners(r: _Reader, raw: Any, presets: Collection[str] | None) -> dict[str
     return partners
 
 
-def _partner(r: _Reader, data: Any, path: str, presets: Collection[str] | None) -> PartnerConfig | None:
-    data = r.table(data, path, {f.name for f in fields(PartnerConfig)})
+def _partner(r: _Reader, data: Any, path: str, presets: Collection[str] | None,
+             base: Path) -> PartnerConfig | None:
+    data = r.table(data, path, ({f.name for f in fields(PartnerConfig)} - {"key_value"}) | {"attributes"})
     kw = _read(r, data, path, PartnerConfig, {**_PARTNER_KEYS, "preset": (str, _preset(presets))})
     columns = r.get(data, "columns", path, dict)
     if columns is not None:
         kw["columns"] = _columns(r, columns, f"{path}.columns")
+    preset_file = r.get(data, "preset_file", path, str)
+    if preset_file is not None:
+        if "preset" in data:
+            r.problems.append(f"{path}.preset_file: a partner has a preset or a preset file, not both")
+        # relative to the configuration file, so that the file and its presets travel together
+        kw["preset_file"] = str((base / preset_file).resolve())
+    kw.update(_preset_tables(r, data, path))
     hook = r.get(data, "webhook", path, dict)
     if hook is not None:
         hp = f"{path}.webhook"
@@ -375,15 +400,56 @@ def _partner(r: _Reader, data: Any, path: str, presets: Collection[str] | None) 
     return _build(PartnerConfig, kw)
 
 
-def _columns(r: _Reader, columns: dict, path: str) -> dict[str, str]:
-    """``columns = { canonical = "the partner's column" }``."""
+def _columns(r: _Reader, columns: dict, path: str) -> dict[str, tuple[str, ...]]:
+    """``columns = { canonical = "the partner's column" }``, or a list of columns to try in order
+    (as a preset's ``[columns]`` has them). Two canonical columns may name the same column (a
+    supplier whose products have no SKU keys them by name: ``sku = "Name"``, ``name = "Name"``)."""
     from config.canonical import INPUT_FIELDS
+    out: dict[str, tuple[str, ...]] = {}
     for canonical, column in columns.items():
         if canonical not in INPUT_FIELDS:
             r.problems.append(f"{path}.{canonical}: not a canonical column (one of {', '.join(INPUT_FIELDS)})")
-        elif not isinstance(column, str) or not column.strip():
-            r.problems.append(f"{path}.{canonical}: expected the partner's column name")
-    return {k: v.strip() for k, v in columns.items() if isinstance(v, str)}
+            continue
+        try:
+            out[canonical] = _alternatives(column)
+        except ValueError:
+            r.problems.append(f"{path}.{canonical}: expected the partner's column name, or a list of names")
+    return out
+
+
+def _preset_tables(r: _Reader, data: dict, path: str) -> dict[str, Any]:
+    """A partner's own ``[values.<canonical>]``, ``[lists]``, ``[attributes] key_value`` and
+    ``[rows]``: the shapes are checked here, what a row model means by ``adapters.presets``."""
+    from config.canonical import INPUT_FIELDS
+    kw: dict[str, Any] = {}
+    values = r.get(data, "values", path, dict)
+    if values is not None:
+        kw["values"] = {}
+        for canonical, words in values.items():
+            where = f"{path}.values.{canonical}"
+            if canonical not in INPUT_FIELDS:
+                r.problems.append(f"{where}: not a canonical column (one of {', '.join(INPUT_FIELDS)})")
+            elif not isinstance(words, dict) or not all(isinstance(v, (str, int, bool)) for v in words.values()):
+                r.problems.append(f"{where}: expected a table of the partner's words and what they mean")
+            else:
+                kw["values"][canonical] = {str(k).lower(): str(v).lower() if isinstance(v, bool) else str(v)
+                                           for k, v in words.items()}
+    lists = r.get(data, "lists", path, dict)
+    if lists is not None:
+        for canonical, separator in lists.items():
+            if canonical not in INPUT_FIELDS or not isinstance(separator, str) or not separator:
+                r.problems.append(f"{path}.lists.{canonical}: expected a canonical column = its list separator")
+        kw["lists"] = {k: v for k, v in lists.items() if isinstance(v, str) and v}
+    attributes = r.get(data, "attributes", path, dict)
+    if attributes is not None:
+        attributes = r.table(attributes, f"{path}.attributes", {"key_value"})
+        kv = r.get(attributes, "key_value", f"{path}.attributes", (str, list), check=_alternatives)
+        if kv is not None:
+            kw["key_value"] = kv
+    rows = r.get(data, "rows", path, dict)
+    if rows is not None:
+        kw["rows"] = rows
+    return kw
 
 
 def _inboxes(r: _Reader, raw: Any, partners: Collection[str]) -> tuple[InboxConfig, ...]:
@@ -535,7 +601,8 @@ def build_config(data: dict, source: Path | None = None, *,
     data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits"})
     daemon = _daemon(r, data)
     store = _store(r, data.get("store", {}), daemon.state_dir)
-    partners = _partners(r, data.get("partners", [{"id": DEFAULT_PARTNER}]), presets)
+    base = source.parent if source is not None else Path.cwd()
+    partners = _partners(r, data.get("partners", [{"id": DEFAULT_PARTNER}]), presets, base)
     inboxes = _inboxes(r, data.get("inboxes"), partners)
     if problems:
         raise ConfigError(problems, source)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 # The words a key accepts are written once, as these types; the loader checks against them.
 FeedMode = Literal["delta", "snapshot"]
@@ -21,14 +21,14 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 # named here, not taken from ``adapters.readers.FORMATS``: config must not import adapters, which
 # build on it. That registry maps each of these names to its reader, no more and no fewer
 # (tests/test_config.py holds them to it).
-FileFormat = Literal["csv", "tsv", "json", "ndjson", "parquet", "xlsx"]
+FileFormat = Literal["csv", "tsv", "json", "ndjson", "parquet", "xlsx", "xml"]
 FORMAT_NAMES: tuple[str, ...] = get_args(FileFormat)
 
 DEFAULT_PARTNER = "default"
 DEFAULT_PATTERNS = (
     "*.csv", "*.tsv", "*.txt", "*.json", "*.ndjson", "*.jsonl", "*.parquet",
     "*.csv.gz", "*.tsv.gz", "*.txt.gz", "*.json.gz", "*.ndjson.gz", "*.jsonl.gz", "*.parquet.gz",
-    "*.xlsx",
+    "*.xlsx", "*.xml", "*.xml.gz",
 )
 
 
@@ -45,8 +45,8 @@ class PartnerConfig:
     preset: str | None = None
     max_reject_ratio: float = 0.05
     max_deactivate_ratio: float = 0.2
-    # canonical column name -> the partner's column name
-    columns: Mapping[str, str] = field(default_factory=dict)
+    # canonical column name -> the partner's column names to try, in order (one, or a list)
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     encoding: str = "utf-8"             # text files without a BOM; a UTF-8/16/32 BOM always wins
     decimal_separator: str = "."
     delimiter: str | None = None        # CSV: None = sniffed from the header line
@@ -56,6 +56,17 @@ class PartnerConfig:
     # the partner's files put an apostrophe before values a spreadsheet would turn into a number
     # or a formula ('0123, '-1): it is removed before judging. None: as the preset says
     apostrophe_guard: bool | None = None
+    header_row: int | None = None       # CSV/.xlsx: the header's line, 1-based (title rows above it)
+    # Whatever a preset file says, a partner may say too, in the same keys and tables; they are
+    # laid over those of its preset (``preset``, or a preset file of its own), key by key.
+    # ``adapters.presets`` makes the one preset a partner's files are read with.
+    preset_file: str | None = None      # a preset file of the partner's own (the path resolved)
+    record_path: tuple[str, ...] = ()   # JSON/XML: where the records are ("products", "catalog/product")
+    expand: str | None = None           # JSON/XML: a nested list whose elements are rows ("variants")
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # [values.<canonical>]
+    lists: Mapping[str, str] = field(default_factory=dict)                  # [lists]
+    key_value: tuple[str, ...] = ()     # [attributes] key_value
+    rows: Mapping[str, Any] = field(default_factory=dict)                   # [rows], a row model
     webhook: WebhookConfig | None = None
 
 

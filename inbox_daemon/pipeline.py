@@ -50,12 +50,15 @@ from storage.base import TO_RUN, CatalogStore, Claim, Columns, Job, MergeCounts,
 
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
     """How this partner's files are read: encoding, delimiter (the partner's, else the preset's,
-    else sniffed), sheet, nested paths the mapping names, and the limits. Temporary copies are
+    else sniffed), sheet, header row, where the records are and which nested list is rows
+    (JSON/XML), nested paths the mapping names, and the limits. Temporary copies are
     locked (``tempfiles.create``), so the next start removes a crash's and no live one."""
     preset = preset_of(partner)
     return ReadOptions(encoding=partner.encoding, progress=progress,
                        delimiter=partner.delimiter or (preset.delimiter if preset else None),
                        paths=requested_paths(partner), sheet=partner.sheet, limits=limits,
+                       record_path=preset.record_path if preset else (),
+                       expand=preset.expand if preset else None, header_row=partner.header_row,
                        make_temp=tempfiles.create)
 
 

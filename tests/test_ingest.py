@@ -193,8 +193,12 @@ def test_garbage_bytes_are_rejected_with_a_diagnostics_line(workdir, ingest):
     path.write_bytes(b"sku,name\n" + random.Random(7).randbytes(50_000))
     code, manifest = ingest(path)
     assert code == 4 and manifest["status"] == "rejected"
-    assert manifest["errors"] == {"unreadable": 1}
-    assert read_diagnostics(manifest, workdir)[0]["code"] == "unreadable"
+    # rows of random bytes: each is refused on its own line (undecodable, too many cells...),
+    # and there are too many of them for the file to be applied
+    assert manifest["errors"]["too_many_rejects"] == 1
+    lines = read_diagnostics(manifest, workdir)
+    assert lines[-1]["code"] == "too_many_rejects" and {"invalid_encoding", "too_many_cells"} <= {d["code"] for d in lines}
+    assert products(workdir) == {}
 
 
 def test_invalid_json_late_in_the_file_rejects_it_as_a_whole(workdir, ingest):

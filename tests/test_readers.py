@@ -14,7 +14,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -197,7 +199,7 @@ def test_detect_format_uses_the_extension_under_an_optional_gzip_suffix(name, fm
     assert detect_format(name) == fmt
 
 
-@pytest.mark.parametrize("name", ["feed.xml", "feed", "feed.gz", "feed.csv.bz2", "feed.tar.gz", "feed.xls"])
+@pytest.mark.parametrize("name", ["feed.yaml", "feed", "feed.gz", "feed.csv.bz2", "feed.tar.gz", "feed.xls"])
 def test_unknown_extension_is_an_unknown_format(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(encode("csv"))
@@ -213,7 +215,7 @@ def test_unknown_format_argument_is_an_unknown_format(tmp_path):
     path.write_bytes(encode("csv"))
 
     with pytest.raises(UnknownFormat):
-        read(path, fmt="xml")
+        read(path, fmt="yaml")
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -385,14 +387,20 @@ def test_bytes_undefined_in_the_given_encoding_mark_their_cell(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["feed.csv", "feed.tsv"])
-def test_ragged_row_is_unreadable(tmp_path, name):
+def test_a_short_row_is_padded_and_a_long_one_refused_on_its_own_line(tmp_path, name):
     delimiter = "\t" if name.endswith(".tsv") else ","
     path = tmp_path / name
-    lines = [["a", "b", "c"], ["1", "2", "3"], ["4", "5"]]
+    lines = [["a", "b", "c"], ["1", "2", "3"], ["4", "5"], ["6", "7", "8", "9"], ["10", "11", "12", ""]]
     path.write_text("".join(delimiter.join(cells) + "\n" for cells in lines))
 
-    with pytest.raises(UnreadableFile, match="Expected 3 columns, got 2"):
-        read(path)
+    blocks = read(path)
+
+    assert records(blocks) == [{"a": "1", "b": "2", "c": "3"}, {"a": "4", "b": "5", "c": None},
+                               {"a": "6", "b": "7", "c": "8"}, {"a": "10", "b": "11", "c": "12"}]
+    assert [n for b in blocks for n in b.row_numbers().to_pylist()] == [2, 3, 4, 5]
+    refused = [(code, n) for b in blocks for code, mask in b.refused_rows
+               for n, hit in zip(b.row_numbers().to_pylist(), mask.to_pylist()) if hit]
+    assert refused == [("too_many_cells", 4)]      # an empty cell after the last column is no cell
 
 
 @pytest.mark.parametrize("name", ["feed.csv", "feed.tsv", "feed.json", "feed.parquet"])
@@ -404,13 +412,32 @@ def test_empty_file_is_unreadable(tmp_path, name):
         read(path)
 
 
-@pytest.mark.parametrize("name", ["feed.csv", "feed.tsv", "feed.json", "feed.ndjson", "feed.parquet"])
+@pytest.mark.parametrize("name", ["feed.json", "feed.ndjson", "feed.parquet"])
 def test_random_binary_garbage_is_unreadable(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(random.Random(1).randbytes(64 * 1024))
 
     with pytest.raises(UnreadableFile):
         read(path)
+
+
+@pytest.mark.parametrize("name", ["feed.csv", "feed.tsv"])
+def test_random_binary_garbage_after_a_header_is_refused_row_by_row(tmp_path, name):
+    """Text formats judge rows one by one: random bytes after a valid header are rows whose
+    cells do not decode or that have more cells than the header; each is marked as such."""
+    path = tmp_path / name
+    path.write_bytes(b"sku,name\n" + random.Random(1).randbytes(64 * 1024))
+
+    blocks = read(path)
+
+    rows = sum(b.batch.num_rows for b in blocks)
+    marked = pa.array(np.zeros(0, dtype=bool))
+    for b in blocks:
+        mask = pa.array(np.zeros(b.batch.num_rows, dtype=bool))
+        for _, m in (*b.bad_cells, *b.refused_rows):
+            mask = pc.or_(mask, m)
+        marked = pa.concat_arrays([marked, mask])
+    assert rows > 100 and pc.sum(marked).as_py() > rows * 0.9
 
 
 # -- gzip that is not, or not all, there ---------------------------------------------------

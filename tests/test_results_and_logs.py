@@ -229,7 +229,7 @@ def test_shopify_contract_requires_its_sku_column_and_says_a_title_creates_a_pro
 
 
 def test_partner_columns_name_the_contract_properties():
-    schema = contract(PartnerConfig(id="p", preset="shopify", columns={"sku": "Item No"}))
+    schema = contract(PartnerConfig(id="p", preset="shopify", columns={"sku": ("Item No",)}))
     assert schema["required"] == ["Item No"]
     assert "Item No" in schema["properties"]
 

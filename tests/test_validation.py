@@ -429,7 +429,7 @@ def test_clean_block_has_no_diagnostics():
 # -- mapping -------------------------------------------------------------------------------------
 
 def test_partner_columns_override_wins_over_preset_and_canonical_names():
-    partner = PartnerConfig(id="p", preset="shopify", columns={"sku": "Item No", "price": "Preis"})
+    partner = PartnerConfig(id="p", preset="shopify", columns={"sku": ("Item No",), "price": ("Preis",)})
     cmap = resolve_columns(["sku", "Variant SKU", "Item No", "Title", "Variant Price", "Preis"], partner)
     assert cmap.source["sku"] == "Item No"
     assert cmap.source["price"] == "Preis"
@@ -438,7 +438,7 @@ def test_partner_columns_override_wins_over_preset_and_canonical_names():
 
 
 def test_configured_column_that_is_absent_is_missing_even_if_a_canonical_name_is_present():
-    partner = PartnerConfig(id="p", columns={"sku": "Item No"})
+    partner = PartnerConfig(id="p", columns={"sku": ("Item No",)})
     with pytest.raises(MissingColumn) as info:
         resolve_columns(["sku", "name"], partner)
     assert (info.value.canonical, info.value.expected) == ("sku", "Item No")
@@ -474,7 +474,7 @@ def test_canonical_names_match_case_insensitively():
 @pytest.mark.parametrize("partner, names, canonical, expected", [
     (PARTNER, ["name", "price"], "sku", "sku"),
     (SHOPIFY, ["Title", "Variant Price"], "sku", "Variant SKU"),
-    (PartnerConfig(id="p", columns={"sku": "Artikel"}), ["sku", "name"], "sku", "Artikel"),
+    (PartnerConfig(id="p", columns={"sku": ("Artikel",)}), ["sku", "name"], "sku", "Artikel"),
 ])
 def test_missing_required_column_names_what_was_expected_and_found(partner, names, canonical, expected):
     """Only the sku column is required: a file sets the columns it has (see carried_columns)."""

@@ -22,13 +22,17 @@ A partner's own ``columns`` always win over the preset; canonical names come las
 
 from __future__ import annotations
 
+import functools
+import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from config.canonical import INPUT_FIELDS
+from config.model import PartnerConfig
 
 ROW_MODELS = ("flat", "group", "parent")        # the shapers of ``adapters.rows.SHAPERS``
 
@@ -46,7 +50,8 @@ class RowModel:
     ``child_types``, when given) inherits the ``inherit`` columns from the row whose ``key`` (or
     ``id:<id>``) is that parent, among rows whose ``parent_type_column`` is one of
     ``parent_types``, wherever that row is in the file; at most ``max_held`` rows wait for a
-    parent that comes later (None: ``adapters.rows.MAX_HELD``; 0: none waits)."""
+    parent that comes later (None: ``adapters.rows.MAX_HELD``; 0: none waits). A row whose
+    ``key`` is empty is keyed ``id:<id>``."""
     model: str
     inherit: tuple[str, ...] = ()
     skip_when_set: tuple[str, ...] = ()
@@ -79,6 +84,8 @@ class Preset:
     rows: RowModel | None = None
     delimiter: str | None = None
     apostrophe_guard: bool = False      # the platform writes '0123 and '-1 (a spreadsheet guard)
+    record_path: tuple[str, ...] = ()   # JSON/XML: where the records are, alternatives in order
+    expand: str | None = None           # JSON/XML: the nested list whose elements are rows
 
     def candidates(self, canonical: str, *, locale: str, channel: str, currency: str) -> tuple[str, ...]:
         return tuple(dict.fromkeys(
@@ -89,7 +96,7 @@ class Preset:
 def _load(name: str, text: str) -> Preset:
     data = tomllib.loads(text)
     unknown = set(data) - {"description", "columns", "values", "lists", "attributes", "rows", "delimiter",
-                           "apostrophe_guard"}
+                           "apostrophe_guard", "record_path", "expand"}
     bad = unknown | (set(data.get("columns", {})) - set(INPUT_FIELDS))
     if bad:
         raise ValueError(f"preset {name}: unknown keys {sorted(bad)}")
@@ -103,7 +110,14 @@ def _load(name: str, text: str) -> Preset:
         rows=_row_model(name, data.get("rows") or {}),
         delimiter=data.get("delimiter"),
         apostrophe_guard=bool(data.get("apostrophe_guard", False)),
+        record_path=_strings(data.get("record_path", ())),
+        expand=data.get("expand"),
     )
+
+
+def _strings(value: str | list[str]) -> tuple[str, ...]:
+    """A key that takes one name or a list of alternatives, as a tuple."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _row_model(name: str, table: dict[str, Any]) -> RowModel | None:
@@ -120,6 +134,44 @@ def _row_model(name: str, table: dict[str, Any]) -> RowModel | None:
         raise ValueError(f"preset {name}: rows.max_held must be a whole number >= 0, not {held!r}")
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     return RowModel(**values)
+
+
+def partner_preset(partner: PartnerConfig) -> Preset | None:
+    """The preset a partner's files are read with: its ``preset`` (or ``preset_file``) with the
+    partner's own keys laid over it (``[values]`` word by word, ``[lists]`` column by column;
+    ``[rows]``, ``key_value``, ``record_path`` and ``expand`` whole); None when it has none of
+    them. Raises ValueError for a preset file or a row model that cannot be used (the
+    configuration is checked with it at load: ``inbox_daemon.settings``)."""
+    own = {"values": partner.values, "lists": partner.lists, "key_value": partner.key_value,
+           "rows": partner.rows, "record_path": partner.record_path, "expand": partner.expand}
+    if partner.preset_file is None and partner.preset not in PRESETS and not any(own.values()):
+        return None
+    return _composed(partner.preset, partner.preset_file, json.dumps(own, sort_keys=True), partner.id)
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(preset: str | None, preset_file: str | None, own_json: str, partner_id: str) -> Preset:
+    """``partner_preset`` for hashable arguments: composed once per partner configuration."""
+    own = json.loads(own_json)
+    if preset_file is not None:
+        path = Path(preset_file)
+        try:
+            base = _load(path.stem, path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"preset_file {preset_file}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"preset_file {preset_file}: not a valid TOML file: {exc}") from None
+    else:
+        base = PRESETS.get(preset or "") or Preset(name=f"partner {partner_id}", description="", columns={})
+    values = {k: dict(v) for k, v in base.values.items()}
+    for canonical, words in own["values"].items():
+        values[canonical] = {**values.get(canonical, {}), **words}
+    return replace(
+        base, values=values, lists={**base.lists, **own["lists"]},
+        key_value=tuple(own["key_value"]) or base.key_value,
+        rows=_row_model(f"of partner {partner_id}", own["rows"]) if own["rows"] else base.rows,
+        record_path=tuple(own["record_path"]) or base.record_path,
+        expand=own["expand"] or base.expand)
 
 
 def _load_all() -> dict[str, Preset]:

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from config.errors import LimitExceeded, UnreadableFile
 from config.model import Limits
 
 BLOCK_SIZE = 1 << 22          # bytes pyarrow reads and parses at a time
+TOO_MANY_CELLS = "too_many_cells"   # ``Block.refused_rows``: a row with more cells than the header
 PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through Python objects
 
 
@@ -40,7 +41,7 @@ class Block:
     row. ``rows``, when set, numbers each row explicitly (rows were dropped from the batch, e.g.
     blank lines, and the ones after them keep the numbers the partner sees).
 
-    The masks in ``bad_cells`` and ``typed_cells`` are row-aligned with ``batch``: whatever
+    The masks in ``bad_cells``, ``typed_cells`` and ``refused_rows`` are row-aligned with ``batch``: whatever
     drops or reorders rows drops them from the masks too (``filter``), and a block rebuilt with
     other columns keeps them (``dataclasses.replace(block, batch=...)``)."""
     batch: pa.RecordBatch
@@ -53,6 +54,9 @@ class Block:
     # "." decimal point, no grouping and no exponent, whatever the partner's locale. Only the
     # columns that hold such a cell are listed.
     typed_cells: tuple[tuple[str, pa.Array], ...] = ()
+    # (code, mask) of rows the reader refuses on their own (``TOO_MANY_CELLS``): they are
+    # rejected with a diagnostics line, the rest of the file is judged
+    refused_rows: tuple[tuple[str, pa.Array], ...] = ()
 
     def row_numbers(self) -> pa.Array:
         if self.rows is not None:
@@ -69,7 +73,8 @@ class Block:
         return replace(
             self, batch=self.batch.filter(keep), rows=self.row_numbers().filter(keep),
             bad_cells=tuple((c, m.filter(keep)) for c, m in self.bad_cells),
-            typed_cells=tuple((c, m.filter(keep)) for c, m in self.typed_cells))
+            typed_cells=tuple((c, m.filter(keep)) for c, m in self.typed_cells),
+            refused_rows=tuple((c, m.filter(keep)) for c, m in self.refused_rows))
 
 
 def plain_temp(folder: Path, prefix: str) -> tuple[int, str]:
@@ -85,6 +90,13 @@ class ReadOptions:
     progress: Callable[[int], None] | None = None   # called with bytes of the file consumed
     paths: tuple[str, ...] = ()       # nested values to extract as columns: "brands[0]", "images[0].uri"
     sheet: str | None = None          # .xlsx: None = the first sheet
+    # JSON and XML: where the records are when the document wraps them ("products",
+    # "rss/channel/item"): alternatives, the first one the document has is used
+    record_path: tuple[str, ...] = ()
+    # a nested list whose elements become rows of their own ("variants"), each with the
+    # record's other fields (see ``expand_record``)
+    expand: str | None = None
+    header_row: int | None = None     # CSV and .xlsx: the header's line (1-based); None: the first non-blank
     limits: Limits = Limits()
     # creates a temporary file in a folder, with a name prefix: (open descriptor, path)
     make_temp: Callable[[Path, str], tuple[int, str]] = plain_temp
@@ -271,6 +283,71 @@ def flatten_record(obj: dict, prefix: str = "", out: dict | None = None, paths: 
         else:
             out[name] = str(value)
     return out
+
+
+def _without(obj: dict, steps: list[str]) -> dict:
+    """A copy of ``obj`` without the value at ``steps`` (copies along the path only)."""
+    out = dict(obj)
+    if len(steps) == 1:
+        out.pop(steps[0], None)
+    elif isinstance(out.get(steps[0]), dict):
+        out[steps[0]] = _without(out[steps[0]], steps[1:])
+    return out
+
+
+def expand_record(obj: dict, expand: str | None) -> list[dict]:
+    """The rows one record gives: itself, or with ``expand`` naming a nested list
+    (``variants``, ``variants.variant``), one row per element: the element's fields under the
+    list's name (``variants.sku``) beside every other field of the record, which each row
+    inherits. A single object where a list was expected (XML: one ``<variant>``) is a list of
+    one; an empty or absent list leaves the record as one row without it."""
+    if not expand:
+        return [obj]
+    steps = expand.split(".")
+    items = _record_at(obj, list(steps))
+    if items is None:
+        return [obj]
+    parent = _without(obj, steps)
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        return [parent]
+    return [{**parent, expand: item} for item in items]
+
+
+def explode(batch: pa.RecordBatch, column: str) -> pa.RecordBatch:
+    """``expand_record`` for an Arrow batch: one row per element of the list ``column``, the
+    other columns repeated (``take`` by parent index); a row whose list is empty or null stays
+    one row, without a value there. A struct (one object) is already one row."""
+    if column not in batch.schema.names:
+        return batch
+    values = batch.column(column)
+    t = values.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return batch
+    empty = pc.fill_null(pc.equal(pc.list_value_length(values), 0), True)
+    if pc.any(empty).as_py():
+        values = pc.if_else(empty, pa.scalar([None], t), values)
+    parents = pc.list_parent_indices(values)
+    others = batch.drop_columns([column]).take(parents)
+    return others.append_column(column, pc.list_flatten(values))
+
+
+def record_blocks(records: Iterable[dict], options: ReadOptions, first_row: int = 1) -> Iterator[Block]:
+    """Parsed records (JSON objects, XML elements as dicts) as text blocks of about
+    ``PY_BATCH_ROWS`` rows: each record expanded (``options.expand``), then flattened. Rows are
+    numbered as they are made: a record, or an element of its expanded list, is a row."""
+    rows: list[dict] = []
+    row = first_row
+    for record in records:
+        for expanded in expand_record(record, options.expand):
+            rows.append(flatten_record(expanded, paths=options.paths))
+        if len(rows) >= PY_BATCH_ROWS:
+            yield Block(records_to_batch(rows), row)
+            row += len(rows)
+            rows = []
+    if rows:
+        yield Block(records_to_batch(rows), row)
 
 
 def records_to_batch(records: list[dict]) -> pa.RecordBatch:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from adapters.readers.base import BLOCK_SIZE, Block, ReadOptions, open_stream, to_text
+from adapters.readers.base import BLOCK_SIZE, PY_BATCH_ROWS, TOO_MANY_CELLS, Block, ReadOptions, open_stream, to_text
 from config.errors import LimitExceeded, UnreadableFile
 from config.model import Limits
 
@@ -228,10 +229,11 @@ _LINE_BREAK = re.compile(r"\r\n|\n|\r")     # the line breaks pyarrow splits row
 
 
 def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, str, str, int]:
-    """(encoding, header line, the first MiB as text, blank lines before the header) from the
-    first bytes of the file, checked against the limits. Lines of nothing but whitespace before
-    the header (what a plugin prints ahead of an export) are not the header: they are skipped,
-    and the rows keep the numbers a spreadsheet shows."""
+    """(encoding, header line, the first MiB as text, lines before the header) from the first
+    bytes of the file, checked against the limits. The header is on line ``header_row`` when
+    the partner says so (title rows above it); else lines of nothing but whitespace before it
+    (what a plugin prints ahead of an export) are not the header: they are skipped. Either way,
+    the rows keep the numbers a spreadsheet shows."""
     limits: Limits = options.limits
     with open_stream(path, compressed=compressed, options=ReadOptions(limits=limits)) as stream:
         head = stream.read(min(limits.max_line_bytes, 1 << 20) + 4)
@@ -239,7 +241,13 @@ def _header(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str,
     text = codecs.decode(head, encoding, errors="replace") if head else ""
     text = text.lstrip("\ufeff")
     lines = _LINE_BREAK.split(text)
-    leading = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff")), 0)
+    if options.header_row is not None:
+        leading = options.header_row - 1
+        if leading >= len(lines) - 1 and not (leading == len(lines) - 1 and lines[-1]):
+            raise UnreadableFile(reason=f"header_row is {options.header_row}, but the file's first MiB has "
+                                        f"{len(lines) - 1} lines", row=None)
+    else:
+        leading = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff")), 0)
     first_line = lines[leading].lstrip("\ufeff") if text.strip() else ""
     if len(first_line.encode("utf-8", errors="replace")) > min(limits.max_line_bytes, 1 << 20):
         raise LimitExceeded(limit="max_line_bytes", row=1,
@@ -338,6 +346,13 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             raise UnreadableFile(reason=f"the header line is not valid {shown_encoding} text "
                                         "(is the partner's encoding set?)", row=1) from exc
         except pa.ArrowInvalid as exc:
+            if _RAGGED.search(str(exc)):        # pyarrow parses a whole block to know the names
+                names = next(csv.reader([header], delimiter=delimiter, skipinitialspace=spaced is not None))
+                names = [n.strip().lstrip("\ufeff").strip() for n in names]
+                yield from _read_ragged(path, compressed=compressed, options=options, encoding=encoding,
+                                        spaced=spaced, delimiter=delimiter, names=names,
+                                        skip=leading + 1, first_row=next_row, shown_encoding=shown_encoding)
+                return
             if "Empty CSV file" not in str(exc) or not header.strip():
                 raise
             # one header line and nothing after it, not even a line break: no rows to read
@@ -348,24 +363,28 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         if not any(n.strip().lstrip("\ufeff") for n in names):
             raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
         as_bytes = {n: pa.binary() for n in names}
-        with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                          progress=True, spaced_delimiter=spaced) as stream:
-            for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading):
-                batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
-                text, bad_cells = _as_text(batch)
-                block = _without_blank_lines(to_text(text), next_row)
-                if bad_cells:
-                    keep = block.rows is not None
-                    bad_cells = tuple((c, m.filter(_kept(batch, next_row, block)) if keep else m)
-                                      for c, m in bad_cells)
-                    block = Block(block.batch, block.first_row, block.rows, bad_cells, shown_encoding)
-                yield block
-                next_row += batch.num_rows
+        first_data_row = next_row
+        try:
+            with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
+                              progress=True, spaced_delimiter=spaced) as stream:
+                for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading):
+                    yield _block(pa.RecordBatch.from_arrays(batch.columns, names=names), next_row, shown_encoding)
+                    next_row += batch.num_rows
+        except pa.ArrowInvalid as exc:
+            if not _RAGGED.search(str(exc)):
+                raise
+            # a row with fewer or more cells than the header: pyarrow stops at its block; the
+            # rows from there on are read by the tolerant reader, which pads or refuses them
+            yield from _read_ragged(path, compressed=compressed, options=options, encoding=encoding,
+                                    spaced=spaced, delimiter=delimiter, names=names,
+                                    skip=leading + 1 + next_row - first_data_row, first_row=next_row,
+                                    shown_encoding=shown_encoding)
+            return
         if next_row == HEADER_ROWS + 1 + leading:
             # a header without rows still names its columns: a missing required one must show
             empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(n, pa.string()) for n in names]))
             yield Block(to_text(empty), next_row)
-    except (pa.ArrowInvalid, UnicodeDecodeError, EOFError, OSError) as exc:
+    except (pa.ArrowInvalid, UnicodeDecodeError, EOFError, OSError, csv.Error) as exc:
         reason = str(exc).splitlines()[0]
         if "Empty CSV file" in reason:
             reason = "the file is empty: a header line is required"
@@ -373,6 +392,68 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             raise LimitExceeded(limit="max_line_bytes", row=next_row,
                                 reason=f"a row is larger than {BLOCK_SIZE >> 20} MiB, the most one row may hold") from exc
         raise UnreadableFile(reason=reason, row=next_row) from exc
+
+
+def _block(batch: pa.RecordBatch, first_row: int, encoding: str,
+           refused_rows: tuple[tuple[str, pa.Array], ...] = ()) -> Block:
+    """A batch of binary columns as a text block: cells checked as text (``_as_text``), blank
+    lines dropped with the rest keeping their numbers, the masks following the rows kept."""
+    text, bad_cells = _as_text(batch)
+    block = _without_blank_lines(to_text(text), first_row)
+    if bad_cells or refused_rows:
+        kept = _kept(batch, first_row, block) if block.rows is not None else None
+        bad_cells, refused_rows = (tuple((c, m.filter(kept) if kept is not None else m) for c, m in masks)
+                                   for masks in (bad_cells, refused_rows))
+        block = Block(block.batch, block.first_row, block.rows, bad_cells, encoding, refused_rows=refused_rows)
+    return block
+
+
+# pyarrow's words for a row whose cells are not as many as the header's columns
+_RAGGED = re.compile(r"Expected \d+ columns, got \d+")
+
+
+def _text_column(cells: tuple[str, ...]) -> pa.Array:
+    """Cells from Python's csv module as an Arrow column; text that holds undecodable bytes
+    (``surrogateescape``) goes as bytes, for ``_as_text`` to find and report."""
+    try:
+        return pa.array(cells, pa.string())
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        return pa.array([c.encode("utf-8", "surrogateescape") for c in cells], pa.binary())
+
+
+def _read_ragged(path: Path, *, compressed: bool, options: ReadOptions, encoding: str, spaced: str | None,
+                 delimiter: str, names: list[str], skip: int, first_row: int,
+                 shown_encoding: str) -> Iterator[Block]:
+    """The tolerant reader, for files whose rows do not all have the header's number of cells
+    (WooCommerce's exporter writes in batches and adds columns as later batches find them):
+    Python's csv module, from the ``skip``-th record on. A short row is padded with empty cells;
+    a row with more non-empty cells than the header has columns is refused on its own line
+    (``TOO_MANY_CELLS``), its first cells kept so that its diagnostics line shows its SKU.
+    ``zip_longest`` transposes and pads a batch of rows at once; no loop per row in Python."""
+    width = len(names)
+    csv.field_size_limit(max(csv.field_size_limit(), options.limits.max_line_bytes))
+    row = first_row
+    with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
+                      progress=True, spaced_delimiter=spaced) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        records = csv.reader(text, delimiter=delimiter, strict=False)
+        for _ in itertools.islice(records, skip):
+            pass
+        while chunk := list(itertools.islice(records, PY_BATCH_ROWS)):
+            columns = list(itertools.zip_longest(*chunk, fillvalue=""))
+            columns += [("",) * len(chunk)] * (width - len(columns))
+            arrays = [pc.if_else(pc.equal(a, ""), pa.scalar(None, a.type), a)
+                      for a in map(_text_column, columns)]
+            refused: tuple[tuple[str, pa.Array], ...] = ()
+            if len(arrays) > width:
+                over = pc.is_valid(arrays[width])
+                for extra in arrays[width + 1:]:
+                    over = pc.or_(over, pc.is_valid(extra))
+                if pc.any(over).as_py():
+                    refused = ((TOO_MANY_CELLS, over),)
+            batch = pa.RecordBatch.from_arrays(arrays[:width], names=names)
+            yield _block(batch, row, shown_encoding, refused)
+            row += len(chunk)
 
 
 def _kept(batch: pa.RecordBatch, first_row: int, block: Block) -> pa.Array:

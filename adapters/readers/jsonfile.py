@@ -6,15 +6,22 @@ stops for any reason, the same file is continued from the next unread record by 
 reader on Python's json module, which either copes (every value becomes text anyway) or names the
 line that is really broken. JSON arrays have no Arrow reader; ijson (C backend) streams their
 elements, so a huge array never sits in memory.
+
+A file that starts with ``{`` may also be one object that holds the records (an API's
+``{"products": [...]}``); one syntax pass tells the shapes apart and finds the lists of objects
+inside it. ``record_path`` (the partner's or its preset's) says which one holds the records; a
+document without one is refused with the key to set. ``expand`` makes each element of a
+record's nested list (Shopify's ``variants``) a row of its own: in Arrow (``explode``) for JSON
+Lines, per record for the others (``record_blocks``).
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ijson
@@ -24,12 +31,11 @@ import pyarrow.json as pajson
 
 from adapters.readers.base import (
     BLOCK_SIZE,
-    PY_BATCH_ROWS,
     Block,
     ReadOptions,
-    flatten_record,
+    explode,
     open_stream,
-    records_to_batch,
+    record_blocks,
     to_text,
 )
 from config.errors import UnreadableFile
@@ -97,48 +103,129 @@ class _NestingGuard(io.RawIOBase):
 
 
 def read_json(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
-    """A ``.json`` file is either one array of objects or one object per line."""
+    """A ``.json`` file is one array of objects, one object per line, or one object that holds
+    the records (``{"products": [...]}``: ``record_path`` says where)."""
     first = _first_byte(path, compressed=compressed)
     if first == b"[":
-        return _read_array(path, compressed=compressed, options=options)
+        return _read_items(path, "item", compressed=compressed, options=options)
     if first == b"{":
-        return read_ndjson(path, name=name, compressed=compressed, options=options)
+        return _read_object_file(path, name=name, compressed=compressed, options=options)
     if not first:
         raise UnreadableFile(reason="the file is empty", row=None)
     raise UnreadableFile(reason="expected a JSON array of objects or one JSON object per line", row=1)
 
 
-def _check_array_document(path: Path, *, compressed: bool) -> None:
-    """One syntax pass over the whole document before any element is used: a file that is not
-    valid JSON (trailing garbage, truncation) or absurdly deep is rejected before anything is
-    staged, and ``ijson.items`` never sees pathological nesting."""
-    depth = 0
+@dataclass
+class _Document:
+    """What a syntax pass learnt of a file that starts with ``{``: whether it holds more than one
+    top-level value (JSON Lines), and where inside its first value objects are, as ijson
+    prefixes (``products``, ``data.items``): lists of objects, with their counts, and objects."""
+    more_values: bool = False
+    lists: dict[str, int] = field(default_factory=dict)
+    objects: set[str] = field(default_factory=set)
+
+
+_SHOWN_DEPTH = 4        # how deep record containers are looked for (``data.catalog.products``)
+
+
+def _survey(path: Path, *, compressed: bool) -> _Document:
+    """One syntax pass over the first top-level value (the whole document, unless it is JSON
+    Lines) before any record is used: a file that is not valid JSON (trailing garbage,
+    truncation) or absurdly deep is rejected before anything is staged, ``ijson.items`` never
+    sees pathological nesting, and the containers of records are found. ``basic_parse``, not
+    ``parse``: ijson's prefixes would cost O(depth²) on a hostile file; the few levels that
+    matter keep theirs here (``steps``: per open container, its key or ``item``)."""
+    doc, depth = _Document(), 0
+    steps: list[str] = []
     with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
         _skip_bom(stream)
-        for event, _ in ijson.basic_parse(stream, use_float=True):
-            if event in ("start_map", "start_array"):
+        events = ijson.basic_parse(stream, multiple_values=True, use_float=True)
+        for event, value in events:
+            if event == "map_key":
+                if depth <= _SHOWN_DEPTH + 1:
+                    steps[-1] = value
+            elif event in ("start_map", "start_array"):
                 depth += 1
                 if depth > MAX_DEPTH:
                     raise UnreadableFile(reason=f"JSON nested deeper than {MAX_DEPTH} levels")
+                if depth <= _SHOWN_DEPTH + 1:
+                    if event == "start_map":
+                        if steps and steps[-1] == "item":
+                            owner = ".".join(steps[:-1])
+                            doc.lists[owner] = doc.lists.get(owner, 0) + 1
+                        else:
+                            doc.objects.add(".".join(steps))
+                    steps.append("item" if event == "start_array" else "")
             elif event in ("end_map", "end_array"):
+                if depth <= _SHOWN_DEPTH + 1:
+                    steps.pop()
                 depth -= 1
+                if depth == 0:
+                    doc.more_values = next(events, None) is not None
+                    return doc
+    return doc
 
 
-def _read_array(path: Path, *, compressed: bool, options: ReadOptions) -> Iterator[Block]:
-    row = 1
+def _prefix(record_path: str) -> str:
+    """``"data/products"`` (how a partner writes it) -> ``"data.products"`` (ijson's prefix)."""
+    return ".".join(step for step in record_path.split("/") if step)
+
+
+def _read_object_file(path: Path, *, name: str, compressed: bool, options: ReadOptions) -> Iterator[Block]:
+    """A file that starts with ``{``: JSON Lines (several top-level objects) are read as such;
+    one object is either the records' wrapper, read at ``record_path``, or a single record."""
     try:
-        _check_array_document(path, compressed=compressed)
+        doc = _survey(path, compressed=compressed)
+    except UnreadableFile:
+        raise
+    except (ijson.JSONError, UnicodeDecodeError, ValueError, EOFError, OSError):
+        # JSON Lines the Python parser refuses at once: the line-by-line reader names the line
+        return read_ndjson(path, name=name, compressed=compressed, options=options)
+    if doc.more_values:
+        return read_ndjson(path, name=name, compressed=compressed, options=options)
+    for wanted in options.record_path:
+        prefix = _prefix(wanted)
+        if prefix in doc.lists:
+            return _read_items(path, f"{prefix}.item" if prefix else "item", compressed=compressed,
+                               options=options, checked=True)
+        if prefix in doc.objects:
+            return _read_items(path, prefix, compressed=compressed, options=options, checked=True)
+    # lists inside records (a product's variants) are no place for records: not suggested
+    holders = sorted(((k, n) for k, n in doc.lists.items() if "item" not in k.split(".")), key=lambda kv: -kv[1])
+    shown = "; ".join(f'"{k.replace(".", "/")}" holds {n} object{"s" if n != 1 else ""}'
+                      for k, n in holders[:3] if k)
+    if options.record_path:
+        wanted = ", ".join(f'"{p}"' for p in options.record_path)
+        raise UnreadableFile(reason=f"record_path {wanted} is not in this JSON document"
+                                    + (f"; in it, {shown}" if shown else ": it holds no list of objects"), row=None)
+    if holders and holders[0][0]:
+        best = holders[0][0].replace(".", "/")
+        raise UnreadableFile(
+            reason=f"the file is one JSON object that holds the records, not a list of them: {shown}. "
+                   f"Set record_path = \"{best}\" for this partner", row=None)
+    # one object and no list of objects in it: a file of one record
+    return _read_items(path, "", compressed=compressed, options=options, checked=True)
+
+
+def _read_items(path: Path, prefix: str, *, compressed: bool, options: ReadOptions,
+                checked: bool = False) -> Iterator[Block]:
+    """The objects at ijson ``prefix`` (``item``: the elements of a top-level array) as rows."""
+    row = 1
+
+    def records() -> Iterator[dict]:
+        nonlocal row
         with open_stream(path, compressed=compressed, options=options) as stream:
             _skip_bom(stream)
-            items = ijson.items(stream, "item", use_float=True)
-            while chunk := list(itertools.islice(items, PY_BATCH_ROWS)):
-                records = []
-                for offset, item in enumerate(chunk):
-                    if not isinstance(item, dict):
-                        raise UnreadableFile(reason="array element is not a JSON object", row=row + offset)
-                    records.append(flatten_record(item, paths=options.paths))
-                yield Block(records_to_batch(records), row)
-                row += len(chunk)
+            for item in ijson.items(stream, prefix, use_float=True):
+                if not isinstance(item, dict):
+                    raise UnreadableFile(reason="array element is not a JSON object", row=row)
+                yield item
+                row += 1
+
+    try:
+        if not checked:
+            _survey(path, compressed=compressed)
+        yield from record_blocks(records(), options)
     except UnreadableFile:
         raise
     except (ijson.JSONError, UnicodeDecodeError, ValueError, EOFError, OSError) as exc:
@@ -180,8 +267,11 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
     first = _first_byte(path, compressed=compressed)
     if not first:
         raise UnreadableFile(reason="the file is empty", row=None)
-    row = 1
+    row = done = 1          # the next row's number, and the next record's (``expand`` makes several rows of one)
+    expand = options.expand
     try:
+        if expand and "." in expand:
+            raise _Switch()                 # a list inside a nested object: expanded in Python
         with open_stream(path, compressed=compressed, options=options) as stream:
             reader = pajson.open_json(
                 io.BufferedReader(_NestingGuard(stream), buffer_size=BLOCK_SIZE),
@@ -191,14 +281,19 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
             for batch in reader:
                 if _arrow_would_rewrite(batch.schema):
                     raise _Switch()
-                _reject_non_finite(batch, row)
+                _reject_non_finite(batch, done)
+                records = batch.num_rows
+                if expand:
+                    batch = explode(batch, expand)
                 yield Block(to_text(batch, options.paths), row)
                 row += batch.num_rows
+                done += records
         return
     except (pa.ArrowInvalid, OSError, EOFError, _Switch) as exc:
         arrow_stop = exc
-    # The Arrow reader stopped before record ``row``: continue from there, record by record.
-    yield from _read_values(path, compressed=compressed, options=options, skip=row - 1, cause=arrow_stop)
+    # The Arrow reader stopped before record ``done``: continue from there, record by record.
+    yield from _read_values(path, compressed=compressed, options=options, skip=done - 1, first_row=row,
+                            cause=arrow_stop)
 
 
 def _values(stream) -> Iterator[tuple[int, object]]:
@@ -229,10 +324,12 @@ def _values(stream) -> Iterator[tuple[int, object]]:
             return
 
 
-def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: int,
+def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: int, first_row: int,
                  cause: Exception) -> Iterator[Block]:
-    row, records, first, line_no = 0, [], skip + 1, 0
-    try:
+    row, line_no = 0, 0
+
+    def records() -> Iterator[dict]:
+        nonlocal row, line_no
         with open_stream(path, compressed=compressed, options=options) as raw:
             _skip_bom(raw)
             stream = io.BufferedReader(_NestingGuard(raw), buffer_size=BLOCK_SIZE)
@@ -242,13 +339,11 @@ def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: in
                     continue
                 if not isinstance(value, dict):
                     raise UnreadableFile(reason=f"line {line_no} is not a JSON object", row=row)
-                records.append(flatten_record(value, paths=options.paths))
-                if len(records) == PY_BATCH_ROWS:
-                    yield Block(records_to_batch(records), first)
-                    first, records = row + 1, []
+                yield value
+
+    try:
+        yield from record_blocks(records(), options, first_row)
     except _BadLine as bad:
         raise UnreadableFile(reason=f"invalid JSON on line {bad.line_no}: {bad.error}", row=row + 1) from cause
     except (OSError, EOFError) as exc:
         raise UnreadableFile(reason=f"cannot read the file: {exc}", row=row + 1) from exc
-    if records:
-        yield Block(records_to_batch(records), first)

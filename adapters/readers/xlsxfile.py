@@ -1,8 +1,9 @@
 """Excel ``.xlsx`` through openpyxl's read-only mode, which streams a sheet's XML row by row.
 
 openpyxl has no Arrow path, so rows go through Python objects in batches of ``PY_BATCH_ROWS``
-(as ijson's JSON arrays do); memory stays flat whatever the sheet's size. The first row is the
-header; empty rows are dropped and later rows keep the numbers Excel shows. Cells become the
+(as ijson's JSON arrays do); memory stays flat whatever the sheet's size. The header is row
+``header_row`` when the partner says so (a price list's title rows above it), else the first
+row that is not empty; empty rows are dropped and later rows keep the numbers Excel shows. Cells become the
 text a person sees: whole numbers without ``.0``, dates in ISO 8601, booleans as true/false.
 Numbers are written with a "." decimal point, without grouping or exponent, whatever the
 locale of the person who typed them (the cell holds a number, not its display), and the
@@ -101,17 +102,22 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
                 raise UnreadableFile(reason=f"no sheet named {options.sheet!r}; the workbook has: "
                                             f"{', '.join(workbook.sheetnames)}")
             sheet = workbook[options.sheet] if options.sheet else workbook.worksheets[0]
-            rows = sheet.iter_rows(values_only=True)
+            header_at = options.header_row or 1
+            rows = sheet.iter_rows(min_row=header_at, values_only=True)
             header = next(rows, None)
+            if options.header_row is None:
+                while header is not None and not any(_cell_text(v) for v in header):
+                    header, header_at = next(rows, None), header_at + 1     # empty rows above the header
             if header is None or not any(_cell_text(v) for v in header):
-                raise UnreadableFile(reason="the first row is empty: a header row is required", row=1)
+                where = f"row {header_at} (header_row)" if options.header_row else "the sheet"
+                raise UnreadableFile(reason=f"{where} is empty: a header row is required", row=header_at)
             names = [(_cell_text(v) or f"column_{i + 1}").strip() for i, v in enumerate(header)]
             if len(names) > options.limits.max_columns:
                 raise LimitExceeded(limit="max_columns", row=1,
                                     reason=f"the header has {len(names)} columns, more than {options.limits.max_columns}")
             width = len(names)
             schema = pa.schema([(n, pa.string()) for n in names]) if len(set(names)) == width else None
-            next_row = 2
+            next_row = header_at + 1
             yielded = False
             while chunk := list(itertools.islice(rows, PY_BATCH_ROWS)):
                 numbers: list[int] = []
@@ -137,7 +143,7 @@ def read_xlsx(path: Path, *, name: str, compressed: bool, options: ReadOptions) 
                 yielded = True
                 next_row += len(chunk)
             if not yielded:
-                yield Block(pa.RecordBatch.from_arrays([pa.array([], pa.string())] * width, names=names), 2)
+                yield Block(pa.RecordBatch.from_arrays([pa.array([], pa.string())] * width, names=names), next_row)
         except (UnreadableFile, LimitExceeded):
             raise
         except Exception as exc:
