@@ -234,6 +234,8 @@ class GroupShaper(Shaper):
         inherit = _present(batch, m.inherit)
         group = _blank_to_null(batch.column(by))
         carry = self._carry or {name: pa.nulls(1, pa.string()) for name in [by, *inherit]}
+        if m.group_continues:            # an empty group cell: the group above goes on
+            group = pc.fill_null_forward(pa.concat_arrays([carry[by], group])).slice(1)
         previous = pa.concat_arrays([carry[by], group.slice(0, n - 1)])
         # a head starts a product: its group differs from the row before (no group: its own head)
         head = pc.fill_null(pc.invert(pc.fill_null(pc.equal(group, previous), False)), True)

@@ -45,7 +45,9 @@ class RowModel:
     ``model = "group"``: rows with the same ``group`` value in a row form one product; the
     first row carries the product's fields, the others inherit the ``inherit`` columns where
     they are empty; a later row with every ``variant`` column empty (an image row) is skipped;
-    an empty ``key`` is derived from ``key_from`` (see ``adapters.rows``).
+    an empty ``key`` is derived from ``key_from`` (see ``adapters.rows``). With
+    ``group_continues``, a row whose group cell is empty belongs to the group above (Vendure
+    names a product on its first row only).
     ``model = "parent"``: a row naming a ``parent`` (one whose ``parent_type_column`` is one of
     ``child_types``, when given) inherits the ``inherit`` columns from the row whose ``key`` (or
     ``id:<id>``) is that parent, among rows whose ``parent_type_column`` is one of
@@ -56,6 +58,7 @@ class RowModel:
     inherit: tuple[str, ...] = ()
     skip_when_set: tuple[str, ...] = ()
     group: str | tuple[str, ...] | None = None     # the group column; a tuple: the first one present
+    group_continues: bool = False       # an empty group cell continues the group above (Vendure)
     variant: tuple[str, ...] = ()
     key: str | None = None
     key_from: tuple[str, ...] = ()
