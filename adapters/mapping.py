@@ -36,7 +36,8 @@ class ColumnMap:
 
     def apply_rules(self, canonical: str, values: pa.Array) -> pa.Array:
         """The platform's value conventions, whole column at a time: first item of a list,
-        then its words for a value (``draft`` → ``false``)."""
+        then its words for a value (``draft`` → ``false``; a word meant as ``""`` empties the
+        cell, as a supplier's "price on request" does)."""
         separator = self.lists.get(canonical)
         if separator is not None:
             values = pc.utf8_trim_whitespace(
@@ -47,6 +48,8 @@ class ColumnMap:
             words, meant = rule
             mapped = pc.take(meant, pc.index_in(pc.utf8_lower(values), value_set=words))
             values = pc.coalesce(mapped, values)
+            # a word meant as "" is no value ("price on request": the cell is empty)
+            values = pc.if_else(pc.fill_null(pc.equal(values, ""), False), pa.scalar(None, pa.string()), values)
         return values
 
 

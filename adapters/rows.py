@@ -163,7 +163,7 @@ class Shaper:
         self.skipped = 0
         self.notes: pa.Table = _NO_NOTES
         # the columns that may hold the catalog key, the partner's first (as mapping tries them)
-        self._sku_candidates = tuple(sku) + ((model.key,) if model and model.key else ())
+        self._sku_candidates = tuple(sku) + (model.keys if model else ())
 
     def shaped(self, blocks: Iterable[Block]) -> Iterator[Block]:
         """Every block shaped, then what ``finish`` releases; read ``notes`` after each one."""
@@ -257,8 +257,9 @@ class GroupShaper(Shaper):
         keep = head
         for name in variant:
             keep = pc.or_(keep, pc.is_valid(_blank_to_null(batch.column(name))))
-        if m.key and m.key in batch.schema.names:
-            new[m.key] = pc.coalesce(_blank_to_null(batch.column(m.key)), self._derived_key(batch, by, group))
+        key = next((k for k in m.keys if k in batch.schema.names), None)
+        if key is not None:
+            new[key] = pc.coalesce(_blank_to_null(batch.column(key)), self._derived_key(batch, by, group))
         return self._keep(block, _replace_columns(batch, new), keep)
 
     def _derived_key(self, batch: pa.RecordBatch, by: str, group: pa.Array) -> pa.Array:
@@ -339,14 +340,15 @@ class ParentShaper(Shaper):
         """Rows with an empty ``key`` keyed ``id:<id>``: the platform's own way to name a product
         without SKU (WooCommerce's Parent column does), stable across exports of one shop."""
         m, batch = self.model, block.batch
-        if not (m.key and m.id and m.key in batch.schema.names and m.id in batch.schema.names):
+        column = next((k for k in m.keys if k in batch.schema.names), None)
+        if column is None or not (m.id and m.id in batch.schema.names):
             return block
-        key = _blank_to_null(batch.column(m.key))
+        key = _blank_to_null(batch.column(column))
         if key.null_count == 0:
             return block
         ids = pc.utf8_trim_whitespace(_blank_to_null(batch.column(m.id)))
         derived = pc.binary_join_element_wise("id:", ids, "")
-        return dataclasses.replace(block, batch=_replace_columns(batch, {m.key: pc.coalesce(key, derived)}))
+        return dataclasses.replace(block, batch=_replace_columns(batch, {column: pc.coalesce(key, derived)}))
 
     def _released_early(self, rows: Block, collided: np.ndarray) -> pa.Table:
         """Warnings for rows that could wait no longer for a parent that may still come."""
@@ -376,8 +378,9 @@ class ParentShaper(Shaper):
         chosen = batch.filter(is_parent)
         at = seq[np.asarray(is_parent.to_numpy(zero_copy_only=False), dtype=bool)]
         refs = []
-        if m.key and m.key in batch.schema.names:
-            refs.append(pc.utf8_trim_whitespace(_blank_to_null(chosen.column(m.key))))
+        key = next((k for k in m.keys if k in batch.schema.names), None)
+        if key is not None:
+            refs.append(pc.utf8_trim_whitespace(_blank_to_null(chosen.column(key))))
         if m.id and m.id in batch.schema.names:
             refs.append(pc.binary_join_element_wise("id:", pc.utf8_trim_whitespace(_blank_to_null(chosen.column(m.id))), ""))
         if not refs:

@@ -109,6 +109,16 @@ def test_blank_lines_before_the_header_are_skipped_and_rows_keep_their_numbers(w
     assert (line["row"], line["sku"], line["code"]) == (str(lines + 3), "B-2", "invalid_price")
 
 
+def test_a_numeric_first_column_after_a_bom_behind_blank_lines_stays_text(workdir, ingest):
+    """The real export this shape comes from starts 0a 09 ef bb bf, then "ID,...": the first
+    column's name as pyarrow reads it holds the BOM, and its cells must still be read as text."""
+    path = workdir / "feed.csv"
+    path.write_bytes(b"\n\t\xef\xbb\xbfID,sku,name\n0017,A-1,Pen\n18,B-2,Pad\n")
+    code, manifest = ingest(path)
+    assert code == 0 and manifest["rows"]["inserted"] == 2
+    assert json.loads(products(workdir)["a-1"]["attributes"]) == {"ID": "0017"}
+
+
 def test_mixed_line_endings_and_quoted_newlines(workdir, ingest):
     data = 'sku,name,description\r\nA-1,Shirt,"two\nlines"\nB-2,Hat,"cr\r\nlf"\rC-3,Cap,plain\n'
     (workdir / "feed.csv").write_bytes(data.encode())

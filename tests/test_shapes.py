@@ -290,3 +290,15 @@ def test_a_partner_row_model_that_cannot_work_is_a_config_error(workdir, cli):
 
     assert result.code == 2
     assert "partners[0]: preset of partner p: rows.model must be one of" in result.err
+
+
+def test_a_partner_word_meant_as_empty_empties_the_cell(workdir, ingest):
+    """A supplier's "on request" in the price column: no price, not an invalid one."""
+    path = write_csv(workdir / "prices.csv", ["Artikel", "Bezeichnung", "Preis"],
+                     [["4111288", "Pumpe", "494"], ["2164591", "Pumpe XL", "auf Anfrage"]])
+
+    manifest = _ingest(ingest, workdir, path, 'columns = { sku = "Artikel", name = "Bezeichnung", price = "Preis" }\n'
+                                              '[partners.values.price]\n"Auf Anfrage" = ""\n')
+
+    assert {k: v["price_cents"] for k, v in products(workdir, "p").items()} == {"4111288": 49400, "2164591": None}
+    assert manifest["rows"]["rejected"] == 0

@@ -60,7 +60,7 @@ class RowModel:
     group: str | tuple[str, ...] | None = None     # the group column; a tuple: the first one present
     group_continues: bool = False       # an empty group cell continues the group above (Vendure)
     variant: tuple[str, ...] = ()
-    key: str | None = None
+    key: str | tuple[str, ...] | None = None       # the key column; a tuple: the first one present
     key_from: tuple[str, ...] = ()
     key_default: str | None = None
     parent: str | None = None
@@ -74,6 +74,11 @@ class RowModel:
     def groups(self) -> tuple[str, ...]:
         """The group columns to try, in order (``group`` may name one or several)."""
         return (self.group,) if isinstance(self.group, str) else (self.group or ())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The key columns to try, in order (``key`` may name one or several: CSV's and JSON's)."""
+        return (self.key,) if isinstance(self.key, str) else (self.key or ())
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                               progress=False, spaced_delimiter=spaced) as stream:
                 names = _csv_reader(stream, delimiter=delimiter, skip_rows=leading).schema.names
+            as_bytes = {n: pa.binary() for n in names}      # by the names pyarrow reads
             if leading and names:       # a BOM or blanks after the skipped lines: not the name's
                 names[0] = names[0].strip().lstrip("\ufeff").strip()
         except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
@@ -362,7 +363,6 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             return
         if not any(n.strip().lstrip("\ufeff") for n in names):
             raise UnreadableFile(reason="the first line is blank: a header line is required", row=1)
-        as_bytes = {n: pa.binary() for n in names}
         first_data_row = next_row
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
