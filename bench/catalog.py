@@ -1,4 +1,5 @@
-"""The benchmark catalog: a deterministic partner CSV of any size, and a changed snapshot of it.
+"""The benchmark catalog: a deterministic partner CSV of any size, a changed snapshot of it, and
+the same rows as an XML feed (``cached_xml``).
 
 Shaped like ``../shared/PERFORMANCE-NOTES.md``'s file: ~10% case-variant duplicate SKUs (later
 ones win), quoted commas and embedded newlines in descriptions, valid GTINs, unmapped columns
@@ -11,12 +12,15 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 HEADER = ["sku", "name", "description", "price", "currency", "stock", "brand", "category",
           "gtin", "url", "color", "material", "weight_g"]
 WORDS = ["cotton", "shirt", "blue", "organic", "steel", "mug", "lamp", "oak", "wool", "linen",
          "garden", "chair", "desk", "ceramic", "glass", "leather", "canvas", "travel", "kids"]
 GENERATOR_VERSION = 1           # bump when the bytes generate() writes change
+XML_VERSION = 1                 # bump when the bytes to_xml() writes change
+XML_RECORD_PATH = "catalog/product"
 
 
 def _gtin(rnd: random.Random) -> str:
@@ -82,3 +86,31 @@ def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int =
         tmp.rename(snapshot)
     return snapshot
 
+
+
+def to_xml(src: Path, dst: Path) -> None:
+    """The CSV's rows as ``<catalog><product>`` elements named like its columns, ``sku`` an
+    attribute (``@sku``) and ``price`` carrying its currency (``price@currency``), the way a
+    partner's XML export is shaped; read with ``record_path = "catalog/product"``."""
+    with open(src, newline="", encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as out:
+        reader = csv.reader(fin)
+        header = next(reader)
+        sku, price, currency = header.index("sku"), header.index("price"), header.index("currency")
+        rest = [(i, name) for i, name in enumerate(header) if i not in (sku, price, currency)]
+        out.write('<?xml version="1.0" encoding="UTF-8"?>\n<catalog>\n')
+        for r in reader:
+            fields = "".join(f"<{name}>{escape(r[i])}</{name}>" for i, name in rest)
+            out.write(f'<product sku="{escape(r[sku])}"><price currency="{r[currency]}">{r[price]}</price>'
+                      f"{fields}</product>\n")
+        out.write("</catalog>\n")
+
+
+def cached_xml(folder: Path, rows: int, *, seed: int = 42) -> Path:
+    """``cached`` 's catalog as an XML feed (``to_xml``), made once per folder."""
+    base = cached(folder, rows, seed=seed)
+    xml = base.with_name(f"{base.stem}-x{XML_VERSION}.xml")
+    if not xml.exists():
+        tmp = xml.with_suffix(".tmp")
+        to_xml(base, tmp)
+        tmp.rename(xml)
+    return xml

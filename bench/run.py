@@ -6,7 +6,8 @@ catalog, timed from start to exit, with that process's own peak RSS (``wait4``).
 table and writes it as JSON (``--json``). Usage (``make bench`` runs the defaults):
 
     python bench/run.py [--rows 500000] [--runs 3] [--big-rows 5000000] [--orm-rows 50000]
-                        [--files 1000] [--latency 20] [--pg URL | --pg ''] [--json bench/results.json]
+                        [--files 1000] [--latency 20] [--xml-runs 1] [--pg URL | --pg '']
+                        [--json bench/results.json]
 
 ``--big-rows 0`` skips the 5M-row file (about 1.1 GB to generate, cached in ``--cache``).
 """
@@ -28,12 +29,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from catalog import cached  # noqa: E402
+from catalog import XML_RECORD_PATH, cached, cached_xml  # noqa: E402
 from running import EXE, RunningDaemon, small_feed  # noqa: E402
 
 PY = sys.executable
 FRESH = "inbox-daemon ingest, fresh"
-SECTIONS = ("sqlite", "peers", "big", "running", "postgres")
+SECTIONS = ("sqlite", "peers", "big", "running", "xml", "postgres")
 # the peers' own libraries (bench/peers-requirements.txt), kept out of the daemon's environment
 PEERS = {"PYTHONPATH": os.pathsep.join([str(HERE / ".peers"), str(HERE)])}
 
@@ -152,6 +153,32 @@ def big_file(args, cache: Path, root: Path, fresh_rss: float) -> list[Figure]:
     dm.met = dm.ratio <= 1.2 and rss_ratio <= 1.3
     print(f"  floor {fl.median:.1f} s, daemon {dm.median:.1f} s; {dm.note}", flush=True)
     return [fl, dm]
+
+
+def xml_feed(args, cache: Path, root: Path) -> list[Figure]:
+    """The same catalog as an XML feed, its CSV imported beside it in the same runs: what a
+    record read through lxml and Python costs next to a row read by pyarrow's CSV reader."""
+    csv_feed = cached(cache, args.rows)
+    feed = cached_xml(cache, args.rows)
+    print(f"  XML feed ready ({feed.stat().st_size / 1e6:.0f} MB, CSV {csv_feed.stat().st_size / 1e6:.0f} MB)",
+          flush=True)
+    ref = Figure("inbox-daemon ingest, fresh, the CSV beside the XML feed", args.rows)
+    xml = Figure("inbox-daemon ingest, fresh, the same catalog as an XML feed", args.rows,
+                 reference=ref.path, target="(for scale: lxml + a Python dict per record)")
+    for i in range(args.xml_runs):
+        work = root / f"xml{i}"
+        work.mkdir()
+        (work / "xml.toml").write_text(
+            f'[[partners]]\nid = "default"\nrecord_path = "{XML_RECORD_PATH}"\n'
+            'columns = { sku = "@sku", currency = "price@currency" }\n')
+        (work / "csv").mkdir()                   # a catalog of its own: both imports are fresh
+        add(ref, daemon_ingest(csv_feed, work / "csv"))
+        add(xml, daemon_ingest(feed, work, "xml.toml"))
+        shutil.rmtree(work)
+        print(f"  run {i + 1}: CSV {ref.seconds[-1]:.2f} s, XML {xml.seconds[-1]:.2f} s", flush=True)
+    xml.note = (f"{xml.rows_per_s:,.0f} rows/s, peak RSS {max(xml.rss_mb):.0f} MB; the CSV: "
+                f"{ref.rows_per_s:,.0f} rows/s, {max(ref.rss_mb):.0f} MB")
+    return [ref, xml]
 
 
 def running_daemon(args, root: Path) -> list[Figure]:
@@ -289,6 +316,8 @@ def main() -> None:
     ap.add_argument("--orm-rows", type=int, default=50_000)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--latency", type=int, default=20)
+    ap.add_argument("--xml-runs", type=int, default=1,
+                    help="runs of the XML feed and its CSV (each XML import takes ~15 s)")
     ap.add_argument("--pg", default=os.environ.get("INBOX_DAEMON_TEST_PG", "postgresql://127.0.0.1:5432/test"),
                     help="PostgreSQL URL; '' skips the PostgreSQL rows")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "inbox-daemon-bench",
@@ -312,6 +341,9 @@ def main() -> None:
         if "running" in args.only:
             print("running daemon", flush=True)
             figures += running_daemon(args, root)
+        if "xml" in args.only and args.xml_runs:
+            print(f"XML feed, {args.rows:,} items, {args.xml_runs} interleaved run(s)", flush=True)
+            figures += xml_feed(args, args.cache, root)
         if "postgres" in args.only and args.pg and _pg_reachable(args.pg):
             print(f"PostgreSQL, {args.rows:,} rows", flush=True)
             figures += postgres(args, args.cache, root)

@@ -263,15 +263,32 @@ def test_real_world_csv_reads_like_pythons_csv_module(corpus, rel, encoding):
     assert_text_blocks(blocks, first_row=2)
 
 
-@pytest.mark.parametrize("rel", [
-    "csvkit-examples/examples/bad.csv",                       # a row longer than the header
-    "csvkit-examples/examples/test_join_short_rows.csv",      # a row shorter than the header
-    "csvkit-examples/examples/empty.csv",                     # no bytes at all
-    "messytables-horror/horror/weird_head_padding.csv",       # a banner line above the header
-], ids=lambda rel: Path(rel).name)
-def test_broken_real_world_csv_is_unreadable(corpus, rel):
+def test_an_empty_real_world_csv_is_unreadable(corpus):
     with pytest.raises(UnreadableFile):
-        read(corpus / rel)
+        read(corpus / "csvkit-examples" / "examples" / "empty.csv")
+
+
+def test_real_world_ragged_csv_pads_short_rows_and_refuses_long_ones(corpus):
+    """csvkit's own broken examples: a row shorter than the header is padded, one longer is
+    marked refused (``too_many_cells``) with its first cells kept for its diagnostics line."""
+    short = read(corpus / "csvkit-examples" / "examples" / "test_join_short_rows.csv")
+    assert rows_of(short) == [("1", "cat", None), ("dog", "c", None), ("3", "b", "c")]
+
+    bad = read(corpus / "csvkit-examples" / "examples" / "bad.csv")
+    assert rows_of(bad) == [("1", "27", None), (None, "I'm too short!", None), ("0", "mixed types.... uh oh", "17")]
+    assert [(code, mask.to_pylist()) for b in bad for code, mask in b.refused_rows] == \
+        [("too_many_cells", [True, False, False])]
+    assert_text_blocks(bad, first_row=2)
+
+
+def test_a_banner_above_the_header_is_skipped_with_header_row(corpus):
+    """messytables' horror file: eleven lines of title and notes above the header of years."""
+    blocks = read(corpus / "messytables-horror" / "horror" / "weird_head_padding.csv",
+                  options=ReadOptions(header_row=12))
+    assert blocks[0].batch.schema.names[1:4] == ["1985", "1993", "2000"]
+    assert blocks[0].first_row == 13
+    rows = rows_of(blocks)
+    assert rows[1][:4] == ("      Gefäßchirurgie", ".", "379", "575")
 
 
 @pytest.mark.parametrize("name", ["simple.psv", "simple.ssv", "simple.unknown"])

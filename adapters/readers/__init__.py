@@ -8,7 +8,7 @@ was. Readers stream: memory stays flat whatever the file size.
 This package is the registry: what the readers share is in ``base``, each format in a module
 of its own, and the names the rest of the code uses are re-exported here.
 
-Failures of the underlying parsers (pyarrow, ijson, codecs) are mapped by the readers, at the
+Failures of the underlying parsers (pyarrow, ijson, lxml, codecs) are mapped by the readers, at the
 boundary, to ``UnreadableFile`` with the row the reader had reached.
 """
 
@@ -22,6 +22,7 @@ from adapters.readers.csvfile import read_csv, read_tsv
 from adapters.readers.jsonfile import read_json, read_ndjson
 from adapters.readers.parquetfile import read_parquet
 from adapters.readers.xlsxfile import read_xlsx
+from adapters.readers.xmlfile import read_xml
 from config.errors import LimitExceeded, UnknownFormat
 
 # what the rest of the code imports from the package; BLOCK_SIZE, Block and ReadOptions live in base
@@ -34,6 +35,7 @@ FORMATS: dict[str, Callable[..., Iterator[Block]]] = {
     "ndjson": read_ndjson,
     "parquet": read_parquet,
     "xlsx": read_xlsx,
+    "xml": read_xml,
 }
 
 
@@ -42,7 +44,7 @@ DEFAULT_OPTIONS = ReadOptions()
 _BY_EXTENSION = {
     ".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".tab": "tsv",
     ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson",
-    ".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx",
+    ".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx", ".xml": "xml",
 }
 
 
