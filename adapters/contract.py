@@ -63,7 +63,10 @@ def effective_mapping(partner: PartnerConfig) -> dict:
         mapping["key_value_attributes"] = list(preset.key_value)
         mapping["rows"] = ({k: v for k, v in dataclasses.asdict(preset.rows).items() if v not in (None, ())}
                            if preset.rows else None)
+        mapping["record_path"] = list(preset.record_path)
+        mapping["expand"] = preset.expand
     mapping["delimiter"] = partner.delimiter or (preset.delimiter if preset else None)
+    mapping["header_row"] = partner.header_row
     return mapping
 
 
