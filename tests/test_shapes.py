@@ -302,3 +302,15 @@ def test_a_partner_word_meant_as_empty_empties_the_cell(workdir, ingest):
 
     assert {k: v["price_cents"] for k, v in products(workdir, "p").items()} == {"4111288": 49400, "2164591": None}
     assert manifest["rows"]["rejected"] == 0
+
+
+def test_a_utf16_json_document_is_read_by_its_byte_order_mark(workdir, ingest):
+    """PowerShell's ``>`` writes UTF-16 LE with a BOM: a saved API page arrives that way."""
+    page = {"products": [{"id": 1, "title": "Essence Mascara Lash Princess", "price": 9.99, "sku": "BEA-ESS-ESS-001"}],
+            "total": 194, "skip": 0, "limit": 1}
+    path = workdir / "products.json"
+    path.write_bytes(json.dumps(page, indent=2).encode("utf-16"))          # BOM + UTF-16 LE
+
+    _ingest(ingest, workdir, path, 'record_path = "products"\ncolumns = { name = "title" }\n')
+
+    assert products(workdir, "p")["bea-ess-ess-001"]["price_cents"] == 999

@@ -12,6 +12,7 @@ live files (``inbox_daemon.tempfiles``) without ``adapters`` importing ``inbox_d
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import io
@@ -155,18 +156,59 @@ class _BoundedInflate(io.RawIOBase):
         super().close()
 
 
+class ToUtf8(io.RawIOBase):
+    """Transcodes a byte stream in any encoding to UTF-8, incrementally. Undecodable bytes are
+    carried through unchanged (``surrogateescape``): they arrive as invalid UTF-8 in their cell."""
+
+    def __init__(self, raw, encoding: str):
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._pending:
+            chunk = self._raw.read(BLOCK_SIZE)
+            text = self._decoder.decode(chunk, final=not chunk)
+            self._pending = text.encode("utf-8", errors="surrogateescape")
+            if not chunk:
+                break
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+# byte-order marks of the encodings a UTF-8 parser cannot read, longest first (UTF-32 LE's
+# starts with UTF-16 LE's); their codecs consume the mark
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 @contextlib.contextmanager
-def open_stream(path: Path, *, compressed: bool, options: ReadOptions) -> Iterator[io.BufferedIOBase]:
-    """The decompressed byte stream of a spooled file."""
+def open_stream(path: Path, *, compressed: bool, options: ReadOptions,
+                utf8: bool = False) -> Iterator[io.BufferedIOBase]:
+    """The decompressed byte stream of a spooled file; with ``utf8``, a UTF-16 or UTF-32 file
+    (told by its byte-order mark: what Windows tools write, PowerShell's ``>`` among them) as
+    UTF-8, for parsers that read nothing else (JSON's)."""
     file = open(path, "rb", buffering=0)
     raw = _Counting(file, options.progress) if options.progress else file
     # gzip reads the file itself, unbuffered, so the bomb check compares against the bytes it
     # really consumed, not a read-ahead buffer's
     stream = io.BufferedReader(_BoundedInflate(raw, file, options.limits) if compressed else raw,
                                buffer_size=BLOCK_SIZE)
+    shown: io.BufferedIOBase = stream
+    if utf8:
+        head = stream.peek(4)[:4]
+        wide = next((encoding for bom, encoding in _WIDE_BOMS if head.startswith(bom)), None)
+        if wide is not None:
+            shown = io.BufferedReader(ToUtf8(stream, wide), buffer_size=BLOCK_SIZE)
     try:
-        yield stream
+        yield shown
     finally:
+        shown.close()
         stream.close()
 
 

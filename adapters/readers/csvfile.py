@@ -32,7 +32,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from adapters.readers.base import BLOCK_SIZE, PY_BATCH_ROWS, TOO_MANY_CELLS, Block, ReadOptions, open_stream, to_text
+from adapters.readers.base import (
+    BLOCK_SIZE,
+    PY_BATCH_ROWS,
+    TOO_MANY_CELLS,
+    Block,
+    ReadOptions,
+    ToUtf8,
+    open_stream,
+    to_text,
+)
 from config.errors import LimitExceeded, UnreadableFile
 from config.model import Limits
 
@@ -55,31 +64,6 @@ def detect_encoding(head: bytes, default: str) -> str:
 
 def _is_utf8(encoding: str) -> bool:
     return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
-
-
-class _ToUtf8(io.RawIOBase):
-    """Transcodes a byte stream in any encoding to UTF-8, incrementally. Undecodable bytes are
-    carried through unchanged (``surrogateescape``): they arrive as invalid UTF-8 in their cell."""
-
-    def __init__(self, raw, encoding: str):
-        self._raw = raw
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        while not self._pending:
-            chunk = self._raw.read(BLOCK_SIZE)
-            text = self._decoder.decode(chunk, final=not chunk)
-            self._pending = text.encode("utf-8", errors="surrogateescape")
-            if not chunk:
-                break
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
 
 
 class _LineGuard(io.RawIOBase):
@@ -215,7 +199,7 @@ def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding
     def opened():
         with open_stream(path, compressed=compressed, options=options if progress else
                          ReadOptions(limits=options.limits)) as stream:
-            raw = stream if _is_utf8(encoding) else _ToUtf8(stream, encoding)
+            raw = stream if _is_utf8(encoding) else ToUtf8(stream, encoding)
             # pyarrow holds a row within one read block: longer lines can never be read anyway
             limit = min(options.limits.max_line_bytes, BLOCK_SIZE)
             guarded: io.RawIOBase = _LineGuard(raw, limit)

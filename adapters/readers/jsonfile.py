@@ -51,7 +51,7 @@ def _reject_constant(name: str):
 def _first_byte(path: Path, *, compressed: bool) -> bytes:
     """The first byte that is not whitespace or a BOM ("[", "{", …), or b"" for an empty file."""
     try:
-        with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+        with open_stream(path, compressed=compressed, options=ReadOptions(), utf8=True) as stream:
             while chunk := stream.read(4096):
                 stripped = chunk.lstrip(b" \t\r\n")
                 if stripped.startswith(_BOM):
@@ -137,7 +137,7 @@ def _survey(path: Path, *, compressed: bool) -> _Document:
     matter keep theirs here (``steps``: per open container, its key or ``item``)."""
     doc, depth = _Document(), 0
     steps: list[str] = []
-    with open_stream(path, compressed=compressed, options=ReadOptions()) as stream:
+    with open_stream(path, compressed=compressed, options=ReadOptions(), utf8=True) as stream:
         _skip_bom(stream)
         events = ijson.basic_parse(stream, multiple_values=True, use_float=True)
         for event, value in events:
@@ -214,7 +214,7 @@ def _read_items(path: Path, prefix: str, *, compressed: bool, options: ReadOptio
 
     def records() -> Iterator[dict]:
         nonlocal row
-        with open_stream(path, compressed=compressed, options=options) as stream:
+        with open_stream(path, compressed=compressed, options=options, utf8=True) as stream:
             _skip_bom(stream)
             for item in ijson.items(stream, prefix, use_float=True):
                 if not isinstance(item, dict):
@@ -272,7 +272,7 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
     try:
         if expand and "." in expand:
             raise _Switch()                 # a list inside a nested object: expanded in Python
-        with open_stream(path, compressed=compressed, options=options) as stream:
+        with open_stream(path, compressed=compressed, options=options, utf8=True) as stream:
             reader = pajson.open_json(
                 io.BufferedReader(_NestingGuard(stream), buffer_size=BLOCK_SIZE),
                 read_options=pajson.ReadOptions(block_size=BLOCK_SIZE),
@@ -330,7 +330,7 @@ def _read_values(path: Path, *, compressed: bool, options: ReadOptions, skip: in
 
     def records() -> Iterator[dict]:
         nonlocal row, line_no
-        with open_stream(path, compressed=compressed, options=options) as raw:
+        with open_stream(path, compressed=compressed, options=options, utf8=True) as raw:
             _skip_bom(raw)
             stream = io.BufferedReader(_NestingGuard(raw), buffer_size=BLOCK_SIZE)
             for line_no, value in _values(stream):
