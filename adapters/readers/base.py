@@ -307,6 +307,12 @@ def _record_at(obj, steps: list[str | int]):
 
 def flatten_record(obj: dict, prefix: str = "", out: dict | None = None, paths: tuple[str, ...] = ()) -> dict:
     """A parsed JSON object as ``{dotted.name: text}``, the shape ``to_text`` gives Arrow batches."""
+    if out is None and not prefix and not paths:
+        for value in obj.values():
+            if value is not None and type(value) is not str:
+                break
+        else:
+            return obj            # already flat text (most XML records, many JSON ones): as it is
     out = {} if out is None else out
     for path in paths:
         value = _record_at(obj, parse_path(path))
