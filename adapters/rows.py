@@ -9,7 +9,8 @@ cells. ``shaped(blocks)`` is the whole of it for a caller: every block shaped, t
 ``finish`` releases at the end; ``notes`` holds the warnings (``DIAGNOSTICS_SCHEMA``) about
 the block last returned, and ``with_notes`` merges them into that block's judgement.
 
-- Every model: a row with a value in any ``skip_when_set`` column is no catalog row of its own;
+- Every model: a row with a value in any ``skip_when_set`` column, or with every
+  ``skip_when_empty`` column empty (a price list's section rows), is no catalog row of its own;
   it is skipped and counted (``skipped``, the manifest's ``rows.skipped``). Magento's export
   follows each product's global row (``store_view_code`` empty) with one row per store view that
   carries only that view's overrides (often just the name), every other cell empty: such a row
@@ -192,15 +193,22 @@ class Shaper:
         return block
 
     def _unscoped(self, block: Block) -> Block:
-        """Without the rows that have a value in a ``skip_when_set`` column (counted)."""
+        """Without the rows that have a value in a ``skip_when_set`` column, or none in every
+        ``skip_when_empty`` column (counted)."""
         m, batch = self.model, block.batch
-        names = _present(batch, m.skip_when_set) if m is not None and batch.num_rows else []
-        if not names:
+        if m is None or not batch.num_rows:
             return block
-        keep = pc.is_null(_blank_to_null(batch.column(names[0])))
-        for name in names[1:]:
-            keep = pc.and_(keep, pc.is_null(_blank_to_null(batch.column(name))))
-        return self._keep(block, batch, keep)
+        keep = None
+        for name in _present(batch, m.skip_when_set):
+            unset = pc.is_null(_blank_to_null(batch.column(name)))
+            keep = unset if keep is None else pc.and_(keep, unset)
+        required = _present(batch, m.skip_when_empty)
+        if required:
+            some = pc.is_valid(_blank_to_null(batch.column(required[0])))
+            for name in required[1:]:
+                some = pc.or_(some, pc.is_valid(_blank_to_null(batch.column(name))))
+            keep = some if keep is None else pc.and_(keep, some)
+        return block if keep is None else self._keep(block, batch, keep)
 
     def _keep(self, block: Block, batch: pa.RecordBatch, keep: pa.Array) -> Block:
         dropped = len(keep) - (pc.sum(keep).as_py() or 0)

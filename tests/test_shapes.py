@@ -314,3 +314,20 @@ def test_a_utf16_json_document_is_read_by_its_byte_order_mark(workdir, ingest):
     _ingest(ingest, workdir, path, 'record_path = "products"\ncolumns = { name = "title" }\n')
 
     assert products(workdir, "p")["bea-ess-ess-001"]["price_cents"] == 999
+
+
+def test_a_price_lists_section_and_total_rows_are_skipped_by_skip_when_empty(workdir, ingest):
+    """A 1C stock report: group rows and the grand total carry a quantity but no price."""
+    path = write_csv(workdir / "price.csv", ["Товар", "Количество", "Цена"], [
+        ["Прайс", "134339", ""],
+        ["АСЕР ФАСОВКА", "192", ""],
+        ["Напиток Sprint 1,5л", "30", "280"],
+        ["Напиток Дюшес 1,5л", "84", "280"],
+    ], delimiter=";")
+    body = ('currency = "RUB"\ncolumns = { sku = "Товар", name = "Товар", stock = "Количество", price = "Цена" }\n'
+            '[partners.rows]\nmodel = "flat"\nskip_when_empty = ["Цена"]\n')
+
+    manifest = _ingest(ingest, workdir, path, body)
+
+    assert sorted(products(workdir, "p")) == ["напиток sprint 1,5л", "напиток дюшес 1,5л"]
+    assert manifest["rows"]["skipped"] == 2 and manifest["rows"]["read"] == 2

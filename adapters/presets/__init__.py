@@ -40,7 +40,8 @@ ROW_MODELS = ("flat", "group", "parent")        # the shapers of ``adapters.rows
 @dataclass(frozen=True)
 class RowModel:
     """Every model: a row with a value in any ``skip_when_set`` column is skipped and counted
-    (Magento's store-view rows, which carry only a store view's overrides).
+    (Magento's store-view rows, which carry only a store view's overrides), and so is a row with
+    every ``skip_when_empty`` column empty (the section and total rows of a price list).
     ``model = "flat"``: one row per product, nothing else to shape.
     ``model = "group"``: rows with the same ``group`` value in a row form one product; the
     first row carries the product's fields, the others inherit the ``inherit`` columns where
@@ -57,6 +58,7 @@ class RowModel:
     model: str
     inherit: tuple[str, ...] = ()
     skip_when_set: tuple[str, ...] = ()
+    skip_when_empty: tuple[str, ...] = ()   # a row with all of these empty is no product (a price list's section rows)
     group: str | tuple[str, ...] | None = None     # the group column; a tuple: the first one present
     group_continues: bool = False       # an empty group cell continues the group above (Vendure)
     variant: tuple[str, ...] = ()
