@@ -41,6 +41,8 @@ QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block b
 POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
 RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
 TICK = 0.05                 # main loop period (signals, retries, watchdog)
+# the keys of what an inbox's ``failing()`` reports, cleared once it reports nothing
+INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing"})
 
 
 class Daemon:
@@ -382,9 +384,10 @@ class Daemon:
             with self._lock:
                 if failing:
                     self._faults[f"inbox {inbox_id}"] = failing
-                # what the inbox reported (failing polls, archived files that grew) ends when it
-                # no longer does: the polls work again, the grown file was taken in
-                elif self._faults.get(f"inbox {inbox_id}", {}).keys() & {"polls", "grew_after_archive"}:
+                # what the inbox reported (failing polls, archived files that grew, its folder
+                # gone) ends when it no longer does: the polls work again, the grown file was
+                # taken in, the folder is back and watched
+                elif self._faults.get(f"inbox {inbox_id}", {}).keys() & INBOX_REPORTS:
                     del self._faults[f"inbox {inbox_id}"]
         try:
             self.store.queued(limit=1)
