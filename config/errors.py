@@ -127,6 +127,13 @@ class StoreUnavailable(StoreError, Transient):
     code = "store_unavailable"
 
 
+class StoreReplaced(StoreError, Transient):
+    """The catalog is not the one this daemon opened: deleted, replaced or emptied under it. No
+    outcome is recorded and no file answered; every attempt fails the same way (``/healthz``
+    degraded, the files stay in their inboxes) until an operator restarts the daemon."""
+    code = "store_replaced"
+
+
 class JobNotFound(InboxDaemonError, Terminal):
     code = "job_not_found"
 

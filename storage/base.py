@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import pyarrow as pa
 
 from config.canonical import MERGED_COLUMNS as MERGED_COLUMNS
+from config.errors import StoreError, StoreReplaced
 from config.status import APPLIED, JobStatus
 
 # the ledger's columns as a Job has them (the columns a merge writes: config.canonical.MERGED_COLUMNS)
@@ -311,6 +312,28 @@ class LedgerReads:
         if original.status in APPLIED and self._latest_applied_content(original.partner_id) != original.sha256:
             return "reapply"
         return "duplicate"
+
+    identity: str | None = None          # the catalog's id, read when the store was opened
+
+    def _read_identity(self) -> None:
+        self.identity = self._one_value("SELECT id FROM store_identity")
+
+    def _check_identity(self) -> None:
+        """Before an outcome is recorded: is this still the catalog the daemon opened? A
+        catalog deleted, replaced or emptied under it must stop the applying, not take answers
+        nobody will read (see ``StoreReplaced``)."""
+        try:
+            current = self._one_value("SELECT id FROM store_identity")
+        except StoreError as exc:
+            raise StoreReplaced(f"the catalog's identity cannot be read ({exc}): it was emptied or "
+                                "replaced under the daemon; nothing is applied until it is restarted") from exc
+        if current != self.identity:
+            raise StoreReplaced(f"the catalog is not the one this daemon opened (identity {current} instead of "
+                                f"{self.identity}): nothing is applied until it is restarted")
+
+    def _one_value(self, sql: str) -> Any:
+        rows = self._exec(sql, ())
+        return rows[0][0] if rows else None
 
     def _latest_applied_content(self, partner_id: str) -> str | None:
         """The sha256 of the partner's latest applied delivery (in delivery order): the partner's

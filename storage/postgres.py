@@ -108,6 +108,7 @@ class PostgresStore(LedgerReads):
             raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {str(exc).strip()}") from exc
         try:
             self._migrate()
+            self._read_identity()
         except BaseException:
             self._conn.close()
             raise
@@ -238,7 +239,9 @@ class PostgresStore(LedgerReads):
                    " finished_at = NULL, status = NULL, error = NULL", (job_id, attempt, now))
 
     def _record_outcome(self, job: Job, outcome: Outcome) -> None:
-        """Fenced by the attempt number: nothing is written for an attempt that was taken over."""
+        """Fenced by the attempt number: nothing is written for an attempt that was taken over.
+        Only into the catalog the daemon opened (``_check_identity``)."""
+        self._check_identity()
         now = utcnow()
         done = self._exec(
             "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s, lease_until = NULL"

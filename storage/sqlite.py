@@ -34,6 +34,7 @@ from config.errors import (
     LeaseLost,
     StoreBusy,
     StoreError,
+    StoreReplaced,
     StoreUnavailable,
 )
 from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
@@ -99,6 +100,12 @@ def _map_errors(exc: Exception) -> StoreError:
     return StoreError(text)
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode): which file a path names right now."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _in(seconds: float) -> str:
     from datetime import datetime, timedelta
     t = datetime.now(UTC) + timedelta(seconds=seconds)
@@ -121,8 +128,22 @@ class SqliteStore(LedgerReads):
                            f"cache_size=-{CACHE_KIB}", "foreign_keys=ON"):
                 self._exec(f"PRAGMA {pragma}")
             self._migrate()
+            self._read_identity()
+            self._file = _file_id(self.path)
         except adbc_driver_manager.Error as exc:
             raise _map_errors(exc) from exc
+
+    def _check_identity(self) -> None:
+        """Also: is the file at the catalog's path still the one opened? A deleted catalog goes
+        on working for the connections that hold it open, as a file no one else will ever see."""
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._file:
+            raise StoreReplaced(f"the catalog file {self.path} was deleted or replaced under the daemon: "
+                                "nothing is applied until it is restarted")
+        super()._check_identity()
 
     # -- plumbing -------------------------------------------------------------------------------
     def _exec(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -239,7 +260,9 @@ class SqliteStore(LedgerReads):
 
     def _record_outcome(self, job: Job, outcome: Outcome) -> None:
         """The outcome of this attempt, fenced by its number: if another daemon took the job over
-        (a newer attempt), nothing is recorded and the transaction must roll back."""
+        (a newer attempt), nothing is recorded and the transaction must roll back. Only into the
+        catalog the daemon opened (``_check_identity``)."""
+        self._check_identity()
         now = utcnow()
         recorded = self._exec(
             "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL"
