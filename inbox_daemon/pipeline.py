@@ -48,6 +48,12 @@ from inbox_daemon.spool import spool_file
 from storage.base import TO_RUN, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
 
 
+def _notify(partner: PartnerConfig | None) -> bool:
+    """Is the partner told of its answers by webhook? Then the answer goes in the outbox, in the
+    transaction that records it (``storage.outbox``)."""
+    return partner is not None and partner.webhook is not None
+
+
 def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadOptions:
     """How this partner's files are read: encoding, delimiter (the partner's, else the preset's,
     else sniffed), sheet, header row, where the records are and which nested list is rows
@@ -315,7 +321,7 @@ class Pipeline:
         # what the file set (in catalog terms): a column it does not carry was left as it was
         manifest["columns"] = [c for c in MERGED_COLUMNS if c in progress.carried]
         progress.describe(manifest)
-        outcome = Outcome(status=status, result=manifest)
+        outcome = Outcome(status=status, result=manifest, notify=_notify(run.partner))
         if run.dry_run:
             load.abort()
         else:
@@ -372,7 +378,7 @@ class Pipeline:
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run,
                                   message=str(exc))
         progress.describe(manifest)
-        outcome = Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc))
+        outcome = Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc), notify=_notify(run.partner))
         if not run.dry_run:
             self.store.finish(run.job, outcome)
         run.log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
@@ -411,7 +417,8 @@ class Pipeline:
         manifest = self._manifest(job, JobStatus.DUPLICATE, Totals(), None, None, job.started_at, time.monotonic(),
                                   job.format, job.mode, dry_run=False, message=message)
         manifest["duplicate_of"] = original.id
-        self.store.finish(job, Outcome(status=JobStatus.DUPLICATE, result=manifest))
+        self.store.finish(job, Outcome(status=JobStatus.DUPLICATE, result=manifest,
+                                       notify=_notify(self.config.partners.get(job.partner_id))))
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)
         _drop_copy(spooled, original.status)
         return self.report(job, manifest, None, log)
@@ -422,7 +429,8 @@ class Pipeline:
                                   time.monotonic(), job.format, job.mode, dry_run=False, message=reason)
         if job.result and job.result.get("rows"):
             manifest["rows"] = job.result["rows"]       # what the last attempt got to see
-        self.store.finish(job, Outcome(status=JobStatus.QUARANTINED, result=manifest, error=reason))
+        self.store.finish(job, Outcome(status=JobStatus.QUARANTINED, result=manifest, error=reason,
+                                       notify=_notify(self.config.partners.get(job.partner_id))))
         log.error("job.quarantined", job_id=job.id, attempts=job.attempt, reason=reason)
         return self.report(job, manifest, None, log)
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 from config.canonical import MERGED_COLUMNS as MERGED_COLUMNS
 from config.errors import StoreError, StoreReplaced
 from config.status import APPLIED, JobStatus
+from storage.outbox import Delivery
 
 # the ledger's columns as a Job has them (the columns a merge writes: config.canonical.MERGED_COLUMNS)
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
@@ -197,6 +198,7 @@ class Outcome:
     status: JobStatus
     result: dict
     error: str | None = None
+    notify: bool = False        # the partner's webhook is told of it (put in the outbox with it)
 
 
 class Load(Protocol):
@@ -236,6 +238,12 @@ class CatalogStore(Protocol):
     def release_drop(self, *, inbox: str, uri: str, version: str) -> None: ...
     def renew(self) -> None: ...
     def expire_leases(self) -> list[str]: ...
+    # the webhook outbox (storage.outbox)
+    def take_due(self, holder: str, *, lease: float, limit: int = 100) -> list[Delivery]: ...
+    def delivered(self, delivery: Delivery, *, http_status: int | None, error: str | None,
+                  status: str, retry_in: float = 0.0) -> None: ...
+    def release_webhooks(self, holder: str) -> None: ...
+    def webhook_deliveries(self, job_id: str) -> list[dict]: ...
     def close(self) -> None: ...
 
 

@@ -61,6 +61,7 @@ from storage.base import (
     split_statements,
     utcnow,
 )
+from storage.outbox import WebhookOutbox
 
 CONNECT_TIMEOUT_S = 10
 MIGRATION_LOCK = 0x1B0CDAE0           # pg_advisory_xact_lock key: one daemon migrates at a time
@@ -84,7 +85,7 @@ def _map_errors(exc: psycopg.Error) -> StoreError:
     return StoreError(str(exc))
 
 
-class PostgresStore(LedgerReads):
+class PostgresStore(LedgerReads, WebhookOutbox):
     """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
 
     PARAM = "%s"
@@ -252,6 +253,8 @@ class PostgresStore(LedgerReads):
             raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
         self._exec("UPDATE job_attempts SET finished_at = %s, status = %s, error = %s"
                    " WHERE job_id = %s AND attempt = %s", (now, outcome.status, outcome.error, job.id, job.attempt))
+        if outcome.notify:
+            self._enqueue_webhook(job.id, job.attempt, job.partner_id, outcome.result)
 
     def finish(self, job: Job, outcome: Outcome) -> None:
         with self._transaction():

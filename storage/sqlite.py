@@ -66,6 +66,7 @@ from storage.base import (
     split_statements as _statements,
 )
 from storage.changes import Existing, row_hashes
+from storage.outbox import WebhookOutbox
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages far less often
@@ -112,7 +113,7 @@ def _in(seconds: float) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(LedgerReads):
+class SqliteStore(LedgerReads, WebhookOutbox):
     """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection.
     Leases use the host's clock: every daemon sharing the file runs on this host."""
 
@@ -272,6 +273,8 @@ class SqliteStore(LedgerReads):
             raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
         self._exec("UPDATE job_attempts SET finished_at = ?, status = ?, error = ? WHERE job_id = ? AND attempt = ?",
                    (now, outcome.status, outcome.error, job.id, job.attempt))
+        if outcome.notify:
+            self._enqueue_webhook(job.id, job.attempt, job.partner_id, outcome.result)
 
     def finish(self, job: Job, outcome: Outcome) -> None:
         """Record an outcome that changes no rows (rejected, failed, duplicate)."""

@@ -265,7 +265,7 @@ def webhook_receiver(handler):
 def test_webhook_is_signed_and_received(tmp_path, daemon):
     with webhook_receiver(_Receiver) as url:
         cfg = config(partners=f'[[partners]]\nid = "default"\n'
-                              f'webhook = {{ url = "{url}", secret_env = "HOOK_SECRET" }}\n')
+                              f'webhook = {{ url = "{url}", secret_env = "HOOK_SECRET", allow_private = true }}\n')
         d = daemon(cfg, env={"HOOK_SECRET": "s3cr3t-value"})
         _drop(tmp_path / "inbox" / "default", "hooked.csv", "sku,name\nH,x\n")
         [manifest] = wait_manifests(tmp_path, 1)
@@ -333,7 +333,7 @@ class _FlakyReceiver(_Receiver):
 
 def test_webhook_is_retried_after_a_server_error(tmp_path, daemon):
     with webhook_receiver(_FlakyReceiver) as url:
-        d = daemon(config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}" }}\n'))
+        d = daemon(config(partners=f'[[partners]]\nid = "default"\nwebhook = {{ url = "{url}", allow_private = true }}\n'))
         _drop(tmp_path / "inbox" / "default", "retry.csv", "sku,name\nW,x\n")
         wait_for(lambda: len(_FlakyReceiver.received) >= 2, what="a second delivery attempt")
         first, second = _FlakyReceiver.received[:2]
