@@ -45,7 +45,7 @@ from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
-from storage.base import TO_RUN, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
+from storage.base import TO_RUN, AuditHead, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
 
 
 def _notify(partner: PartnerConfig | None) -> bool:
@@ -439,17 +439,18 @@ class Pipeline:
         try:
             path = write_manifest(self.config.daemon.results_dir, manifest)
             failpoints.reached("after_manifest")
-            self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
-                              sha256=job.sha256, source=manifest["source"], actor=self.actor,
-                              details={"status": manifest["status"], "rows": manifest["rows"],
-                                       "errors": manifest["errors"], "attempt": manifest["attempt"],
-                                       "duplicate_of": manifest.get("duplicate_of"),
-                                       "manifest": str(path)})
+            record = self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
+                                       sha256=job.sha256, source=manifest["source"], actor=self.actor,
+                                       details={"status": manifest["status"], "rows": manifest["rows"],
+                                                "errors": manifest["errors"], "attempt": manifest["attempt"],
+                                                "duplicate_of": manifest.get("duplicate_of"),
+                                                "manifest": str(path)})
         except OSError as exc:
             raise ResultsUnwritable(f"the outcome of job {job.id} is committed but could not be reported: "
                                     f"{exc}") from exc
         failpoints.reached("after_audit")
-        self.store.mark_reported(job.id)
+        self.store.mark_reported(job.id, AuditHead(str(self.audit.folder.resolve()), self.audit.chain_id(),
+                                                   record["seq"], record["hash"]))
         failpoints.reached("after_report")
         _drop_copy(spooled, manifest["status"])
         log.info("job.reported", status=manifest["status"], manifest=str(path))

@@ -194,6 +194,15 @@ EVERY_COLUMN = Columns()        # a file that sets every stored column
 
 
 @dataclass(frozen=True)
+class AuditHead:
+    """Where an audit folder's trail had got to when a job was reported (``inbox_daemon.audit``)."""
+    folder: str          # the folder, resolved
+    chain: str           # its ``.chain-id``
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     status: JobStatus
     result: dict
@@ -222,7 +231,9 @@ class CatalogStore(Protocol):
               mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim: ...
     def load(self, job: Job, *, exclusive: bool = False) -> Load: ...
     def finish(self, job: Job, outcome: Outcome) -> None: ...
-    def mark_reported(self, job_id: str) -> None: ...
+    def mark_reported(self, job_id: str, audit: AuditHead | None = None) -> None: ...
+    def audit_head(self, folder: str) -> AuditHead | None: ...
+    def reset_audit_head(self, head: AuditHead) -> None: ...
     def spool_paths(self, statuses: Iterable[JobStatus]) -> list[str]: ...
     def release(self, job: Job) -> None: ...
     def recover(self) -> list[str]: ...
@@ -386,8 +397,29 @@ class LedgerReads:
         return [r[0] for r in self._exec(self._sql(
             f"SELECT spool_path FROM jobs WHERE status IN ({marks}) AND spool_path IS NOT NULL"), statuses)]
 
-    def mark_reported(self, job_id: str) -> None:
-        self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (utcnow(), job_id))
+    def mark_reported(self, job_id: str, audit: AuditHead | None = None) -> None:
+        """The job's answer is out; ``audit``: the audit record it was written as, the trail's
+        new head (kept for the chain it was first written for: see ``audit_head``)."""
+        now = utcnow()
+        self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (now, job_id))
+        if audit is not None:
+            self._exec(self._sql(
+                "INSERT INTO audit_heads (folder, chain, seq, hash, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (folder) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at"
+                " WHERE audit_heads.chain = excluded.chain AND audit_heads.seq < excluded.seq"),
+                (audit.folder, audit.chain, audit.seq, audit.hash, now))
+
+    def audit_head(self, folder: str) -> AuditHead | None:
+        """The head of ``folder``'s trail as reported jobs left it."""
+        rows = self._exec(self._sql("SELECT folder, chain, seq, hash FROM audit_heads WHERE folder = ?"), (folder,))
+        return AuditHead(*rows[0]) if rows else None
+
+    def reset_audit_head(self, head: AuditHead) -> None:
+        """An operator acknowledged the trail as it is now (``audit ack``): its head from here."""
+        self._exec(self._sql(
+            "INSERT INTO audit_heads (folder, chain, seq, hash, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (folder) DO UPDATE SET chain = excluded.chain, seq = excluded.seq,"
+            " hash = excluded.hash, at = excluded.at"), (head.folder, head.chain, head.seq, head.hash, utcnow()))
 
     def seen(self, *, inbox: str, uri: str, version: str, delivered_at: str | None) -> Job | None:
         """The job that took in this exact version (same place, same ETag, same delivery) and

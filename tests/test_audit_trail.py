@@ -1,0 +1,123 @@
+"""An audit trail that cannot be cut quietly: the ledger keeps the chain's head, so records cut
+off its end and a deleted folder no longer verify; a key makes every hash an HMAC, so a record
+rewritten with every later hash recomputed does not verify; a garbage last line is moved aside
+and the chain goes on, marked for an operator until acknowledged. Through ``ingest`` (the real
+pipeline and store) and ``AuditLog``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from config.model import StoreConfig
+from inbox_daemon.audit import DAMAGED, AuditKeyMissing, AuditLog
+from storage import open_store
+from tests.conftest import write_csv
+
+AUDIT = Path("var/audit")
+
+
+def _head(workdir: Path):
+    store = open_store(StoreConfig(url="sqlite:///var/catalog.db"))
+    try:
+        return store.audit_head(str((workdir / AUDIT).resolve()))
+    finally:
+        store.close()
+
+
+def _three_jobs(workdir, ingest) -> None:
+    for i in range(3):
+        code, _ = ingest(write_csv(workdir / f"f{i}.csv", ["sku", "name"], [[f"S{i}", "x"]]))
+        assert code == 0
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records))
+
+
+def test_the_ledger_keeps_the_head_of_the_chain(workdir, ingest):
+    _three_jobs(workdir, ingest)
+
+    head = _head(workdir)
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    last = _records(day)[-1]
+    assert (head.seq, head.hash) == (last["seq"], last["hash"]) == (3, last["hash"])
+    assert AuditLog(AUDIT).verify(head) == (3, None)
+
+
+def test_records_cut_off_the_end_no_longer_verify(workdir, ingest):
+    _three_jobs(workdir, ingest)
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    _write(day, _records(day)[:1])                  # the last two records removed
+
+    assert AuditLog(AUDIT).verify() == (1, None)    # the chain alone cannot tell
+    count, problem = AuditLog(AUDIT).verify(_head(workdir))
+    assert "ends at seq 1" in problem.reason and "saw seq 3" in problem.reason
+
+
+def test_a_deleted_audit_folder_no_longer_verifies_even_once_written_again(workdir, ingest):
+    _three_jobs(workdir, ingest)
+    shutil.rmtree(workdir / AUDIT)
+
+    count, problem = AuditLog(AUDIT).verify(_head(workdir))
+    assert count == 0 and "removed" in problem.reason
+
+    code, _ = ingest(write_csv(workdir / "later.csv", ["sku", "name"], [["L", "x"]]))   # a new chain begins
+    assert code == 0
+    _, problem = AuditLog(AUDIT).verify(_head(workdir))
+    assert "folder was replaced" in problem.reason
+
+
+def test_a_keyed_chain_cannot_be_rewritten_without_the_key(tmp_path):
+    key = b"k" * 32
+    log = AuditLog(tmp_path, key=key)
+    for i in range(3):
+        log.append("job.succeeded", job_id=f"j{i}", details={"rows": i})
+    [day] = sorted(tmp_path.glob("audit-*.jsonl"))
+    assert AuditLog(tmp_path, key=key).verify() == (3, None)
+
+    # rewrite the first record and every later hash, as someone without the key would
+    records = _records(day)
+    records[0]["details"] = {"rows": 999}
+    prev = "0" * 64
+    for r in records:
+        r["prev"] = prev
+        body = {k: v for k, v in r.items() if k != "hash"}
+        r["hash"] = prev = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                                     ensure_ascii=False).encode()).hexdigest()
+    _write(day, records)
+
+    count, problem = AuditLog(tmp_path, key=key).verify()
+    assert count == 0 and "altered" in problem.reason
+    _, without = AuditLog(tmp_path).verify()
+    assert "audit key is needed" in without.reason
+    with pytest.raises(AuditKeyMissing):
+        AuditLog(tmp_path).append("job.succeeded")
+
+
+def test_a_garbage_last_line_is_moved_aside_and_reporting_goes_on(workdir, ingest):
+    _three_jobs(workdir, ingest)
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    with open(day, "a") as fh:
+        fh.write("this is not a record\n")
+
+    code, manifest = ingest(write_csv(workdir / "next.csv", ["sku", "name"], [["N", "x"]]))
+
+    assert code == 0 and manifest["status"] == "succeeded"
+    log = AuditLog(AUDIT)
+    assert log.verify(_head(workdir)) == (4, None)
+    damage = log.damaged()
+    assert damage["lines"] == 1 and (workdir / AUDIT / damage["moved_to"]).read_text() == "this is not a record\n"
+    assert _records(day)[-1]["details"]["quarantined"]["moved_to"] == damage["moved_to"]
+
+    assert log.acknowledge() == damage
+    assert log.damaged() is None and not (workdir / AUDIT / DAMAGED).exists()
+    assert log.verify() == (5, None)                 # the acknowledgement is a record of its own
