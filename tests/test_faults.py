@@ -687,8 +687,16 @@ def test_spool_full_is_retried_and_the_file_applied_once_when_space_is_back(tmp_
             errors = [e["error"] for e in _events(d, "file.transient_error", file="full.csv")]
             expected = "No space left" if how == "tmpfs-enospc" else "File too large"
             verdict.check(all("spool" in e and expected in e for e in errors), f"errors: {errors[:2]}")
-            leftovers = [p.name for p in spool.rglob(".incoming-*")]
-            verdict.check(not leftovers, f"partial spool copies left behind: {leftovers}")
+            # an attempt may be copying right now (its copy is removed when it fails): a copy
+            # left behind is one still there once no attempt could be running any more
+            def copies() -> list[str]:
+                return [p.name for p in spool.rglob(".incoming-*")]
+            seen = copies()
+            deadline = time.monotonic() + 10
+            while seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+                seen = [name for name in copies() if name in seen]      # the same copies, still there
+            verdict.check(not seen, f"partial spool copies left behind: {seen}")
             lift()
         verdict.wait(lambda: manifests(tmp_path), LATER, f"the manifest within {LATER} s of space coming back")
         verdict.wait(lambda: (inbox / "processed" / "full.csv").exists(), 20, "full.csv archived")
