@@ -1,13 +1,16 @@
 """``inbox-daemon``: the command line.
 
 Exit codes: 0 applied (succeeded, partial, duplicate) · 1 failed · 2 usage or config error ·
-4 rejected (nothing applied).
+4 rejected (nothing applied) · 141 output cut off (the reader of a pipe went away: ``| head``).
+
+What partners control (file names, above all) reaches the operator's terminal escaped: JSON
+output escapes control characters as ``\\uXXXX`` (the same JSON value), text output shows them
+as ``\\x1b``, so no name can retitle, clear or rewrite a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,14 +23,30 @@ from config import Config, ConfigError
 from config.model import FORMAT_NAMES, FeedMode
 from config.status import REQUEUEABLE, JobStatus
 from inbox_daemon import __version__
+from inbox_daemon.jsontext import json_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
+EXIT_BROKEN_PIPE = 128 + 13      # as a shell reports a command that SIGPIPE ended (`set -o pipefail`)
 EXIT_BY_STATUS = {JobStatus.SUCCEEDED: EXIT_OK, JobStatus.PARTIAL: EXIT_OK, JobStatus.DUPLICATE: EXIT_OK,
                   JobStatus.REJECTED: EXIT_REJECTED, JobStatus.FAILED: EXIT_FAILED, JobStatus.RUNNING: EXIT_FAILED}
 
 
 class UsageError(Exception):
     pass
+
+
+def shown(text: object) -> str:
+    """``text`` for a terminal: characters that are not printable (controls, escape sequences'
+    ESC and BEL, bidirectional overrides, line separators) as Python writes them in a literal
+    (``\\x1b``, ``\\u202e``); everything else as it is."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _print_json(value) -> None:
+    print(json_text(value, indent=2))
 
 
 def _config(args) -> Config:
@@ -87,7 +106,7 @@ def _summary(manifest: dict) -> str:
     if manifest.get("reapplies"):
         text += f"; applies job {manifest['reapplies']} again"
     if manifest.get("message"):
-        text += f"\n  {manifest['message']}"
+        text += f"\n  {shown(manifest['message'])}"
     return text
 
 
@@ -121,22 +140,27 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
     if result.status == JobStatus.RUNNING:
         print(f"inbox-daemon: {result.manifest['message']}; try again when it is done", file=sys.stderr)
     elif args.json:
-        print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
+        _print_json(result.manifest)
     else:
         print(_summary(result.manifest))
         if result.manifest_path:
-            print(result.manifest_path)
+            print(shown(result.manifest_path))
         if result.manifest.get("diagnostics"):
             folder = config.daemon.results_dir / partner.id
-            print(folder / result.manifest["diagnostics"])
+            print(shown(folder / result.manifest["diagnostics"]))
     return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
 
 
 def cmd_run(args) -> int:
     from inbox_daemon.daemon import Daemon
+    from inbox_daemon.metrics import HealthAddressUnavailable
     config = _config(args)
     _setup_logs(config, args)
-    return Daemon(config, config_path=args.config, once=args.once).run()
+    try:
+        return Daemon(config, config_path=args.config, once=args.once).run()
+    except HealthAddressUnavailable as exc:     # logged by the daemon; the one line for a human
+        print(f"inbox-daemon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def cmd_validate(args) -> int:
@@ -149,27 +173,49 @@ def _job_json(job) -> dict:
     return data
 
 
+def _catalog_file(config: Config) -> Path | None:
+    """The SQLite catalog's file, resolved against the current directory as the store opens it;
+    None for a server store."""
+    prefix = "sqlite:///"
+    return Path(config.store.url[len(prefix):]).absolute() if config.store.url.startswith(prefix) else None
+
+
+def _require_catalog(config: Config) -> None:
+    """The jobs commands read the daemon's catalog. A relative ``state_dir`` resolves against the
+    current directory, so run from elsewhere it names a folder the daemon never wrote to: opening
+    the store there would create an empty catalog and answer "no jobs". Refused instead."""
+    path = _catalog_file(config)
+    if path is None or path.exists():
+        return
+    where = config.source or "the built-in default"
+    hint = (f"state_dir {str(config.daemon.state_dir)!r} of {where} is relative to the current directory "
+            f"({Path.cwd()}): run from the daemon's working directory, or make state_dir absolute"
+            if not config.daemon.state_dir.is_absolute() else
+            f"state_dir of {where}: has the daemon run with this configuration yet?")
+    raise UsageError(f"no catalog at {shown(path)}; {shown(hint)}")
+
+
 def cmd_jobs(args) -> int:
     config = _config(args)
     _setup_logs(config, args)
+    _require_catalog(config)
     store = _store(config)
     try:
         if args.action == "list":
             jobs = store.jobs(status=args.status, partner_id=args.partner, limit=args.limit)
             if args.json:
-                print(json.dumps([_job_json(j) for j in jobs], indent=2, ensure_ascii=False))
+                _print_json([_job_json(j) for j in jobs])
             else:
                 print(f"{'JOB':<26} {'PARTNER':<12} {'STATUS':<11} {'TRY':>3} {'READ':>8} {'REJ':>6}  "
                       f"{'CREATED':<24} FILE")
                 for j in jobs:
                     rows = (j.result or {}).get("rows", {})
-                    print(f"{j.id:<26} {j.partner_id:<12} {j.status:<11} {j.attempt:>3} "
-                          f"{rows.get('read', ''):>8} {rows.get('rejected', ''):>6}  {j.created_at:<24} "
-                          f"{j.source_name}")
+                    print(f"{shown(j.id):<26} {shown(j.partner_id):<12} {shown(j.status):<11} {j.attempt:>3} "
+                          f"{rows.get('read', ''):>8} {rows.get('rejected', ''):>6}  {shown(j.created_at):<24} "
+                          f"{shown(j.source_name)}")
         elif args.action == "show":
             job = store.job(args.ids[0])
-            print(json.dumps({**_job_json(job), "attempts": store.attempts(job.id)}, indent=2,
-                             ensure_ascii=False))
+            _print_json({**_job_json(job), "attempts": store.attempts(job.id)})
         elif args.action == "requeue":
             if bool(args.ids) == bool(args.status):
                 raise UsageError("give job ids, or --status (with optional --partner), not both")
@@ -184,7 +230,7 @@ def cmd_jobs(args) -> int:
                 audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
                              source=job.source.as_dict(),
                              actor=default_actor(), details={"attempt": job.attempt})
-            print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {i}" for i in ids)))
+            print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {shown(i)}" for i in ids)))
     finally:
         store.close()
     return EXIT_OK
@@ -197,7 +243,7 @@ def cmd_audit(args) -> int:
     if args.action == "verify":
         count, problem = audit.verify()
         if problem:
-            print(f"audit chain BROKEN after {count} good record(s): {problem}")
+            print(f"audit chain BROKEN after {count} good record(s): {shown(problem)}")
             return EXIT_FAILED
         print(f"audit chain intact: {count} record(s) in {config.daemon.audit_dir}")
         return EXIT_OK
@@ -216,7 +262,7 @@ def cmd_contract(args) -> int:
     from adapters.contract import contract
     config = _config(args)
     partner = _partner(config, args.partner)
-    print(json.dumps(contract(partner), indent=2, ensure_ascii=False))
+    _print_json(contract(partner))
     return EXIT_OK
 
 
@@ -248,7 +294,7 @@ def cmd_config(args) -> int:
         data["probe"] = _probe(config)
     data["source"] = str(config.source) if config.source else "built-in default"
     data["partners"] = list(data["partners"].values())
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    _print_json(data)
     from config import missing_secrets
     for warning in missing_secrets(config):
         print(f"warning: {warning}", file=sys.stderr)
@@ -353,7 +399,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "jobs" and args.action == "show" and len(args.ids) != 1:
             raise UsageError("jobs show takes one job id")
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()                  # a reader gone shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # ``inbox-daemon jobs list | head -1``: the reader took what it wanted. Quiet, and
+        # nothing left for the interpreter to flush into the closed pipe at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"inbox-daemon: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,9 +3,11 @@
 The daemon only schedules: one watcher per inbox (watchdog, or polling) puts ready files on a
 bounded queue; ``workers`` worker threads, each with its own store connection, take a work item
 through its journey (``journey.py``) and act on the verdict it returns — run it again later, let
-the inbox offer the file again, note a fault for /healthz, count the job. The main thread
-handles signals, releases due retries, picks up requeued jobs, rescans inboxes as a safety net,
-pings the systemd watchdog and keeps the health state.
+the inbox offer the file again, note a fault for /healthz, count the job. A scanner thread lists
+every inbox at start-up and again every ``RESCAN_EVERY`` as a safety net; it may wait on the full
+queue, so the daemon is ready (systemd's READY) before a backlog is listed. The main thread
+handles signals, releases due retries, picks up requeued jobs, pings the systemd watchdog and
+keeps the health state.
 
 Several daemons may share one store (PostgreSQL) and the same remote inboxes: a heartbeat thread
 renews every claim and job lease this daemon holds every ``lease``/3 and queues the jobs of
@@ -18,7 +20,9 @@ import dataclasses
 import heapq
 import itertools
 import queue
+import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -31,16 +35,19 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes import open_inbox
 from inbox_daemon.journey import Done, Fault, Journey, OfferAgainIn, RetryIn, Verdict, WorkItem
 from inbox_daemon.logs import get_logger
-from inbox_daemon.metrics import HealthServer, Metrics
+from inbox_daemon.metrics import HealthAddressUnavailable, HealthServer, Metrics
 from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
 from inbox_daemon.webhooks import WebhookSender
 from storage import open_store
 
-QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers block beyond this
+QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers and the scanner block beyond this
+PUT_WAIT = 0.2              # seconds between looks at ``stopping`` while the queue is full
 POLL_QUEUED = 1.0           # seconds between looks for requeued jobs
 RESCAN_EVERY = 60.0         # seconds: a full scan catches anything an event missed
-TICK = 0.05                 # main loop period (signals, retries, watchdog)
+TICK = 0.05                 # main loop period (retries, watchdog); a signal wakes it at once
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+ALL_SCANS = "*"             # a scan request for every inbox (else: an inbox id)
 # the keys of what an inbox's ``failing()`` reports, cleared once it reports nothing
 INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing"})
 
@@ -65,7 +72,15 @@ class Daemon:
         self._seq = itertools.count()
         self._stopping = threading.Event()
         self._stop_deadline = float("inf")
-        self._reload = threading.Event()
+        # set by the signal handlers, read by the main loop: a plain attribute store is all a
+        # handler does (one that takes a lock can deadlock the thread it interrupted)
+        self._stop_signalled = False
+        self._reload_signalled = False
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._scan_requests: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._scans_pending = 0                     # requested, not yet done (``--once`` waits)
+        self._scanner: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
         self._in_flight = 0
         self._workers: list[threading.Thread] = []
         self._health_state: tuple[bool, dict] = (False, {"starting": True})
@@ -74,7 +89,24 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
+        """Serve until a stop signal (or, ``--once``, until drained); 0 when stopped in order.
+        Raises ``HealthAddressUnavailable`` before touching any state when the health address
+        cannot be listened on."""
+        self._install_signals()        # first: a SIGHUP during start-up must not end the process
+        try:
+            return self._run()
+        finally:
+            self._uninstall_signals()
+
+    def _run(self) -> int:
         cfg = self.config
+        self.health = None
+        if cfg.daemon.health:
+            try:
+                self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
+            except HealthAddressUnavailable as exc:
+                self.log.error("daemon.health_unavailable", address=exc.address, reason=exc.reason)
+                raise
         for folder in (cfg.daemon.spool_dir, cfg.daemon.results_dir, cfg.daemon.audit_dir):
             folder.mkdir(parents=True, exist_ok=True)
         # what a killed process was writing (copies, manifests, diagnostics): never finished
@@ -83,12 +115,11 @@ class Daemon:
         if debris:
             self.log.info("daemon.debris_removed", files=[str(p) for p in debris])
         self.store = open_store(cfg.store)
-        self.webhooks = WebhookSender(metrics=self.metrics)
-        self.health = None
-        if cfg.daemon.health:
-            self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
+        # the outbox's deliveries, on a store connection of their own, to the partners configured now
+        self.webhooks = WebhookSender(config=lambda: self.config, open_store=lambda: open_store(self.config.store),
+                                      metrics=self.metrics)
+        if self.health:
             self.health.start()
-        self._install_signals()
         for warning in missing_secrets(cfg):
             self.log.warning("config.secret_missing", problem=warning)
         for inbox_cfg in cfg.inboxes:
@@ -104,8 +135,12 @@ class Daemon:
             worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
             worker.start()
             self._workers.append(worker)
-        for inbox in list(self.inboxes.values()):
-            self._scan(inbox)
+        # ready once it serves: watchers, workers and health are up. What waits in the inboxes is
+        # listed by the scanner from here on (a backlog of thousands takes minutes to queue, as
+        # the queue is bounded, and systemd gives a start 90 s by default)
+        self._request_scan(ALL_SCANS)
+        self._scanner = threading.Thread(target=self._scanner_loop, name="scanner", daemon=True)
+        self._scanner.start()
         self.log.info("daemon.started", inboxes=list(self.inboxes), workers=cfg.daemon.workers,
                       store=cfg.store.url.split("://")[0], health=self.health.address if self.health else None,
                       once=self.once, version=__version__)
@@ -129,31 +164,41 @@ class Daemon:
             self.log.info("daemon.orphaned_copies_removed", files=[str(p) for p in orphans])
 
     def _main_loop(self) -> None:
-        next_poll = next_rescan = next_ping = 0.0
+        next_poll = next_ping = 0.0
         interval = self.notifier.watchdog_interval
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._stop_signalled:
             now = time.monotonic()
-            if self._reload.is_set():
-                self._reload.clear()
+            if self._reload_signalled:
+                self._reload_signalled = False
                 self._reload_config()
+                continue                     # a stop signal that came meanwhile goes first
             self._release_due_retries(now)
             if now >= next_poll:
                 self._poll_queued()
                 self._health_state = self._check_health()
                 self.notifier.status(self._status())
                 next_poll = now + POLL_QUEUED
-            if now >= next_rescan and not self.once:
-                if next_rescan:
-                    for inbox in list(self.inboxes.values()):
-                        self._scan(inbox)
-                next_rescan = now + RESCAN_EVERY
             if interval and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + interval
             if self.once and self._idle():
                 self.log.info("daemon.drained")
                 break
-            self._stopping.wait(TICK)
+            self._sleep(TICK)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when a signal arrives (the interpreter's C-level handler
+        writes its number to the wakeup socket)."""
+        if self._wakeup is None:
+            time.sleep(seconds)
+            return
+        receiver = self._wakeup[0]
+        if select.select([receiver], [], [], seconds)[0]:
+            try:
+                while receiver.recv(512):
+                    pass
+            except BlockingIOError:
+                pass
 
     def _shutdown(self) -> None:
         self.log.info("daemon.stopping", in_flight=self._in_flight,
@@ -161,9 +206,13 @@ class Daemon:
         self.notifier.stopping()
         self._stop_deadline = time.monotonic() + self.config.daemon.stop_timeout
         self._stopping.set()                 # no new work is queued from here on
+        self._scan_requests.put(None)
         for worker in self._workers:         # in-flight jobs still archive through their inbox
             worker.join(timeout=self.config.daemon.stop_timeout + 30)
-        self._heartbeat.join(timeout=10)     # after the workers: their leases live until they end
+        if self._scanner is not None:        # it stops at its next file, or its next look at the queue
+            self._scanner.join(timeout=10)
+        if self._heartbeat is not None:      # after the workers: their leases live until they end
+            self._heartbeat.join(timeout=10)
         for inbox in list(self.inboxes.values()):
             inbox.close()
         self.webhooks.close(timeout=2.0)
@@ -176,11 +225,40 @@ class Daemon:
         self._stopping.set()
 
     def _install_signals(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads. The handlers only set a flag: they run in the
+        main thread between any two of its bytecodes, also while it holds a lock (inside
+        ``Event.wait``, say), and a handler that takes a lock can deadlock there or, with signals
+        coming fast, recurse until the interpreter gives up. The wakeup socket makes the main
+        loop notice at once instead of at its next tick."""
         if threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        receiver, sender = socket.socketpair()
+        for sock in (receiver, sender):
+            sock.setblocking(False)
+        self._wakeup = (receiver, sender)
+        signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self._stop_signalled = True
+
+    def _on_reload_signal(self, signum, frame) -> None:
+        self._reload_signalled = True
+
+    def _uninstall_signals(self) -> None:
+        """Once stopped, stop and reload signals are ignored: the interpreter puts the default
+        actions back while it exits, and a SIGTERM arriving then would turn an orderly exit 0
+        into death by signal."""
+        if self._wakeup is None:
+            return
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        for sock in self._wakeup:
+            sock.close()
+        self._wakeup = None
 
     # -- inboxes --------------------------------------------------------------------------------
     def _start_inbox(self, inbox_cfg) -> None:
@@ -193,9 +271,42 @@ class Daemon:
         self.inboxes[inbox.id] = inbox
         self.log.info("inbox.watching", inbox=inbox.id, partner=inbox_cfg.partner, mode=inbox_cfg.mode)
 
+    def _request_scan(self, what: str) -> None:
+        """Ask the scanner to list every inbox (``ALL_SCANS``) or the one with this id."""
+        with self._lock:
+            self._scans_pending += 1
+        self._scan_requests.put(what)
+
+    def _scanner_loop(self) -> None:
+        """Work off scan requests; list every inbox again every ``RESCAN_EVERY`` (not with
+        ``--once``). Its own thread: a scan waits whenever the queue is full."""
+        next_rescan = time.monotonic() + RESCAN_EVERY
+        while not self._stopping.is_set():
+            timeout = None if self.once else max(next_rescan - time.monotonic(), 0.0)
+            try:
+                what, requested = self._scan_requests.get(timeout=timeout), True
+            except queue.Empty:
+                what, requested = ALL_SCANS, False
+            if what is None:
+                break
+            try:
+                if what == ALL_SCANS:
+                    next_rescan = time.monotonic() + RESCAN_EVERY
+                    for inbox in list(self.inboxes.values()):
+                        self._scan(inbox)
+                elif (inbox := self.inboxes.get(what)) is not None:
+                    self._scan(inbox)
+            finally:
+                if requested:
+                    with self._lock:
+                        self._scans_pending -= 1
+
     def _scan(self, inbox) -> None:
         try:
             for drop in inbox.scan():
+                # an inbox a reload closed or replaced meanwhile: the new one is scanned anew
+                if self._stopping.is_set() or self.inboxes.get(inbox.id) is not inbox:
+                    return
                 self._on_ready(drop)
         except (InboxError, OSError) as exc:
             self.log.error("inbox.scan_failed", inbox=inbox.id, error=str(exc))
@@ -203,16 +314,27 @@ class Daemon:
     def _on_ready(self, drop: Drop) -> None:
         self._enqueue(WorkItem(drop))
 
-    def _enqueue(self, item: WorkItem) -> bool:
+    def _enqueue(self, item: WorkItem, *, wait: bool = True) -> bool:
+        """Queue ``item`` unless it is queued or in flight already, or the daemon stops. The
+        queue is bounded: watchers and the scanner wait for room; the main thread (``wait`` false)
+        never does, it has signals and the watchdog to see to, and tries again later."""
         with self._lock:
             if item.key in self._pending or self._stopping.is_set():
                 if item.job_id is None and item.key in self._pending:
                     self._sighted_again.add(item.key)
                 return False
             self._pending.add(item.key)
+        while True:
+            try:
+                self.queue.put(item, timeout=PUT_WAIT if wait else 0)
+                break
+            except queue.Full:
+                if self._stopping.is_set() or not wait:
+                    with self._lock:
+                        self._pending.discard(item.key)
+                    return False
         if item.job_id is None:
             self.metrics.files_seen.labels(item.drop.inbox).inc()
-        self.queue.put(item)
         self.metrics.queue_depth.set(self.queue.qsize())
         return True
 
@@ -239,7 +361,7 @@ class Daemon:
             if inbox_id not in self.inboxes:
                 self._start_inbox(inbox_cfg)
                 if inbox_id in self.inboxes:
-                    self._scan(self.inboxes[inbox_id])
+                    self._request_scan(inbox_id)
         self.log.info("config.reloaded", inboxes=list(self.inboxes), partners=list(new.partners))
         self.notifier.ready(self._status())
 
@@ -258,18 +380,18 @@ class Daemon:
             while self._retries and self._retries[0][0] <= now:
                 due.append(heapq.heappop(self._retries)[2])
         for item in due:
-            if not self._enqueue(item) and not self._stopping.is_set():
+            # not queued: its last run is still finishing, or the queue is full: soon
+            if not self._enqueue(item, wait=False) and not self._stopping.is_set():
                 with self._lock:
-                    if item.key in self._pending:    # its last run is still finishing: soon
-                        heapq.heappush(self._retries, (now + 0.1, next(self._seq), item))
+                    heapq.heappush(self._retries, (now + 0.1, next(self._seq), item))
 
     def _poll_queued(self) -> None:
         for job in self.store.queued(partners=self.config.partners):
-            self._enqueue(WorkItem.for_job(job))
+            self._enqueue(WorkItem.for_job(job), wait=False)    # a full queue: at the next poll
 
     def _idle(self) -> bool:
         with self._lock:
-            waiting = bool(self._pending) or bool(self._retries)
+            waiting = bool(self._pending) or bool(self._retries) or self._scans_pending > 0
         settling = any(i.settling() for i in self.inboxes.values())
         runnable = bool(self.store.queued(partners=self.config.partners, limit=1))
         return not waiting and not settling and self.queue.empty() and not runnable
@@ -396,13 +518,15 @@ class Daemon:
             store_ok = False
             self.log.error("store.unhealthy", error=str(exc))
         workers = sum(w.is_alive() for w in self._workers)
-        heartbeat = self._heartbeat.is_alive() and self._heartbeat_ok
+        heartbeat = self._heartbeat is not None and self._heartbeat.is_alive() and self._heartbeat_ok
+        scanner = self._scanner is not None and self._scanner.is_alive()
         with self._lock:
             degraded = dict(self._faults)
-        ok = not dead and store_ok and heartbeat and workers == len(self._workers) and not degraded
+        ok = not dead and store_ok and heartbeat and scanner and workers == len(self._workers) and not degraded
         return ok, {"inboxes": len(self.inboxes), "dead_inboxes": dead, "store": store_ok,
-                    "heartbeat": heartbeat, "workers": workers, "queue": self.queue.qsize(),
-                    "degraded": degraded}
+                    "heartbeat": heartbeat, "scanner": scanner, "workers": workers,
+                    "queue": self.queue.qsize(), "degraded": degraded}
 
     def _status(self) -> str:
-        return f"queue {self.queue.qsize()}, in flight {self._in_flight}, last job {self.last_job}"
+        listing = ", listing inboxes" if self._scans_pending else ""
+        return f"queue {self.queue.qsize()}{listing}, in flight {self._in_flight}, last job {self.last_job}"

@@ -541,7 +541,8 @@ def test_secrets_from_env_never_reach_logs_manifests_diagnostics_audit_or_config
         known_hosts.write_text(server.known_hosts_line())
         outbound = server.root / "globex" / "outbound"
         outbound.mkdir(parents=True)
-        partners = f'[[partners]]\nid = "globex"\nwebhook = {{ url = "{hook.url}", secret_env = "GLOBEX_HOOK_SECRET", allow_private = true }}\n'
+        partners = (f'[[partners]]\nid = "globex"\nwebhook = {{ url = "{hook.url}", '
+                    'secret_env = "GLOBEX_HOOK_SECRET", allow_private = true }\n')
         cfg = config(partners=partners, daemon='log_level = "debug"\n',
                      inboxes=_sftp_inbox(server.port, known_hosts, password_env="GLOBEX_SFTP_PASSWORD"))
         env = {k: canary[k] for k in ("GLOBEX_SFTP_PASSWORD", "GLOBEX_HOOK_SECRET")}
