@@ -8,7 +8,8 @@ never calls back into the scheduler. The daemon acts on the verdict alone: it sc
 again (``RetryIn``), lets the inbox offer the file again later (``OfferAgainIn``), notes a fault
 for /healthz (``Fault``) and counts what is ``Done``. What each kind of trouble means for a drop
 is decided here: a Transient error is another attempt after a backoff, then the inbox's next
-look; a job that ``failed`` is run again up to ``max_attempts``, then quarantined.
+look; a job that ``failed`` is run again up to ``max_attempts``, then quarantined. A file over its
+partner's ``max_file_bytes`` is never copied: it is a rejected job at once (``_refuse``).
 
 Several daemons may share a store and remote inboxes: the file is claimed in the store before
 it is downloaded (another daemon's claim: offered again once that claim could have expired),
@@ -18,6 +19,8 @@ and released (``release``) once the daemon has acted on the verdict, whatever be
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from config import Config
 from config.errors import (
     Cancelled,
     InboxError,
+    LimitExceeded,
     ResultsUnwritable,
     SourceChanged,
     SourceGone,
@@ -36,13 +40,13 @@ from config.errors import (
 from config.status import ARCHIVED_AS_SUCCESS, RUNNABLE, JobStatus
 from inbox_daemon import failpoints
 from inbox_daemon.backoff import backoff
-from inbox_daemon.drop import Drop
+from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.inboxes.base import Inbox
 from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
 from inbox_daemon.results import diagnostics_name, manifest_bytes
 from inbox_daemon.webhooks import WebhookSender
-from storage.base import CatalogStore, Job
+from storage.base import TO_RUN, CatalogStore, Job, Source
 
 BUSY_BACKOFF_STEPS = 4            # content being applied right now: backoff grows to 2^4 × retry_base
 FAULT_COMPONENTS = ((SpoolError, "spool"), (ResultsUnwritable, "results"), (StoreError, "store"),
@@ -135,6 +139,9 @@ class Journey:
             # offers it again once it is ready (nothing reached the ledger)
             log.info("file.changed_while_read", reason=str(exc))
             return OfferAgainIn(inbox.config.settle if inbox is not None else 0)
+        except LimitExceeded as exc:
+            # refused before (or while) it was copied: too big to read at all (``_refuse``)
+            return self._refuse(item, inbox, exc, log)
         except Transient as exc:
             return self._transient(item, inbox, exc, log)
         except SourceGone as exc:
@@ -178,7 +185,7 @@ class Journey:
             log.debug("file.already_taken_in", version=drop.version, status=seen.status)
             self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
             return Done()
-        spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
+        spooled, sha256, _ = self._spool(inbox, drop)
         result = self.pipeline.process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
                                        should_stop=self.should_stop, watching=True,
                                        verify_source=lambda: inbox.verify_unchanged(drop))
@@ -209,10 +216,47 @@ class Journey:
     def _fetch_again(self, job: Job, drop: Drop, inbox: Inbox | None) -> Path:
         if inbox is None:
             raise InboxError("its inbox is not watched by this daemon")
-        spooled, sha256, _ = inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner)
+        spooled, sha256, _ = self._spool(inbox, drop)
         if sha256 != job.sha256:
             raise InboxError("the file under its name has other content now")
         return spooled
+
+    def _spool(self, inbox: Inbox, drop: Drop) -> tuple[Path, str, int]:
+        """The file copied into the spool and hashed; a file over its partner's
+        ``max_file_bytes`` (as listed, or once its copy passes it) is ``FileTooLarge`` instead:
+        limits come before work, and a sparse or endless file never fills the state disk."""
+        limit = self.config.partner(drop.partner).max_file_bytes
+        return inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner, max_bytes=limit)
+
+    def _refuse(self, item: WorkItem, inbox: Inbox | None, exc: LimitExceeded, log) -> Verdict:
+        """A file refused unread (``FileTooLarge``) is a rejected job like any other: a
+        diagnostics line ``limit_exceeded`` naming its size and the limit, a manifest, an audit
+        record, the partner's answer and the archive to failed/; never retried (nothing changes
+        by trying again). Its content was never read, so the job is keyed by the delivery itself
+        (``unread_identity``), not by a hash of its content: this very file seen again (its
+        archive failed) is this job, answered again; any other delivery is a job of its own."""
+        drop = item.drop
+        partner = self.config.partner(drop.partner)
+        mode = inbox.config.mode if inbox is not None else "delta"
+        source = Source(uri=drop.uri, name=drop.name, size=drop.size, version=drop.version,
+                        delivered_at=drop.delivered or delivery_time(time.time()))
+        claim = self.store.claim(partner_id=partner.id, sha256=unread_identity(drop), inbox=drop.inbox,
+                                 source=source, fmt=inbox.config.format if inbox is not None else None,
+                                 mode=mode, spool_path=None, answered_if_same_file=True)
+        job = claim.job
+        log = log.bind(job_id=job.id)
+        if claim.kind == "busy":
+            return OfferAgainIn(self.config.store.lease)
+        if claim.kind not in TO_RUN:
+            if job.result is None:
+                return Done()
+            if claim.kind == "unreported":
+                return self._answered(inbox, drop, self.pipeline.report(job, job.result, None, log).manifest, log)
+            if inbox is not None:
+                self._answer(inbox, drop, job.result, job.status, log, replay=True)
+            return Done()
+        log.info("job.started", attempt=job.attempt, kind=claim.kind, size=drop.size, delivered_at=job.delivered_at)
+        return self._answered(inbox, drop, self.pipeline.reject_unread(job, partner, exc, log).manifest, log)
 
     # -- what the outcome means ---------------------------------------------------------------
     def _conclude(self, item: WorkItem, inbox: Inbox | None, result: Result, log) -> Verdict:
@@ -321,3 +365,12 @@ class Journey:
             return True
         log.debug("file.claimed_elsewhere", version=drop.version)
         return False
+
+
+def unread_identity(drop: Drop) -> str:
+    """What stands for the content of a file that was never read (refused for its size): a
+    sha256 of the delivery (inbox, file, version, size, delivery time), marked so that it can
+    never be the hash of a file's content by accident."""
+    delivery = "\n".join(("unread delivery", drop.inbox, drop.uri, drop.version, str(drop.size),
+                          drop.delivered or ""))
+    return hashlib.sha256(delivery.encode()).hexdigest()

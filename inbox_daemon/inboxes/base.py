@@ -2,16 +2,19 @@
 
 An inbox knows nothing of formats or catalogs. ``INBOX_KINDS`` (in ``inboxes/__init__.py``) is
 the one place a kind is mapped to its class. What every kind shares about readiness lives here:
-which names are input, the ``ready_marker`` names, and the end-of-read check of ``fetch``.
+which names are input, the ``ready_marker`` names, the end-of-read check of ``fetch``, the size
+limit a copy may not pass (``FileTooLarge``), and archive names that always fit the filesystem.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, Protocol, cast
 
+from config.errors import FeedError, LimitExceeded
 from config.model import InboxBase, InboxConfig
 from inbox_daemon.drop import Drop
 
@@ -23,6 +26,10 @@ PROCESSED, FAILED, RESULTS = "processed", "failed", "results"
 RESERVED = (PROCESSED, FAILED, RESULTS)
 # ``ready_marker``: ``feed.csv`` is ready once ``feed.csv.done`` or ``feed.csv.ok`` is next to it
 MARKER_SUFFIXES = (".done", ".ok")
+# bytes of one file name on the filesystems inboxes live on (ext4, XFS, btrfs, tmpfs; most
+# SFTP servers' too): an archive name longer than this cannot be made (ENAMETOOLONG)
+NAME_MAX = 255
+NAME_HASH_CHARS = 12    # hex digits of sha256 that stand for the part of a name cut off
 
 
 def wanted(name: str, cfg: InboxBase) -> bool:
@@ -70,17 +77,93 @@ class CheckedRead:
         return chunk
 
 
-def read_checked(src, at_end: Callable[[int], None]) -> BinaryIO:
-    """``src`` as a ``CheckedRead`` (see there), typed as the file object the spool reads."""
-    return cast(BinaryIO, CheckedRead(src, at_end))        # the spool only calls read()
+def read_checked(src, at_end: Callable[[int], None], *, max_bytes: int | None = None,
+                 partner: str = "") -> BinaryIO:
+    """``src`` as a ``CheckedRead`` (see there), typed as the file object the spool reads;
+    with ``max_bytes``, also a ``LimitedRead``."""
+    checked = CheckedRead(src, at_end)
+    if max_bytes is None:
+        return cast(BinaryIO, checked)                      # the spool only calls read()
+    return cast(BinaryIO, LimitedRead(checked, max_bytes, partner=partner))
 
 
-def archive_name(name: str, version: str, taken: Callable[[str], bool]) -> str:
+class LimitedRead:
+    """A file object for ``spool_stream`` that raises ``FileTooLarge`` as soon as more than
+    ``max_bytes`` were read: a file that grows while it is copied (or whose listed size was
+    wrong) costs the spool at most ``max_bytes`` and one chunk, and the spool drops that copy."""
+
+    def __init__(self, src, max_bytes: int, *, partner: str):
+        self._src = src
+        self._max = max_bytes
+        self._partner = partner
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._src.read(size)
+        self._read += len(chunk)
+        if self._read > self._max:
+            raise FileTooLarge(size=self._read, max_bytes=self._max, partner=self._partner, growing=True)
+        return chunk
+
+
+def read_limited(src, max_bytes: int | None, *, partner: str) -> BinaryIO:
+    """``src`` as a ``LimitedRead`` when there is a limit, else as it is."""
+    return cast(BinaryIO, src if max_bytes is None else LimitedRead(src, max_bytes, partner=partner))
+
+
+def check_listed_size(size: int, max_bytes: int | None, *, partner: str) -> None:
+    """``FileTooLarge`` when the size an inbox lists is over the limit: refused unread."""
+    if max_bytes is not None and size > max_bytes:
+        raise FileTooLarge(size=size, max_bytes=max_bytes, partner=partner)
+
+
+def archive_name(name: str, version: str, taken: Callable[[str], bool], *, room: int = 0) -> str:
     """The name a file gets in ``processed/`` or ``failed/``: its own, else ``<name>.<version>``,
     else ``<name>.<version>.<n>``, the first one not ``taken``: an earlier archive is never
-    overwritten, not even by a re-send that keeps size and mtime (``cp -p``, ``rsync -t``)."""
-    candidates = itertools.chain((name, f"{name}.{version}"), (f"{name}.{version}.{n}" for n in itertools.count(2)))
+    overwritten, not even by a re-send that keeps size and mtime (``cp -p``, ``rsync -t``).
+
+    A collision name always fits in ``NAME_MAX`` bytes less ``room`` (what its markers add to
+    it: they are archived next to it under its name plus their suffix); see ``fitted``. Its own
+    name always fits, with its markers: they are in the inbox under those names."""
+    limit = NAME_MAX - room
+    candidates = itertools.chain(
+        (name, fitted(name, f".{version}", limit)),
+        (fitted(name, f".{version}.{n}", limit) for n in itertools.count(2)))
     return next(c for c in candidates if not taken(c))
+
+
+def fitted(name: str, tail: str, limit: int = NAME_MAX) -> str:
+    """``name + tail`` if it fits in ``limit`` bytes (UTF-8); else as much of the beginning of
+    ``name`` as fits, ``~`` and a short hash of the whole ``name``, then ``tail``: two long names
+    that share their beginning still get names of their own, and the version and counter that
+    tell archives apart stay whole. A ``tail`` too long to keep whole is hashed too."""
+    whole = name + tail
+    if len(whole.encode()) <= limit:
+        return whole
+    mark = "~" + hashlib.sha256(name.encode()).hexdigest()[:NAME_HASH_CHARS]
+    if len(tail.encode()) > limit // 2:
+        tail = "." + hashlib.sha256(tail.encode()).hexdigest()[:NAME_HASH_CHARS]
+    keep = limit - len((mark + tail).encode())
+    # cut at a character boundary: a partial UTF-8 sequence is dropped, never kept half
+    head = name.encode()[:max(keep, 0)].decode("utf-8", "ignore")
+    return head + mark + tail
+
+
+class FileTooLarge(LimitExceeded):
+    """A file bigger than its partner's ``max_file_bytes``: refused before it is copied (by the
+    size its inbox lists), or while it is copied (it grew past the limit meanwhile)."""
+
+    def __init__(self, *, size: int, max_bytes: int, partner: str, growing: bool = False):
+        self.size, self.max_bytes, self.partner = size, max_bytes, partner
+        self.limit, self.row = "max_file_bytes", None
+        if growing:
+            self.reason = (f"the file grew past {max_bytes} bytes while it was copied (at least {size} bytes "
+                           f"read), more than partner {partner}'s max_file_bytes = {max_bytes}")
+        else:
+            self.reason = (f"the file is {size} bytes, more than partner {partner}'s max_file_bytes = "
+                           f"{max_bytes}: it was not read")
+        self.value = str(size)
+        FeedError.__init__(self, self.reason + " (partners.max_file_bytes)")
 
 
 def safe_name(key: str) -> str | None:
@@ -106,7 +189,8 @@ class Inbox(Protocol):
     def id(self) -> str: ...
     def scan(self) -> Iterable[Drop]: ...
     def watch(self, on_ready: OnReady) -> None: ...
-    def fetch(self, drop: Drop, spool_dir) -> tuple: ...      # (spooled path, sha256, size)
+    # (spooled path, sha256, size); raises ``FileTooLarge`` once more than ``max_bytes`` came
+    def fetch(self, drop: Drop, spool_dir, *, max_bytes: int | None = None) -> tuple: ...
     # raises ``SourceChanged`` when the file at ``drop.key`` is the one read but changed since
     # (an upload that went on): asked right before the commit. A new file there is fine.
     def verify_unchanged(self, drop: Drop) -> None: ...

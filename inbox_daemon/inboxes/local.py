@@ -27,6 +27,10 @@ read again once it is ready (``SourceChanged``), never applied truncated. Archiv
 watched for growth (``ArchiveWatch``): the recursive watch sees ``processed/`` and ``failed/``.
 Only top-level regular files that match ``patterns`` are taken: never symlinks, temp names,
 markers, or the ``processed/``, ``failed/`` and ``results/`` folders.
+
+The folder itself is looked at too (``_check_folder``): deleted or moved away, it takes its
+inotify watch with it, and nothing would say so. While it is missing ``failing()`` reports it
+(``folder_missing``); once a folder of that name is back it is watched again at once.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -51,7 +57,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from adapters.readers import detect_format, split_name
 from config.errors import InboxMisconfigured, SourceChanged, SourceGone, UnknownFormat
@@ -61,11 +67,13 @@ from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.inboxes.archived import Archived, ArchiveWatch
 from inbox_daemon.inboxes.base import (
     FAILED,
+    MARKER_SUFFIXES,
     PROCESSED,
     RESERVED,
     RESULTS,
     OnReady,
     archive_name,
+    check_listed_size,
     marked_name,
     marker_names,
     read_checked,
@@ -81,6 +89,7 @@ PROBE = 0.05              # seconds a created file must stay unwritten to count 
 QUIET = 0.25              # seconds after a close-write without another write: the writer is done
                           # (a `>>` writer's lines come a few ms to ~100 ms apart)
 PROC = "/proc"
+FOLDER_CHECK = 0.5        # seconds between looks at whether the inbox folder is still the one watched
 # text formats, whose last byte tells whether a writer stopped between two lines (compressed
 # files do not say: ".csv.gz" is not among them)
 TEXT_FORMATS = frozenset({"csv", "tsv", "json", "ndjson", "xml"})
@@ -111,6 +120,11 @@ class LocalInbox:
         self._observer_factory = observer_factory
         self._clock = clock
         self._observer: BaseObserver | None = None
+        self._watch: ObservedWatch | None = None
+        self._watched: tuple[int, int] | None = None    # (st_dev, st_ino) of the folder watched
+        self._missing = False                           # the folder is gone: nothing is watched
+        self._next_folder_check = 0.0
+        self._folder_event = threading.Event()         # the watch saw the folder itself go
         self._settler: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()         # a file is due at once (a rename, a marker): look now
@@ -191,15 +205,77 @@ class LocalInbox:
         self._on_ready = on_ready
         self._observer = self._observer_factory()
         self._close_events = _reports_close_write(self._observer)
-        # Recursive, although only top-level files are input: archiving moves a file into
-        # processed/, and watchdog holds an IN_MOVED_FROM whose IN_MOVED_TO it cannot see for
-        # 0.5 s, delaying every event queued behind it. Watching the subfolders pairs the move,
-        # and shows an archived file that an upload still writes to (``ArchiveWatch``).
-        self._observer.schedule(_Handler(self), str(self.root), recursive=True)
+        self._arm(_identity(self.root))
         self._observer.daemon = True
         self._observer.start()
         self._settler = threading.Thread(target=self._settle_loop, name=f"settle {self.id}", daemon=True)
         self._settler.start()
+
+    def _arm(self, folder: tuple[int, int] | None) -> bool:
+        """Watch the folder (``folder``: its identity, as looked at just before). Recursive,
+        although only top-level files are input: archiving moves a file into processed/, and
+        watchdog holds an IN_MOVED_FROM whose IN_MOVED_TO it cannot see for 0.5 s, delaying every
+        event queued behind it. Watching the subfolders pairs the move, and shows an archived
+        file that an upload still writes to (``ArchiveWatch``). False: the folder is not there."""
+        assert self._observer is not None
+        if self._watch is not None:
+            try:
+                self._observer.unschedule(self._watch)     # its emitter may have stopped already
+            except KeyError:
+                pass
+            self._watch = None
+        if folder is None:
+            return False
+        try:
+            for sub in RESERVED:            # as at start: watched from the first archive on
+                (self.root / sub).mkdir(exist_ok=True)
+            self._watch = self._observer.schedule(_Handler(self), str(self.root), recursive=True)
+        except OSError as exc:              # gone again meanwhile: the next check tells
+            self.log.warning("inbox.watch_failed", path=str(self.root), error=str(exc))
+            return False
+        self._watched = folder
+        return True
+
+    def _check_folder(self) -> None:
+        """Is the folder watched still the inbox folder? A folder deleted (or moved away) takes
+        its inotify watch with it, silently: without this look, files dropped into a folder of
+        that name made again would be seen only by the daemon's rescan, a minute later. One
+        stat per ``FOLDER_CHECK``, and at once when the watch saw the folder itself go. While
+        the folder is missing, ``failing()`` says so; once it is back it is watched again, and
+        what was dropped meanwhile is looked at as if it had just been moved in."""
+        now = self._clock()
+        if not self._folder_event.is_set() and now < self._next_folder_check:
+            return
+        self._folder_event.clear()
+        self._next_folder_check = now + FOLDER_CHECK
+        folder = _identity(self.root)
+        if folder is not None and folder == self._watched and self._watch_alive():
+            return
+        if not self._arm(folder):               # (gone: the watch of what was there is dropped)
+            if not self._missing:
+                self._missing = True
+                self.log.error("inbox.folder_missing", path=str(self.root),
+                               action="files dropped there are not seen; watched again once it is back")
+            return
+        if self._missing:
+            self._missing = False
+            self.log.warning("inbox.folder_back", path=str(self.root))
+        else:
+            self.log.warning("inbox.watch_rearmed", path=str(self.root),
+                             reason="the folder was replaced, or its watch ended")
+        with os.scandir(self.root) as entries:
+            names = sorted(e.name for e in entries)
+        for name in names:
+            self._event(name, "created")        # no event was seen for them: look as at a move-in
+
+    def _watch_alive(self) -> bool:
+        """The watch's emitter still runs (watchdog stops it once its folder was deleted)."""
+        assert self._observer is not None
+        return any(e.watch == self._watch and e.is_alive() for e in list(self._observer.emitters))
+
+    def _folder_gone(self) -> None:
+        self._folder_event.set()
+        self._wake.set()
 
     def _track(self, name: str, st: os.stat_result, *, wait: float | None = None, touched: bool = False,
                closed: bool = False) -> None:
@@ -256,6 +332,10 @@ class LocalInbox:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            try:
+                self._check_folder()
+            except OSError as exc:
+                self.log.error("inbox.folder_check_failed", path=str(self.root), error=str(exc))
             self._hand_over(self._due())
             try:
                 self._watch_grown()
@@ -358,8 +438,16 @@ class LocalInbox:
             return sum(not (w.size == 0 and now - w.since >= w.wait) for w in self._pending.values())
 
     def failing(self) -> dict | None:
-        """For /healthz: archived files that grew (inotify tells of files; no look can fail)."""
-        return self._archives.failing()
+        """For /healthz: the folder is missing (nothing is watched), archived files that grew."""
+        grown = self._archives.failing()
+        if not self._missing:
+            return grown
+        missing = {"error": f"the inbox folder {self.root} is missing (or cannot be watched): files dropped "
+                            "there are not seen; it is watched again once it is back",
+                   "folder_missing": str(self.root)}
+        if grown:
+            return {**grown, **missing, "error": f"{missing['error']}; {grown['error']}"}
+        return missing
 
     def alive(self) -> bool:
         return bool(self._observer and self._observer.is_alive() and self._settler
@@ -397,10 +485,12 @@ class LocalInbox:
                                      "or written there")
         return folder
 
-    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+    def fetch(self, drop: Drop, spool_dir: Path, *, max_bytes: int | None = None) -> tuple[Path, str, int]:
         """Spool exactly the file that was judged ready: opened without following a symlink,
         a regular file, still the version (size, mtime) seen, and still that version once it
-        was read to its end (``_read_whole``)."""
+        was read to its end (``_read_whole``). Over ``max_bytes`` (as listed, or as read): not
+        spooled, ``FileTooLarge``."""
+        check_listed_size(drop.size, max_bytes, partner=self.config.partner)
         path = self._path(drop.key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -415,7 +505,8 @@ class LocalInbox:
             if (st.st_size, str(st.st_mtime_ns)) != (drop.size, drop.version):
                 raise SourceChanged(f"{drop.key} changed since it was seen; it is read once it is ready again")
             self._read_from[(drop.key, drop.version)] = _written(st)
-            return spool_stream(read_checked(fh, lambda read: self._read_whole(drop, fh.fileno(), read)), spool_dir)
+            return spool_stream(read_checked(fh, lambda read: self._read_whole(drop, fh.fileno(), read),
+                                             max_bytes=max_bytes, partner=self.config.partner), spool_dir)
 
     def _read_whole(self, drop: Drop, fd: int, read: int) -> None:
         """At the end of the read: the bytes read, the open file (fstat) and the file at its
@@ -478,12 +569,17 @@ class LocalInbox:
             folder = self._folder(PROCESSED)
         else:
             folder = self._folder(FAILED)
-        target = folder / archive_name(source.name, drop.version, lambda n: (folder / n).exists())
+        target = folder / archive_name(source.name, drop.version, lambda n: os.path.lexists(folder / n),
+                                       room=self._marker_room())
         self._move_markers(drop.key, target)
         os.replace(source, target)
         self._archives.remember(drop.key, f"{folder.name}/{target.name}", (st.st_size, st.st_mtime_ns))
         fsync_dir(folder)
         fsync_dir(self.root)
+
+    def _marker_room(self) -> int:
+        """Bytes an archived name must leave for its markers' suffixes."""
+        return max(map(len, MARKER_SUFFIXES)) if self.config.ready_marker else 0
 
     def _move_markers(self, name: str, target: Path | None) -> None:
         """``ready_marker``: the markers of ``name`` next to ``target`` (its archived name), or
@@ -665,6 +761,16 @@ def _written(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``folder``, or None when it is not there as a folder (deleted, moved
+    away, replaced by a file, or out of reach)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat_mod.S_ISDIR(st.st_mode) else None
+
+
 def _reports_close_write(observer) -> bool:
     """inotify reports close-after-write; the polling observer (network filesystems) does not."""
     try:
@@ -691,6 +797,10 @@ class _Handler(FileSystemEventHandler):
         self.archives = (inbox.root / PROCESSED, inbox.root / FAILED)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (DirDeletedEvent, DirMovedEvent)) and \
+                Path(os.fsdecode(event.src_path)) == self.inbox.root:
+            self.inbox._folder_gone()               # its watch ends with it: look now
+            return
         spec = _EVENT_KINDS.get(type(event))
         if spec is None:
             return                                  # directories, deletions, closed-without-write

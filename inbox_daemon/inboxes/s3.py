@@ -59,8 +59,10 @@ from inbox_daemon.inboxes.base import (
     PROCESSED,
     RESULTS,
     OnReady,
+    check_listed_size,
     marked_name,
     marker_names,
+    read_limited,
     safe_name,
     wanted,
 )
@@ -321,15 +323,17 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             self._known.pop(key, None)
 
     # -- taking objects in and out --------------------------------------------------------------
-    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+    def fetch(self, drop: Drop, spool_dir: Path, *, max_bytes: int | None = None) -> tuple[Path, str, int]:
         """Stream the object into the spool while hashing it. Whatever its ETag is by now, the
-        sha256 of what we read is what counts."""
+        sha256 of what we read is what counts. Over ``max_bytes`` (its listed ``Size``, or what
+        is read): not spooled, ``FileTooLarge``."""
+        check_listed_size(drop.size, max_bytes, partner=self.config.partner)
         key = self._key(drop)
         try:
             with s3_errors(f"read {self.uri(key)}", action="s3:GetObject", target=self.uri(key)):
                 body = self.s3().get_object(Bucket=self.bucket, Key=key)["Body"]
                 try:
-                    return spool_stream(body, spool_dir)
+                    return spool_stream(read_limited(body, max_bytes, partner=self.config.partner), spool_dir)
                 finally:
                     body.close()
         except ObjectGone:

@@ -35,9 +35,11 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes.archived import Archived, ArchiveWatch
 from inbox_daemon.inboxes.base import (
     FAILED,
+    MARKER_SUFFIXES,
     PROCESSED,
     RESULTS,
     archive_name,
+    check_listed_size,
     marker_names,
     read_checked,
     safe_name,
@@ -166,12 +168,14 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         self._watch_archived()
         return ready
 
-    def fetch(self, drop: Drop, spool_dir: Path) -> tuple[Path, str, int]:
+    def fetch(self, drop: Drop, spool_dir: Path, *, max_bytes: int | None = None) -> tuple[Path, str, int]:
         """Download the file judged ready, and keep it only if it still is that version (size
         and mtime) once it was read to its end: else ``SourceChanged``, and the spool keeps
         nothing of it. (No stat before the read: the listing just gave size and mtime, and a
-        file that changed since is caught at the end, one round trip fewer per file.)"""
+        file that changed since is caught at the end, one round trip fewer per file.) Over
+        ``max_bytes`` (as listed, or as read): not spooled, ``FileTooLarge``."""
         name = self._checked(drop.key)
+        check_listed_size(drop.size, max_bytes, partner=self.config.partner)
         with self._conn_lock, self._errors("download"):
             sftp = self._client()
             try:
@@ -180,7 +184,8 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 raise SourceGone(f"{drop.key} disappeared before it could be read") from exc
             with remote:
                 remote.prefetch(drop.size or None)
-                return spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read)), spool_dir)
+                return spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read),
+                                                 max_bytes=max_bytes, partner=self.config.partner), spool_dir)
 
     def _read_whole(self, drop: Drop, read: int) -> None:
         if read != drop.size:
@@ -231,7 +236,8 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 except FileNotFoundError:
                     return False
                 return True
-            target = archive_name(name, drop.version, taken)
+            target = archive_name(name, drop.version, taken,
+                                  room=max(map(len, MARKER_SUFFIXES)) if self.config.ready_marker else 0)
             # markers first: one left behind would make the next upload of that name ready early
             self._move_markers(sftp, name, self._path(folder, target))
             sftp.posix_rename(source, self._path(folder, target))
