@@ -259,6 +259,7 @@ _DAEMON_KEYS: Spec = {
     "retry_base": (_DURATION, parse_duration),
     "retry_max": (_DURATION, parse_duration),
     "stop_timeout": (_DURATION, parse_duration),
+    "audit_key_env": (str, None),
 }
 _LIMITS_KEYS: Spec = {
     "max_columns": (int, _positive),
@@ -274,6 +275,7 @@ _PARTNER_KEYS: Spec = {
     "currency": (str, _currency),
     "max_reject_ratio": (float, _ratio),
     "max_deactivate_ratio": (float, _ratio),
+    "max_file_bytes": (int, _positive),
     "encoding": (str, _encoding),
     "decimal_separator": (str, _choice(".", ",")),
     "delimiter": (str, _choice(",", ";", "\t", "|")),
@@ -285,7 +287,7 @@ _PARTNER_KEYS: Spec = {
     "record_path": ((str, list), _alternatives),
     "expand": (str, _name),
 }
-_WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None)}
+_WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None), "allow_private": (bool, None)}
 # every kind's keys but partner, kind and path, which are read first: they decide the rest
 _INBOX_KEYS: Spec = {
     "mode": (str, _choice(*get_args(FeedMode))),
@@ -615,6 +617,9 @@ def missing_secrets(config: Config) -> list[str]:
     missing = []
     if config.store.password_env and config.store.password_env not in os.environ:
         missing.append(f"store.password_env: environment variable {config.store.password_env} is not set")
+    if config.daemon.audit_key_env and config.daemon.audit_key_env not in os.environ:
+        missing.append(f"daemon.audit_key_env: environment variable {config.daemon.audit_key_env} is not set "
+                       "(the audit trail cannot be written or verified)")
     for i, inbox in enumerate(config.inboxes):
         if isinstance(inbox, SftpInboxConfig) and inbox.password_env and inbox.password_env not in os.environ:
             missing.append(f"inboxes[{i}].password_env: environment variable {inbox.password_env} is not set")

@@ -36,6 +36,8 @@ DEFAULT_PATTERNS = (
 class WebhookConfig:
     url: str
     secret_env: str | None = None
+    # an endpoint resolving to a private, loopback or link-local address is refused unless allowed
+    allow_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class PartnerConfig:
     preset: str | None = None
     max_reject_ratio: float = 0.05
     max_deactivate_ratio: float = 0.2
+    # a file bigger than this is rejected before it is copied (by the size its inbox lists),
+    # or as soon as its copy passes it: it never fills the state disk
+    max_file_bytes: int = 10 << 30
     # canonical column name -> the partner's column names to try, in order (one, or a list)
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     encoding: str = "utf-8"             # text files without a BOM; a UTF-8/16/32 BOM always wins
@@ -167,6 +172,9 @@ class DaemonConfig:
     retry_base: float = 2.0             # seconds; backoff doubles per attempt, with full jitter
     retry_max: float = 300.0            # seconds; the backoff never exceeds this
     stop_timeout: float = 10.0          # seconds in-flight jobs may take to finish on SIGTERM
+    # the environment variable holding the audit trail's key: every record's hash is then an
+    # HMAC-SHA256 with it (inbox_daemon.audit); None: plain sha256
+    audit_key_env: str | None = None
     limits: Limits = Limits()
 
     @property

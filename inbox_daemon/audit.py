@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from config.model import DaemonConfig
 from inbox_daemon.jsontext import json_text
 
 GENESIS = "0" * 64
@@ -81,6 +82,16 @@ class Problem:
         return f"{self.file}:{self.line} (seq {self.seq}): {self.reason}"
 
 
+def open_audit(daemon: DaemonConfig) -> AuditLog:
+    """The daemon's trail, keyed when ``audit_key_env`` names a variable that is set (an unset
+    one is warned of at start; appending to a keyed trail without it fails: ``AuditKeyMissing``)."""
+    value = os.environ.get(daemon.audit_key_env) if daemon.audit_key_env else None
+    if value:
+        from inbox_daemon.logs import register_secret
+        register_secret(value)
+    return AuditLog(daemon.audit_dir, key=value.encode("utf-8") if value else None)
+
+
 class AuditLog:
     def __init__(self, folder: Path, key: bytes | None = None):
         self.folder = Path(folder)
@@ -118,6 +129,10 @@ class AuditLog:
 
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("audit-*.jsonl"))
+
+    def last_record(self) -> dict | None:
+        """The last record of the trail, or None for an empty one."""
+        return self._last_record()
 
     def _last_record(self) -> dict | None:
         for path in reversed(self._files()):

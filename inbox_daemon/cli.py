@@ -11,6 +11,7 @@ as ``\\x1b``, so no name can retitle, clear or rewrite a terminal.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -215,16 +216,17 @@ def cmd_jobs(args) -> int:
                           f"{shown(j.source_name)}")
         elif args.action == "show":
             job = store.job(args.ids[0])
-            _print_json({**_job_json(job), "attempts": store.attempts(job.id)})
+            _print_json({**_job_json(job), "attempts": store.attempts(job.id),
+                         "webhooks": store.webhook_deliveries(job.id)})
         elif args.action == "requeue":
             if bool(args.ids) == bool(args.status):
                 raise UsageError("give job ids, or --status (with optional --partner), not both")
             if args.status and args.status not in REQUEUEABLE:
                 raise UsageError(f"--status must be {' or '.join(sorted(REQUEUEABLE))}")
             ids = store.requeue(ids=args.ids, status=args.status, partner_id=args.partner)
-            from inbox_daemon.audit import AuditLog
+            from inbox_daemon.audit import open_audit
             from inbox_daemon.pipeline import default_actor
-            audit = AuditLog(config.daemon.audit_dir)
+            audit = open_audit(config.daemon)
             for job_id in ids:
                 job = store.job(job_id)
                 audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
@@ -236,16 +238,57 @@ def cmd_jobs(args) -> int:
     return EXIT_OK
 
 
+def _has_catalog(config: Config) -> bool:
+    """A PostgreSQL store always; an SQLite one once its file exists (opening it would make one)."""
+    path = _catalog_file(config)
+    return path is None or path.exists()
+
+
+def _audit_head(config: Config, folder: Path):
+    """The chain's head as the catalog's ledger last saw it reported (None without a catalog)."""
+    if not _has_catalog(config):
+        return None
+    store = _store(config)
+    try:
+        return store.audit_head(str(folder.resolve()))
+    finally:
+        store.close()
+
+
 def cmd_audit(args) -> int:
-    from inbox_daemon.audit import AuditLog
+    from inbox_daemon.audit import Head, open_audit
+    from storage.base import AuditHead
     config = _config(args)
-    audit = AuditLog(config.daemon.audit_dir)
+    audit = open_audit(config.daemon)
+    folder = Path(config.daemon.audit_dir)
     if args.action == "verify":
-        count, problem = audit.verify()
+        stored = _audit_head(config, folder)
+        head = Head(stored.chain, stored.seq, stored.hash) if stored else None
+        count, problem = audit.verify(head)
         if problem:
             print(f"audit chain BROKEN after {count} good record(s): {shown(problem)}")
             return EXIT_FAILED
-        print(f"audit chain intact: {count} record(s) in {config.daemon.audit_dir}")
+        print(f"audit chain intact: {count} record(s) in {config.daemon.audit_dir}"
+              + (f", reaching seq {head.seq} as the catalog's ledger saw it" if head else
+                 " (no catalog: its end is not checked)"))
+        if audit.damaged():
+            print(f"quarantined lines to look at: {shown(json.dumps(audit.damaged()))} (then: inbox-daemon audit ack)")
+        return EXIT_OK
+    if args.action == "ack":
+        # the trail as it is now is the one to go on with: its damage looked at, its chain (a
+        # folder deleted and begun again) the one the ledger follows from here
+        damage = audit.acknowledge()
+        stored = _audit_head(config, folder)
+        last = audit.last_record()
+        if last is not None and _has_catalog(config):
+            store = _store(config)
+            try:
+                store.reset_audit_head(AuditHead(str(folder.resolve()), audit.chain_id(), last["seq"], last["hash"]))
+            finally:
+                store.close()
+        print("acknowledged: " + (shown(json.dumps(damage)) if damage else "no quarantined lines")
+              + (f"; the ledger now follows chain {audit.chain_id()} (it followed {stored.chain})"
+                 if stored and stored.chain != audit.chain_id() else ""))
         return EXIT_OK
     for line in audit.tail(args.n):
         print(line)
@@ -290,6 +333,10 @@ def cmd_config(args) -> int:
         return EXIT_USAGE
     data = _plain(config)
     data["store"]["url"] = mask_url(data["store"]["url"])
+    from inbox_daemon.webhooks import shown_url
+    for partner in data["partners"].values():
+        if partner.get("webhook"):           # Slack-style URLs carry their token in the path
+            partner["webhook"]["url"] = shown_url(partner["webhook"]["url"])
     if args.probe:
         data["probe"] = _probe(config)
     data["source"] = str(config.source) if config.source else "built-in default"
@@ -366,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("audit", parents=[common], help="verify or tail the audit trail")
-    p.add_argument("action", choices=("verify", "tail"))
+    p.add_argument("action", choices=("verify", "tail", "ack"),
+                   help="ack: an operator looked at quarantined lines (or a replaced folder): the trail goes on")
     p.add_argument("-n", type=int, default=20, help="tail: records to show")
     p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records")
 

@@ -31,6 +31,7 @@ from config import Config, ConfigError, missing_secrets
 from config.errors import InboxError
 from config.status import KEEP_SPOOL, JobStatus
 from inbox_daemon import __version__, settings, tempfiles
+from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes import open_inbox
 from inbox_daemon.journey import Done, Fault, Journey, OfferAgainIn, RetryIn, Verdict, WorkItem
@@ -511,6 +512,14 @@ class Daemon:
                 # taken in, the folder is back and watched
                 elif self._faults.get(f"inbox {inbox_id}", {}).keys() & INBOX_REPORTS:
                     del self._faults[f"inbox {inbox_id}"]
+        # lines moved out of the audit trail wait for an operator's look (audit ack)
+        damage = AuditLog(self.config.daemon.audit_dir).damaged()
+        with self._lock:
+            if damage:
+                self._faults["audit"] = {"error": "lines of the audit trail were quarantined: look at them, "
+                                                  "then inbox-daemon audit ack", **damage}
+            else:
+                self._faults.pop("audit", None)
         try:
             self.store.queued(limit=1)
             store_ok = True

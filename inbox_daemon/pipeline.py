@@ -40,7 +40,7 @@ from config.errors import (
 from config.model import Config, Limits, PartnerConfig
 from config.status import KEEP_SPOOL, JobStatus
 from inbox_daemon import __version__, failpoints, tempfiles
-from inbox_daemon.audit import AuditLog
+from inbox_daemon.audit import open_audit
 from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
@@ -140,7 +140,7 @@ class Pipeline:
         self.config = config
         self.store = store
         self.actor = actor
-        self.audit = AuditLog(config.daemon.audit_dir)
+        self.audit = open_audit(config.daemon)
 
     # -- entry points ---------------------------------------------------------------------------
     def process_path(self, path: Path, drop: Drop, *, fmt: str | None = None, mode: str = "delta",
@@ -384,6 +384,15 @@ class Pipeline:
         run.log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
                         rejected=totals.rejected)
         return outcome
+
+    def reject_unread(self, job: Job, partner: PartnerConfig, exc: FeedError, log) -> Result:
+        """A file refused before it was read (over ``max_file_bytes``): rejected as a whole like
+        any other, with its diagnostics line, manifest and ledger outcome, and reported."""
+        run = Run(job=job, partner=partner, spooled=Path(), fmt=job.format, mode=job.mode, dry_run=False,
+                  progress=None, should_stop=lambda: False, log=log)
+        outcome = self._reject(run, Progress(DiagnosticsWriter(self.config.daemon.results_dir / partner.id, job.id)),
+                               exc)
+        return self.report(job, outcome.result, None, log)
 
     def _abandon(self, run: Run, progress: Progress, exc: SourceChanged) -> Outcome:
         """The partner's file changed after it was read: what was read may be the first part of
