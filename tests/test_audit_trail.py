@@ -121,3 +121,43 @@ def test_a_garbage_last_line_is_moved_aside_and_reporting_goes_on(workdir, inges
     assert log.acknowledge() == damage
     assert log.damaged() is None and not (workdir / AUDIT / DAMAGED).exists()
     assert log.verify() == (5, None)                 # the acknowledgement is a record of its own
+
+
+# -- through the command line ----------------------------------------------------------------------
+
+def test_audit_verify_on_the_command_line_reports_records_cut_off_the_end(workdir, ingest, cli):
+    _three_jobs(workdir, ingest)
+    assert cli("audit", "verify").code == 0
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    _write(day, _records(day)[:2])
+
+    result = cli("audit", "verify")
+
+    assert result.code == 1
+    assert "ends at seq 2" in result.out and "saw seq 3" in result.out
+
+
+def test_audit_ack_takes_the_quarantine_off_and_adopts_a_new_chain(workdir, ingest, cli):
+    _three_jobs(workdir, ingest)
+    shutil.rmtree(workdir / AUDIT)
+    ingest(write_csv(workdir / "later.csv", ["sku", "name"], [["L", "x"]]))
+    assert cli("audit", "verify").code == 1                   # the folder was replaced
+
+    result = cli("audit", "ack")
+
+    assert result.code == 0 and "now follows chain" in result.out
+    assert cli("audit", "verify").code == 0
+
+
+def test_a_keyed_trail_verifies_with_its_key_on_the_command_line(workdir, ingest, cli, monkeypatch):
+    (workdir / "k.toml").write_text('[daemon]\naudit_key_env = "AUDIT_KEY"\n')
+    monkeypatch.setenv("AUDIT_KEY", "a-long-random-key")
+    code, _ = ingest(write_csv(workdir / "k.csv", ["sku", "name"], [["K", "x"]]), "--config", "k.toml")
+    assert code == 0
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    assert _records(day)[-1]["mac"] == "hmac-sha256"
+    assert cli("audit", "verify", "--config", "k.toml").code == 0
+
+    monkeypatch.setenv("AUDIT_KEY", "another-key")
+    result = cli("audit", "verify", "--config", "k.toml")
+    assert result.code == 1 and "altered" in result.out

@@ -16,7 +16,7 @@ import pytest
 
 from config.model import StoreConfig
 from storage import open_store
-from tests.conftest import write_csv
+from tests.conftest import run_cli, write_csv
 from tests.daemon_harness import config, manifests, wait_for
 
 
@@ -177,6 +177,13 @@ def test_tokens_in_a_webhook_url_never_reach_the_log(tmp_path, daemons, endpoint
 
     d.wait_event("webhook.attempt", http_status=500)
     assert d.stop() == 0
+    checked = run_cli("config", "check", "--config", str(d.config_path), cwd=tmp_path)
+    assert checked.returncode == 0 and "XoxbTokenSecret42" not in checked.stdout + checked.stderr
+    [manifest] = manifests(tmp_path)
+    shown = json.loads(run_cli("jobs", "show", manifest["job_id"], "--config", str(d.config_path),
+                               cwd=tmp_path).stdout)
+    [delivery] = shown["webhooks"]
+    assert delivery["status"] == "pending" and delivery["tries"][0]["http_status"] == 500
     log = d.log_path.read_text()
     assert "XoxbTokenSecret42" not in log and "QueryTokenSecret43" not in log
     assert {e.get("url") for e in d.events() if e.get("event") == "webhook.attempt"} == {f"http://127.0.0.1:{hook.port}/…"}
