@@ -50,7 +50,8 @@ TICK = 0.05                 # main loop period (retries, watchdog); a signal wak
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ALL_SCANS = "*"             # a scan request for every inbox (else: an inbox id)
 # the keys of what an inbox's ``failing()`` reports, cleared once it reports nothing
-INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing"})
+INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing", "stuck"})
+STOP_MARGIN = 3.0           # seconds past stop_timeout a stop waits for workers a closed inbox set free
 
 
 class Daemon:
@@ -209,12 +210,27 @@ class Daemon:
         self._stopping.set()                 # no new work is queued from here on
         self._scan_requests.put(None)
         for worker in self._workers:         # in-flight jobs still archive through their inbox
-            worker.join(timeout=self.config.daemon.stop_timeout + 30)
+            worker.join(timeout=max(0.0, self._stop_deadline - time.monotonic()))
+        inboxes = list(self.inboxes.values())
+        if any(w.is_alive() for w in self._workers):
+            # past stop_timeout a worker still waits on a peer (a server answering slowly): closing
+            # the inboxes ends that wait with an error; its job is rolled back or, committed,
+            # answered at the next start. Whatever still runs after the margin is left behind.
+            for inbox in inboxes:
+                inbox.close()
+            inboxes = []
+            for worker in self._workers:
+                worker.join(timeout=max(0.0, self._stop_deadline + STOP_MARGIN - time.monotonic()))
+            stuck = [w.name for w in self._workers if w.is_alive()]
+            if stuck:
+                self.log.error("daemon.workers_left_behind", workers=stuck,
+                               reason="still waiting on a peer past stop_timeout; their jobs are taken again "
+                                      "at the next start")
         if self._scanner is not None:        # it stops at its next file, or its next look at the queue
-            self._scanner.join(timeout=10)
+            self._scanner.join(timeout=STOP_MARGIN)
         if self._heartbeat is not None:      # after the workers: their leases live until they end
-            self._heartbeat.join(timeout=10)
-        for inbox in list(self.inboxes.values()):
+            self._heartbeat.join(timeout=STOP_MARGIN)
+        for inbox in inboxes:
             inbox.close()
         self.webhooks.close(timeout=2.0)
         if self.health:

@@ -23,6 +23,8 @@ class SftpTestServer:
         self.client_key = client_key
         self.port = 0
         self.slow = 0.0
+        self.slow_match: str | None = None       # only files whose path holds this are slow
+        self.open_files: list = []              # what clients opened: a client gone mid-read leaves them
         self.reading = threading.Event()          # set at the first read of a file
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sftp-server", daemon=True)
@@ -43,9 +45,14 @@ class SftpTestServer:
                 home.mkdir(parents=True, exist_ok=True)
                 super().__init__(chan, chroot=str(home).encode())
 
+            def open(self, path, pflags, attrs):
+                file_obj = super().open(path, pflags, attrs)
+                server.open_files.append(file_obj)
+                return file_obj
+
             async def read(self, file_obj, offset, size):
                 server.reading.set()
-                if server.slow:
+                if server.slow and (server.slow_match is None or server.slow_match in str(file_obj.name)):
                     async with read_lock:                 # prefetching clients read in parallel
                         await asyncio.sleep(server.slow)
                 return super().read(file_obj, offset, size)
@@ -77,6 +84,9 @@ class SftpTestServer:
             await self._acceptor.wait_closed()
             # connections refused mid-handshake (host key tests) close on the loop's next turns
             await asyncio.sleep(0.1)
+            for file_obj in self.open_files:
+                file_obj.close()
+            self.open_files.clear()
         self._run(down())
 
     def close(self) -> None:

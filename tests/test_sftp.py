@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import asyncssh
@@ -150,6 +151,32 @@ def test_server_killed_mid_download_is_retried_and_applied_once(tmp_path, server
         assert len(manifests(tmp_path, "globex")) == 1
         assert d.stop() == 0
     finally:
+        d.close()
+
+
+def test_a_slow_server_keeps_neither_the_next_file_nor_a_stop_waiting(tmp_path, server, secrets):
+    """A server answering each read of one file after 15 s (under the 20 s timeout): the
+    download crawls, but the next file is listed and applied meanwhile (no lock is held while
+    the server answers), and SIGTERM ends the daemon within stop_timeout (1 s) and a few seconds."""
+    outbound = _outbound(server)
+    write_csv(tmp_path / "slow-big.csv", ["sku", "name"], [[f"B{i}", "x" * 40] for i in range(20_000)])
+    (tmp_path / "slow-big.csv").rename(outbound / "slow-big.csv")
+    server.slow, server.slow_match = 15.0, "slow-"
+    server.reading.clear()
+    d = DaemonProcess(tmp_path, _sftp_config(server, *secrets))
+    try:
+        assert server.reading.wait(20), "the download never started"
+        write_csv(tmp_path / "quick.csv", ["sku", "name"], [["Q", "quick"]])
+        (tmp_path / "quick.csv").rename(outbound / "quick.csv")
+
+        [manifest] = wait_manifests(tmp_path, 1, partner="globex", timeout=30)
+        assert manifest["source"]["name"] == "quick.csv" and manifest["status"] == "succeeded"
+
+        started = time.monotonic()
+        assert d.stop(timeout=30) == 0
+        assert time.monotonic() - started < 1 + 5
+    finally:
+        server.slow, server.slow_match = 0.0, None
         d.close()
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from config.errors import InboxError
+from config.errors import InboxError, InboxMisconfigured
 from config.model import RemoteInboxConfig
 from inbox_daemon.backoff import backoff
 from inbox_daemon.drop import Drop, delivery_time
@@ -167,9 +167,12 @@ class PollingInbox(Generic[ConfigT]):
                 self.disconnect()
                 cap = min(MAX_BACKOFF, max(10 * self.config.poll_interval, 5.0))
                 delay = backoff(self._failures, min(self.config.poll_interval, 1.0), cap)
-                self.log.warning("inbox.poll_failed", error=str(exc), error_type=type(exc).__name__,
-                                 failures=self._failures, retry_in_s=round(delay, 2),
-                                 exc_info=not isinstance(exc, InboxError))
+                # misconfiguration (a changed host key, refused credentials) needs an operator,
+                # not patience: an error; a server away for a while is a warning
+                level = self.log.error if isinstance(exc, InboxMisconfigured) else self.log.warning
+                level("inbox.poll_failed", error=str(exc), error_type=type(exc).__name__,
+                      failures=self._failures, retry_in_s=round(delay, 2),
+                      exc_info=not isinstance(exc, InboxError))
             finally:
                 self._polled.set()
             # poll sooner while something waits to settle, so it is taken as soon as it may be

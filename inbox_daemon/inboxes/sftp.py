@@ -49,7 +49,19 @@ from inbox_daemon.logs import register_secret
 from inbox_daemon.spool import spool_stream
 
 KEEPALIVE_S = 30
-TIMEOUT_S = 20
+TIMEOUT_S = 20          # seconds the server may take to answer one request
+STUCK_S = 120           # an operation (a download is many requests) waiting longer shows on /healthz
+
+
+def _fingerprint(key: paramiko.PKey | None) -> str:
+    """``SHA256:<base64>``, as ``ssh-keygen -l`` shows a key (a prefix of the key's base64 is the
+    same for every key of a type)."""
+    if key is None:
+        return "none"
+    import base64
+    import hashlib
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class SftpInbox(PollingInbox[SftpInboxConfig]):
@@ -57,8 +69,10 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         super().__init__(config)
         self._factory = ssh_client_factory
         self._ssh: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
-        self._conn_lock = threading.RLock()
+        self._transport_lock = threading.RLock()      # held to (re)connect or disconnect, never for I/O
+        self._generation = 0                           # bumped at every connection
+        self._local = threading.local()                # each thread's SFTP channel on the connection
+        self._running: dict[int, tuple[str, float]] = {}   # thread -> (operation, since): /healthz
         self.root = config.path.rstrip("/") or "/"
         self._archives = ArchiveWatch(settle=config.settle, log=self.log, clock=self._clock)
 
@@ -68,14 +82,17 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         """paramiko and socket errors → our inbox errors, at this boundary only."""
         cfg = self.config
         host = f"{cfg.host}:{cfg.port}"
+        me = threading.get_ident()
+        self._running[me] = (what, self._clock())
         try:
             yield
         except paramiko.BadHostKeyException as exc:
             self.disconnect()
             raise InboxMisconfigured(
                 f"host key of {host} CHANGED: the server presents {exc.key.get_name()} "
-                f"{exc.key.get_base64()[:24]}…, {cfg.known_hosts} has another. Refusing to connect; "
-                f"if the change is legitimate, replace the entry (ssh-keyscan -p {cfg.port} {cfg.host})") from exc
+                f"{_fingerprint(exc.key)}, {cfg.known_hosts} has another ({_fingerprint(exc.expected_key)}). "
+                f"Refusing to connect; if the change is legitimate, replace the entry "
+                f"(ssh-keyscan -p {cfg.port} {cfg.host})") from exc
         except paramiko.hostkeys.InvalidHostKey as exc:
             self.disconnect()
             raise InboxMisconfigured(f"{cfg.known_hosts} has an unreadable entry: {exc}") from exc
@@ -102,13 +119,29 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         except (TimeoutError, OSError, EOFError, paramiko.SFTPError) as exc:
             self.disconnect()
             raise InboxUnavailable(f"{what} on {host}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            self._running.pop(me, None)
 
     def _client(self) -> paramiko.SFTPClient:
-        if self._sftp is not None:
-            transport = self._sftp.get_channel().get_transport()
-            if transport is not None and transport.is_active():
-                return self._sftp
-            self.disconnect()
+        """This thread's SFTP channel on the inbox's one SSH connection (made when there is none):
+        the poll and each worker talk to the server at once, so a slow download never keeps the
+        next listing waiting, and no lock is held while the server answers."""
+        local = self._local
+        sftp = getattr(local, "sftp", None)
+        if sftp is not None and local.generation == self._generation and not sftp.get_channel().closed:
+            return sftp
+        with self._transport_lock:
+            transport = self._ssh.get_transport() if self._ssh is not None else None
+            if transport is None or not transport.is_active():
+                self._connect()
+            assert self._ssh is not None
+            sftp = self._ssh.open_sftp()
+            sftp.get_channel().settimeout(TIMEOUT_S)
+            local.sftp, local.generation = sftp, self._generation
+        return sftp
+
+    def _connect(self) -> None:
+        self.disconnect()
         cfg = self.config
         ssh = self._factory()
         ssh.load_host_keys(cfg.known_hosts)          # ONLY these keys; never the user's, never added
@@ -121,29 +154,48 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             ssh.connect(cfg.host, port=cfg.port, username=cfg.username, key_filename=cfg.key_file,
                         password=password, look_for_keys=False, allow_agent=False, timeout=TIMEOUT_S,
                         banner_timeout=TIMEOUT_S, auth_timeout=TIMEOUT_S)
-        except BaseException:
-            ssh.close()
-            raise
-        try:
             ssh.get_transport().set_keepalive(KEEPALIVE_S)
-            sftp = ssh.open_sftp()
         except BaseException:
             ssh.close()
             raise
-        self._ssh, self._sftp = ssh, sftp
-        self._sftp.get_channel().settimeout(TIMEOUT_S)
+        self._ssh = ssh
+        self._generation += 1
         self.log.info("sftp.connected", host=cfg.host, port=cfg.port, username=cfg.username)
-        return self._sftp
 
     def disconnect(self) -> None:
-        with self._conn_lock:
-            for closable in (self._sftp, self._ssh):
-                if closable is not None:
-                    try:
-                        closable.close()
-                    except (OSError, EOFError, paramiko.SSHException):
-                        pass       # already broken: that is why we are closing it
-            self._sftp = self._ssh = None
+        """Close the connection: every thread's channel with it (a thread waiting on the server
+        gets an error at once, which is how a stop ends a download stuck on a slow server)."""
+        with self._transport_lock:
+            ssh, self._ssh = self._ssh, None
+            self._generation += 1
+        if ssh is not None:
+            try:
+                ssh.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass       # already broken: that is why we are closing it
+
+    def close(self) -> None:
+        self.disconnect()          # first: a poll or download waiting on the server ends now
+        super().close()
+
+    def failing(self) -> dict | None:
+        """For /healthz: failing polls, archived files that grew, and an operation the server has
+        kept waiting far past any one answer (``stuck``)."""
+        polls, grown = super().failing(), self._archives.failing()
+        now = self._clock()
+        stuck = [(what, now - since) for what, since in list(self._running.values()) if now - since > STUCK_S]
+        found = [f for f in (polls, grown) if f]
+        if stuck:
+            what, seconds = max(stuck, key=lambda w: w[1])
+            found.append({"stuck": what, "error": f"{what} on {self.config.host} has been waiting for the server "
+                                                  f"for {seconds:.0f} s"})
+        if len(found) > 1:
+            merged: dict = {}
+            for f in found:
+                merged.update(f)
+            merged["error"] = "; ".join(f["error"] for f in found)
+            return merged
+        return found[0] if found else None
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -154,7 +206,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         return f"sftp://{cfg.username}@{cfg.host}:{cfg.port}{self._path(key)}"
 
     def list_entries(self) -> Iterable[Entry]:
-        with self._conn_lock, self._errors("list"):
+        with self._errors("list"):
             attrs = self._client().listdir_attr(self.root)
         for a in attrs:
             name = safe_name(a.filename)
@@ -176,7 +228,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         ``max_bytes`` (as listed, or as read): not spooled, ``FileTooLarge``."""
         name = self._checked(drop.key)
         check_listed_size(drop.size, max_bytes, partner=self.config.partner)
-        with self._conn_lock, self._errors("download"):
+        with self._errors("download"):
             sftp = self._client()
             try:
                 remote = sftp.open(self._path(name), "rb")
@@ -197,7 +249,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         """``SourceChanged`` if the file at ``drop.key`` has another size or mtime than the one
         read (a client went on writing). A file gone is fine: what was read was whole."""
         name = self._checked(drop.key)
-        with self._conn_lock, self._errors("look at"):
+        with self._errors("look at"):
             try:
                 st = self._client().stat(self._path(name))
             except FileNotFoundError:
@@ -208,7 +260,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
 
     def archive(self, drop: Drop, status: str) -> None:
         name = self._checked(drop.key)
-        with self._conn_lock, self._errors("archive"):
+        with self._errors("archive"):
             sftp = self._client()
             source = self._path(name)
             try:
@@ -264,7 +316,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         watched = self._archives.watched()
         if not watched:
             return
-        with self._conn_lock, self._errors("look at archived files"):
+        with self._errors("look at archived files"):
             sftp = self._client()
             for archived in watched:
                 try:
@@ -303,16 +355,9 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
     def _poll_soon(self) -> bool:
         return super()._poll_soon() or bool(self._archives.growing())
 
-    def failing(self) -> dict | None:
-        """For /healthz: failing polls, and archived files that grew."""
-        polls, grown = super().failing(), self._archives.failing()
-        if polls and grown:
-            return {**grown, **polls, "error": f"{polls['error']}; {grown['error']}"}
-        return polls or grown
-
     def write_back(self, drop: Drop, name: str, data: bytes) -> None:
         name = self._checked(name)
-        with self._conn_lock, self._errors("write back"):
+        with self._errors("write back"):
             sftp = self._client()
             self._mkdir(sftp, RESULTS)
             tmp = self._path(RESULTS, f".{name}.part")
@@ -322,7 +367,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
 
     def probe(self) -> dict:
         try:
-            with self._conn_lock, self._errors("list"):
+            with self._errors("list"):
                 count = len(self._client().listdir(self.root))
         except Exception as exc:  # noqa: BLE001 — a probe reports every failure, whatever its type
             return {"ok": False, "detail": str(exc)}
