@@ -47,3 +47,6 @@ KEEP_SPOOL = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REJECTED,
 #: how an attempt ends when it is stopped before its commit (``jobs show``): not a job status,
 #: the job itself goes back to ``queued``
 ATTEMPT_RELEASED = "released"
+#: how an attempt ends when its daemon died or lost its lease before it finished (``kill -9``):
+#: found at the next start (or by another daemon), and the job queued again
+ATTEMPT_INTERRUPTED = "interrupted"

@@ -37,8 +37,12 @@ def manifest_bytes(manifest: dict) -> bytes:
 
 
 def write_manifest(results_dir: Path, manifest: dict) -> Path:
+    """The manifest, atomically; a job's attempt without diagnostics (a requeued job that now
+    went through) leaves no diagnostics file of an earlier attempt beside it."""
     path = manifest_path(results_dir, manifest["partner"], manifest["job_id"])
     tempfiles.write_atomic(path, manifest_bytes(manifest))
+    if not manifest.get("diagnostics"):
+        (path.parent / diagnostics_name(manifest["job_id"])).unlink(missing_ok=True)
     return path
 
 

@@ -397,6 +397,17 @@ class LedgerReads:
         return [r[0] for r in self._exec(self._sql(
             f"SELECT spool_path FROM jobs WHERE status IN ({marks}) AND spool_path IS NOT NULL"), statuses)]
 
+    def _mark_interrupted(self, ids: Iterable[str]) -> None:
+        """The unfinished attempts of jobs queued again because their daemon is gone: they end
+        ``interrupted`` (``jobs show``), not open for ever."""
+        from config.status import ATTEMPT_INTERRUPTED
+        now = utcnow()
+        for job_id in ids:
+            self._exec(self._sql("UPDATE job_attempts SET finished_at = ?, status = ?, error = ?"
+                                 " WHERE job_id = ? AND finished_at IS NULL"),
+                       (now, ATTEMPT_INTERRUPTED, "its daemon stopped (killed, or its lease ran out) before the "
+                        "attempt finished; nothing of it was committed", job_id))
+
     def mark_reported(self, job_id: str, audit: AuditHead | None = None) -> None:
         """The job's answer is out; ``audit``: the audit record it was written as, the trail's
         new head (kept for the chain it was first written for: see ``audit_head``)."""

@@ -280,6 +280,7 @@ class PostgresStore(LedgerReads, WebhookOutbox):
                               " WHERE (status = %s AND (lease_until < now() OR claimed_by = ANY(%s)))"
                               " OR status = %s RETURNING id",
                               (JobStatus.QUEUED, JobStatus.RUNNING, dead, JobStatus.FAILED))
+            self._mark_interrupted(r[0] for r in rows)
             self._exec("DELETE FROM drop_claims WHERE holder = ANY(%s)", (dead,))
         return [r[0] for r in rows]
 
@@ -288,6 +289,7 @@ class PostgresStore(LedgerReads, WebhookOutbox):
             rows = self._exec("UPDATE jobs SET status = %s, lease_until = NULL"
                               " WHERE status = %s AND lease_until < now() RETURNING id",
                               (JobStatus.QUEUED, JobStatus.RUNNING))
+            self._mark_interrupted(r[0] for r in rows)
             self._exec("DELETE FROM drop_claims WHERE until < now()")
         return [r[0] for r in rows]
 

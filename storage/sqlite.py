@@ -343,8 +343,10 @@ class SqliteStore(LedgerReads, WebhookOutbox):
         return chosen
 
     def _queue_again(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
         for job_id in ids:
             self._exec("UPDATE jobs SET status = ?, lease_until = NULL WHERE id = ?", (JobStatus.QUEUED, job_id))
+        self._mark_interrupted(ids)
 
     # -- claims across daemons ---------------------------------------------------------------
     def claim_drop(self, *, inbox: str, uri: str, version: str) -> bool:

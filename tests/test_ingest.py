@@ -421,3 +421,17 @@ def test_diagnostics_rows_count_blank_lines_like_a_spreadsheet(workdir, ingest):
     assert manifest["rows"]["read"] == 32                   # the blank line is no row
     [line] = read_diagnostics(manifest, workdir)
     assert (line["row"], line["sku"]) == ("4", "B")         # header 1, A 2, blank 3, B 4
+
+
+def test_a_requeued_job_that_goes_through_leaves_no_diagnostics_of_its_rejection(workdir, ingest, cli):
+    path = write_csv(workdir / "r.csv", ["id", "name"], [["1", "x"]])
+    _, first = ingest(path)
+    diagnostics = workdir / "var" / "results" / "default" / first["diagnostics"]
+    assert first["status"] == "rejected" and diagnostics.is_file()
+    (workdir / "fixed.toml").write_text('[[partners]]\nid = "default"\ncolumns = { sku = "id" }\n')
+
+    assert cli("jobs", "requeue", first["job_id"], "--config", "fixed.toml").code == 0
+    code, again = ingest(path, "--config", "fixed.toml")
+
+    assert code == 0 and again["job_id"] == first["job_id"] and again["status"] == "succeeded"
+    assert again["diagnostics"] is None and not diagnostics.exists()

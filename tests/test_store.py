@@ -266,6 +266,18 @@ def test_a_job_whose_daemon_stopped_renewing_is_taken_over_and_the_old_attempt_c
     assert other.job(job.id).status == "succeeded"
 
 
+def test_the_attempt_of_a_daemon_that_died_ends_interrupted_not_open(make_store):
+    """kill -9 leaves an attempt started and never finished: once the job is queued again (its
+    lease ran out, or the next start found its daemon dead), ``jobs show`` says what became of it."""
+    dead, other = make_store(holder="host-a:1", lease=1), make_store(holder="host-b:2", lease=1)
+    job = claim(dead).job
+    wait_for(lambda: other.expire_leases(), timeout=10, what="the lease to run out")
+
+    [attempt] = other.attempts(job.id)
+    assert attempt["status"] == "interrupted" and attempt["finished_at"] is not None
+    assert "before the attempt finished" in attempt["error"]
+
+
 def test_renewed_leases_do_not_expire(make_store):
     holder, other = make_store(holder="host-a:1", lease=1), make_store(holder="host-b:2", lease=1)
     job = claim(holder).job
