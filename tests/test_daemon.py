@@ -422,3 +422,25 @@ def test_a_job_that_keeps_failing_is_retried_then_quarantined(tmp_path, daemon):
     assert [a["status"] for a in shown["attempts"]] == ["failed", "quarantined"]
     assert products(tmp_path) == {}
     assert d.stop() == 0
+
+
+def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed(tmp_path, daemon):
+    """Rejected (no sku column), archived to failed/; the mapping fixed, reloaded and the job
+    requeued: it succeeds, and its file moves on to processed/ with it."""
+    d = daemon()
+    inbox = tmp_path / "inbox" / "default"
+    _drop(inbox, "ids.csv", "id,name\n1,x\n")
+    [rejected] = wait_manifests(tmp_path, 1)
+    assert rejected["status"] == "rejected"
+    wait_for(lambda: (inbox / "failed" / "ids.csv").exists(), what="moved to failed/")
+
+    d.config_path.write_text(config(partners='[[partners]]\nid = "default"\ncolumns = { sku = "id" }\n'))
+    d.signal(signal.SIGHUP)
+    d.wait_event("config.reloaded")
+    assert run_cli("jobs", "requeue", rejected["job_id"], "--config", d.config_path, cwd=tmp_path).returncode == 0
+
+    wait_for(lambda: (inbox / "processed" / "ids.csv").exists(), what="moved on to processed/")
+    assert not (inbox / "failed" / "ids.csv").exists()
+    [again] = [m for m in manifests(tmp_path) if m["job_id"] == rejected["job_id"]]
+    assert again["status"] == "succeeded" and again["attempt"] == 2
+    assert d.stop() == 0

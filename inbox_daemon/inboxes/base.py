@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Protocol, cast
 
 from config.errors import FeedError, LimitExceeded
@@ -125,11 +125,16 @@ def archive_name(name: str, version: str, taken: Callable[[str], bool], *, room:
     A collision name always fits in ``NAME_MAX`` bytes less ``room`` (what its markers add to
     it: they are archived next to it under its name plus their suffix); see ``fitted``. Its own
     name always fits, with its markers: they are in the inbox under those names."""
+    return next(c for c in archive_candidates(name, version, room=room) if not taken(c))
+
+
+def archive_candidates(name: str, version: str, *, room: int = 0) -> Iterator[str]:
+    """Every name ``archive_name`` may give a version of ``name``, in the order it tries them
+    (also how an archived file is found again: ``LocalInbox.archive`` of a requeued job)."""
     limit = NAME_MAX - room
-    candidates = itertools.chain(
+    return itertools.chain(
         (name, fitted(name, f".{version}", limit)),
         (fitted(name, f".{version}.{n}", limit) for n in itertools.count(2)))
-    return next(c for c in candidates if not taken(c))
 
 
 def fitted(name: str, tail: str, limit: int = NAME_MAX) -> str:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import itertools
 import os
 import stat as stat_mod
 import threading
@@ -72,6 +73,7 @@ from inbox_daemon.inboxes.base import (
     RESERVED,
     RESULTS,
     OnReady,
+    archive_candidates,
     archive_name,
     check_listed_size,
     marked_name,
@@ -85,6 +87,7 @@ from inbox_daemon.spool import spool_stream
 from inbox_daemon.tempfiles import fsync_dir, write_atomic
 
 SETTLE_TICK = 0.02        # seconds between checks of files waiting to be ready
+MAX_ARCHIVE_LOOKUPS = 100  # names of failed/ tried for a requeued job's file (archive_candidates)
 PROBE = 0.05              # seconds a created file must stay unwritten to count as moved in whole
 QUIET = 0.25              # seconds after a close-write without another write: the writer is done
                           # (a `>>` writer's lines come a few ms to ~100 ms apart)
@@ -553,6 +556,8 @@ class LocalInbox:
         st = self._same_file(drop)
         read = self._read_from.pop((drop.key, drop.version), None)
         if st is None:
+            if status in ARCHIVED_AS_SUCCESS:
+                self._out_of_failed(drop)
             return
         self._archives.taken_in(drop.key)
         source = self._path(drop.key)
@@ -576,6 +581,42 @@ class LocalInbox:
         self._archives.remember(drop.key, f"{folder.name}/{target.name}", (st.st_size, st.st_mtime_ns))
         fsync_dir(folder)
         fsync_dir(self.root)
+
+    def _out_of_failed(self, drop: Drop) -> None:
+        """A requeued job that went through this time: its file, archived to failed/ by the
+        answer before, goes where a success goes (processed/, or deleted; with ``keep`` it stays).
+        Found by the names ``archive_name`` gives it and its version (its mtime, which a rename
+        keeps) and size; a file of another delivery under that name is left alone."""
+        if self.config.on_success == "keep":
+            return
+        failed = self.root / FAILED
+        for name in itertools.islice(archive_candidates(drop.key, drop.version, room=self._marker_room()),
+                                     MAX_ARCHIVE_LOOKUPS):
+            try:
+                st = os.lstat(failed / name)
+            except FileNotFoundError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode) and str(st.st_mtime_ns) == drop.version and st.st_size == drop.size:
+                break
+        else:
+            return
+        markers = [failed / (name + suffix) for suffix in MARKER_SUFFIXES
+                   if self.config.ready_marker and (failed / (name + suffix)).exists()]
+        if self.config.on_success == "delete":
+            for path in [*markers, failed / name]:
+                path.unlink(missing_ok=True)
+            fsync_dir(failed)
+        else:
+            folder = self._folder(PROCESSED)
+            target = folder / archive_name(drop.key, drop.version, lambda n: os.path.lexists(folder / n),
+                                           room=self._marker_room())
+            for marker in markers:
+                os.replace(marker, target.with_name(target.name + marker.name[len(name):]))
+            os.replace(failed / name, target)
+            fsync_dir(folder)
+            fsync_dir(failed)
+        self.log.info("file.moved_out_of_failed", file=drop.key, was=f"{FAILED}/{name}",
+                      to=self.config.on_success)
 
     def _marker_room(self) -> int:
         """Bytes an archived name must leave for its markers' suffixes."""
