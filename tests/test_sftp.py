@@ -180,6 +180,42 @@ def test_a_slow_server_keeps_neither_the_next_file_nor_a_stop_waiting(tmp_path, 
         d.close()
 
 
+def test_a_download_the_server_keeps_waiting_shows_as_stuck_and_a_close_ends_it(tmp_path, server, secrets):
+    """/healthz's view of the inbox (``failing``): a download still waiting on the server past
+    ``STUCK_S`` is reported (the inbox's clock moved on past it, the server really slow); closing
+    the inbox ends the wait at once."""
+    import threading
+
+    from inbox_daemon.inboxes.sftp import STUCK_S
+    outbound = _outbound(server)
+    write_csv(outbound / "slow-one.csv", ["sku", "name"], [["S", "x"]])
+    server.slow, server.slow_match = 15.0, "slow-"
+    server.reading.clear()
+    inbox = _inbox(server, *secrets)
+    [entry] = list(inbox.list_entries())
+    ended = threading.Event()
+
+    def download():
+        try:
+            inbox.fetch(inbox.drop_for(entry), tmp_path / "spool")
+        except Exception:  # noqa: BLE001 — the close ends it with an error: that is the point
+            pass
+        ended.set()
+    threading.Thread(target=download, daemon=True).start()
+    try:
+        assert server.reading.wait(10), "the download never started"
+        assert inbox.failing() is None
+        real = inbox._clock
+        inbox._clock = lambda: real() + STUCK_S + 1
+        stuck = inbox.failing()
+        assert stuck["stuck"] == "download" and "waiting for the server" in stuck["error"]
+
+        inbox.close()
+        assert ended.wait(5), "the download still waits after the inbox was closed"
+    finally:
+        server.slow, server.slow_match = 0.0, None
+
+
 def test_names_that_would_leave_the_folder_are_refused(tmp_path, server, secrets):
     inbox = _inbox(server, *secrets)
     from inbox_daemon.drop import Drop
