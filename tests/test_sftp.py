@@ -174,7 +174,9 @@ def test_a_slow_server_keeps_neither_the_next_file_nor_a_stop_waiting(tmp_path, 
 
         started = time.monotonic()
         assert d.stop(timeout=30) == 0
-        assert time.monotonic() - started < 1 + 5
+        elapsed = time.monotonic() - started
+        print(f"\nSIGTERM while the server answers a read every 15 s: exit 0 in {elapsed:.2f} s (stop_timeout 1 s)")
+        assert elapsed < 1 + 5
     finally:
         server.slow, server.slow_match = 0.0, None
         d.close()

@@ -204,6 +204,8 @@ def test_sigterm_with_a_stuck_endpoint_exits_within_stop_timeout(tmp_path, daemo
         started = time.monotonic()
         d.signal(signal.SIGTERM)
         assert d.stop(timeout=30) == 0
-        assert time.monotonic() - started < 1 + 5
+        elapsed = time.monotonic() - started
+        print(f"\nSIGTERM while a webhook endpoint never answers: exit 0 in {elapsed:.2f} s (stop_timeout 1 s)")
+        assert elapsed < 1 + 5
     finally:
         listener.close()
