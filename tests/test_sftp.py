@@ -218,6 +218,30 @@ def test_a_download_the_server_keeps_waiting_shows_as_stuck_and_a_close_ends_it(
         server.slow, server.slow_match = 0.0, None
 
 
+def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed_on_the_server(tmp_path, server, secrets):
+    import signal
+    outbound = _outbound(server)
+    write_csv(tmp_path / "ids.csv", ["id", "name"], [["1", "x"]])
+    (tmp_path / "ids.csv").rename(outbound / "ids.csv")
+    cfg = _sftp_config(server, *secrets)
+    d = DaemonProcess(tmp_path, cfg)
+    try:
+        [rejected] = wait_manifests(tmp_path, 1, partner="globex", timeout=30)
+        assert rejected["status"] == "rejected"
+        wait_for(lambda: (outbound / "failed" / "ids.csv").exists(), what="moved to failed/ on the server")
+
+        d.config_path.write_text(cfg.replace('id = "globex"\n', 'id = "globex"\ncolumns = { sku = "id" }\n', 1))
+        d.signal(signal.SIGHUP)
+        d.wait_event("config.reloaded")
+        assert run_cli("jobs", "requeue", rejected["job_id"], "--config", d.config_path, cwd=tmp_path).returncode == 0
+
+        wait_for(lambda: (outbound / "processed" / "ids.csv").exists(), timeout=30, what="moved on to processed/")
+        assert not (outbound / "failed" / "ids.csv").exists()
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_names_that_would_leave_the_folder_are_refused(tmp_path, server, secrets):
     inbox = _inbox(server, *secrets)
     from inbox_daemon.drop import Drop

@@ -17,6 +17,7 @@ stat per poll of each file archived in the last hour (at most 1,000).
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import stat
@@ -38,6 +39,7 @@ from inbox_daemon.inboxes.base import (
     MARKER_SUFFIXES,
     PROCESSED,
     RESULTS,
+    archive_candidates,
     archive_name,
     check_listed_size,
     marker_names,
@@ -51,6 +53,7 @@ from inbox_daemon.spool import spool_stream
 KEEPALIVE_S = 30
 TIMEOUT_S = 20          # seconds the server may take to answer one request
 STUCK_S = 120           # an operation (a download is many requests) waiting longer shows on /healthz
+MAX_ARCHIVE_LOOKUPS = 100   # names of failed/ tried for a requeued job's file (archive_candidates)
 
 
 def _fingerprint(key: paramiko.PKey | None) -> str:
@@ -266,7 +269,11 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             try:
                 st = sftp.stat(source)
             except FileNotFoundError:
-                return                    # archived already (a restart between outcome and archive)
+                # archived already (a restart between outcome and archive); or a requeued job
+                # that went through this time, whose file the answer before put in failed/
+                if status in ARCHIVED_AS_SUCCESS:
+                    self._out_of_failed(sftp, drop)
+                return
             if _version(st) != drop.version:
                 return                    # a newer upload under the same name: it gets its own job
             self._archives.taken_in(name)
@@ -282,18 +289,66 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             else:
                 folder = FAILED
             self._mkdir(sftp, folder)
-            def taken(candidate: str) -> bool:
-                try:
-                    sftp.stat(self._path(folder, candidate))
-                except FileNotFoundError:
-                    return False
-                return True
-            target = archive_name(name, drop.version, taken,
-                                  room=max(map(len, MARKER_SUFFIXES)) if self.config.ready_marker else 0)
+            target = archive_name(name, drop.version, self._taken_in(sftp, folder), room=self._marker_room())
             # markers first: one left behind would make the next upload of that name ready early
             self._move_markers(sftp, name, self._path(folder, target))
             sftp.posix_rename(source, self._path(folder, target))
             self._archives.remember(name, f"{folder}/{target}", (st.st_size or 0, st.st_mtime or 0))
+
+    def _out_of_failed(self, sftp: paramiko.SFTPClient, drop: Drop) -> None:
+        """As ``LocalInbox._out_of_failed``: the file of a requeued job that went through moves
+        from failed/ to processed/ (or is deleted); found by the names ``archive_name`` gives it
+        and its version (mtime and size, which a rename keeps)."""
+        if self.config.on_success == "keep":
+            return
+        room = self._marker_room()
+        for name in itertools.islice(archive_candidates(drop.key, drop.version, room=room), MAX_ARCHIVE_LOOKUPS):
+            try:
+                st = sftp.stat(self._path(FAILED, name))
+            except FileNotFoundError:
+                continue
+            if _version(st) == drop.version:
+                break
+        else:
+            return
+        found = self._path(FAILED, name)
+        if self.config.on_success == "delete":
+            self._move_markers_from(sftp, found, None)
+            sftp.remove(found)
+        else:
+            self._mkdir(sftp, PROCESSED)
+            target = self._path(PROCESSED, archive_name(drop.key, drop.version, self._taken_in(sftp, PROCESSED),
+                                                        room=room))
+            self._move_markers_from(sftp, found, target)
+            sftp.posix_rename(found, target)
+        self.log.info("file.moved_out_of_failed", file=drop.key, was=f"{FAILED}/{name}", to=self.config.on_success)
+
+    def _taken_in(self, sftp: paramiko.SFTPClient, folder: str):
+        """``archive_name``'s question: is a name taken in ``folder`` on the server?"""
+        def taken(candidate: str) -> bool:
+            try:
+                sftp.stat(self._path(folder, candidate))
+            except FileNotFoundError:
+                return False
+            return True
+        return taken
+
+    def _marker_room(self) -> int:
+        """Bytes an archived name must leave for its markers' suffixes."""
+        return max(map(len, MARKER_SUFFIXES)) if self.config.ready_marker else 0
+
+    def _move_markers_from(self, sftp: paramiko.SFTPClient, archived: str, target: str | None) -> None:
+        """The markers archived next to ``archived`` moved next to ``target`` (deleted: None)."""
+        if not self.config.ready_marker:
+            return
+        for suffix in MARKER_SUFFIXES:
+            try:
+                if target is None:
+                    sftp.remove(archived + suffix)
+                else:
+                    sftp.posix_rename(archived + suffix, target + suffix)
+            except FileNotFoundError:
+                continue
 
     def _move_markers(self, sftp: paramiko.SFTPClient, name: str, target: str | None) -> None:
         """``ready_marker``: the markers of ``name`` next to ``target`` (the archived file's
