@@ -13,15 +13,17 @@ import secrets
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
 
 from config.canonical import MERGED_COLUMNS as MERGED_COLUMNS
 from config.errors import StoreError, StoreReplaced
 from config.status import APPLIED, JobStatus
-from storage.outbox import Delivery
+
+if TYPE_CHECKING:
+    from storage.outbox import Delivery
 
 # the ledger's columns as a Job has them (the columns a merge writes: config.canonical.MERGED_COLUMNS)
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
@@ -53,7 +55,13 @@ def holder_is_dead(holder: str | None) -> bool:
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_in(0.0)
+
+
+def utc_in(seconds: float) -> str:
+    """UTC ``seconds`` from now, as the ledger writes times (ISO 8601, ms, ``Z``)."""
+    t = datetime.now(UTC) + timedelta(seconds=seconds)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_job_id() -> str:
@@ -284,6 +292,10 @@ class LedgerReads:
         """Run one statement (in the driver's placeholders) and return its rows."""
         raise NotImplementedError
 
+    def _one(self, sql: str) -> Any:
+        """The first column of the first row of a statement without parameters, or None."""
+        raise NotImplementedError
+
     def _sql(self, sql: str) -> str:
         return sql if self.PARAM == "?" else sql.replace("?", self.PARAM)
 
@@ -335,24 +347,20 @@ class LedgerReads:
     identity: str | None = None          # the catalog's id, read when the store was opened
 
     def _read_identity(self) -> None:
-        self.identity = self._one_value("SELECT id FROM store_identity")
+        self.identity = self._one("SELECT id FROM store_identity")
 
     def _check_identity(self) -> None:
         """Before an outcome is recorded: is this still the catalog the daemon opened? A
         catalog deleted, replaced or emptied under it must stop the applying, not take answers
         nobody will read (see ``StoreReplaced``)."""
         try:
-            current = self._one_value("SELECT id FROM store_identity")
+            current = self._one("SELECT id FROM store_identity")
         except StoreError as exc:
             raise StoreReplaced(f"the catalog's identity cannot be read ({exc}): it was emptied or "
                                 "replaced under the daemon; nothing is applied until it is restarted") from exc
         if current != self.identity:
             raise StoreReplaced(f"the catalog is not the one this daemon opened (identity {current} instead of "
                                 f"{self.identity}): nothing is applied until it is restarted")
-
-    def _one_value(self, sql: str) -> Any:
-        rows = self._exec(sql, ())
-        return rows[0][0] if rows else None
 
     def _latest_applied_content(self, partner_id: str) -> str | None:
         """The sha256 of the partner's latest applied delivery (in delivery order): the partner's

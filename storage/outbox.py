@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+
+from storage.base import utc_in, utcnow
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-
-
-def _at(seconds: float = 0.0) -> str:
-    t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class WebhookOutbox:
 
     def _enqueue_webhook(self, job_id: str, attempt: int, partner_id: str, result: dict) -> None:
         """Inside the transaction that records the job's answer."""
-        now = _at()
+        now = utcnow()
         self._exec(self._sql(
             "INSERT INTO webhook_outbox (job_id, job_attempt, partner_id, body, status, next_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, job_attempt) DO NOTHING"),
@@ -53,19 +49,19 @@ class WebhookOutbox:
         """Answers due now that nobody holds (no lease, or one run out), oldest first, leased to
         ``holder``. The outer conditions repeat the inner ones: a daemon that waited for
         another's update of the same rows sees them held and leaves them."""
-        now = _at()
+        now = utcnow()
         due = "status = ? AND next_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
         rows = self._exec(self._sql(
             f"UPDATE webhook_outbox SET holder = ?, lease_until = ? WHERE {due}"
             f" AND id IN (SELECT id FROM webhook_outbox WHERE {due} ORDER BY next_at, id LIMIT ?)"
             " RETURNING id, job_id, partner_id, body, attempts"),
-            (holder, _at(lease), PENDING, now, now, PENDING, now, now, limit))
+            (holder, utc_in(lease), PENDING, now, now, PENDING, now, now, limit))
         return sorted((Delivery(*row) for row in rows), key=lambda d: d.id)
 
     def delivered(self, delivery: Delivery, *, http_status: int | None, error: str | None,
                   status: str, retry_in: float = 0.0) -> None:
         """One attempt's end: ``DELIVERED``, ``FAILED`` for good, or ``PENDING`` again in ``retry_in`` s."""
-        now, attempt = _at(), delivery.attempts + 1
+        now, attempt = utcnow(), delivery.attempts + 1
         with self._transaction():          # type: ignore[attr-defined]
             self._exec(self._sql(
                 "INSERT INTO webhook_attempts (outbox_id, attempt, at, http_status, error) VALUES (?, ?, ?, ?, ?)"),
@@ -73,7 +69,7 @@ class WebhookOutbox:
             self._exec(self._sql(
                 "UPDATE webhook_outbox SET attempts = ?, status = ?, next_at = ?, holder = NULL, lease_until = NULL,"
                 " last_error = ?, finished_at = ? WHERE id = ?"),
-                (attempt, status, _at(retry_in), error, None if status == PENDING else now, delivery.id))
+                (attempt, status, utc_in(retry_in), error, None if status == PENDING else now, delivery.id))
 
     def release_webhooks(self, holder: str) -> None:
         """What ``holder`` took and did not send (a stop): due again for anyone, at once."""

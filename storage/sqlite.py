@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from storage.base import (
     default_holder,
     holder_is_dead,
     new_job_id,
+    utc_in,
     utcnow,
 )
 from storage.base import (
@@ -105,12 +105,6 @@ def _file_id(path: Path) -> tuple[int, int]:
     """(device, inode): which file a path names right now."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
-
-
-def _in(seconds: float) -> str:
-    from datetime import datetime, timedelta
-    t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SqliteStore(LedgerReads, WebhookOutbox):
@@ -209,7 +203,7 @@ class SqliteStore(LedgerReads, WebhookOutbox):
             insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
                                        source=source, fmt=fmt, mode=mode, now=now)
             if original is None:
-                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=_in(self.lease))
+                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease))
                 self._start_attempt(job_id, 1, now)
                 return Claim("new", self.job(job_id))
             resumable = original.status in RUNNABLE or (
@@ -222,7 +216,7 @@ class SqliteStore(LedgerReads, WebhookOutbox):
                     " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
                     " reported_at = NULL, lease_until = ?, claimed_by = ? WHERE id = ?",
                     (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
-                     source.delivered_at, fmt, mode, spool_path, now, _in(self.lease), self.holder, original.id))
+                     source.delivered_at, fmt, mode, spool_path, now, utc_in(self.lease), self.holder, original.id))
                 self._start_attempt(original.id, attempt, now)
                 return Claim("resumed", self.job(original.id))
             settled = self._settled_claim(original, inbox=inbox, source=source,
@@ -230,7 +224,7 @@ class SqliteStore(LedgerReads, WebhookOutbox):
             if isinstance(settled, Claim):
                 return settled
             if settled == "reapply":
-                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=_in(self.lease),
+                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease),
                                 reapplies=original.id)
                 self._start_attempt(job_id, 1, now)
                 return Claim("reapply", self.job(job_id))
@@ -355,7 +349,7 @@ class SqliteStore(LedgerReads, WebhookOutbox):
             "INSERT INTO drop_claims (inbox, uri, version, holder, until) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (inbox, uri, version) DO UPDATE SET holder = excluded.holder,"
             " until = excluded.until WHERE drop_claims.until < ? OR drop_claims.holder = excluded.holder"
-            " RETURNING holder", (inbox, uri, version, self.holder, _in(self.lease), utcnow()))
+            " RETURNING holder", (inbox, uri, version, self.holder, utc_in(self.lease), utcnow()))
         return len(taken) == 1
 
     def release_drop(self, *, inbox: str, uri: str, version: str) -> None:
@@ -364,7 +358,7 @@ class SqliteStore(LedgerReads, WebhookOutbox):
 
     def renew(self) -> None:
         """The heartbeat: everything this daemon holds lives another ``lease``."""
-        until = _in(self.lease)
+        until = utc_in(self.lease)
         with self._transaction():
             self._exec("UPDATE jobs SET lease_until = ? WHERE claimed_by = ? AND status = ?",
                        (until, self.holder, JobStatus.RUNNING))

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 EXE = str(Path(sys.executable).with_name("inbox-daemon"))
@@ -91,6 +93,15 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.kill()
         self._log.close()
+
+
+def healthz(address: str) -> tuple[int, dict]:
+    """``/healthz`` of a daemon: (HTTP status, its JSON), 503 included."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def manifests(root: Path, partner: str = "default") -> list[dict]:

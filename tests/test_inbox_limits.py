@@ -4,12 +4,9 @@ processes, real folders, a real SFTP server on loopback."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from config.errors import LimitExceeded
 from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes.base import NAME_MAX, archive_name, fitted
 from tests.conftest import ledger, read_diagnostics
-from tests.daemon_harness import DaemonProcess, config, manifests, wait_for, wait_manifests
+from tests.daemon_harness import DaemonProcess, config, healthz, manifests, wait_for, wait_manifests
 from tests.test_sftp import _inbox, _outbound, _sftp_config, keys, secrets, server  # noqa: F401 (fixtures)
 
 
@@ -27,14 +24,6 @@ def _drop(inbox: Path, name: str, text: str) -> None:
     tmp = inbox / ".upload.part"
     tmp.write_text(text)
     tmp.rename(inbox / name)
-
-
-def _health(d: DaemonProcess) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://{d.health}/healthz", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _longest_name(suffix: str = ".csv") -> str:
@@ -50,12 +39,12 @@ def _longest_name(suffix: str = ".csv") -> str:
 def test_inbox_folder_deleted_and_made_again_is_reported_then_watched_again(tmp_path, daemons):
     d = daemons(tmp_path, config())
     inbox = tmp_path / "inbox" / "default"
-    wait_for(lambda: _health(d)[0] == 200, what="/healthz 200 at start")
+    wait_for(lambda: healthz(d.health)[0] == 200, what="/healthz 200 at start")
 
     shutil.rmtree(inbox)
 
     def degraded():
-        code, body = _health(d)
+        code, body = healthz(d.health)
         fault = body.get("degraded", {}).get("inbox local:inbox/default", {})
         return code == 503 and fault.get("folder_missing") == str(inbox.resolve())
     wait_for(degraded, timeout=10, what="/healthz 503 naming the missing folder")
@@ -70,7 +59,7 @@ def test_inbox_folder_deleted_and_made_again_is_reported_then_watched_again(tmp_
     [manifest] = wait_manifests(tmp_path, 1, timeout=5)
     assert manifest["status"] == "succeeded" and time.monotonic() - started < 5
     wait_for(lambda: (inbox / "processed" / "after.csv").exists(), timeout=5, what="archived")
-    wait_for(lambda: _health(d)[0] == 200, timeout=5, what="/healthz 200 once the folder is watched again")
+    wait_for(lambda: healthz(d.health)[0] == 200, timeout=5, what="/healthz 200 once the folder is watched again")
     assert d.stop() == 0
 
 

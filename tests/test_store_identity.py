@@ -4,11 +4,8 @@ daemon stops the applying (``/healthz`` degraded, the files left in their inbox)
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -17,15 +14,7 @@ from config.status import JobStatus
 from storage.base import Outcome, Source
 from storage.sqlite import SqliteStore
 from tests.conftest import products, write_csv
-from tests.daemon_harness import config, manifests, wait_for
-
-
-def _health(address: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from tests.daemon_harness import config, healthz, manifests, wait_for
 
 
 def test_a_catalog_deleted_under_a_running_daemon_stops_the_applying(tmp_path, daemons):
@@ -41,7 +30,7 @@ def test_a_catalog_deleted_under_a_running_daemon_stops_the_applying(tmp_path, d
         write_csv(inbox / f"after-{i}.csv", ["sku", "name"], [[f"A{i}", "after"]])
 
     def degraded():
-        code, body = _health(d.health)
+        code, body = healthz(d.health)
         return (code, body) if code == 503 and "store" in body.get("degraded", {}) else None
     code, body = wait_for(degraded, 30, what="/healthz degraded by the store")
     assert "deleted or replaced" in body["degraded"]["store"]["error"]

@@ -184,21 +184,16 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
     def failing(self) -> dict | None:
         """For /healthz: failing polls, archived files that grew, and an operation the server has
         kept waiting far past any one answer (``stuck``)."""
-        polls, grown = super().failing(), self._archives.failing()
         now = self._clock()
-        stuck = [(what, now - since) for what, since in list(self._running.values()) if now - since > STUCK_S]
-        found = [f for f in (polls, grown) if f]
+        stuck = [(now - since, what) for what, since in list(self._running.values()) if now - since > STUCK_S]
+        found = [f for f in (super().failing(), self._archives.failing()) if f]
         if stuck:
-            what, seconds = max(stuck, key=lambda w: w[1])
+            seconds, what = max(stuck)
             found.append({"stuck": what, "error": f"{what} on {self.config.host} has been waiting for the server "
                                                   f"for {seconds:.0f} s"})
-        if len(found) > 1:
-            merged: dict = {}
-            for f in found:
-                merged.update(f)
-            merged["error"] = "; ".join(f["error"] for f in found)
-            return merged
-        return found[0] if found else None
+        if not found:
+            return None
+        return {**{k: v for f in found for k, v in f.items()}, "error": "; ".join(f["error"] for f in found)}
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
