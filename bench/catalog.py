@@ -19,6 +19,7 @@ HEADER = ["sku", "name", "description", "price", "currency", "stock", "brand", "
 WORDS = ["cotton", "shirt", "blue", "organic", "steel", "mug", "lamp", "oak", "wool", "linen",
          "garden", "chair", "desk", "ceramic", "glass", "leather", "canvas", "travel", "kids"]
 GENERATOR_VERSION = 1           # bump when the bytes generate() writes change
+CHANGE_VERSION = 2              # bump when the bytes change() writes change
 XML_VERSION = 1                 # bump when the bytes to_xml() writes change
 XML_RECORD_PATH = "catalog/product"
 
@@ -62,7 +63,9 @@ def change(src: Path, dst: Path, fraction: float, seed: int = 7) -> int:
         writer.writerow(next(reader))
         for record in reader:
             if rnd.random() < fraction:
-                record[3] = f"{rnd.randrange(100, 100000) / 100:.2f}"
+                # a day's repricing: -20 % to +25 % (a random new price would be a price shock,
+                # and the file held for approval)
+                record[3] = f"{max(float(record[3]) * rnd.uniform(0.8, 1.25), 0.01):.2f}"
                 record[5] = str(rnd.randrange(0, 500))
                 changed += 1
             writer.writerow(record)
@@ -79,7 +82,7 @@ def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int =
         tmp.rename(base)
     if changed is None:
         return base
-    snapshot = base.with_name(f"{base.stem}-changed{changed:g}.csv")
+    snapshot = base.with_name(f"{base.stem}-changed{changed:g}-c{CHANGE_VERSION}.csv")
     if not snapshot.exists():
         tmp = snapshot.with_suffix(".tmp")
         change(base, tmp, changed)

@@ -34,7 +34,7 @@ from running import EXE, RunningDaemon, small_feed  # noqa: E402
 
 PY = sys.executable
 FRESH = "inbox-daemon ingest, fresh"
-SECTIONS = ("sqlite", "peers", "big", "running", "xml", "postgres")
+SECTIONS = ("sqlite", "peers", "big", "running", "xml", "history", "postgres")
 # the peers' own libraries (bench/peers-requirements.txt), kept out of the daemon's environment
 PEERS = {"PYTHONPATH": os.pathsep.join([str(HERE / ".peers"), str(HERE)])}
 
@@ -62,24 +62,25 @@ class Figure:
         return self.rows / self.median if self.rows else 0.0
 
 
-def timed(args: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
-    """Run one process to its end: wall seconds, its own peak RSS in MB, its stdout."""
+def timed(args: list[str], cwd: Path, env: dict | None = None, *, stderr: int = subprocess.STDOUT
+          ) -> tuple[float, float, str]:
+    """Run one process to its end: wall seconds, its own peak RSS in MB, its stdout (with its
+    stderr, unless ``stderr`` says where else it goes)."""
     out = cwd / ".stdout"
     with open(out, "w") as fh:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(args, cwd=cwd, stdout=fh, stderr=stderr, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    text = out.read_text()
+    text = out.read_text(errors="replace")
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args[:3])} … failed ({proc.returncode}):\n{text[-3000:]}")
     return elapsed, usage.ru_maxrss / 1024, text
 
 
-def daemon_ingest(feed: Path, work: Path, config: str | None = None) -> tuple[float, float, str]:
-    args = [EXE, "ingest", str(feed)] + (["--config", config] if config else [])
+def daemon_ingest(feed: Path, work: Path, config: str | None = None, *, json_out: bool = False) -> tuple[float, float, str]:
+    args = [EXE, "ingest", str(feed)] + (["--config", config] if config else []) + (["--json"] if json_out else [])
     return timed(args, work)
 
 
@@ -226,6 +227,58 @@ def _drop_to_manifest(daemon: RunningDaemon, staging: Path, name: str) -> float:
     return daemon.wait_for(1, since=before) - t0
 
 
+def history(args, cache: Path, root: Path) -> list[Figure]:
+    """What remembering costs: ``catalog export`` of the fresh catalog to Parquet and of the
+    1%-changed snapshot's changes since the fresh import, and the store's growth per million
+    changed rows (a snapshot that changes every row's price and stock)."""
+    feed, changed = cached(cache, args.rows), cached(cache, args.rows, changed=0.01)
+    everything = cached(cache, args.rows, changed=1.0)
+    parquet = Figure(f"catalog export to Parquet, {args.rows:,} products", args.rows, target="seconds, flat memory")
+    since = Figure("catalog export --since the fresh import, after the 1%-changed snapshot", 0)
+    growth = []
+    for i in range(args.runs):
+        work = root / f"history{i}"
+        work.mkdir()
+        fresh_job = json.loads(daemon_ingest(feed, work, None, json_out=True)[2])["job_id"]
+        add(parquet, timed([EXE, "catalog", "export", "--format", "parquet"], work, stderr=subprocess.DEVNULL))
+        daemon_ingest(changed, work)
+        measured = timed([EXE, "catalog", "export", "--since", fresh_job], work, stderr=subprocess.DEVNULL)
+        since.rows = measured[2].count("\n") - 1
+        add(since, measured)
+        db = work / "var" / "catalog.db"
+        before = _checkpointed_size(db)
+        daemon_ingest(everything, work)
+        changes = _count(db, "SELECT count(*) FROM changes") - _count(db, "SELECT count(*) FROM changes WHERE version < "
+                                                                         "(SELECT max(version) FROM changes)")
+        growth.append((_checkpointed_size(db) - before) / changes * 1e6 / 2**20)
+        shutil.rmtree(work)
+        print(f"  run {i + 1}: export {parquet.seconds[-1]:.2f} s ({parquet.rss_mb[-1]:.0f} MB), since "
+              f"{since.seconds[-1]:.2f} s ({since.rows} products), {growth[-1]:.0f} MB per million changed rows",
+              flush=True)
+    parquet.note = (f"store growth per million changed rows (price and stock each): {statistics.median(growth):.0f} MB "
+                    f"(runs: {', '.join(f'{g:.0f}' for g in growth)})")
+    return [parquet, since]
+
+
+def _checkpointed_size(db: Path) -> int:
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+    return db.stat().st_size
+
+
+def _count(db: Path, sql: str) -> int:
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
 def postgres(args, cache: Path, root: Path) -> list[Figure]:
     import floor_postgres as pg  # psycopg; only when a server is asked for
     feed = cached(cache, args.rows)
@@ -344,6 +397,9 @@ def main() -> None:
         if "xml" in args.only and args.xml_runs:
             print(f"XML feed, {args.rows:,} items, {args.xml_runs} interleaved run(s)", flush=True)
             figures += xml_feed(args, args.cache, root)
+        if "history" in args.only:
+            print(f"change sets and export, {args.rows:,} rows, {args.runs} runs", flush=True)
+            figures += history(args, args.cache, root)
         if "postgres" in args.only and args.pg and _pg_reachable(args.pg):
             print(f"PostgreSQL, {args.rows:,} rows", flush=True)
             figures += postgres(args, args.cache, root)

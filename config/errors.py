@@ -8,7 +8,8 @@
     │   ├── DuplicateColumn            two columns of the file have the same name
     │   ├── LimitExceeded              too many columns, a line too long, a gzip bomb
     │   ├── TooManyRejects             more rows with errors than ``max_reject_ratio``
-    │   └── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
+    │   ├── DeactivationRefused        snapshot would deactivate more than ``max_deactivate_ratio``
+    │   └── PriceShockHeld             its prices jump (``max_price_shock_ratio``) → job ``held``
     ├── StoreError                     the catalog store failed
     │   ├── StoreBusy (Transient)      locked / serialization failure: retry
     │   ├── StoreUnavailable (Transient) cannot connect / I/O error: retry
@@ -49,6 +50,7 @@ class FeedError(InboxDaemonError, Terminal):
     column: str | None = None
     row: int | None = None
     value: str | None = None
+    held = False            # True: the job waits for an admin's approval instead (``PriceShockHeld``)
 
 
 class UnknownFormat(FeedError):
@@ -113,6 +115,24 @@ class DeactivationRefused(FeedError):
         self.would_deactivate, self.active, self.max_ratio = would_deactivate, active, max_ratio
         super().__init__(f"this snapshot would deactivate {would_deactivate} of {active} active SKUs, "
                          f"more than max_deactivate_ratio {max_ratio:g}: nothing was applied")
+
+
+class PriceShockHeld(FeedError):
+    """Nothing is applied, as with any ``FeedError``; the job is ``held`` rather than rejected:
+    the file may be right (a real repricing), and ``jobs approve`` applies it as it is."""
+    code = "price_shock"
+    held = True
+
+    def __init__(self, *, updated: int, shocked: int, examples: tuple[dict, ...], factor: float, max_ratio: float):
+        self.updated, self.shocked, self.examples = updated, shocked, examples
+        self.factor, self.max_ratio = factor, max_ratio
+        super().__init__(f"held for approval: {shocked} of the {updated} products this file updates change price "
+                         f"by x{factor:g} or more (either way), more than max_price_shock_ratio {max_ratio:g}; "
+                         "nothing was applied. If the prices are right: inbox-daemon jobs approve JOB_ID")
+
+    def details(self) -> dict:
+        return {"updated": self.updated, "shocked": self.shocked, "price_shock_factor": self.factor,
+                "max_price_shock_ratio": self.max_ratio, "examples": list(self.examples)}
 
 
 class StoreError(InboxDaemonError):

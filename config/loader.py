@@ -137,6 +137,18 @@ def _ratio(value: float) -> float:
     return value
 
 
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be 0 or more; got {value}")
+    return float(value)
+
+
+def _above_one(value: float) -> float:
+    if value <= 1:
+        raise ValueError(f"must be more than 1 (a factor prices change by); got {value}")
+    return float(value)
+
+
 def _positive(value: int) -> int:
     if value < 1:
         raise ValueError(f"must be at least 1; got {value}")
@@ -260,6 +272,7 @@ _DAEMON_KEYS: Spec = {
     "retry_max": (_DURATION, parse_duration),
     "stop_timeout": (_DURATION, parse_duration),
     "audit_key_env": (str, None),
+    "history_days": ((int, float), _non_negative),
 }
 _LIMITS_KEYS: Spec = {
     "max_columns": (int, _positive),
@@ -275,6 +288,10 @@ _PARTNER_KEYS: Spec = {
     "currency": (str, _currency),
     "max_reject_ratio": (float, _ratio),
     "max_deactivate_ratio": (float, _ratio),
+    "max_price_shock_ratio": (float, _ratio),
+    "price_shock_factor": ((int, float), _above_one),
+    "price_shock_min_products": (int, _positive),
+    "write_changes": (bool, None),
     "max_file_bytes": (int, _positive),
     "encoding": (str, _encoding),
     "decimal_separator": (str, _choice(".", ",")),

@@ -47,6 +47,13 @@ class PartnerConfig:
     preset: str | None = None
     max_reject_ratio: float = 0.05
     max_deactivate_ratio: float = 0.2
+    # a file is held for an admin's approval (status held, ``jobs approve``) when more than this
+    # share of the products it updates, and at least price_shock_min_products of them, change
+    # price by price_shock_factor or more, up or down (prices in cents instead of units: x100)
+    max_price_shock_ratio: float = 0.1
+    price_shock_factor: float = 5.0
+    price_shock_min_products: int = 5
+    write_changes: bool = False         # a <job>.changes.csv next to the manifest: what the job changed
     # a file bigger than this is rejected before it is copied (by the size its inbox lists),
     # or as soon as its copy passes it: it never fills the state disk
     max_file_bytes: int = 10 << 30
@@ -175,6 +182,7 @@ class DaemonConfig:
     # the environment variable holding the audit trail's key: every record's hash is then an
     # HMAC-SHA256 with it (inbox_daemon.audit); None: plain sha256
     audit_key_env: str | None = None
+    history_days: float = 90.0          # change sets (jobs diff, revert, catalog history) are kept this long
     limits: Limits = Limits()
 
     @property

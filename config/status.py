@@ -4,6 +4,7 @@
     queued → running → succeeded | partial | rejected | failed | duplicate | abandoned
                                              failed → (retried) … → quarantined
                                              abandoned → (the file, read again once complete) running
+                                             held → (jobs approve) queued
 
 ``JobStatus`` is a ``StrEnum``: a member *is* its text, so it is written to SQL parameters, JSON
 manifests and logs as that text and compares equal to the text read back from the store. The
@@ -26,11 +27,13 @@ class JobStatus(StrEnum):
     DUPLICATE = "duplicate"        # content already received: no catalog change
     ABANDONED = "abandoned"        # the file changed after it was read (an upload went on): nothing
                                    # applied, no answer; the file is read again once it is complete
+    HELD = "held"                  # nothing applied: its prices jump (max_price_shock_ratio); an
+                                   # admin's ``jobs approve`` queues it again to be applied
 
 
 #: statuses a job rests in once an attempt is over (``failed`` may still be retried)
 FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.REJECTED, JobStatus.FAILED,
-                   JobStatus.QUARANTINED, JobStatus.DUPLICATE, JobStatus.ABANDONED})
+                   JobStatus.QUARANTINED, JobStatus.DUPLICATE, JobStatus.ABANDONED, JobStatus.HELD})
 #: statuses ``jobs requeue`` puts back to ``queued``
 REQUEUEABLE = frozenset({JobStatus.REJECTED, JobStatus.FAILED, JobStatus.QUARANTINED})
 #: statuses a work item may (re)start; an abandoned job only when its content is read again
@@ -42,7 +45,7 @@ APPLIED = frozenset({JobStatus.SUCCEEDED, JobStatus.PARTIAL})
 ARCHIVED_AS_SUCCESS = APPLIED | {JobStatus.DUPLICATE}
 #: the spooled copy is still needed (the job may run again, or be requeued)
 KEEP_SPOOL = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REJECTED, JobStatus.FAILED,
-                        JobStatus.QUARANTINED})
+                        JobStatus.QUARANTINED, JobStatus.HELD})
 
 #: how an attempt ends when it is stopped before its commit (``jobs show``): not a job status,
 #: the job itself goes back to ``queued``

@@ -1,7 +1,7 @@
 """``inbox-daemon``: the command line.
 
 Exit codes: 0 applied (succeeded, partial, duplicate) · 1 failed · 2 usage or config error ·
-4 rejected (nothing applied) · 141 output cut off (the reader of a pipe went away: ``| head``).
+4 rejected or held (nothing applied) · 141 output cut off (the reader of a pipe went away: ``| head``).
 
 What partners control (file names, above all) reaches the operator's terminal escaped: JSON
 output escapes control characters as ``\\uXXXX`` (the same JSON value), text output shows them
@@ -29,7 +29,8 @@ from inbox_daemon.jsontext import json_text
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
 EXIT_BROKEN_PIPE = 128 + 13      # as a shell reports a command that SIGPIPE ended (`set -o pipefail`)
 EXIT_BY_STATUS = {JobStatus.SUCCEEDED: EXIT_OK, JobStatus.PARTIAL: EXIT_OK, JobStatus.DUPLICATE: EXIT_OK,
-                  JobStatus.REJECTED: EXIT_REJECTED, JobStatus.FAILED: EXIT_FAILED, JobStatus.RUNNING: EXIT_FAILED}
+                  JobStatus.REJECTED: EXIT_REJECTED, JobStatus.HELD: EXIT_REJECTED, JobStatus.FAILED: EXIT_FAILED,
+                  JobStatus.RUNNING: EXIT_FAILED}
 
 
 class UsageError(Exception):
@@ -233,6 +234,122 @@ def cmd_jobs(args) -> int:
                              source=job.source.as_dict(),
                              actor=default_actor(), details={"attempt": job.attempt})
             print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {shown(i)}" for i in ids)))
+        elif args.action == "diff":
+            _one_id(args)
+            _write_change_set(store.job_changes(store.job(args.ids[0])), args)
+        elif args.action == "revert":
+            return _revert(config, store, args)
+        elif args.action == "approve":
+            from inbox_daemon.pipeline import Pipeline, default_actor
+            _one_id(args)
+            by = args.by or default_actor()
+            job = Pipeline(config, store, actor=by).approve(args.ids[0], by)
+            print(f"approved by {shown(by)}: job {shown(job.id)} ({shown(job.source_name)}) is queued; the daemon "
+                  "applies it as it is, without the price check")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _one_id(args) -> None:
+    if len(args.ids) != 1:
+        raise UsageError(f"jobs {args.action} takes one job id")
+
+
+def _binary_out(fmt: str):
+    """stdout for ``fmt``; Parquet is not for a terminal."""
+    if fmt == "parquet" and sys.stdout.isatty():
+        raise UsageError("Parquet is binary: redirect it to a file (> catalog.parquet)")
+    sys.stdout.flush()
+    return sys.stdout.buffer
+
+
+def _cell(value, width: int) -> str:
+    text = "" if value is None else shown(json.dumps(value, ensure_ascii=False) if not isinstance(value, str)
+                                          else value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _write_change_set(records, args) -> None:
+    """A job's changes as a table, or as --json (NDJSON, a product a line), --csv or --parquet."""
+    from inbox_daemon.exports import OutputFormat, write_changes
+    fmt: OutputFormat | None = "ndjson" if args.json else "csv" if args.csv else "parquet" if args.parquet else None
+    if fmt is not None:
+        write_changes(records, _binary_out(fmt), fmt)
+        return
+    print(f"{'SKU':<24} {'CHANGE':<12} {'COLUMN':<12} {'BEFORE':<30} AFTER")
+    count = 0
+    for record in records:
+        count += 1
+        before, after = record["before"], record["after"]
+        for column in dict.fromkeys([*before, *after]):
+            print(f"{_cell(record['sku'], 24):<24} {record['change']:<12} {column:<12} "
+                  f"{_cell(before.get(column), 30):<30} {_cell(after.get(column), 60)}")
+    print(f"{count} product(s) changed")
+
+
+def _revert(config: Config, store, args) -> int:
+    from inbox_daemon.pipeline import Pipeline, default_actor
+    _one_id(args)
+    target = store.job(args.ids[0])
+    if args.dry_run:
+        counts = store.revert(None, target, force=args.force)
+        conflicts = store.revert_plan(target)
+        print(f"dry run: reverting job {shown(target.id)} ({shown(target.source_name)}) would restore "
+              f"{counts.updated} product(s), deactivate {counts.deactivated} it inserted, make "
+              f"{counts.reactivated} it deactivated active again")
+        if conflicts:
+            what = ("restored all the same, overwriting what those jobs set in the same columns" if args.force
+                    else "left as they are (--force restores them too, overwriting what those jobs set in the "
+                         "columns this job changed)")
+            print(f"{len(conflicts)} product(s) were changed again by a later job since: {what}")
+            for sku, _, by in conflicts[:20]:
+                print(f"  {shown(sku)}  (job {shown(by)})")
+        return EXIT_OK
+    result = Pipeline(config, store, actor=default_actor()).revert(target.id, force=args.force)
+    if args.json:
+        _print_json(result.manifest)
+    else:
+        print(f"{result.status}: {shown(result.manifest.get('message', ''))} (job {shown(result.manifest['job_id'])})")
+        if result.manifest_path:
+            print(shown(result.manifest_path))
+        if result.manifest.get("diagnostics"):
+            print(shown(config.daemon.results_dir / target.partner_id / result.manifest["diagnostics"]))
+    return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
+
+
+def cmd_catalog(args) -> int:
+    config = _config(args)
+    _setup_logs(config, args)
+    _require_catalog(config)
+    partner = _partner(config, args.partner)
+    store = _store(config)
+    try:
+        if args.action == "history":
+            if not args.sku:
+                raise UsageError("catalog history takes a SKU")
+            events = store.product_history(partner.id, args.sku)
+            if args.json:
+                _print_json(events)
+                return EXIT_OK
+            for event in events:
+                print(f"{shown(event['at'] or '?')}  {event['change']:<12} job {shown(event['job'] or '?')}  "
+                      f"{shown(event['file'] or '')}" + (f"  (reverts {shown(event['reverts'])})"
+                                                         if event.get("reverts") else ""))
+                for column in dict.fromkeys([*event["before"], *event["after"]]):
+                    print(f"    {column:<12} {_cell(event['before'].get(column), 30):<30} → "
+                          f"{_cell(event['after'].get(column), 60)}")
+            return EXIT_OK
+        from inbox_daemon.exports import write_catalog
+        from storage.history import EXPORT_SCHEMA
+        since = store.since_version(partner.id, args.since) if args.since else 0
+        out = _binary_out(args.format)
+        version, batches = store.export(partner.id, since)
+        count = write_catalog(batches, EXPORT_SCHEMA, out, args.format)
+        out.flush()
+        cursor = store.cursor(partner.id, version)
+        print(f"exported {count} product(s) of {partner.id}" + (" changed since that cursor" if args.since else "")
+              + (f"; next time: --since {cursor}" if cursor else ""), file=sys.stderr)
     finally:
         store.close()
     return EXIT_OK
@@ -404,13 +521,34 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.set_defaults(dry_run=True)
 
-    p = sub.add_parser("jobs", parents=[common], help="list, show and requeue jobs")
-    p.add_argument("action", choices=("list", "show", "requeue"))
+    p = sub.add_parser("jobs", parents=[common], help="list, show, requeue, diff, revert and approve jobs",
+                       description="diff: what a job changed; revert: undo it (a job of its own, with its "
+                                   "manifest); approve: apply a file held for its prices")
+    p.add_argument("action", choices=("list", "show", "requeue", "diff", "revert", "approve"))
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--status", choices=[str(s) for s in JobStatus])
     p.add_argument("--partner")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="diff: NDJSON, a product a line")
+    p.add_argument("--csv", action="store_true", help="diff: CSV (sku, change, column, before, after)")
+    p.add_argument("--parquet", action="store_true", help="diff: Parquet, the same columns")
+    p.add_argument("--dry-run", action="store_true", help="revert: say what it would do, change nothing")
+    p.add_argument("--force", action="store_true",
+                   help="revert: also restore products a later job changed since, overwriting what it set "
+                        "in the columns this job changed")
+    p.add_argument("--by", help="approve: the admin's name for the audit trail (default: cli:<user>)")
+
+    p = sub.add_parser("catalog", parents=[common], help="a product's history; the catalog exported",
+                       description="history: every change to one product, newest first. export: the "
+                                   "partner's products (or those changed since a cursor) to stdout; the "
+                                   "cursor for next time goes to stderr")
+    p.add_argument("action", choices=("history", "export"))
+    p.add_argument("sku", nargs="?")
+    p.add_argument("--partner", default="default")
+    p.add_argument("--format", choices=("parquet", "csv", "ndjson"), default="csv", help="export: default csv")
+    p.add_argument("--since", metavar="JOB_OR_TIME",
+                   help="export: only products changed after this job (the cursor an export printed) or time")
+    p.add_argument("--json", action="store_true", help="history: as JSON")
 
     p = sub.add_parser("audit", parents=[common], help="verify or tail the audit trail")
     p.add_argument("action", choices=("verify", "tail", "ack"),
@@ -429,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "validate": cmd_validate, "jobs": cmd_jobs, "audit": cmd_audit,
-            "contract": cmd_contract, "config": cmd_config}
+            "contract": cmd_contract, "config": cmd_config, "catalog": cmd_catalog}
 
 
 PRIVATE_UMASK = 0o027      # results, audit, spool and catalog: never world-readable

@@ -54,6 +54,9 @@ INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing", "stu
 STOP_MARGIN = 3.0           # seconds past stop_timeout a stop waits for workers a closed inbox set free
 
 
+PRUNE_EVERY_S = 60.0         # how often the heartbeat prunes change sets past history_days
+PRUNE_BATCHES = 4            # at most this many batches (of 5,000 rows, each its own transaction) a time
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None, once: bool = False,
                  notifier: Notifier | None = None):
@@ -418,7 +421,7 @@ class Daemon:
         """Renew what this daemon holds; queue what dead daemons held. Own store connection:
         the workers' are busy inside their transactions."""
         period = max(self.config.store.lease / 3, 0.2)
-        store, next_beat = None, 0.0
+        store, next_beat, next_prune = None, 0.0, 0.0
         while True:
             if time.monotonic() < next_beat:
                 # stop only once the workers are done: an in-flight job keeps its lease to the end
@@ -434,6 +437,12 @@ class Daemon:
                 if expired:
                     self.log.warning("jobs.lease_expired", jobs=expired,
                                      reason="their daemon stopped renewing them; queued to run again")
+                if time.monotonic() >= next_prune:
+                    # change sets past history_days: a few small batches a minute, never a long lock
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    pruned = store.prune_history(self.config.daemon.history_days, max_batches=PRUNE_BATCHES)
+                    if pruned:
+                        self.log.info("history.pruned", changes=pruned, history_days=self.config.daemon.history_days)
                 self._heartbeat_ok = True
             except Exception as exc:  # noqa: BLE001 — the heartbeat must outlive any store trouble
                 self._heartbeat_ok = False

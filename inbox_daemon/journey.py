@@ -196,6 +196,9 @@ class Journey:
         job = self.store.job(job_id)
         if job.status not in RUNNABLE or job.status == JobStatus.ABANDONED:
             return Done()       # done meanwhile (its file was picked up too): nothing to redo
+        if job.reverts is not None:
+            # a revert whose runner stopped before its commit: no file, no inbox to answer in
+            return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
         if spooled is None or not spooled.exists():
             if not self._claim_file(item.drop, log):

@@ -32,8 +32,11 @@ from config.errors import (
     Cancelled,
     CatalogChanged,
     FeedError,
+    JobNotFound,
+    PriceShockHeld,
     ResultsUnwritable,
     SourceChanged,
+    StoreError,
     TooManyRejects,
     Transient,
 )
@@ -42,10 +45,12 @@ from config.status import KEEP_SPOOL, JobStatus
 from inbox_daemon import __version__, failpoints, tempfiles
 from inbox_daemon.audit import open_audit
 from inbox_daemon.drop import Drop, delivery_time
+from inbox_daemon.exports import changes_name, write_changes
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
 from storage.base import TO_RUN, AuditHead, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
+from storage.history import FORCED_REVERT_MODE, REVERT_MODE, PriceShockRule, RevertCounts, revert_identity
 
 
 def _notify(partner: PartnerConfig | None) -> bool:
@@ -207,7 +212,7 @@ class Pipeline:
             return Result(outcome.status, outcome.result, None)
         return self.report(job, outcome.result, spooled, log)
 
-    def _not_to_run(self, claim: Claim, spooled: Path, log) -> Result:
+    def _not_to_run(self, claim: Claim, spooled: Path | None, log) -> Result:
         """A claim whose content is not to be applied here: record a duplicate, finish the report
         of an outcome committed before a crash, replay an answer, or leave it to its runner."""
         job = claim.job
@@ -312,7 +317,7 @@ class Pipeline:
         dry run rolls back)."""
         totals = progress.totals
         counts = load.merge(mode=run.mode, max_deactivate_ratio=run.partner.max_deactivate_ratio,
-                            columns=Columns(progress.carried))
+                            columns=Columns(progress.carried), hold=_price_rule(run))
         if counts.unnamed:
             self._refuse_unnamed(run, progress, counts)
         status = JobStatus.PARTIAL if totals.rejected else JobStatus.SUCCEEDED
@@ -320,6 +325,8 @@ class Pipeline:
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run)
         # what the file set (in catalog terms): a column it does not carry was left as it was
         manifest["columns"] = [c for c in MERGED_COLUMNS if c in progress.carried]
+        if run.partner.write_changes and not run.dry_run:
+            manifest["changes"] = changes_name(run.job.id)
         progress.describe(manifest)
         outcome = Outcome(status=status, result=manifest, notify=_notify(run.partner))
         if run.dry_run:
@@ -370,18 +377,23 @@ class Pipeline:
             raise TooManyRejects(rejected=totals.rejected, read=totals.read, max_ratio=run.partner.max_reject_ratio)
 
     def _reject(self, run: Run, progress: Progress, exc: FeedError) -> Outcome:
-        """The file as a whole cannot be applied: nothing of it is, and a diagnostics line says why."""
+        """The file as a whole cannot be applied: nothing of it is, and a diagnostics line says
+        why. A file held for approval (``PriceShockHeld``) is ``held``, its manifest saying why
+        with examples: ``jobs approve`` applies it."""
         totals = progress.totals
+        status = JobStatus.HELD if exc.held else JobStatus.REJECTED
         progress.diagnostics.write(_file_problem(exc))
         totals.error_codes[exc.code] = totals.error_codes.get(exc.code, 0) + 1
-        manifest = self._manifest(run.job, JobStatus.REJECTED, totals, None, progress.diagnostics.finish(),
+        manifest = self._manifest(run.job, status, totals, None, progress.diagnostics.finish(),
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run,
                                   message=str(exc))
+        if isinstance(exc, PriceShockHeld):
+            manifest["price_shock"] = exc.details()
         progress.describe(manifest)
-        outcome = Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc), notify=_notify(run.partner))
+        outcome = Outcome(status=status, result=manifest, error=str(exc), notify=_notify(run.partner))
         if not run.dry_run:
             self.store.finish(run.job, outcome)
-        run.log.warning("job.rejected", code=exc.code, reason=str(exc), read=totals.read,
+        run.log.warning(f"job.{status}", code=exc.code, reason=str(exc), read=totals.read,
                         rejected=totals.rejected)
         return outcome
 
@@ -418,7 +430,7 @@ class Pipeline:
                       exc_info=not isinstance(exc, Transient))
         return outcome
 
-    def _duplicate(self, job: Job, spooled: Path, log) -> Result:
+    def _duplicate(self, job: Job, spooled: Path | None, log) -> Result:
         # ``claim`` records a duplicate started, pointing at the job it duplicates
         assert job.duplicate_of is not None and job.started_at is not None
         original = self.store.job(job.duplicate_of)
@@ -446,6 +458,8 @@ class Pipeline:
     def report(self, job: Job, manifest: dict, spooled: Path | None, log) -> Result:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
         try:
+            if manifest.get("changes"):
+                self._write_changes(job, manifest["changes"])
             path = write_manifest(self.config.daemon.results_dir, manifest)
             failpoints.reached("after_manifest")
             record = self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
@@ -465,6 +479,93 @@ class Pipeline:
         log.info("job.reported", status=manifest["status"], manifest=str(path))
         return Result(JobStatus(manifest["status"]), manifest, path)
 
+    # -- revert and approve ---------------------------------------------------------------------
+    def revert(self, target_id: str, *, force: bool = False) -> Result:
+        """Undo what job ``target_id`` changed, as a job of its own (``storage.history``): one
+        per job reverted, so a revert cut off by a crash is run again, never twice."""
+        target = self.store.job(target_id)
+        if target.reverts is None and (done := self.store.revert_of(target)) is not None:
+            raise JobNotFound(f"job {target.id} was reverted by job {done.id} already (jobs revert {done.id} "
+                              "undoes that revert)")
+        self.store.change_set_of(target)        # one to revert, else why not
+        source = Source(uri=f"revert:{target.id}", name=f"revert of {target.source_name}", size=0)
+        return self.run_revert_claim(target.partner_id, revert_identity(target, force), target.inbox, source,
+                                     FORCED_REVERT_MODE if force else REVERT_MODE, target.id)
+
+    def run_revert_claim(self, partner_id: str, sha256: str, inbox: str, source: Source, mode: str,
+                         reverts: str) -> Result:
+        """Claim a revert job (new, or one cut off before: its attempt starts over) and run it."""
+        claim = self.store.claim(partner_id=partner_id, sha256=sha256, inbox=inbox, source=source, fmt=None,
+                                 mode=mode, spool_path=None, reverts=reverts)
+        log = get_logger(partner=partner_id, job_id=claim.job.id, reverts=reverts)
+        if claim.kind not in TO_RUN:
+            return self._not_to_run(claim, None, log)
+        log.info("job.started", attempt=claim.job.attempt, kind=claim.kind, reverts=reverts)
+        return self._run_revert(claim.job, log)
+
+    def run_revert_job(self, job: Job) -> Result:
+        """A revert job found queued (its runner died before its commit): run it here."""
+        assert job.reverts is not None
+        return self.run_revert_claim(job.partner_id, job.sha256, job.inbox, job.source, job.mode, job.reverts)
+
+    def _run_revert(self, job: Job, log) -> Result:
+        target = self.store.job(job.reverts or "")
+        partner = self.config.partners.get(job.partner_id)
+        diagnostics = DiagnosticsWriter(self.config.daemon.results_dir / job.partner_id, job.id)
+        started, clock = utcnow(), time.monotonic()
+
+        def outcome(counts: RevertCounts) -> Outcome:
+            if counts.conflicts:
+                skus, by = zip(*counts.conflicts, strict=True)
+                diagnostics.write(diagnostics_lines(
+                    pa.array([None] * len(skus), pa.int64()), pa.array(skus, pa.string()), severity=ERROR,
+                    column="sku", code="revert_conflict",
+                    message="changed again by a later job since (the value: that job): left as it is; "
+                            "jobs revert --force restores it too", values=pa.array(by, pa.string())))
+            status = JobStatus.PARTIAL if counts.conflicts else JobStatus.SUCCEEDED
+            merged = MergeCounts(staged=0, superseded=0, inserted=0, updated=counts.updated + counts.reactivated,
+                                 unchanged=0, deactivated=counts.deactivated)
+            message = (f"reverts job {target.id} ({target.source_name}): {counts.updated} products restored, "
+                       f"{counts.deactivated} it inserted deactivated, {counts.reactivated} it deactivated active "
+                       f"again; {len(counts.conflicts)} changed by a later job since, left as they are"
+                       + (f"; {counts.forced} of those restored all the same (--force)" if counts.forced else ""))
+            manifest = self._manifest(job, status, Totals(), merged, diagnostics.finish(), started, clock, None,
+                                      job.mode, dry_run=False, message=message)
+            manifest["reverts"] = target.id
+            manifest["rows"].update(reactivated=counts.reactivated, conflicts=len(counts.conflicts),
+                                    forced=counts.forced)
+            failpoints.reached("before_commit")
+            return Outcome(status=status, result=manifest, notify=_notify(partner))
+
+        try:
+            self.store.revert(job, target, force=job.mode == FORCED_REVERT_MODE, outcome=outcome)
+        except (Transient, StoreError) as exc:
+            diagnostics.discard()
+            manifest = self._manifest(job, JobStatus.FAILED, Totals(), None, None, started, clock, None, job.mode,
+                                      dry_run=False, message=str(exc))
+            self.store.finish(job, Outcome(status=JobStatus.FAILED, result=manifest, error=str(exc)))
+            log.error("job.failed", error=str(exc), error_type=type(exc).__name__, attempt=job.attempt)
+            return Result(JobStatus.FAILED, manifest, None)
+        failpoints.reached("after_commit")
+        job = self.store.job(job.id)
+        assert job.result is not None
+        log.info("job.applied", status=job.status, **{k: v for k, v in job.result["rows"].items() if v})
+        return self.report(job, job.result, None, log)
+
+    def approve(self, job_id: str, by: str) -> Job:
+        """A held file released by ``by``: queued, to be applied without the price check, and
+        recorded in the audit trail under their name."""
+        job = self.store.approve(job_id, by)
+        self.audit.append("job.approved", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
+                          source=job.source.as_dict(), actor=by, details={"held": (job.result or {}).get("price_shock")})
+        return job
+
+    def _write_changes(self, job: Job, name: str) -> None:
+        """What the job changed (``write_changes``), next to its manifest, written before it."""
+        path = self.config.daemon.results_dir / job.partner_id / name
+        with tempfiles.atomic(path) as out:
+            write_changes(self.store.job_changes(self.store.job(job.id)), out, "csv")
+
     def _manifest(self, job: Job, status: str, totals: Totals, counts, diagnostics: str | None,
                   started: str, clock: float, fmt: str | None, mode: str, *, dry_run: bool,
                   message: str | None = None) -> dict:
@@ -475,6 +576,8 @@ class Pipeline:
             "diagnostics": diagnostics, "started_at": started, "finished_at": utcnow(),
             "duration_ms": int((time.monotonic() - clock) * 1000), "version": __version__,
         }
+        if job.approved_by:
+            manifest["approved_by"] = job.approved_by
         if job.reapplies:
             manifest["reapplies"] = job.reapplies
             manifest.setdefault("message", f"the same content as job {job.reapplies}, applied again: the "
@@ -484,6 +587,15 @@ class Pipeline:
         if dry_run:
             manifest["dry_run"] = True
         return manifest
+
+
+def _price_rule(run: Run) -> PriceShockRule | None:
+    """The partner's price-shock hold, unless an admin approved this very file."""
+    if run.job.approved_by:
+        return None
+    p = run.partner
+    return PriceShockRule(factor=p.price_shock_factor, max_ratio=p.max_price_shock_ratio,
+                          min_products=p.price_shock_min_products)
 
 
 def _drop_copy(spooled: Path | None, status: str) -> None:

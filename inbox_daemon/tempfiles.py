@@ -15,7 +15,9 @@ import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def create(folder: Path, prefix: str) -> tuple[int, str]:
@@ -60,14 +62,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """``path`` holds either its old content or all of ``data``, never a part, across a crash:
-    a locked temporary file beside it, fsynced, renamed over it, the folder fsynced."""
+@contextlib.contextmanager
+def atomic(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: ``path`` holds either its old content or all that was
+    written, never a part, across a crash. A locked temporary file beside it, fsynced, renamed
+    over it when the block ends without an error, the folder fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = create(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -76,3 +80,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds either its old content or all of ``data`` (``atomic``)."""
+    with atomic(path) as fh:
+        fh.write(data)

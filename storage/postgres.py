@@ -30,6 +30,7 @@ import psycopg
 import psycopg.errors
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from psycopg import sql as pgsql
 from psycopg.copy import QueuedLibpqWriter
 
 from config.canonical import CANONICAL_SCHEMA
@@ -61,6 +62,17 @@ from storage.base import (
     split_statements,
     utcnow,
 )
+from storage.history import (
+    EXPORT_SCHEMA,
+    HistoryReads,
+    Jsonb,
+    PriceShockRule,
+    check_price_shock,
+    record_deactivations_sql,
+    record_updates_sql,
+    record_version_sql,
+    updated_rows,
+)
 from storage.outbox import WebhookOutbox
 
 CONNECT_TIMEOUT_S = 10
@@ -85,11 +97,42 @@ def _map_errors(exc: psycopg.Error) -> StoreError:
     return StoreError(str(exc))
 
 
-class PostgresStore(LedgerReads, WebhookOutbox):
+class _CopyStream(io.RawIOBase):
+    """A ``COPY … TO STDOUT`` as a file pyarrow reads from."""
+
+    def __init__(self, copy):
+        self._chunks = iter(copy)
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def empty(self) -> bool:
+        """Nothing at all came (pyarrow refuses an empty CSV)."""
+        if not self._left:
+            self._left = bytes(next(self._chunks, b""))
+        return not self._left
+
+    def readinto(self, buffer) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = bytes(chunk)
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+class PostgresStore(LedgerReads, HistoryReads, WebhookOutbox):
     """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
 
     PARAM = "%s"
     NULL_SAFE_EQUAL = "IS NOT DISTINCT FROM"
+    JSON = Jsonb()
+    TRUE, FALSE = "true", "false"
+    HASHED = False
 
     def __init__(self, url: str, *, password: str | None = None, lease: float = 30.0,
                  holder: str | None = None):
@@ -174,7 +217,8 @@ class PostgresStore(LedgerReads, WebhookOutbox):
 
     # -- ledger ---------------------------------------------------------------------------------
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-              mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
+              mode: str, spool_path: str | None, answered_if_same_file: bool = False,
+              reverts: str | None = None) -> Claim:
         now = utcnow()
         with self._transaction():
             # twice at most: a job another daemon inserted for this content meanwhile is seen on
@@ -184,8 +228,9 @@ class PostgresStore(LedgerReads, WebhookOutbox):
                 original = self._content_holder(partner_id, sha256, lock=True)
                 reapplies = None
                 if original is not None:
-                    expired = self._one("SELECT lease_until IS NULL OR lease_until < now() FROM jobs WHERE id = %s",
-                                        (original.id,))
+                    expired, holder = self._exec("SELECT lease_until IS NULL OR lease_until < now(), claimed_by"
+                                                 " FROM jobs WHERE id = %s", (original.id,))[0]
+                    expired = expired or holder_is_dead(holder)
                     if original.status in RUNNABLE or (original.status == JobStatus.RUNNING and expired):
                         return self._resume(original, inbox=inbox, source=source, fmt=fmt, mode=mode,
                                             spool_path=spool_path, now=now)
@@ -207,14 +252,14 @@ class PostgresStore(LedgerReads, WebhookOutbox):
                 job_id = new_job_id()
                 inserted = self._exec(
                     "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-                    " delivered_at, format, mode, status, attempt, spool_path, reapplies, created_at, started_at,"
-                    " lease_until, claimed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s,"
-                    " %s, now() + make_interval(secs => %s), %s)"
+                    " delivered_at, format, mode, status, attempt, spool_path, reapplies, reverts, created_at,"
+                    " started_at, lease_until, claimed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1,"
+                    " %s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)"
                     " ON CONFLICT (partner_id, sha256, (coalesce(reapplies, ''))) WHERE duplicate_of IS NULL"
                     " DO NOTHING RETURNING id",
                     (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-                     source.delivered_at, fmt, mode, JobStatus.RUNNING, spool_path, reapplies, now, now, self.lease,
-                     self.holder))
+                     source.delivered_at, fmt, mode, JobStatus.RUNNING, spool_path, reapplies, reverts, now, now,
+                     self.lease, self.holder))
                 if inserted:
                     self._start_attempt(job_id, 1, now)
                     return Claim("reapply" if reapplies else "new", self.job(job_id))
@@ -349,6 +394,48 @@ class PostgresStore(LedgerReads, WebhookOutbox):
         return chosen
 
     # -- catalog --------------------------------------------------------------------------------
+    def _next_version(self, partner_id: str) -> int:
+        """The partner's next catalog version; its row stays locked until the transaction ends,
+        so one partner's merges (on any daemon) commit one after the other, in version order."""
+        return self._one("INSERT INTO catalog_versions (partner_id, version) VALUES (%s, 1) ON CONFLICT (partner_id)"
+                         " DO UPDATE SET version = catalog_versions.version + 1 RETURNING version", (partner_id,))
+
+    def export(self, partner_id: str, since: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """(the partner's catalog version now, its products changed after ``since`` as batches),
+        read in one snapshot: ``COPY … TO STDOUT`` streamed through pyarrow's CSV reader (C++,
+        the server's CSV tells NULL from an empty string as the reader is told to)."""
+        try:
+            self._exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            version = self._one("SELECT coalesce(max(version), 0) FROM catalog_versions WHERE partner_id = %s",
+                                (partner_id,))
+            query = self._conn.cursor().copy(pgsql.SQL(
+                "COPY (SELECT {} FROM products WHERE partner_id = {} AND version > {}) TO STDOUT (FORMAT csv)").format(
+                pgsql.SQL(", ".join(EXPORT_SCHEMA.names)), pgsql.Literal(partner_id), pgsql.Literal(int(since))))
+            copy = query.__enter__()
+        except BaseException:
+            self._rollback()
+            raise
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                stream = _CopyStream(copy)
+                if stream.empty():
+                    query.__exit__(None, None, None)
+                    self._exec("COMMIT")
+                    return
+                reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names),
+                                        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                        convert_options=pacsv.ConvertOptions(
+                                            column_types=EXPORT_SCHEMA, strings_can_be_null=True,
+                                            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"]))
+                yield from reader
+                query.__exit__(None, None, None)
+                self._exec("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return version, batches()
+
     def load(self, job: Job, *, exclusive: bool = False) -> PostgresLoad:
         """``exclusive`` changes nothing here: every row is staged and compared inside the one
         transaction's merge statement, so nothing read before it can go stale."""
@@ -366,6 +453,7 @@ class PostgresLoad:
         self._rejected: list[pa.Table] = []
         self._unnamed = 0                       # rows staged without a name (they cannot create a product)
         self._copy: ExitStack | None = None
+        self._version = 0                       # the partner's catalog version this merge commits as
         store._exec("BEGIN")
         try:
             store._exec(
@@ -422,21 +510,38 @@ class PostgresLoad:
             except psycopg.Error as exc:
                 raise _map_errors(exc) from exc
 
-    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts:
+    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN,
+              hold: PriceShockRule | None = None) -> MergeCounts:
         """Apply the staged rows: each kept key's last row sets the ``columns`` the file
-        carries (the others stay as the catalog holds them); a snapshot deactivates the rest."""
+        carries (the others stay as the catalog holds them); a snapshot deactivates the rest.
+        What it changes is recorded (``storage.history``); ``hold``: ``PriceShockHeld`` instead
+        when its prices jump."""
         now = utcnow()
+        s, partner = self._s, self.job.partner_id
         try:
             self._finish_copy()
+            self._version = s._next_version(partner)     # first: one partner's merges in order
             # the whole file is sorted by key once: give that sort memory rather than temp files
-            self._s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+            s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+            s._exec(f'CREATE TEMP TABLE last ON COMMIT DROP AS SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row,'
+                    f' {", ".join(MERGED_COLUMNS)} FROM stage ORDER BY sku_key, "row" DESC')
+            # its size, for the planner: a small file's rows are then looked up in the partner's
+            # catalog by key, not joined with a scan of it
+            s._exec("ANALYZE last")
             behind = self._behind()
             deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind)
             keep = self._kept()
             unnamed = self._unnamed_rows(keep) if self._unnamed else ()
+            if s._one("SELECT EXISTS (SELECT 1 FROM products WHERE partner_id = %s)", (partner,)):
+                rows = s._sql(updated_rows("last l", keep, columns, "IS DISTINCT FROM", f" AND {_NOT_LATER}"))
+                if hold is not None and "price_cents" in columns.written:
+                    check_price_shock(s, rows, (partner, self._delivery), hold)
+                s._q(record_updates_sql(s.JSON, rows, columns, "IS DISTINCT FROM"),
+                     (partner, self._version, partner, self._delivery))
             staged, distinct, inserted, updated, stale = self._upsert(keep, now, behind, columns)
             if deactivated:
                 self._deactivate(now)
+            s._q(record_version_sql(), (self._version, self.job.id))
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated - stale - len(unnamed),
@@ -499,8 +604,6 @@ class PostgresLoad:
         name only updates."""
         cols = ", ".join(MERGED_COLUMNS)
         values = ", ".join(columns.insert_value(c, "true") for c in MERGED_COLUMNS)
-        last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {cols} FROM stage'
-                ' ORDER BY sku_key, "row" DESC')
         named = (" AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = %s"
                  " AND p.sku_key = l.sku_key))") if self._unnamed else ""
         changed = columns.differs("IS DISTINCT FROM")
@@ -512,21 +615,25 @@ class PostgresLoad:
                  f" ({columns.differs('IS DISTINCT FROM', 'l')}) FROM products"
                  " WHERE products.partner_id = %s AND products.sku_key = l.sku_key))") if behind else "0"
         return self._s._exec(
-            f"WITH last AS MATERIALIZED ({last}),"
-            f" up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id)"
-            f" SELECT %s, sku_key, {values}, %s, %s FROM last l WHERE {keep}{named}"
+            f"WITH up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id, version,"
+            f" created_version) SELECT %s, sku_key, {values}, %s, %s, %s, %s FROM last l WHERE {keep}{named}"
             f" ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
-            + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id"))
+            + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id", "version"))
             + f" WHERE ({changed}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
             f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
             f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh), {stale} FROM up",
-            (self.job.partner_id, now, self.job.id, *((self.job.partner_id,) if named else ()), self._delivery,
+            (self.job.partner_id, now, self.job.id, self._version, self._version,
+             *((self.job.partner_id,) if named else ()), self._delivery,
              *((self._delivery, self.job.partner_id) if behind else ())))[0]
 
     def _deactivate(self, now: str) -> None:
         """What ``_ABSENT`` names, but products a later delivery set."""
-        self._s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s"
-                      f" WHERE {_ABSENT} AND {_NOT_LATER}", (now, self.job.id, self.job.partner_id, self._delivery))
+        s, partner = self._s, self.job.partner_id
+        s._exec(s._sql(record_deactivations_sql(s.JSON, "true", "false", _ABSENT.replace("partner_id = %s AND ", ""),
+                                                f" AND {_NOT_LATER}")),
+                (partner, self._version, partner, self._delivery))
+        s._exec(f"UPDATE products SET active = false, updated_at = %s, source_job_id = %s, version = %s"
+                f" WHERE {_ABSENT} AND {_NOT_LATER}", (now, self.job.id, self._version, partner, self._delivery))
 
     def commit(self, outcome: Outcome) -> None:
         """Record the job's outcome in the merge's transaction and commit both together."""

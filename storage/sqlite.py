@@ -66,6 +66,16 @@ from storage.base import (
     split_statements as _statements,
 )
 from storage.changes import Existing, row_hashes
+from storage.history import (
+    EXPORT_SCHEMA,
+    HistoryReads,
+    PriceShockRule,
+    check_price_shock,
+    record_deactivations_sql,
+    record_updates_sql,
+    record_version_sql,
+    updated_rows,
+)
 from storage.outbox import WebhookOutbox
 
 BUSY_TIMEOUT_MS = 30_000
@@ -85,6 +95,9 @@ _THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are stag
 _LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.row AS last_row FROM"
                 " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
                 " JOIN temp.stage s ON s.rowid = k.at")
+
+
+_ZERO_OF = {True: "''", False: "0"}     # a text column's stand-in for NULL, and a number's
 
 
 # a product that no later delivery than this file's (the parameter) set
@@ -107,7 +120,7 @@ def _file_id(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-class SqliteStore(LedgerReads, WebhookOutbox):
+class SqliteStore(LedgerReads, HistoryReads, WebhookOutbox):
     """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection.
     Leases use the host's clock: every daemon sharing the file runs on this host."""
 
@@ -196,12 +209,13 @@ class SqliteStore(LedgerReads, WebhookOutbox):
 
     # -- ledger ---------------------------------------------------------------------------------
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
-              mode: str, spool_path: str | None, answered_if_same_file: bool = False) -> Claim:
+              mode: str, spool_path: str | None, answered_if_same_file: bool = False,
+              reverts: str | None = None) -> Claim:
         now = utcnow()
         with self._transaction():
             original = self._content_holder(partner_id, sha256)
             insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
-                                       source=source, fmt=fmt, mode=mode, now=now)
+                                       source=source, fmt=fmt, mode=mode, now=now, reverts=reverts)
             if original is None:
                 job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease))
                 self._start_attempt(job_id, 1, now)
@@ -234,20 +248,22 @@ class SqliteStore(LedgerReads, WebhookOutbox):
     def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
                     mode: str, now: str, status: JobStatus, spool_path: str | None = None,
                     duplicate_of: str | None = None, lease_until: str | None = None,
-                    reapplies: str | None = None) -> str:
+                    reapplies: str | None = None, reverts: str | None = None) -> str:
         job_id = new_job_id()
         self._exec(
             "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-            " delivered_at, format, mode, status, attempt, spool_path, duplicate_of, reapplies, created_at,"
-            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+            " delivered_at, format, mode, status, attempt, spool_path, duplicate_of, reapplies, reverts, created_at,"
+            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-             source.delivered_at, fmt, mode, status, spool_path, duplicate_of, reapplies, now, now, lease_until,
-             self.holder))
+             source.delivered_at, fmt, mode, status, spool_path, duplicate_of, reapplies, reverts, now, now,
+             lease_until, self.holder))
         return job_id
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
-        lease = self._one("SELECT lease_until FROM jobs WHERE id = ?", (job_id,))
-        return lease is None or lease < now
+        """Its lease ran out, or its holder is a process of this host that is gone (a command
+        killed mid-job: its own next run takes the job over at once)."""
+        lease, holder = self._exec("SELECT lease_until, claimed_by FROM jobs WHERE id = ?", (job_id,))[0]
+        return lease is None or lease < now or holder_is_dead(holder)
 
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at) VALUES (?, ?, ?)",
@@ -375,6 +391,41 @@ class SqliteStore(LedgerReads, WebhookOutbox):
         return ids
 
     # -- catalog --------------------------------------------------------------------------------
+    def _next_version(self, partner_id: str) -> int:
+        return self._one("INSERT INTO catalog_versions (partner_id, version, products) VALUES (?, 1, 0)"
+                         " ON CONFLICT (partner_id) DO UPDATE SET version = version + 1 RETURNING version",
+                         (partner_id,))
+
+    def export(self, partner_id: str, since: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """(the partner's catalog version now, its products changed after ``since`` as batches),
+        read in one snapshot. The driver types a column by its first rows, so every column is
+        read without NULLs plus a flag of where they were, and the NULLs put back in Arrow."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute("BEGIN")
+            cur.execute("SELECT coalesce(max(version), 0) FROM catalog_versions WHERE partner_id = ?", (partner_id,))
+            version = cur.fetchall()[0][0]
+            selected = ", ".join(f"coalesce({f.name}, {_ZERO_OF[pa.types.is_string(f.type)]}), {f.name} IS NULL"
+                                 for f in EXPORT_SCHEMA)
+            cur.execute(f"SELECT {selected} FROM products WHERE partner_id = ? AND version > ?", (partner_id, since))
+            reader = cur.fetch_record_batch()
+        except adbc_driver_manager.Error as exc:
+            cur.close()
+            raise _map_errors(exc) from exc
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    yield pa.RecordBatch.from_arrays(
+                        [pc.if_else(batch.column(2 * i + 1).cast(pa.bool_()), pa.scalar(None, f.type),
+                                    batch.column(2 * i).cast(f.type)) for i, f in enumerate(EXPORT_SCHEMA)],
+                        schema=EXPORT_SCHEMA)
+            finally:
+                reader.close()
+                cur.execute("COMMIT")
+                cur.close()
+        return version, batches()
+
     def load(self, job: Job, *, exclusive: bool = False) -> SqliteLoad:
         return SqliteLoad(self, job, exclusive=exclusive)
 
@@ -420,6 +471,7 @@ class SqliteLoad:
         self._unchanged_rows = 0
         self._unnamed = 0                      # rows staged without a name (they cannot create a product)
         self._columns = Columns()              # what the file sets, told by merge()
+        self._version = 0                      # the partner's catalog version this merge commits as
         self._pending: deque[Future] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._used: set[str] = set()              # temp tables written to, emptied at the end
@@ -519,9 +571,12 @@ class SqliteLoad:
         self._existing = Existing.from_table(table.filter(pc.is_valid(table.column("sku_key"))), version)
         return self._existing
 
-    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN) -> MergeCounts:
+    def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN,
+              hold: PriceShockRule | None = None) -> MergeCounts:
         """Apply the staged rows: each kept key's last row sets the ``columns`` the file
-        carries (the others stay as the catalog holds them); a snapshot deactivates the rest."""
+        carries (the others stay as the catalog holds them); a snapshot deactivates the rest.
+        What it changes is recorded (``storage.history``); ``hold``: ``PriceShockHeld`` instead
+        when its prices jump."""
         now = utcnow()
         self._columns = columns
         try:
@@ -539,6 +594,8 @@ class SqliteLoad:
                 # millions of keys would not be); into an empty catalog every one is inserted or kept
                 staged_keys = self._s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
             unnamed = self._unnamed_rows(keep) if self._unnamed else ()
+            if existing.products and self._staged_rows:
+                self._record_updates(keep, hold)
             written, inserted = self._upsert(keep, now, newest) if self._staged_rows else (0, 0)
             if staged_keys is None:
                 staged_keys = written + not_kept + len(unnamed)
@@ -547,6 +604,7 @@ class SqliteLoad:
                 self._refresh_hashes(keep)
             if absent:
                 self._deactivate(now)
+            self._s._exec(record_version_sql(), (self._version, self.job.id))
             self._bump_version(inserted)
             return self._counts(existing, staged_keys=staged_keys, blocked=blocked, written=written,
                                 inserted=inserted, deactivated=absent, stale=stale, unnamed=unnamed)
@@ -578,7 +636,18 @@ class SqliteLoad:
         if existing.checked and version != existing.version:
             raise CatalogChanged(f"the catalog of {partner} changed while job {self.job.id} was staged")
         self._behind = latest is not None and latest > self._delivery
+        self._version = version + 1          # what this merge commits as (``_bump_version``)
         return newest
+
+    def _record_updates(self, keep: str, hold: PriceShockRule | None) -> None:
+        """Before the upsert: the products it will update, checked for a price shock, and their
+        change records (the columns that change, before and after)."""
+        columns, partner = self._columns, self.job.partner_id
+        rows = updated_rows(f"({_LAST_STAGED}) l", keep, columns, "IS NOT", self._guard)
+        params = (partner, *self._guard_params)
+        if hold is not None and "price_cents" in columns.written:
+            check_price_shock(self._s, rows, params, hold)
+        self._s._exec(record_updates_sql(self._s.JSON, rows, columns, "IS NOT"), (partner, self._version, *params))
 
     def _to_deactivate(self, existing: Existing, mode: str, max_ratio: float) -> int:
         """How many keys a snapshot deactivates (into ``temp.absent``): those it has no row of,
@@ -634,12 +703,13 @@ class SqliteLoad:
         if self._unnamed:
             named = " AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key))"
         s._exec(
-            f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id)"
-            f" SELECT ?, sku_key, {values}, row_hash, ?, ? FROM ({_LAST_STAGED}) l"
+            f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id, version,"
+            f" created_version) SELECT ?, sku_key, {values}, row_hash, ?, ?, ?, ? FROM ({_LAST_STAGED}) l"
             f" WHERE {keep}{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
-            + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "updated_at", "source_job_id"))
+            + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "updated_at", "source_job_id", "version"))
             + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
-            (self.job.partner_id, now, self.job.id, *((self.job.partner_id,) if named else ()), *self._guard_params))
+            (self.job.partner_id, now, self.job.id, self._version, self._version,
+             *((self.job.partner_id,) if named else ()), *self._guard_params))
         # rows are inserted with rowids past the largest one before (products are never deleted)
         written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
                                     (newest,))[0]
@@ -663,9 +733,12 @@ class SqliteLoad:
 
     def _deactivate(self, now: str) -> None:
         """The keys in ``temp.absent`` (``_to_deactivate``), but those a later delivery set."""
-        self._s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?"
-                      " WHERE partner_id = ? AND sku_key IN (SELECT sku_key FROM temp.absent)" + self._guard,
-                      (now, self.job.id, self.job.partner_id, *self._guard_params))
+        absent = "sku_key IN (SELECT sku_key FROM temp.absent)"
+        self._s._exec(record_deactivations_sql(self._s.JSON, "1", "0", absent, self._guard),
+                      (self.job.partner_id, self._version, self.job.partner_id, *self._guard_params))
+        self._s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?, version = ?"
+                      f" WHERE partner_id = ? AND {absent}" + self._guard,
+                      (now, self.job.id, self._version, self.job.partner_id, *self._guard_params))
 
     @property
     def _guard(self) -> str:
