@@ -71,7 +71,6 @@ from storage.history import (
     record_deactivations_sql,
     record_updates_sql,
     record_version_sql,
-    updated_rows,
 )
 from storage.outbox import WebhookOutbox
 
@@ -532,13 +531,17 @@ class PostgresLoad:
             deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind)
             keep = self._kept()
             unnamed = self._unnamed_rows(keep) if self._unnamed else ()
+            touched, stale = "", 0
             if s._one("SELECT EXISTS (SELECT 1 FROM products WHERE partner_id = %s)", (partner,)):
-                rows = s._sql(updated_rows("last l", keep, columns, "IS DISTINCT FROM", f" AND {_NOT_LATER}"))
+                stale = self._diff(keep, columns, behind)
+                # the products the merge updates, joined with their rows of the file
+                rows = (" FROM diff d JOIN last l ON l.sku_key = d.sku_key JOIN products ON products.partner_id = %s"
+                        " AND products.sku_key = d.sku_key WHERE d.changed AND d.current")
                 if hold is not None and "price_cents" in columns.written:
-                    check_price_shock(s, rows, (partner, self._delivery), hold)
-                s._q(record_updates_sql(s.JSON, rows, columns, "IS DISTINCT FROM"),
-                     (partner, self._version, partner, self._delivery))
-            staged, distinct, inserted, updated, stale = self._upsert(keep, now, behind, columns)
+                    check_price_shock(s, rows, (partner,), hold)
+                s._q(record_updates_sql(s.JSON, rows, columns, "IS DISTINCT FROM"), (partner, self._version, partner))
+                touched = " AND l.sku_key IN (SELECT sku_key FROM diff WHERE fresh OR (changed AND current))"
+            staged, distinct, inserted, updated = self._upsert(keep, now, columns, touched)
             if deactivated:
                 self._deactivate(now)
             s._q(record_version_sql(), (self._version, self.job.id))
@@ -596,35 +599,44 @@ class PostgresLoad:
             " (SELECT 1 FROM products p WHERE p.partner_id = %s AND p.sku_key = l.sku_key) ORDER BY l.last_row",
             (self.job.partner_id,)))
 
-    def _upsert(self, keep: str, now: str, behind: bool, columns: Columns) -> tuple[int, int, int, int, int]:
-        """One statement: the last row per key (sorted once, in key order), the upsert of the kept
-        ones skipping unchanged rows and products a later delivery set, and the counts: (rows
-        staged, keys kept, rows inserted, rows updated, rows left stale). Only the columns the
-        file carries are updated; a new product without ``active`` is active; a row without a
-        name only updates."""
+    def _diff(self, keep: str, columns: Columns, behind: bool) -> int:
+        """Each kept key's row of the file against the catalog, once (``temp diff``): new, or
+        changing its product, and whether that product is this file's to change (no later
+        delivery set it). The upsert then touches only the new and changing rows, and a re-sent
+        catalog costs one join rather than a conflict check per row. The partner's catalog
+        cannot move meanwhile: its merges queue on its version (``_next_version``). Returns the
+        rows left stale."""
+        current = f"NOT changed OR ({_NOT_LATER})" if behind else "true"
+        self._s._exec(
+            f"CREATE TEMP TABLE diff ON COMMIT DROP AS SELECT sku_key, fresh, changed, {current} AS current FROM"
+            f" (SELECT l.sku_key, products.sku_key IS NULL AS fresh, products.sku_key IS NOT NULL AND"
+            f" ({columns.differs('IS DISTINCT FROM', 'l')}) AS changed, products.source_job_id FROM last l LEFT JOIN"
+            f" products ON products.partner_id = %s AND products.sku_key = l.sku_key WHERE {keep}) products",
+            (*((self._delivery,) if behind else ()), self.job.partner_id))
+        self._s._exec("ANALYZE diff")
+        return self._s._one("SELECT count(*) FROM diff WHERE changed AND NOT current")
+
+    def _upsert(self, keep: str, now: str, columns: Columns, touched: str) -> tuple[int, int, int, int]:
+        """One statement: the upsert of the kept rows (``touched``: only those ``_diff`` found
+        new or changing their product) and the counts: (rows staged, keys kept, rows inserted,
+        rows updated). Only the columns the file carries are updated; a new product without
+        ``active`` is active; a row without a name only updates. Unchanged rows and products a
+        later delivery set are left alone by the update's condition all the same."""
         cols = ", ".join(MERGED_COLUMNS)
         values = ", ".join(columns.insert_value(c, "true") for c in MERGED_COLUMNS)
         named = (" AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = %s"
                  " AND p.sku_key = l.sku_key))") if self._unnamed else ""
         changed = columns.differs("IS DISTINCT FROM")
-        # the statement's snapshot is from before the upsert: the rows it counts stale are the
-        # differing ones whose product holds a later delivery, which the upsert leaves alone
-        # (a subquery per row of the file, each an index lookup: a join would have the planner
-        # scan the partner's catalog whenever its statistics lag behind its growth)
-        stale = (f"(SELECT count(*) FROM last l WHERE {keep} AND (SELECT NOT {_NOT_LATER} AND"
-                 f" ({columns.differs('IS DISTINCT FROM', 'l')}) FROM products"
-                 " WHERE products.partner_id = %s AND products.sku_key = l.sku_key))") if behind else "0"
         return self._s._exec(
             f"WITH up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id, version,"
-            f" created_version) SELECT %s, sku_key, {values}, %s, %s, %s, %s FROM last l WHERE {keep}{named}"
+            f" created_version) SELECT %s, sku_key, {values}, %s, %s, %s, %s FROM last l WHERE {keep}{named}{touched}"
             f" ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
             + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id", "version"))
             + f" WHERE ({changed}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
             f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
-            f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh), {stale} FROM up",
+            f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
             (self.job.partner_id, now, self.job.id, self._version, self._version,
-             *((self.job.partner_id,) if named else ()), self._delivery,
-             *((self._delivery, self.job.partner_id) if behind else ())))[0]
+             *((self.job.partner_id,) if named else ()), self._delivery))[0]
 
     def _deactivate(self, now: str) -> None:
         """What ``_ABSENT`` names, but products a later delivery set."""

@@ -97,6 +97,7 @@ _LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ",
                 " JOIN temp.stage s ON s.rowid = k.at")
 
 
+EXPORT_BATCH_ROWS = 16_384
 _ZERO_OF = {True: "''", False: "0"}     # a text column's stand-in for NULL, and a number's
 
 
@@ -402,6 +403,8 @@ class SqliteStore(LedgerReads, HistoryReads, WebhookOutbox):
         read without NULLs plus a flag of where they were, and the NULLs put back in Arrow."""
         cur = self._conn.cursor()
         try:
+            # batches of 16 Ki rows: Parquet row groups of a useful size, a few MB each in memory
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(EXPORT_BATCH_ROWS)})
             cur.execute("BEGIN")
             cur.execute("SELECT coalesce(max(version), 0) FROM catalog_versions WHERE partner_id = ?", (partner_id,))
             version = cur.fetchall()[0][0]
