@@ -30,7 +30,7 @@ class Catalog:
     def __init__(self, root: Path, cli, url: str | None, **partner):
         self.root, self._cli, self.url = root, cli, url
         store = f'[store]\nurl = {json.dumps(url)}\n' if url else ""
-        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in partner.items())
+        extra = "".join(f"{k} = {v if k == 'webhook' else json.dumps(v)}\n" for k, v in partner.items())
         self.cfg = root / "cfg.toml"
         self.cfg.write_text(f'{store}[[partners]]\nid = "p"\nmax_deactivate_ratio = 0.5\n{extra}')
         self._n = 0
@@ -154,7 +154,7 @@ def test_write_changes_puts_the_change_set_next_to_the_manifest(catalog, workdir
 # -- revert ----------------------------------------------------------------------------------------
 
 def test_revert_of_a_snapshot_restores_updates_inserts_and_deactivations_as_a_job_of_its_own(catalog, workdir):
-    c = catalog()
+    c = catalog(webhook='{ url = "http://127.0.0.1:9/hook", allow_private = true }')
     c.ingest(FIRST)
     second = c.ingest([["A1", "Apple", "1.50", "5"], ["B2", "Banana", "2.00", "6"], ["D4", "Date", "4.00", "1"]],
                       mode="snapshot")
@@ -171,6 +171,9 @@ def test_revert_of_a_snapshot_restores_updates_inserts_and_deactivations_as_a_jo
     catalog_now = c.products()
     assert (catalog_now["a1"]["price_cents"], catalog_now["c3"]["active"], catalog_now["d4"]["active"]) == (100, 1, 0)
     assert (workdir / "var" / "results" / "p" / f"{manifest['job_id']}.result.json").is_file()
+    # the partner is told, like of any job (the running daemon's sender delivers it)
+    webhooks = json.loads(c.cli("jobs", "show", manifest["job_id"]).out)["webhooks"]
+    assert len(webhooks) == 1 and webhooks[0]["status"] == "pending"
     audit = "".join(p.read_text() for p in (workdir / "var" / "audit").glob("*.jsonl"))
     assert manifest["job_id"] in audit
     again = c.cli("jobs", "revert", second["job_id"])
