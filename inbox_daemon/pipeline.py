@@ -484,7 +484,7 @@ class Pipeline:
         """Undo what job ``target_id`` changed, as a job of its own (``storage.history``): one
         per job reverted, so a revert cut off by a crash is run again, never twice."""
         target = self.store.job(target_id)
-        if target.reverts is None and (done := self.store.revert_of(target)) is not None:
+        if (done := self.store.revert_of(target)) is not None:
             raise JobNotFound(f"job {target.id} was reverted by job {done.id} already (jobs revert {done.id} "
                               "undoes that revert)")
         self.store.change_set_of(target)        # one to revert, else why not

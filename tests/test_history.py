@@ -370,3 +370,29 @@ def test_a_revert_killed_before_its_commit_is_finished_by_the_daemon_at_its_star
     assert _price(c, "a1") == 100
     reverts = [j for j in json.loads(c.cli("jobs", "list", "--json").out) if j["reverts"] == second["job_id"]]
     assert [(j["status"], j["attempt"]) for j in reverts] == [("succeeded", 2)]
+
+
+def test_the_running_daemon_prunes_change_sets_past_history_days(workdir, cli):
+    c = Catalog(workdir, cli, None)
+    c.ingest(FIRST)
+    second = c.ingest([["A1", "Apple", "1.50", "5"]])
+    assert c.changes() == 1
+    c.cfg.write_text("[daemon]\nhistory_days = 0\n" + c.cfg.read_text())
+
+    ran = run_cli("run", "--once", "--config", c.cfg, cwd=workdir, timeout=120)
+
+    assert ran.returncode == 0, ran.stderr
+    assert c.changes() == 0 and '"history.pruned"' in ran.stdout
+    assert "pruned" in c.cli("jobs", "diff", second["job_id"]).err
+    assert _price(c, "a1") == 150                       # the catalog itself is untouched
+
+
+def test_export_since_a_time_gives_what_changed_after_it(catalog):
+    c = catalog()
+    c.ingest(FIRST)
+    first_done = json.loads(c.cli("jobs", "list", "--json").out)[0]["finished_at"]
+    c.ingest([["C3", "Cherry", "3.30", "7"]])
+    rows = list(csv.DictReader(io.StringIO(c.cli("catalog", "export", "--partner", "p", "--since", first_done).out)))
+    assert [(r["sku"], r["price_cents"]) for r in rows] == [("C3", "330")]
+    before = c.cli("catalog", "export", "--partner", "p", "--since", "2000-01-01")
+    assert len(list(csv.DictReader(io.StringIO(before.out)))) == 3
