@@ -30,14 +30,20 @@ def _gtin(rnd: random.Random) -> str:
     return gtin12 + str((10 - weighted % 10) % 10)
 
 
-def generate(path: Path, rows: int, seed: int = 42) -> None:
+def generate(path: Path, rows: int, seed: int = 42, *, order: str = "sorted") -> None:
+    """``order``: "sorted" writes the keys in order (sku-0000000, sku-0000001, …); "random"
+    writes key number n as the n-th of a shuffled 0 … rows-1, as most exports come, with the
+    same rows and duplicates otherwise."""
+    number = list(range(rows))
+    if order == "random":
+        random.Random(seed + 1).shuffle(number)
     rnd = random.Random(seed)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(HEADER)
         for i in range(rows):
             n = rnd.randrange(int(rows * 0.9)) if rnd.random() < 0.1 else i
-            sku = f"SKU-{n:07d}"
+            sku = f"SKU-{number[n]:07d}"
             if rnd.random() < 0.5:
                 sku = sku.lower()
             desc = " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(8, 20)))
@@ -72,13 +78,13 @@ def change(src: Path, dst: Path, fraction: float, seed: int = 7) -> int:
     return changed
 
 
-def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int = 42) -> Path:
+def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int = 42, order: str = "sorted") -> Path:
     """The generated file for ``rows`` (and its ``changed`` snapshot), made once per folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = folder / f"catalog-{rows}-s{seed}-v{GENERATOR_VERSION}.csv"
+    base = folder / f"catalog-{rows}-s{seed}-v{GENERATOR_VERSION}{'-random' if order == 'random' else ''}.csv"
     if not base.exists():
         tmp = base.with_suffix(".tmp")
-        generate(tmp, rows, seed)
+        generate(tmp, rows, seed, order=order)
         tmp.rename(base)
     if changed is None:
         return base

@@ -126,6 +126,10 @@ def sqlite_paths(args, cache: Path, root: Path) -> list[Figure]:
     changed = cached(cache, args.rows, changed=0.01)
     fl = Figure("floor: pyarrow + one set-based upsert, fresh", args.rows)
     dm = Figure(FRESH, args.rows, reference=fl.path, target="≤ 1.2 × floor", limit=1.2)
+    scattered = cached(cache, args.rows, order="random")
+    flx = Figure("floor: fresh, keys in random order", args.rows)
+    dmx = Figure("inbox-daemon ingest, fresh, keys in random order", args.rows, reference=flx.path,
+                 target="≤ 1.2 × floor (the same file)", limit=1.2)
     flr = Figure("floor: full re-import of the 1%-changed snapshot", args.rows)
     dmr = Figure("inbox-daemon ingest, 1%-changed snapshot re-ingested", args.rows, reference=flr.path,
                  target="≤ 0.3 × floor's full re-import", limit=0.3)
@@ -137,10 +141,15 @@ def sqlite_paths(args, cache: Path, root: Path) -> list[Figure]:
         add(dm, daemon_ingest(feed, work))
         summary = add(dmr, daemon_ingest(changed, work))
         shutil.rmtree(work)
+        work.mkdir()
+        add(flx, floor(work / "floor.db", scattered, work))
+        add(dmx, daemon_ingest(scattered, work))
+        shutil.rmtree(work)
         print(f"  run {i + 1}: floor {fl.seconds[-1]:.2f} s, daemon {dm.seconds[-1]:.2f} s; re-import: "
-              f"floor {flr.seconds[-1]:.2f} s, daemon {dmr.seconds[-1]:.2f} s", flush=True)
+              f"floor {flr.seconds[-1]:.2f} s, daemon {dmr.seconds[-1]:.2f} s; keys in random order: floor "
+              f"{flx.seconds[-1]:.2f} s, daemon {dmx.seconds[-1]:.2f} s", flush=True)
     dmr.note = summary.splitlines()[0]
-    return [fl, dm, flr, dmr]
+    return [fl, dm, flx, dmx, flr, dmr]
 
 
 def peers(args, cache: Path, root: Path, daemon: Figure) -> list[Figure]:
