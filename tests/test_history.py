@@ -396,3 +396,12 @@ def test_export_since_a_time_gives_what_changed_after_it(catalog):
     assert [(r["sku"], r["price_cents"]) for r in rows] == [("C3", "330")]
     before = c.cli("catalog", "export", "--partner", "p", "--since", "2000-01-01")
     assert len(list(csv.DictReader(io.StringIO(before.out)))) == 3
+
+
+def test_history_finds_a_product_by_its_sku_as_the_catalog_keys_it(workdir, cli):
+    c = Catalog(workdir, cli, None)
+    c.ingest([["STRAßE-1", "Street sign", "1.00", "1"], ["İSTANBUL-2", "City map", "2.00", "1"]])
+    for sku in ("straße-1", " STRAßE-1 ", "İSTANBUL-2"):
+        result = c.cli("catalog", "history", sku, "--partner", "p", "--json")
+        assert result.code == 0, result.err
+        assert json.loads(result.out)[0]["change"] == "inserted"
