@@ -342,7 +342,7 @@ def cmd_catalog(args) -> int:
             return EXIT_OK
         from inbox_daemon.exports import write_catalog
         from storage.history import EXPORT_SCHEMA
-        since = store.since_version(partner.id, args.since) if args.since else 0
+        since = store.since_version(partner.id, args.since) if args.since else -1     # every product
         out = _binary_out(args.format)
         version, batches = store.export(partner.id, since)
         count = write_catalog(batches, EXPORT_SCHEMA, out, args.format)

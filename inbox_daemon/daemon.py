@@ -54,8 +54,8 @@ INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing", "stu
 STOP_MARGIN = 3.0           # seconds past stop_timeout a stop waits for workers a closed inbox set free
 
 
-PRUNE_EVERY_S = 60.0         # how often the heartbeat prunes change sets past history_days
-PRUNE_BATCHES = 4            # at most this many batches (of 5,000 rows, each its own transaction) a time
+PRUNE_EVERY_S = 60.0         # how often the pruner deletes change sets past history_days
+PRUNE_BATCHES = 4            # at most this many batches (of 5,000 rows, each its own transaction) per partner a time
 
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None, once: bool = False,
@@ -86,6 +86,7 @@ class Daemon:
         self._scans_pending = 0                     # requested, not yet done (``--once`` waits)
         self._scanner: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
+        self._pruner: threading.Thread | None = None
         self._in_flight = 0
         self._workers: list[threading.Thread] = []
         self._health_state: tuple[bool, dict] = (False, {"starting": True})
@@ -136,6 +137,8 @@ class Daemon:
         self._heartbeat_ok = True
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._heartbeat.start()
+        self._pruner = threading.Thread(target=self._pruner_loop, name="pruner", daemon=True)
+        self._pruner.start()
         for n in range(cfg.daemon.workers):
             worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
             worker.start()
@@ -233,6 +236,8 @@ class Daemon:
             self._scanner.join(timeout=STOP_MARGIN)
         if self._heartbeat is not None:      # after the workers: their leases live until they end
             self._heartbeat.join(timeout=STOP_MARGIN)
+        if self._pruner is not None:
+            self._pruner.join(timeout=STOP_MARGIN)
         for inbox in inboxes:
             inbox.close()
         self.webhooks.close(timeout=2.0)
@@ -421,7 +426,7 @@ class Daemon:
         """Renew what this daemon holds; queue what dead daemons held. Own store connection:
         the workers' are busy inside their transactions."""
         period = max(self.config.store.lease / 3, 0.2)
-        store, next_beat, next_prune = None, 0.0, 0.0
+        store, next_beat = None, 0.0
         while True:
             if time.monotonic() < next_beat:
                 # stop only once the workers are done: an in-flight job keeps its lease to the end
@@ -437,16 +442,33 @@ class Daemon:
                 if expired:
                     self.log.warning("jobs.lease_expired", jobs=expired,
                                      reason="their daemon stopped renewing them; queued to run again")
-                if time.monotonic() >= next_prune:
-                    # change sets past history_days: a few small batches a minute, never a long lock
-                    next_prune = time.monotonic() + PRUNE_EVERY_S
-                    pruned = store.prune_history(self.config.daemon.history_days, max_batches=PRUNE_BATCHES)
-                    if pruned:
-                        self.log.info("history.pruned", changes=pruned, history_days=self.config.daemon.history_days)
                 self._heartbeat_ok = True
             except Exception as exc:  # noqa: BLE001 — the heartbeat must outlive any store trouble
                 self._heartbeat_ok = False
                 self.log.error("store.heartbeat_failed", error=str(exc), error_type=type(exc).__name__)
+                if store is not None:
+                    store.close()
+                    store = None
+        if store is not None:
+            store.close()
+
+    def _pruner_loop(self) -> None:
+        """Change sets past ``history_days``: a few small batches per partner a minute, each its
+        own short transaction, on a thread and connection of their own (waiting for a partner's
+        merge to commit never holds up the heartbeat)."""
+        store, next_prune = None, 0.0
+        while not self._stopping.is_set():
+            if time.monotonic() < next_prune:
+                self._stopping.wait(0.5)
+                continue
+            next_prune = time.monotonic() + PRUNE_EVERY_S
+            try:
+                store = store or open_store(self.config.store)
+                pruned = store.prune_history(self.config.daemon.history_days, max_batches=PRUNE_BATCHES)
+                if pruned:
+                    self.log.info("history.pruned", changes=pruned, history_days=self.config.daemon.history_days)
+            except Exception as exc:  # noqa: BLE001 — pruning is tried again at the next minute
+                self.log.warning("history.prune_failed", error=str(exc), error_type=type(exc).__name__)
                 if store is not None:
                     store.close()
                     store = None

@@ -459,7 +459,7 @@ class Pipeline:
         """Files for people, after the outcome is durable. Safe to repeat (claim 'unreported')."""
         try:
             if manifest.get("changes"):
-                self._write_changes(job, manifest["changes"])
+                self._write_changes(job, manifest)
             path = write_manifest(self.config.daemon.results_dir, manifest)
             failpoints.reached("after_manifest")
             record = self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
@@ -484,10 +484,9 @@ class Pipeline:
         """Undo what job ``target_id`` changed, as a job of its own (``storage.history``): one
         per job reverted, so a revert cut off by a crash is run again, never twice."""
         target = self.store.job(target_id)
-        if (done := self.store.revert_of(target)) is not None:
-            raise JobNotFound(f"job {target.id} was reverted by job {done.id} already (jobs revert {done.id} "
-                              "undoes that revert)")
-        self.store.change_set_of(target)        # one to revert, else why not
+        # refused early with the reason (the revert's transaction checks both again, under its lock)
+        self.store.check_not_reverted(target, force=force)
+        self.store.change_set_of(target)
         source = Source(uri=f"revert:{target.id}", name=f"revert of {target.source_name}", size=0)
         return self.run_revert_claim(target.partner_id, revert_identity(target, force), target.inbox, source,
                                      FORCED_REVERT_MODE if force else REVERT_MODE, target.id)
@@ -539,6 +538,16 @@ class Pipeline:
 
         try:
             self.store.revert(job, target, force=job.mode == FORCED_REVERT_MODE, outcome=outcome)
+        except JobNotFound as exc:
+            # nothing to revert any more (pruned meanwhile, or reverted by another revert first)
+            diagnostics.discard()
+            manifest = self._manifest(job, JobStatus.REJECTED, Totals(), None, None, started, clock, None, job.mode,
+                                      dry_run=False, message=str(exc))
+            manifest["reverts"] = target.id
+            self.store.finish(job, Outcome(status=JobStatus.REJECTED, result=manifest, error=str(exc),
+                                           notify=_notify(partner)))
+            log.warning("job.rejected", reason=str(exc))
+            return self.report(job, manifest, None, log)
         except (Transient, StoreError) as exc:
             diagnostics.discard()
             manifest = self._manifest(job, JobStatus.FAILED, Totals(), None, None, started, clock, None, job.mode,
@@ -560,11 +569,17 @@ class Pipeline:
                           source=job.source.as_dict(), actor=by, details={"held": (job.result or {}).get("price_shock")})
         return job
 
-    def _write_changes(self, job: Job, name: str) -> None:
-        """What the job changed (``write_changes``), next to its manifest, written before it."""
-        path = self.config.daemon.results_dir / job.partner_id / name
-        with tempfiles.atomic(path) as out:
-            write_changes(self.store.job_changes(self.store.job(job.id)), out, "csv")
+    def _write_changes(self, job: Job, manifest: dict) -> None:
+        """What the job changed (``write_changes``), next to its manifest, written before it. A
+        change set pruned before the report (``history_days = 0``, a report long delayed) leaves
+        the manifest without it."""
+        try:
+            changes = self.store.job_changes(self.store.job(job.id))
+        except JobNotFound:
+            manifest.pop("changes")
+            return
+        with tempfiles.atomic(self.config.daemon.results_dir / job.partner_id / manifest["changes"]) as out:
+            write_changes(changes, out, "csv")
 
     def _manifest(self, job: Job, status: str, totals: Totals, counts, diagnostics: str | None,
                   started: str, clock: float, fmt: str | None, mode: str, *, dry_run: bool,

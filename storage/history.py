@@ -192,8 +192,9 @@ def record_version_sql() -> str:
 
 
 def revert_identity(target: Job, force: bool) -> str:
-    """The "content" of a revert job: one per job reverted (and per force), so it runs once."""
-    return hashlib.sha256(f"revert {target.id}{' force' if force else ''}".encode()).hexdigest()
+    """The "content" of a revert job: one per job reverted (and per force), so it runs once;
+    prefixed, so that no file's sha256 can ever be it."""
+    return "revert:" + hashlib.sha256(f"revert {target.id}{' force' if force else ''}".encode()).hexdigest()
 
 
 # -- reads and the revert, the same on every store -------------------------------------------------
@@ -312,17 +313,21 @@ class HistoryReads:
         if not product:
             raise JobNotFound(f"partner {partner} has no product {sku!r}")
         created, *values = product[0]
+        pruned = self._one(self._sql("SELECT pruned_through FROM catalog_versions WHERE partner_id = ?"),
+                           (partner,)) or 0
         js = self.JSON
         changes = self._q(f"SELECT version, kind, {js.text('before')}, {js.text('after')} FROM changes"
                           " WHERE partner_id = ? AND sku_key = ? ORDER BY version DESC", (partner, key))
         events = [{"version": v, "change": kind, "before": _values(b), "after": _values(a)}
                   for v, kind, b, a in changes]
         if created:
+            # the row as inserted: the row now, each change's before laid over it, newest first;
+            # unknown once changes between were pruned
             row = _normalized(dict(zip(HISTORY_COLUMNS, values)))
             for event in events:
                 row.update(event["before"])
             events.append({"version": created, "change": INSERTED, "before": {},
-                           "after": {c: v for c, v in row.items() if v is not None}})
+                           "after": {} if created <= pruned else {c: v for c, v in row.items() if v is not None}})
         jobs = self._jobs_at(partner, {e["version"] for e in events})
         for event in events:
             job_id, name, at, mode, reverts = jobs.get(event["version"], (None, None, None, None, None))
@@ -348,8 +353,9 @@ class HistoryReads:
             raise JobNotFound(f"--since {since!r} is neither a job id nor a time (2026-12-01T00:00:00Z)") from None
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
         at = when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return self._one(self._sql("SELECT coalesce(max(catalog_version), 0) FROM jobs WHERE partner_id = ?"
-                                   " AND finished_at <= ?"), (partner, at)) or 0
+        # before any job: every product, those of a catalog older than change sets (version 0) too
+        return self._one(self._sql("SELECT coalesce(max(catalog_version), -1) FROM jobs WHERE partner_id = ?"
+                                   " AND finished_at <= ?"), (partner, at))
 
     def cursor(self, partner: str, version: int) -> str | None:
         """The job id that stands for ``version`` as the next export's ``--since``."""
@@ -397,9 +403,10 @@ class HistoryReads:
     def _apply_revert(self, job_id: str, target: Job, *, force: bool, now: str) -> RevertCounts:
         """Inside the revert job's transaction: restore what ``target`` changed, record the
         revert's own changes, move the partner's catalog to a new version."""
-        old = self.change_set_of(target)
         partner, js = target.partner_id, self.JSON
-        new = self._next_version(partner)
+        new = self._next_version(partner)       # first: the partner's writers (merges, prunes) wait now
+        old = self.change_set_of(target)
+        self.check_not_reverted(target, force=force, but=job_id)
         conflicts = self.revert_plan(target)
         only = "" if force else " AND p.version = ?"
         only_params = () if force else (old,)
@@ -425,11 +432,16 @@ class HistoryReads:
                             reactivated=counts.get(REACTIVATED, 0), forced=len(conflicts) if force else 0,
                             conflicts=() if force else tuple((sku, by) for sku, _, by in conflicts))
 
-    def revert_of(self, target: Job) -> Job | None:
-        """The revert job of ``target`` that went through, if any."""
-        rows = self._q(f"SELECT id FROM jobs WHERE reverts = ? AND status IN ({', '.join('?' * len(APPLIED))})"
-                       " ORDER BY created_at DESC LIMIT 1", (target.id, *sorted(APPLIED)))
-        return self.job(rows[0][0]) if rows else None
+    def check_not_reverted(self, target: Job, *, force: bool, but: str | None = None) -> None:
+        """``JobNotFound`` when a revert of ``target`` (other than ``but``) went through already.
+        A forced one may follow a revert that was not: it restores what that one left as
+        conflicts (the rest it finds restored already)."""
+        rows = self._q(f"SELECT id, mode FROM jobs WHERE reverts = ? AND id <> ? AND status IN"
+                       f" ({', '.join('?' * len(APPLIED))}) ORDER BY created_at DESC", (target.id, but or "", *sorted(APPLIED)))
+        done = [job_id for job_id, mode in rows if not force or mode == FORCED_REVERT_MODE]
+        if done:
+            raise JobNotFound(f"job {target.id} was reverted by job {done[0]} already (jobs revert {done[0]} "
+                              "undoes that revert)")
 
     # -- the hold -------------------------------------------------------------------------------
     def approve(self, job_id: str, by: str) -> Job:
@@ -444,8 +456,7 @@ class HistoryReads:
     def prune_history(self, days: float, *, batch: int = 5_000, max_batches: int | None = None) -> int:
         """Change sets of jobs finished more than ``days`` ago are deleted, ``batch`` rows per
         transaction (each holds the write lock only that long), at most ``max_batches`` of them
-        (the rest at the next call). Returns the rows deleted."""
-        batches = 0
+        per partner (the rest at the next call). Returns the rows deleted."""
         cutoff = utc_in(-days * 86_400)
         deleted = 0
         for partner, through in self._q("SELECT partner_id, max(catalog_version) FROM jobs WHERE finished_at < ?"
@@ -453,16 +464,15 @@ class HistoryReads:
             with self._transaction():
                 self._q("UPDATE catalog_versions SET pruned_through = ? WHERE partner_id = ? AND pruned_through < ?",
                         (through, partner, through))
+            batches = 0
             while True:
                 with self._transaction():
                     where = self.JSON.some_rows(self._sql("partner_id = ? AND version <= ?"), batch)
                     rows = self._q(f"DELETE FROM changes WHERE {where} RETURNING 1", (partner, through))
                 deleted += len(rows)
                 batches += 1
-                if max_batches is not None and batches >= max_batches:
-                    return deleted
-                if len(rows) < batch:
-                    break
+                if len(rows) < batch or (max_batches is not None and batches >= max_batches):
+                    break           # the rest of this partner's at the next call; the next partner now
         return deleted
 
     def _transaction(self):

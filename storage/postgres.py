@@ -425,7 +425,7 @@ class PostgresStore(LedgerReads, HistoryReads, WebhookOutbox):
                 reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(column_names=EXPORT_SCHEMA.names),
                                         parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                         convert_options=pacsv.ConvertOptions(
-                                            column_types=EXPORT_SCHEMA, strings_can_be_null=True,
+                                            column_types=EXPORT_SCHEMA, strings_can_be_null=True, null_values=[""],
                                             quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"]))
                 yield from reader
                 query.__exit__(None, None, None)

@@ -9,6 +9,7 @@ write lock is held only for the merge and the job's outcome, which commit togeth
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -413,6 +414,8 @@ class SqliteStore(LedgerReads, HistoryReads, WebhookOutbox):
             cur.execute(f"SELECT {selected} FROM products WHERE partner_id = ? AND version > ?", (partner_id, since))
             reader = cur.fetch_record_batch()
         except adbc_driver_manager.Error as exc:
+            with contextlib.suppress(adbc_driver_manager.Error):
+                cur.execute("ROLLBACK")      # the BEGIN, when it was taken
             cur.close()
             raise _map_errors(exc) from exc
 

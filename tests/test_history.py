@@ -200,6 +200,11 @@ def test_revert_leaves_products_changed_later_as_conflicts_and_force_restores_th
     assert (_price(c, "a1"), _price(c, "b2")) == (175, 200)
     lines = list(csv.DictReader(io.StringIO((workdir / "var" / "results" / "p" / reverted["diagnostics"]).read_text())))
     assert [(r["sku"], r["code"], r["value"]) for r in lines] == [("A1", "revert_conflict", third["job_id"])]
+    # as its diagnostics say: --force afterwards restores the conflict too (the rest is restored)
+    forced_after = c.cli("jobs", "revert", second["job_id"], "--force", "--json").json()
+    assert forced_after["status"] == "succeeded" and forced_after["rows"]["updated"] == 1
+    assert (_price(c, "a1"), _price(c, "b2")) == (100, 200)
+    assert c.cli("jobs", "revert", second["job_id"], "--force").code == 2
 
     c2 = catalog()         # the same story, forced
     first2 = c2.ingest([["X", "Xylophone", "1.00", "1"]])
@@ -405,3 +410,22 @@ def test_history_finds_a_product_by_its_sku_as_the_catalog_keys_it(workdir, cli)
         result = c.cli("catalog", "history", sku, "--partner", "p", "--json")
         assert result.code == 0, result.err
         assert json.loads(result.out)[0]["change"] == "inserted"
+
+
+def test_a_full_export_has_products_from_before_change_sets_and_text_that_looks_like_null(catalog, workdir):
+    c = catalog()
+    c.ingest([["A1", "N/A", "1.00", "5"], ["B2", "null", "2.00", "6"]])
+    if c.url:
+        import psycopg
+        with psycopg.connect(c.url, autocommit=True) as conn:
+            conn.execute("UPDATE products SET version = 0, created_version = 0")   # as migrated
+    else:
+        con = sqlite3.connect(workdir / "var" / "catalog.db")
+        with con:
+            con.execute("UPDATE products SET version = 0, created_version = 0")
+        con.close()
+    rows = list(csv.DictReader(io.StringIO(c.cli("catalog", "export", "--partner", "p").out)))
+    assert sorted((r["sku"], r["name"]) for r in rows) == [("A1", "N/A"), ("B2", "null")]
+    out = _to_file(workdir / "all.parquet", "catalog", "export", "--partner", "p", "--format", "parquet",
+                   "--config", c.cfg)
+    assert sorted(pq.read_table(out).column("name").to_pylist()) == ["N/A", "null"]
