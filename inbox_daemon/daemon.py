@@ -279,7 +279,15 @@ class Daemon:
         if self._wakeup is None:
             return
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+            for _ in range(10):
+                try:
+                    signal.signal(signum, signal.SIG_IGN)
+                    break
+                except OSError:
+                    # a stop signal came in as its handler was already ignore: Python refuses
+                    # the next handler change with "Signal 15 ignored due to race condition",
+                    # having ignored that signal (as meant); the change is simply made again
+                    continue
         signal.set_wakeup_fd(-1)
         for sock in self._wakeup:
             sock.close()
