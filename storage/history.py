@@ -186,9 +186,8 @@ def _shocked(factor: float) -> str:
             f"{f!r} OR products.price_cents >= l.price_cents * {f!r}))")
 
 
-def record_version_sql() -> str:
-    """The job commits as this version of its partner's catalog. Parameters: version, job."""
-    return "UPDATE jobs SET catalog_version = ? WHERE id = ?"
+# the job commits as this version of its partner's catalog. Parameters: version, job
+RECORD_VERSION = "UPDATE jobs SET catalog_version = ? WHERE id = ?"
 
 
 def revert_identity(target: Job, force: bool) -> str:
@@ -425,7 +424,7 @@ class HistoryReads:
                 " WHERE products.partner_id = ? AND products.sku_key = t.sku_key AND products.sku_key IN"
                 " (SELECT sku_key FROM changes WHERE partner_id = ? AND version = ?)",
                 (new, job_id, now, *self._target_params(partner, old), partner, partner, new))
-        self._q(record_version_sql(), (new, job_id))
+        self._q(RECORD_VERSION, (new, job_id))
         counts = dict(self._q("SELECT kind, count(*) FROM changes WHERE partner_id = ? AND version = ? GROUP BY kind",
                               (partner, new)))
         return RevertCounts(updated=counts.get(UPDATED, 0), deactivated=counts.get(DEACTIVATED, 0),

@@ -64,13 +64,13 @@ from storage.base import (
 )
 from storage.history import (
     EXPORT_SCHEMA,
+    RECORD_VERSION,
     HistoryReads,
     Jsonb,
     PriceShockRule,
     check_price_shock,
     record_deactivations_sql,
     record_updates_sql,
-    record_version_sql,
 )
 from storage.outbox import WebhookOutbox
 
@@ -544,7 +544,7 @@ class PostgresLoad:
             staged, distinct, inserted, updated = self._upsert(keep, now, columns, touched)
             if deactivated:
                 self._deactivate(now)
-            s._q(record_version_sql(), (self._version, self.job.id))
+            s._q(RECORD_VERSION, (self._version, self.job.id))
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated - stale - len(unnamed),

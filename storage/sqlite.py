@@ -69,12 +69,12 @@ from storage.base import (
 from storage.changes import Existing, row_hashes
 from storage.history import (
     EXPORT_SCHEMA,
+    RECORD_VERSION,
     HistoryReads,
     PriceShockRule,
     check_price_shock,
     record_deactivations_sql,
     record_updates_sql,
-    record_version_sql,
     updated_rows,
 )
 from storage.outbox import WebhookOutbox
@@ -610,7 +610,7 @@ class SqliteLoad:
                 self._refresh_hashes(keep)
             if absent:
                 self._deactivate(now)
-            self._s._exec(record_version_sql(), (self._version, self.job.id))
+            self._s._exec(RECORD_VERSION, (self._version, self.job.id))
             self._bump_version(inserted)
             return self._counts(existing, staged_keys=staged_keys, blocked=blocked, written=written,
                                 inserted=inserted, deactivated=absent, stale=stale, unnamed=unnamed)
