@@ -18,6 +18,7 @@ from config.loader import (
 from config.model import (
     DEFAULT_PARTNER,
     Config,
+    ConsoleConfig,
     DaemonConfig,
     InboxConfig,
     LocalInboxConfig,
@@ -31,6 +32,6 @@ from config.model import (
 __all__ = [
     "CONFIG_ENV", "ConfigError", "build_config", "default_config", "load_config", "missing_secrets",
     "parse_duration",
-    "DEFAULT_PARTNER", "Config", "DaemonConfig", "InboxConfig", "LocalInboxConfig", "PartnerConfig",
+    "DEFAULT_PARTNER", "Config", "ConsoleConfig", "DaemonConfig", "InboxConfig", "LocalInboxConfig", "PartnerConfig",
     "S3InboxConfig", "SftpInboxConfig", "StoreConfig", "WebhookConfig",
 ]

@@ -31,6 +31,7 @@ from config.model import (
     FORMAT_NAMES,
     INBOX_CONFIGS,
     Config,
+    ConsoleConfig,
     DaemonConfig,
     FeedMode,
     InboxConfig,
@@ -158,6 +159,12 @@ def _positive(value: int) -> int:
 def _host_port(value: str) -> str:
     if value and not re.match(r"^[^:\s]*:\d{1,5}$", value):
         raise ValueError(f"expected \"host:port\" or \"\"; got {value!r}")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise ValueError(f"expected the name of an environment variable; got {value!r}")
     return value
 
 
@@ -304,6 +311,14 @@ _PARTNER_KEYS: Spec = {
     "record_path": ((str, list), _alternatives),
     "expand": (str, _name),
 }
+_CONSOLE_KEYS: Spec = {
+    "address": (str, _host_port),
+    "admins_env": (str, _env_name),
+    "token_env": (str, _env_name),
+    "require_login": (bool, None),
+    "tls_cert": (str, Path),
+    "tls_key": (str, Path),
+}
 _WEBHOOK_KEYS: Spec = {"url": (str, _http_url), "secret_env": (str, None), "allow_private": (bool, None)}
 # every kind's keys but partner, kind and path, which are read first: they decide the rest
 _INBOX_KEYS: Spec = {
@@ -380,6 +395,24 @@ def _store(r: _Reader, data: dict, state_dir: Path) -> StoreConfig:
     data = r.table(data, "store", {f.name for f in fields(StoreConfig)})
     url = r.get(data, "url", "store", str, f"sqlite:///{state_dir / 'catalog.db'}", check=_store_url)
     return StoreConfig(url=url, **_read(r, data, "store", StoreConfig, _STORE_KEYS))
+
+
+def _console(r: _Reader, data: Any, base: Path) -> ConsoleConfig:
+    """``[console]``: off without an address; credentials (by the names of their environment
+    variables) wherever it is reachable from another host or a login is asked for."""
+    data = r.table(data, "console", {f.name for f in fields(ConsoleConfig)})
+    kw = _read(r, data, "console", ConsoleConfig, _CONSOLE_KEYS)
+    for key in ("tls_cert", "tls_key"):
+        if kw.get(key) is not None:
+            kw[key] = base / kw[key]
+    console = ConsoleConfig(**kw)
+    if console.address and console.login and not (console.admins_env or console.token_env):
+        why = "a login is required" if console.local else f"{console.host or 'every address'} is not a loopback address"
+        r.problems.append(f"console.address: {why}, so admins need credentials: set admins_env (password "
+                          "hashes) or token_env, each naming an environment variable (never the secret itself)")
+    if (console.tls_cert is None) != (console.tls_key is None):
+        r.problems.append("console: tls_cert and tls_key go together")
+    return console
 
 
 def _partners(r: _Reader, raw: Any, presets: Collection[str] | None, base: Path) -> dict[str, PartnerConfig]:
@@ -617,15 +650,16 @@ def build_config(data: dict, source: Path | None = None, *,
     module docstring)."""
     problems: list[str] = []
     r = _Reader(problems)
-    data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits"})
+    data = r.table(data, "", {"daemon", "store", "partners", "inboxes", "limits", "console"})
     daemon = _daemon(r, data)
     store = _store(r, data.get("store", {}), daemon.state_dir)
     base = source.parent if source is not None else Path.cwd()
     partners = _partners(r, data.get("partners", [{"id": DEFAULT_PARTNER}]), presets, base)
     inboxes = _inboxes(r, data.get("inboxes"), partners)
+    console = _console(r, data.get("console", {}), base)
     if problems:
         raise ConfigError(problems, source)
-    return Config(daemon=daemon, store=store, partners=partners, inboxes=inboxes, source=source)
+    return Config(daemon=daemon, store=store, partners=partners, inboxes=inboxes, source=source, console=console)
 
 
 def missing_secrets(config: Config) -> list[str]:

@@ -205,6 +205,38 @@ class StoreConfig:
     lease: float = 30.0                 # seconds a claim lives without a heartbeat (renewed every lease/3)
 
 
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The admin console (``inbox_daemon.console``), off unless ``address`` is set. On a loopback
+    address admins need no login (unless ``require_login``); any other address requires
+    credentials, and they come from the environment, never from this file."""
+    address: str = ""
+    # the variable holding the admins: "alice=<hash> bob=<hash>", each a password hash as
+    # ``inbox-daemon console hash-password`` prints it
+    admins_env: str | None = None
+    token_env: str | None = None        # the variable holding a bearer token (scripts); its actor is "token"
+    require_login: bool = False         # ask for a login on a loopback address too
+    tls_cert: Path | None = None        # serve HTTPS (and mark the session cookie Secure)
+    tls_key: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def local(self) -> bool:
+        """Served on a loopback address only: reachable from this host alone."""
+        host = self.host
+        return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+    @property
+    def login(self) -> bool:
+        return self.require_login or not self.local
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig
@@ -212,6 +244,7 @@ class Config:
     partners: Mapping[str, PartnerConfig]
     inboxes: tuple[InboxConfig, ...]
     source: Path | None = None           # the TOML file, or None for the built-in default
+    console: ConsoleConfig = ConsoleConfig()
 
     def partner(self, partner_id: str) -> PartnerConfig:
         return self.partners[partner_id]

@@ -155,12 +155,12 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
 
 def cmd_run(args) -> int:
     from inbox_daemon.daemon import Daemon
-    from inbox_daemon.metrics import HealthAddressUnavailable
+    from inbox_daemon.metrics import AddressUnavailable
     config = _config(args)
     _setup_logs(config, args)
     try:
         return Daemon(config, config_path=args.config, once=args.once).run()
-    except HealthAddressUnavailable as exc:     # logged by the daemon; the one line for a human
+    except AddressUnavailable as exc:     # logged by the daemon; the one line for a human
         print(f"inbox-daemon: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -224,15 +224,9 @@ def cmd_jobs(args) -> int:
                 raise UsageError("give job ids, or --status (with optional --partner), not both")
             if args.status and args.status not in REQUEUEABLE:
                 raise UsageError(f"--status must be {' or '.join(sorted(REQUEUEABLE))}")
-            ids = store.requeue(ids=args.ids, status=args.status, partner_id=args.partner)
-            from inbox_daemon.audit import open_audit
-            from inbox_daemon.pipeline import default_actor
-            audit = open_audit(config.daemon)
-            for job_id in ids:
-                job = store.job(job_id)
-                audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
-                             source=job.source.as_dict(),
-                             actor=default_actor(), details={"attempt": job.attempt})
+            from inbox_daemon.pipeline import Pipeline, default_actor
+            ids = Pipeline(config, store, actor=default_actor()).requeue(ids=args.ids, status=args.status,
+                                                                         partner_id=args.partner)
             print(f"requeued {len(ids)} job(s)" + ("".join(f"\n  {shown(i)}" for i in ids)))
         elif args.action == "diff":
             _one_id(args)
@@ -442,6 +436,9 @@ def cmd_config(args) -> int:
     from inbox_daemon.logs import mask_url
     try:
         config = _config(args)
+        if config.console.address:
+            from inbox_daemon.console.access import credentials
+            credentials(config.console)     # the console needs a login nobody could give
     except ConfigError as exc:
         where = f" in {exc.source}" if exc.source else ""
         print(f"configuration errors{where}:", file=sys.stderr)

@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from config import Config, ConfigError, missing_secrets
@@ -36,7 +37,7 @@ from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes import open_inbox
 from inbox_daemon.journey import Done, Fault, Journey, OfferAgainIn, RetryIn, Verdict, WorkItem
 from inbox_daemon.logs import get_logger
-from inbox_daemon.metrics import HealthAddressUnavailable, HealthServer, Metrics
+from inbox_daemon.metrics import AddressUnavailable, HealthServer, Metrics
 from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
 from inbox_daemon.webhooks import WebhookSender
@@ -96,7 +97,7 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until a stop signal (or, ``--once``, until drained); 0 when stopped in order.
-        Raises ``HealthAddressUnavailable`` before touching any state when the health address
+        Raises ``AddressUnavailable`` before touching any state when the health address
         cannot be listened on."""
         self._install_signals()        # first: a SIGHUP during start-up must not end the process
         try:
@@ -110,8 +111,18 @@ class Daemon:
         if cfg.daemon.health:
             try:
                 self.health = HealthServer(cfg.daemon.health, self.metrics, lambda: self._health_state)
-            except HealthAddressUnavailable as exc:
+            except AddressUnavailable as exc:
                 self.log.error("daemon.health_unavailable", address=exc.address, reason=exc.reason)
+                raise
+        self.console = None
+        if cfg.console.address:
+            from inbox_daemon.console.server import ConsoleServer  # Flask: only where a console is served
+            try:
+                self.console = ConsoleServer(lambda: self.config, self.console_state)
+            except (AddressUnavailable, ConfigError) as exc:
+                self.log.error("console.unavailable", address=cfg.console.address, reason=str(exc))
+                if self.health:
+                    self.health.close()
                 raise
         for folder in (cfg.daemon.spool_dir, cfg.daemon.results_dir, cfg.daemon.audit_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -126,6 +137,10 @@ class Daemon:
                                       metrics=self.metrics)
         if self.health:
             self.health.start()
+        if self.console:
+            self.console.start()
+            self.log.info("console.serving", url=f"{self.console.scheme}://{self.console.address}/",
+                          login=cfg.console.login)
         for warning in missing_secrets(cfg):
             self.log.warning("config.secret_missing", problem=warning)
         for inbox_cfg in cfg.inboxes:
@@ -241,6 +256,8 @@ class Daemon:
         for inbox in inboxes:
             inbox.close()
         self.webhooks.close(timeout=2.0)
+        if self.console:
+            self.console.close()
         if self.health:
             self.health.close()
         self.store.close()
@@ -590,6 +607,34 @@ class Daemon:
         return ok, {"inboxes": len(self.inboxes), "dead_inboxes": dead, "store": store_ok,
                     "heartbeat": heartbeat, "scanner": scanner, "workers": workers,
                     "queue": self.queue.qsize(), "degraded": degraded}
+
+    # -- what the console shows -----------------------------------------------------------------
+    def console_state(self) -> dict:
+        """Health as /healthz last saw it, and each configured inbox's state: watching or polling,
+        degraded (and why) while its looks fail, down when it could not be opened or its watcher
+        ended; with the files it has seen settling and queued for a worker."""
+        with self._lock:
+            queued = Counter(key[1] for key in self._pending if key[0] == "drop")
+            faults = dict(self._faults)
+        inboxes = []
+        for inbox_cfg in self.config.inboxes:
+            inbox = self.inboxes.get(inbox_cfg.id)
+            fault = faults.get(f"inbox {inbox_cfg.id}")
+            looks = inbox.looks() if inbox is not None else ""
+            if inbox is None:
+                state, why = "down", "it could not be opened (the log says why: inbox.unavailable)"
+            elif not inbox.alive():
+                state, why = "down", "its watcher stopped"
+            elif fault:
+                state, why = "degraded", str(fault.get("error", fault))
+            else:
+                state, why = ("polling" if looks.startswith("polling") else "watching"), None
+            inboxes.append({"id": inbox_cfg.id, "partner": inbox_cfg.partner, "kind": inbox_cfg.kind,
+                            "state": state, "why": why, "looks": looks,
+                            "settling": inbox.settling() if inbox is not None else 0,
+                            "in_queue": queued.get(inbox_cfg.id, 0)})
+        return {"health": self._health_state, "inboxes": inboxes, "in_flight": self._in_flight,
+                "last_job": self.last_job}
 
     def _status(self) -> str:
         listing = ", listing inboxes" if self._scans_pending else ""

@@ -60,14 +60,17 @@ SLOT_WAIT = 0.5               # seconds a new connection waits for a slot before
 LISTEN_BACKLOG = 128          # connections the kernel holds until they are accepted
 
 
-class HealthAddressUnavailable(Exception):
-    """The ``[daemon] health`` address cannot be listened on: taken by another process, not an
-    address of this host, or a port this user may not bind. A configuration problem."""
+class AddressUnavailable(Exception):
+    """A configured address (``[daemon] health``, ``[console] address``) cannot be listened on:
+    taken by another process, not an address of this host, or a port this user may not bind. A
+    configuration problem."""
 
-    def __init__(self, address: str, reason: str):
-        super().__init__(f"cannot listen on {address} ([daemon] health): {reason}")
+    def __init__(self, address: str, reason: str, key: str = "[daemon] health"):
+        super().__init__(f"cannot listen on {address} ({key}): {reason}")
         self.address = address
         self.reason = reason
+        self.key = key
+
 
 
 class _Connection:
@@ -156,7 +159,7 @@ class _BoundedServer(ThreadingHTTPServer):
 class HealthServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` (200 when ``healthy()`` says so, else 503).
 
-    Raises ``HealthAddressUnavailable`` when the address cannot be listened on."""
+    Raises ``AddressUnavailable`` when the address cannot be listened on."""
 
     def __init__(self, address: str, metrics: Metrics, healthy: Callable[[], tuple[bool, dict]]):
         host, port = address.rsplit(":", 1)
@@ -190,7 +193,7 @@ class HealthServer:
         try:
             self._server = _BoundedServer((host, int(port)), Handler)
         except OSError as exc:
-            raise HealthAddressUnavailable(address, exc.strerror or str(exc)) from exc
+            raise AddressUnavailable(address, exc.strerror or str(exc)) from exc
         self.address = f"{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
@@ -206,4 +209,5 @@ class HealthServer:
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:      # closed before it started: the daemon refused to start
+            self._thread.join(timeout=5)

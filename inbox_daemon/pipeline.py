@@ -15,7 +15,7 @@ import getpass
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -560,6 +560,17 @@ class Pipeline:
         assert job.result is not None
         log.info("job.applied", status=job.status, **{k: v for k, v in job.result["rows"].items() if v})
         return self.report(job, job.result, None, log)
+
+    def requeue(self, *, ids: Iterable[str] = (), status: JobStatus | None = None,
+                partner_id: str | None = None) -> list[str]:
+        """Put jobs back to ``queued`` (a running daemon runs them again from their spooled copy),
+        each recorded in the audit trail under this pipeline's actor."""
+        requeued = self.store.requeue(ids=ids, status=status, partner_id=partner_id)
+        for job_id in requeued:
+            job = self.store.job(job_id)
+            self.audit.append("job.requeued", partner=job.partner_id, job_id=job.id, sha256=job.sha256,
+                              source=job.source.as_dict(), actor=self.actor, details={"attempt": job.attempt})
+        return requeued
 
     def approve(self, job_id: str, by: str) -> Job:
         """A held file released by ``by``: queued, to be applied without the price check, and

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from config.canonical import MERGED_COLUMNS as MERGED_COLUMNS
 from config.errors import StoreError, StoreReplaced
@@ -63,6 +64,12 @@ def utc_in(seconds: float) -> str:
     """UTC ``seconds`` from now, as the ledger writes times (ISO 8601, ms, ``Z``)."""
     t = datetime.now(UTC) + timedelta(seconds=seconds)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sku_key(sku: str) -> str:
+    """A SKU as the catalog keys it, as the file's rows are keyed (``adapters.validation``):
+    trimmed, NFC, lower case, in Arrow."""
+    return pc.utf8_lower(pc.utf8_normalize(pa.array([sku.strip()]), "NFC"))[0].as_py()
 
 
 def new_job_id() -> str:
@@ -220,6 +227,12 @@ class Outcome:
     result: dict
     error: str | None = None
     notify: bool = False        # the partner's webhook is told of it (put in the outbox with it)
+
+    @property
+    def rows(self) -> tuple[int | None, int | None]:
+        """Rows read and rejected, as the manifest counts them (the console sums these)."""
+        rows = self.result.get("rows") or {}
+        return rows.get("read"), rows.get("rejected")
 
 
 class Load(Protocol):

@@ -32,12 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from config.canonical import MERGED_COLUMNS
 from config.errors import JobNotFound, PriceShockHeld
 from config.status import APPLIED, JobStatus
-from storage.base import Columns, Job, Outcome, utc_in, utcnow
+from storage.base import Columns, Job, Outcome, sku_key, utc_in, utcnow
 
 UPDATED, DEACTIVATED, REACTIVATED, INSERTED = "updated", "deactivated", "reactivated", "inserted"
 REVERT_MODE, FORCED_REVERT_MODE = "revert", "revert-force"
@@ -305,8 +304,7 @@ class HistoryReads:
     def product_history(self, partner: str, sku: str) -> list[dict]:
         """Every change to one product, newest first: ``{version, job, file, at, change, before,
         after}``; the oldest is its insert (when change sets were kept by then)."""
-        # as the file's rows are keyed (adapters.validation): trimmed, NFC, lower case, in Arrow
-        key = pc.utf8_lower(pc.utf8_normalize(pa.array([sku.strip()]), "NFC"))[0].as_py()
+        key = sku_key(sku)
         product = self._q(f"SELECT created_version, {', '.join(HISTORY_COLUMNS)} FROM products"
                           " WHERE partner_id = ? AND sku_key = ?", (partner, key))
         if not product:

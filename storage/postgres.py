@@ -62,6 +62,7 @@ from storage.base import (
     split_statements,
     utcnow,
 )
+from storage.console import ConsoleReads
 from storage.history import (
     EXPORT_SCHEMA,
     RECORD_VERSION,
@@ -124,12 +125,13 @@ class _CopyStream(io.RawIOBase):
         return n
 
 
-class PostgresStore(LedgerReads, HistoryReads, WebhookOutbox):
+class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
     """``CatalogStore`` on PostgreSQL. One instance per thread: it owns a connection."""
 
     PARAM = "%s"
     NULL_SAFE_EQUAL = "IS NOT DISTINCT FROM"
     JSON = Jsonb()
+    LIKE = "ILIKE"
     TRUE, FALSE = "true", "false"
     HASHED = False
 
@@ -289,10 +291,11 @@ class PostgresStore(LedgerReads, HistoryReads, WebhookOutbox):
         self._check_identity()
         now = utcnow()
         done = self._exec(
-            "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s, lease_until = NULL"
+            "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s, lease_until = NULL,"
+            " rows_read = %s, rows_rejected = %s"
             " WHERE id = %s AND attempt = %s RETURNING id",
-            (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, job.id,
-             job.attempt))
+            (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, *outcome.rows,
+             job.id, job.attempt))
         if not done:
             raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
         self._exec("UPDATE job_attempts SET finished_at = %s, status = %s, error = %s"

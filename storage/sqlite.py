@@ -67,6 +67,7 @@ from storage.base import (
     split_statements as _statements,
 )
 from storage.changes import Existing, row_hashes
+from storage.console import ConsoleReads
 from storage.history import (
     EXPORT_SCHEMA,
     RECORD_VERSION,
@@ -122,7 +123,7 @@ def _file_id(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-class SqliteStore(LedgerReads, HistoryReads, WebhookOutbox):
+class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
     """``CatalogStore`` on one SQLite file. One instance per thread: it owns a connection.
     Leases use the host's clock: every daemon sharing the file runs on this host."""
 
@@ -278,9 +279,11 @@ class SqliteStore(LedgerReads, HistoryReads, WebhookOutbox):
         self._check_identity()
         now = utcnow()
         recorded = self._exec(
-            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL"
+            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL,"
+            " rows_read = ?, rows_rejected = ?"
             " WHERE id = ? AND attempt = ? RETURNING id",
-            (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, job.id, job.attempt))
+            (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, *outcome.rows,
+             job.id, job.attempt))
         if len(recorded) != 1:
             raise LeaseLost(f"job {job.id} attempt {job.attempt} was taken over by another daemon")
         self._exec("UPDATE job_attempts SET finished_at = ?, status = ?, error = ? WHERE job_id = ? AND attempt = ?",

@@ -1,0 +1,78 @@
+"""Who may use the console, and how they prove it.
+
+On a loopback address the console needs no login (whoever reaches it is on this host, as the
+CLI's users are). On any other address, or with ``require_login``, admins log in, and their
+credentials come from the environment only, never from the configuration file:
+
+- ``admins_env``: ``alice=<hash> bob=<hash>``, each hash as ``inbox-daemon console
+  hash-password`` prints it (Werkzeug's salted scrypt). The name is the actor the audit trail
+  records for what the admin does.
+- ``token_env``: a bearer token for scripts (``Authorization: Bearer …``); its actor is ``token``.
+
+Without usable credentials there the daemon does not start and ``config check`` fails: a console
+open to the network without a login is never the result of a missing variable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from config import ConfigError
+from config.model import ConsoleConfig
+
+ADMIN_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# checked against when the name is unknown, so a wrong name costs as long as a wrong password
+_UNKNOWN = generate_password_hash("not an admin")
+TOKEN_ACTOR = "token"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    admins: Mapping[str, str] = field(default_factory=dict)     # name -> password hash
+    token: str | None = None
+
+    def check_password(self, name: str, password: str) -> bool:
+        known = self.admins.get(name)
+        ok = check_password_hash(known or _UNKNOWN, password)
+        return ok and known is not None
+
+    def check_token(self, presented: str) -> bool:
+        return self.token is not None and hmac.compare_digest(presented.encode(), self.token.encode())
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password)
+
+
+def credentials(console: ConsoleConfig, environ: Mapping[str, str] = os.environ) -> Credentials:
+    """The admins and token the environment gives; ``ConfigError`` when the console needs a login
+    and nothing usable is there, or the admins variable cannot be read."""
+    from inbox_daemon.logs import register_secret
+    problems: list[str] = []
+    admins: dict[str, str] = {}
+    if console.admins_env and environ.get(console.admins_env, "").strip():
+        for entry in environ[console.admins_env].split():
+            name, sep, hashed = entry.partition("=")
+            if not sep or not ADMIN_NAME.match(name) or "$" not in hashed:
+                problems.append(f"console.admins_env: {console.admins_env} holds {entry.split('=')[0][:64]!r}, "
+                                "not name=<hash> (inbox-daemon console hash-password prints a hash)")
+                continue
+            admins[name] = hashed
+    token = environ.get(console.token_env, "").strip() if console.token_env else ""
+    if token:
+        register_secret(token)
+        if len(token) < 16:
+            problems.append(f"console.token_env: the token in {console.token_env} is shorter than 16 characters")
+    if console.address and console.login and not admins and not token:
+        named = " or ".join(n for n in (console.admins_env, console.token_env) if n)
+        problems.append(f"console.address {console.address}: admins must log in there, but {named} "
+                        "is not set in the environment")
+    if problems:
+        raise ConfigError(problems)
+    return Credentials(admins=admins, token=token or None)
