@@ -412,6 +412,24 @@ def cmd_audit(args) -> int:
     return EXIT_OK
 
 
+def cmd_console(args) -> int:
+    """``console hash-password``: the hash ``admins_env`` holds for an admin (``name=<hash>``).
+    The password is read from the terminal (twice), or as the first line of stdin."""
+    import getpass
+
+    from inbox_daemon.console.access import hash_password
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise UsageError("a password needs at least 8 characters")
+    print(hash_password(password))
+    return EXIT_OK
+
+
 def cmd_contract(args) -> int:
     from adapters.contract import contract
     config = _config(args)
@@ -553,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=20, help="tail: records to show")
     p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records")
 
+    p = sub.add_parser("console", help="the admin console's credentials",
+                       description="hash-password: print the hash of a password, for [console] admins_env "
+                                   "(name=<hash>); read from the terminal, or the first line of stdin")
+    p.add_argument("action", choices=("hash-password",))
+
     p = sub.add_parser("contract", parents=[common], help="JSON Schema of an accepted row + example")
     p.add_argument("--partner", default="default")
 
@@ -564,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "validate": cmd_validate, "jobs": cmd_jobs, "audit": cmd_audit,
-            "contract": cmd_contract, "config": cmd_config, "catalog": cmd_catalog}
+            "contract": cmd_contract, "config": cmd_config, "catalog": cmd_catalog,
+            "console": cmd_console}
 
 
 PRIVATE_UMASK = 0o027      # results, audit, spool and catalog: never world-readable

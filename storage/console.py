@@ -8,12 +8,15 @@ searches stop at ``limit`` matches.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from config.status import APPLIED, JobStatus
 from storage.base import JOB_COLUMNS, Job, job_from_row, sku_key
 
+NAME_CHUNK = 50_000          # products a name search reads per query
+NAME_SEARCH_BUDGET = 0.1     # seconds a name search reads for before it answers with what it found
 SKU_END = "\U0010ffff"          # above every character: sku_key >= q AND sku_key < q + SKU_END is "starts with q"
 PRODUCT_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
                    "category", "gtin", "url", "image_url", "attributes", "updated_at", "source_job_id", "version")
@@ -45,6 +48,12 @@ class Activity:
     rows_day: int = 0
     waiting: int = 0                 # queued or running now
     last_success: str | None = None
+
+
+@dataclass(frozen=True)
+class NameSearch:
+    products: list[dict]
+    resume_after: str | None        # the key to go on from (``after``); None: the whole catalog was read
 
 
 @dataclass(frozen=True)
@@ -125,11 +134,11 @@ class ConsoleReads:
         for inbox, waiting in self._q("SELECT inbox, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY inbox",
                                       (JobStatus.QUEUED, JobStatus.RUNNING)):
             counts.setdefault(inbox, {})["waiting"] = int(waiting)
-        applied = sorted(APPLIED)
         for inbox in counts:
-            found = self._q("SELECT MAX(finished_at) FROM jobs WHERE inbox = ? AND status IN (?, ?)",
-                            (inbox, *applied))
-            counts[inbox]["last_success"] = found[0][0] if found else None
+            # one status at a time: MAX over (inbox, status, finished_at) is one index probe each
+            latest = [self._q("SELECT MAX(finished_at) FROM jobs WHERE inbox = ? AND status = ?", (inbox, status))[0][0]
+                      for status in sorted(APPLIED)]
+            counts[inbox]["last_success"] = max((t for t in latest if t), default=None)
         return {inbox: Activity(**values) for inbox, values in counts.items()}
 
     # -- partners ---------------------------------------------------------------------------------
@@ -143,24 +152,45 @@ class ConsoleReads:
                     " ORDER BY day", (JobStatus.DUPLICATE, partner, since))]
 
     def catalog_size(self, partner: str) -> int:
-        """The partner's products, active or not (a count over the catalog's key index)."""
-        return int(self._q("SELECT COUNT(*) FROM products WHERE partner_id = ?", (partner,))[0][0])
+        """The partner's products, active or not: the count every merge keeps, not a count of rows."""
+        return int(self._q("SELECT coalesce(max(products), 0) FROM catalog_versions WHERE partner_id = ?",
+                           (partner,))[0][0])
 
     # -- the catalog ------------------------------------------------------------------------------
-    def search_products(self, partner: str, text: str, *, limit: int = 50) -> list[dict]:
-        """Products whose SKU starts with ``text`` (any case; over the key index), then those
-        whose name holds it, up to ``limit`` together."""
-        columns = ", ".join(PRODUCT_COLUMNS)
+    def products_by_sku(self, partner: str, text: str, *, limit: int = 50) -> list[dict]:
+        """Products whose SKU starts with ``text``, in any case: a range of the key index."""
         key = sku_key(text)
-        found = self._q(f"SELECT {columns} FROM products WHERE partner_id = ? AND sku_key >= ? AND sku_key < ?"
-                        f" ORDER BY sku_key LIMIT {int(limit)}", (partner, key, key + SKU_END))
-        if len(found) < limit and text:
-            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            skus = {r[0] for r in found}
-            more = self._q(f"SELECT {columns} FROM products WHERE partner_id = ? AND name {self.LIKE} ? ESCAPE '\\'"
-                           f" LIMIT {int(limit)}", (partner, pattern))
-            found += [r for r in more if r[0] not in skus][:limit - len(found)]
-        return [dict(zip(PRODUCT_COLUMNS, r)) for r in found]
+        rows = self._q(f"SELECT {', '.join(PRODUCT_COLUMNS)} FROM products WHERE partner_id = ? AND sku_key >= ?"
+                       f" AND sku_key < ? ORDER BY sku_key LIMIT {int(limit)}", (partner, key, key + SKU_END))
+        return [dict(zip(PRODUCT_COLUMNS, r)) for r in rows]
+
+    def products_by_name(self, partner: str, text: str, *, after: str = "", limit: int = 50,
+                         budget: float = NAME_SEARCH_BUDGET, chunk: int = NAME_CHUNK) -> NameSearch:
+        """Products whose name holds ``text`` (any case), in SKU order from after the key
+        ``after``. No index serves a substring, so the catalog is read a slice of ``NAME_CHUNK``
+        keys (``chunk``) at a time, until ``limit`` matches or ``budget`` seconds: a request costs about the
+        same whatever the catalog's size, and the answer says where it stopped, so the next
+        request goes on from there and nothing is skipped."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        columns = ", ".join(PRODUCT_COLUMNS)
+        found: list[dict] = []
+        deadline = time.monotonic() + budget
+        while True:
+            upper = self._q(f"SELECT sku_key FROM products WHERE partner_id = ? AND sku_key > ? ORDER BY sku_key"
+                            f" LIMIT 1 OFFSET {int(chunk) - 1}", (partner, after))
+            bound = upper[0][0] if upper else None
+            rows = self._q(f"SELECT sku_key, {columns} FROM products WHERE partner_id = ? AND sku_key > ?"
+                           + (" AND sku_key <= ?" if bound is not None else "")
+                           + f" AND name {self.LIKE} ? ESCAPE '\\' ORDER BY sku_key LIMIT {int(limit - len(found))}",
+                           (partner, after, *([bound] if bound is not None else []), pattern))
+            found += [dict(zip(PRODUCT_COLUMNS, r[1:])) for r in rows]
+            if len(found) >= limit:
+                return NameSearch(found, rows[-1][0])
+            if bound is None:
+                return NameSearch(found, None)
+            after = bound
+            if time.monotonic() >= deadline:
+                return NameSearch(found, after)
 
     def product(self, partner: str, sku: str) -> dict | None:
         """One product's current row, by its SKU in any case."""

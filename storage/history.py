@@ -248,33 +248,35 @@ class HistoryReads:
         return {r[0]: r[1:] for r in rows}
 
     # -- diff -----------------------------------------------------------------------------------
-    def job_changes(self, job: Job) -> Iterator[dict]:
+    def job_changes(self, job: Job, *, page: int = PAGE) -> Iterator[dict]:
         """What ``job`` changed, product by product in key order: ``{sku, change, before, after}``
-        (only the columns it changed; an insert's ``after`` is the row as it was inserted)."""
+        (only the columns it changed; an insert's ``after`` is the row as it was inserted).
+        ``page``: rows read at a time (a reader that wants the first few asks for few)."""
         version = self.change_set_of(job)         # now: a job without one is refused before any output
-        return itertools.chain(self._changed(job.partner_id, version), self._inserted(job.partner_id, version))
+        return itertools.chain(self._changed(job.partner_id, version, page),
+                               self._inserted(job.partner_id, version, page))
 
-    def _changed(self, partner: str, version: int) -> Iterator[dict]:
+    def _changed(self, partner: str, version: int, page: int) -> Iterator[dict]:
         js, last = self.JSON, ""
         while True:
             rows = self._q(f"SELECT c.sku_key, p.sku, c.kind, {js.text('c.before')}, {js.text('c.after')}"
                            " FROM changes c JOIN products p ON p.partner_id = c.partner_id AND p.sku_key = c.sku_key"
                            " WHERE c.partner_id = ? AND c.version = ? AND c.sku_key > ? ORDER BY c.sku_key"
-                           f" LIMIT {PAGE}", (partner, version, last))
+                           f" LIMIT {int(page)}", (partner, version, last))
             for _, sku, kind, before, after in rows:
                 yield {"sku": sku, "change": kind, "before": _values(before), "after": _values(after)}
-            if len(rows) < PAGE:
+            if len(rows) < page:
                 return
             last = rows[-1][0]
 
-    def _inserted(self, partner: str, version: int) -> Iterator[dict]:
+    def _inserted(self, partner: str, version: int, page: int) -> Iterator[dict]:
         """Products ``version`` inserted, as it inserted them: the row now, with the columns a
         later job changed put back as that job found them."""
         columns = ", ".join(HISTORY_COLUMNS)
         last = ""
         while True:
             rows = self._q(f"SELECT sku_key, sku, version, {columns} FROM products WHERE partner_id = ?"
-                           f" AND created_version = ? AND sku_key > ? ORDER BY sku_key LIMIT {PAGE}",
+                           f" AND created_version = ? AND sku_key > ? ORDER BY sku_key LIMIT {int(page)}",
                            (partner, version, last))
             later = self._later_befores(partner, [r[0] for r in rows if r[2] > version], version)
             for key, sku, _, *values in rows:
@@ -283,7 +285,7 @@ class HistoryReads:
                     row.update(before)
                 yield {"sku": sku, "change": INSERTED, "before": {},
                        "after": {c: v for c, v in row.items() if v is not None}}
-            if len(rows) < PAGE:
+            if len(rows) < page:
                 return
             last = rows[-1][0]
 

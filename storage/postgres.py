@@ -545,6 +545,9 @@ class PostgresLoad:
                 s._q(record_updates_sql(s.JSON, rows, columns, "IS DISTINCT FROM"), (partner, self._version, partner))
                 touched = " AND l.sku_key IN (SELECT sku_key FROM diff WHERE fresh OR (changed AND current))"
             staged, distinct, inserted, updated = self._upsert(keep, now, columns, touched)
+            if inserted:
+                s._exec("UPDATE catalog_versions SET products = products + %s WHERE partner_id = %s",
+                        (inserted, partner))
             if deactivated:
                 self._deactivate(now)
             s._q(RECORD_VERSION, (self._version, self.job.id))

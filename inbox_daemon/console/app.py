@@ -234,9 +234,12 @@ def create_app(backend: Backend) -> Flask:
         config = backend.config()
         partner_id = request.args.get("partner") or next(iter(config.partners))
         text = request.args.get("q", "").strip()
-        found = backend.store().search_products(partner_id, text) if text else []
+        after = request.args.get("after")
+        store = backend.store()
+        by_sku = store.products_by_sku(partner_id, text) if text and after is None else []
+        by_name = store.products_by_name(partner_id, text, after=after or "") if text else None
         return render_template("catalog.html", partners=list(config.partners), partner_id=partner_id, q=text,
-                               products=found)
+                               by_sku=by_sku, by_name=by_name, after=after)
 
     @app.get("/catalog/product")
     def product():
@@ -332,7 +335,7 @@ def _changes(store, job) -> tuple[list[dict], bool, str | None]:
     if job.catalog_version is None:
         return [], False, None
     try:
-        shown = list(itertools.islice(store.job_changes(job), CHANGES_SHOWN + 1))
+        shown = list(itertools.islice(store.job_changes(job, page=CHANGES_SHOWN + 1), CHANGES_SHOWN + 1))
     except JobNotFound as exc:
         return [], False, str(exc)
     return shown[:CHANGES_SHOWN], len(shown) > CHANGES_SHOWN, None
