@@ -186,6 +186,7 @@ def pages(store_url: str | None, work: Path) -> dict[str, str]:
         "catalog: SKU prefix": "/catalog?partner=acme&q=sku-00123",
         "catalog: name word": "/catalog?partner=acme&q=oak",
         "catalog: no match": "/catalog?partner=acme&q=zzzz-none",
+        "catalog: no match, on": "/catalog?partner=acme&q=zzzz-none&after=sku-0500000",
         "product + history": "/catalog/product?partner=acme&sku=" + quote("SKU-0004242"),
         "audit": "/audit",
     }

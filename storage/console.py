@@ -15,8 +15,8 @@ from typing import Any
 from config.status import APPLIED, JobStatus
 from storage.base import JOB_COLUMNS, Job, job_from_row, sku_key
 
-NAME_CHUNK = 50_000          # products a name search reads per query
-NAME_SEARCH_BUDGET = 0.1     # seconds a name search reads for before it answers with what it found
+NAME_CHUNK = 25_000          # products a name search reads per query
+NAME_SEARCH_BUDGET = 0.06    # seconds a name search reads for before it answers with what it found
 SKU_END = "\U0010ffff"          # above every character: sku_key >= q AND sku_key < q + SKU_END is "starts with q"
 PRODUCT_COLUMNS = ("sku", "name", "description", "price_cents", "currency", "stock", "active", "brand",
                    "category", "gtin", "url", "image_url", "attributes", "updated_at", "source_job_id", "version")

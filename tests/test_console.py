@@ -42,8 +42,9 @@ def browser():
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # the TLS test's console has a certificate of its own making, on loopback
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1360,1000", "--disable-extensions", "--no-first-run"):
+                "--window-size=1360,1000", "--disable-extensions", "--no-first-run", "--ignore-certificate-errors"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -293,6 +294,55 @@ def test_revert_from_the_page_undoes_the_job(tmp_path, daemons, browser):
     assert "999" in console.text("#product")
     console.open(f"/jobs/{job_id}")
     assert not [a for a in console.all(".actions a") if a.text.startswith("Revert")], "reverted once, no button"
+    assert d.stop() == 0
+
+
+def test_approve_from_the_page_applies_the_held_file_under_the_admins_name(tmp_path, daemons, browser):
+    shock = '[[partners]]\nid = "acme"\nprice_shock_min_products = 2\n'
+    d, console = _start(daemons, tmp_path, _config(tmp_path, partners=shock), browser)
+    _drop(tmp_path, "a.csv", [["A", "Apple", "1.00", "1", ""], ["B", "Bean", "2.00", "1", ""], ["C", "Corn", "3.00", "1", ""]])
+    wait_manifests(tmp_path, 1, "acme", status="succeeded")
+    _drop(tmp_path, "b.csv", [["A", "Apple", "100", "1", ""], ["B", "Bean", "200", "1", ""], ["C", "Corn", "300", "1", ""]])
+    held = wait_manifests(tmp_path, 1, "acme", status="held")[0]
+    console.open(f"/jobs/{held['job_id']}")
+    assert "Held: price shock" in console.text("#manifest")
+    console.link("Approve…")
+    assert "without the price check" in console.text("main")
+    console.fill("name", "carol")
+    console.click("#confirm button")
+    assert "Approved by carol" in console.text(".flash")
+    applied = wait_manifests(tmp_path, 1, "acme", status="succeeded", approved_by="console:carol", timeout=30)[0]
+    assert applied["job_id"] == held["job_id"] and applied["rows"]["updated"] == 3
+    console.open(f"/jobs/{held['job_id']}")
+    assert "job.approved" in console.text("#audit-records") and "console:carol" in console.text("#audit-records")
+    assert [a.text for a in console.all(".actions a")] == ["Revert…"]     # applied now: undone, not approved
+    assert d.stop() == 0
+
+
+def test_over_tls_the_session_cookie_is_secure(tmp_path, daemons, browser):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "console.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "console.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    tls = 'address = "127.0.0.1:0"\ntls_cert = "console.crt"\ntls_key = "console.key"'
+    d, console = _start(daemons, tmp_path, _config(tmp_path, console=tls), browser)
+    assert console.url.startswith("https://")
+    console.open("/audit")                          # a page with a form: the session holds its CSRF token
+    assert "Audit trail" in console.text("h1")
+    [cookie] = [c for c in browser.get_cookies() if c["name"] == "inbox_console"]
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert d.stop() == 0
 
 

@@ -63,5 +63,6 @@ def rate_chart(days: list[PartnerDay], today: date, span: int = 30) -> RateChart
                         found.jobs if found else 0, reject, duplicate))
     line = " ".join(f"{b.x + b.width / 2:.1f},{b.duplicate_y:.1f}" for b in bars if b.jobs)
     ticks = tuple((y(top * f), f"{top * f:.0%}" if top >= 0.05 else f"{top * f:.1%}") for f in (0, 0.5, 1))
-    labels = tuple((b.x + b.width / 2, b.day[5:]) for i, b in enumerate(bars) if i % 7 == 0 or i == span - 1)
+    labels = tuple((b.x + b.width / 2, b.day[5:]) for i, b in enumerate(bars)
+                   if (i % 7 == 0 and i <= span - 4) or i == span - 1)
     return RateChart(WIDTH, HEIGHT, tuple(bars), y(0), ticks, labels, line)
