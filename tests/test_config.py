@@ -14,6 +14,7 @@ import pytest
 from config import (
     CONFIG_ENV,
     ConfigError,
+    ConsoleConfig,
     DaemonConfig,
     LocalInboxConfig,
     PartnerConfig,
@@ -368,12 +369,13 @@ def _documented_example() -> dict:
 @pytest.mark.parametrize("model, section", [
     (DaemonConfig, "daemon"), (StoreConfig, "store"), (PartnerConfig, "partners"), (WebhookConfig, "webhook"),
     (LocalInboxConfig, "inboxes"), (SftpInboxConfig, "inboxes"), (S3InboxConfig, "inboxes"), (Limits, "limits"),
+    (ConsoleConfig, "console"),
 ])
 def test_example_toml_documents_every_key_of_the_model(model, section):
     doc = _documented_example()
     if section == "daemon":
         keys = set(doc[section]) | {"limits"}       # its own [limits] table
-    elif section in ("store", "limits"):
+    elif section in ("store", "limits", "console"):
         keys = set(doc[section])
     elif section == "webhook":
         keys = {k for p in doc["partners"] if "webhook" in p for k in p["webhook"]}
@@ -386,8 +388,9 @@ def test_example_toml_documents_every_key_of_the_model(model, section):
 
 def test_example_toml_uses_no_key_the_model_lacks():
     doc = _documented_example()
-    assert set(doc) <= {"daemon", "store", "partners", "inboxes", "limits"}
-    for section, model in (("daemon", DaemonConfig), ("store", StoreConfig), ("limits", Limits)):
+    assert set(doc) <= {"daemon", "store", "partners", "inboxes", "limits", "console"}
+    for section, model in (("daemon", DaemonConfig), ("store", StoreConfig), ("limits", Limits),
+                           ("console", ConsoleConfig)):
         assert set(doc[section]) <= {f.name for f in dataclasses.fields(model)}
     for table in doc["partners"]:
         assert set(table) <= {f.name for f in dataclasses.fields(PartnerConfig)} - {"key_value"} | {"attributes"}
@@ -448,3 +451,42 @@ def test_store_password_env_and_lease_are_read(workdir, monkeypatch):
     path.write_text('[store]\nurl = "postgresql://u@h/db"\npassword_env = "PG_PW"\nlease = "10s"\n')
     config = load_config(path)
     assert (config.store.url, config.store.password_env, config.store.lease) == ("postgresql://u@h/db", "PG_PW", 10.0)
+
+
+# -- [console] ------------------------------------------------------------------------------------
+
+def test_console_is_off_by_default_and_local_needs_no_credentials():
+    assert build_config({}).console.address == ""
+    local = build_config({"console": {"address": "127.0.0.1:9465"}}).console
+    assert local.local and not local.login
+
+
+@pytest.mark.parametrize("console, problem", [
+    ({"address": "0.0.0.0:9465"}, "console.address: 0.0.0.0 is not a loopback address"),
+    ({"address": ":9465"}, "console.address: every address is not a loopback address"),
+    ({"address": "127.0.0.1:9465", "require_login": True}, "console.address: a login is required"),
+    ({"address": "0.0.0.0:9465", "admins_env": "not a name"}, "console.admins_env: expected the name of an environment"),
+    ({"address": "127.0.0.1:9465", "tls_cert": "c.pem"}, "console: tls_cert and tls_key go together"),
+    ({"address": "127.0.0.1:9465", "password": "hunter2"}, "console.password"),
+])
+def test_console_settings_that_are_refused(console, problem):
+    with pytest.raises(ConfigError) as refused:
+        build_config({"console": console})
+    assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems
+
+
+def test_console_credentials_come_from_the_environment_only():
+    from inbox_daemon.console.access import credentials, hash_password
+    console = build_config({"console": {"address": "0.0.0.0:9465", "admins_env": "ADMINS",
+                                        "token_env": "TOKEN"}}).console
+    with pytest.raises(ConfigError, match="ADMINS or TOKEN is not set"):
+        credentials(console, {})
+    with pytest.raises(ConfigError, match="not name=<hash>"):
+        credentials(console, {"ADMINS": "alice:secret"})
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        credentials(console, {"TOKEN": "short"})
+    creds = credentials(console, {"ADMINS": f"alice={hash_password('correct horse')} bob={hash_password('x' * 8)}"})
+    assert creds.check_password("alice", "correct horse") and not creds.check_password("alice", "x" * 8)
+    assert not creds.check_password("mallory", "correct horse") and creds.token is None
+    assert credentials(console, {"TOKEN": "t" * 20}).check_token("t" * 20)
+    assert not credentials(console, {"TOKEN": "t" * 20}).check_token("t" * 19)

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -87,7 +88,9 @@ class Console:
         from selenium.webdriver.support.ui import WebDriverWait
         page = self.driver.find_element(By.TAG_NAME, "html")
         element.click()
-        WebDriverWait(self.driver, 20).until(expected_conditions.staleness_of(page))
+        wait = WebDriverWait(self.driver, 20)
+        wait.until(expected_conditions.staleness_of(page))
+        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
 
     def select(self, name: str, value: str) -> None:
         from selenium.webdriver.common.by import By
@@ -380,6 +383,12 @@ def test_a_forged_cross_site_post_is_refused(tmp_path, daemons, browser):
         evil.shutdown()
         evil.server_close()
         thread.join(5)
+    # a page of another site whose name was made to resolve here (DNS rebinding): not answered
+    rebound = urllib.request.Request(f"{console.url}/jobs", headers={"Host": f"evil.example:{urlsplit(console.url).port}"})
+    with pytest.raises(urllib.error.HTTPError) as misdirected:
+        urllib.request.urlopen(rebound, timeout=10)
+    misdirected.value.close()
+    assert misdirected.value.code == 421
     # and without a browser: no token, no action
     request = urllib.request.Request(target, data=b"name=mallory", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:

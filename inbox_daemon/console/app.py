@@ -80,9 +80,15 @@ def create_app(backend: Backend) -> Flask:
     needs_login = backend.config().console.login
 
     # -- access ---------------------------------------------------------------------------------
+    # Without a login, only this host's own names may be asked for: a page of another site whose
+    # name was made to resolve to 127.0.0.1 (DNS rebinding) would otherwise read and act as same-origin
+    local_names = {"127.0.0.1", "localhost", "[::1]", backend.config().console.host}
+
     @app.before_request
     def guard():
         g.actor = None
+        if not needs_login and request.host.rsplit(":", 1)[0].lower() not in local_names:
+            abort(421, "This console answers to its local address only (127.0.0.1 or localhost).")
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer ") and backend.credentials.check_token(header[7:].strip()):
             g.actor = TOKEN_ACTOR              # a script: no cookie, so no cross-site request can carry it
