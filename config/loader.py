@@ -663,8 +663,9 @@ def build_config(data: dict, source: Path | None = None, *,
 
 
 def missing_secrets(config: Config) -> list[str]:
-    """Secrets named by ``*_env`` keys but absent from this process's environment. Not an error
-    of the file: an admin's shell rarely has the daemon's secrets; the daemon warns at start."""
+    """Secrets named by ``*_env`` keys but absent from this process's environment, and a console
+    whose secrets would travel in clear text. Not errors of the file: an admin's shell rarely has
+    the daemon's secrets; the daemon warns at start, ``config check`` on stderr."""
     missing = []
     if config.store.password_env and config.store.password_env not in os.environ:
         missing.append(f"store.password_env: environment variable {config.store.password_env} is not set")
@@ -674,6 +675,11 @@ def missing_secrets(config: Config) -> list[str]:
     for i, inbox in enumerate(config.inboxes):
         if isinstance(inbox, SftpInboxConfig) and inbox.password_env and inbox.password_env not in os.environ:
             missing.append(f"inboxes[{i}].password_env: environment variable {inbox.password_env} is not set")
+    console = config.console
+    if console.address and not console.local and console.tls_cert is None:
+        missing.append(f"console.address {console.address} is served over plain HTTP: admins' passwords, the token "
+                       "and session cookies cross the network in clear text (set tls_cert and tls_key, or serve "
+                       "it on 127.0.0.1 behind a TLS proxy with require_login = true)")
     for i, partner in enumerate(config.partners.values()):
         hook = partner.webhook
         if hook and hook.secret_env and hook.secret_env not in os.environ:

@@ -229,8 +229,14 @@ class ConsoleConfig:
     @property
     def local(self) -> bool:
         """Served on a loopback address only: reachable from this host alone."""
+        import ipaddress
         host = self.host
-        return host in LOOPBACK_HOSTS or host.startswith("127.")
+        if host in LOOPBACK_HOSTS:
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:          # a name: only "localhost" is taken for this host
+            return False
 
     @property
     def login(self) -> bool:

@@ -398,9 +398,11 @@ class Daemon:
             return
         if new.store.url != self.config.store.url or new.daemon.workers != self.config.daemon.workers:
             self.log.warning("config.reload_partial", reason="store url and workers change on restart only")
+        if new.console != self.config.console:
+            self.log.warning("config.reload_partial", reason="[console] changes on restart only")
         old = {i.id: i for i in self.config.inboxes}
         fresh = {i.id: i for i in new.inboxes}
-        self.config = dataclasses.replace(new, store=self.config.store,
+        self.config = dataclasses.replace(new, store=self.config.store, console=self.config.console,
                                           daemon=dataclasses.replace(new.daemon, workers=self.config.daemon.workers))
         for inbox_id in old.keys() - fresh.keys() | {k for k in old.keys() & fresh.keys() if old[k] != fresh[k]}:
             inbox = self.inboxes.pop(inbox_id, None)

@@ -72,6 +72,16 @@ class RevertCounts:
     conflicts: tuple[tuple[str, str], ...]    # (sku, job that changed it since), left alone
 
 
+@dataclass(frozen=True)
+class RevertPreview:
+    """What a revert would work on (products not changed since the job), read without writing."""
+    restore: int                # updated by the job: their columns get the values before it
+    deactivate: int             # inserted by it
+    reactivate: int             # deactivated by it
+    changed_since: int          # changed again by a later job: left alone unless forced
+    conflicts: list[tuple]      # the first of those: (sku, change, the job that changed it since)
+
+
 class _RolledBack(Exception):
     """A dry run's way out of its transaction, with what it would have done."""
 
@@ -370,6 +380,26 @@ class HistoryReads:
             f"SELECT p.sku, t.kind, p.source_job_id FROM ({self._targets()}) t JOIN products p"
             " ON p.partner_id = ? AND p.sku_key = t.sku_key WHERE p.version <> ? ORDER BY p.sku_key",
             (*self._target_params(target.partner_id, version), target.partner_id, version))]
+
+    def revert_preview(self, target: Job, *, shown: int = 20) -> RevertPreview:
+        """Read only, for a confirmation page: what a revert of ``target`` would work on, and the
+        first ``shown`` products changed again since (left alone unless forced)."""
+        version = self.change_set_of(target)
+        partner = target.partner_id
+        join = (f" FROM ({self._targets()}) t JOIN products p ON p.partner_id = ? AND p.sku_key = t.sku_key")
+        params = (*self._target_params(partner, version), partner)
+        counts: dict[str, int] = {}
+        later = 0
+        for kind, unchanged, changed in self._q(
+                f"SELECT t.kind, SUM(CASE WHEN p.version = ? THEN 1 ELSE 0 END),"
+                f" SUM(CASE WHEN p.version <> ? THEN 1 ELSE 0 END){join} GROUP BY t.kind", (version, version, *params)):
+            counts[kind] = int(unchanged or 0)
+            later += int(changed or 0)
+        conflicts = [tuple(r) for r in self._q(f"SELECT p.sku, t.kind, p.source_job_id{join} WHERE p.version <> ?"
+                                               f" ORDER BY p.sku_key LIMIT {int(shown)}", (*params, version))]
+        return RevertPreview(restore=sum(n for k, n in counts.items() if k not in (INSERTED, DEACTIVATED)),
+                             deactivate=counts.get(INSERTED, 0), reactivate=counts.get(DEACTIVATED, 0),
+                             changed_since=later, conflicts=conflicts)
 
     def _targets(self) -> str:
         """What a version changed: (sku_key, kind, before) of its updates and deactivations, and

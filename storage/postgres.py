@@ -272,7 +272,8 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self._exec(
             "UPDATE jobs SET status = %s, attempt = %s, inbox = %s, source_uri = %s,"
             " source_name = %s, size = %s, source_version = %s, delivered_at = %s, format = %s, mode = %s,"
-            " spool_path = %s, error = NULL, result = NULL, started_at = %s, finished_at = NULL,"
+            " spool_path = %s, error = NULL, result = NULL, rows_read = NULL, rows_rejected = NULL, started_at = %s,"
+            " finished_at = NULL,"
             " reported_at = NULL, lease_until = now() + make_interval(secs => %s), claimed_by = %s"
             " WHERE id = %s",
             (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,

@@ -230,7 +230,8 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                 self._exec(
                     "UPDATE jobs SET status = ?, attempt = ?, inbox = ?, source_uri = ?,"
                     " source_name = ?, size = ?, source_version = ?, delivered_at = ?, format = ?, mode = ?,"
-                    " spool_path = ?, error = NULL, result = NULL, started_at = ?, finished_at = NULL,"
+                    " spool_path = ?, error = NULL, result = NULL, rows_read = NULL, rows_rejected = NULL, started_at = ?,"
+                    " finished_at = NULL,"
                     " reported_at = NULL, lease_until = ?, claimed_by = ? WHERE id = ?",
                     (JobStatus.RUNNING, attempt, inbox, source.uri, source.name, source.size, source.version,
                      source.delivered_at, fmt, mode, spool_path, now, utc_in(self.lease), self.holder, original.id))

@@ -468,6 +468,7 @@ def test_console_is_off_by_default_and_local_needs_no_credentials():
     ({"address": "0.0.0.0:9465", "admins_env": "not a name"}, "console.admins_env: expected the name of an environment"),
     ({"address": "127.0.0.1:9465", "tls_cert": "c.pem"}, "console: tls_cert and tls_key go together"),
     ({"address": "127.0.0.1:9465", "password": "hunter2"}, "console.password"),
+    ({"address": "127.evil.example:9465"}, "console.address: 127.evil.example is not a loopback address"),
 ])
 def test_console_settings_that_are_refused(console, problem):
     with pytest.raises(ConfigError) as refused:
@@ -476,6 +477,7 @@ def test_console_settings_that_are_refused(console, problem):
 
 
 def test_console_credentials_come_from_the_environment_only():
+    from config import missing_secrets
     from inbox_daemon.console.access import credentials, hash_password
     console = build_config({"console": {"address": "0.0.0.0:9465", "admins_env": "ADMINS",
                                         "token_env": "TOKEN"}}).console
@@ -489,4 +491,9 @@ def test_console_credentials_come_from_the_environment_only():
     assert creds.check_password("alice", "correct horse") and not creds.check_password("alice", "x" * 8)
     assert not creds.check_password("mallory", "correct horse") and creds.token is None
     assert credentials(console, {"TOKEN": "t" * 20}).check_token("t" * 20)
+    with pytest.raises(ConfigError, match="not name=<hash>"):
+        credentials(console, {"ADMINS": "alice=md9$salt$beef"})             # no such method: found now, not at login
+    assert any("plain HTTP" in w for w in missing_secrets(build_config({"console": {
+        "address": "0.0.0.0:9465", "token_env": "TOKEN"}})))
+    assert not any("plain HTTP" in w for w in missing_secrets(build_config({"console": {"address": "127.0.0.1:1"}})))
     assert not credentials(console, {"TOKEN": "t" * 20}).check_token("t" * 19)

@@ -187,6 +187,9 @@ def test_every_page_renders_the_running_daemons_real_data(tmp_path, daemons, bro
     assert "job.reported" in console.text("#audit-records") or "job." in console.text("#audit-records")
     assert "partial" in console.text("#attempts")
     console.shot(shots, "job")
+    console.select("code", "invalid_price")             # the column left at "any"
+    console.click("#diagnostic-filters button")
+    assert [r.text.split()[:2] for r in console.all("#lines tbody tr")] == [["3", "C-3"]]
 
     console.open("/partners")
     partner_row = console.text("#partners tbody tr")
@@ -288,7 +291,7 @@ def test_revert_from_the_page_undoes_the_job(tmp_path, daemons, browser):
     second = wait_manifests(tmp_path, 2, "acme", status="succeeded")
     job_id = next(m["job_id"] for m in second if m["source"]["name"] == "b.csv")
     console.open(f"/jobs/{job_id}/revert")
-    assert "restores 1 product(s)" in console.text("main")
+    assert "restores up to 1 product(s)" in console.text("main")
     console.fill("name", "bob")
     console.click("#confirm button")
     assert "Reverted by bob: succeeded" in console.text(".flash")
@@ -487,4 +490,7 @@ def test_a_non_local_bind_requires_a_login_from_credentials_in_the_environment(t
     console.click("header .who button")
     console.open("/jobs")
     assert "/login" in browser.current_url
+    browser.add_cookie({k: cookie[k] for k in ("name", "value", "path")})     # the cookie from before the logout
+    console.open("/jobs")
+    assert "/login" in browser.current_url, "a logged-out session stays ended, whatever cookie comes back"
     assert d.stop() == 0

@@ -150,8 +150,11 @@ def test_a_redirect_to_another_host_is_not_followed(tmp_path, daemons, endpoints
     assert hook.received and not target.received
     [manifest] = manifests(tmp_path)
     store = open_store(StoreConfig(url="sqlite:///" + str(tmp_path / "var" / "catalog.db")))
-    [delivery] = store.webhook_deliveries(manifest["job_id"])
-    store.close()
+    try:     # the refusal is logged just before it is recorded in the outbox
+        delivery = wait_for(lambda: next((w for w in store.webhook_deliveries(manifest["job_id"])
+                                          if w["status"] != "pending"), None), what="the refusal recorded")
+    finally:
+        store.close()
     assert delivery["status"] == "failed" and "redirect" in delivery["last_error"]
     assert d.stop() == 0
 

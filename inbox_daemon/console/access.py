@@ -18,6 +18,8 @@ from __future__ import annotations
 import hmac
 import os
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,18 +34,36 @@ _UNKNOWN = generate_password_hash("not an admin")
 TOKEN_ACTOR = "token"
 
 
+FAILED_LOGIN_PAUSE = 1.0     # seconds a wrong name or password waits before its answer
+_hashing = threading.Lock()  # one password check at a time: logins never take every console thread's CPU
+
+
 @dataclass(frozen=True)
 class Credentials:
     admins: Mapping[str, str] = field(default_factory=dict)     # name -> password hash
     token: str | None = None
 
     def check_password(self, name: str, password: str) -> bool:
+        """Right or wrong, as long as each other (a salted scrypt, even for an unknown name);
+        a wrong one then waits ``FAILED_LOGIN_PAUSE``, so guesses come slowly."""
         known = self.admins.get(name)
-        ok = check_password_hash(known or _UNKNOWN, password)
-        return ok and known is not None
+        with _hashing:
+            ok = check_password_hash(known or _UNKNOWN, password) and known is not None
+        if not ok:
+            time.sleep(FAILED_LOGIN_PAUSE)
+        return ok
 
     def check_token(self, presented: str) -> bool:
         return self.token is not None and hmac.compare_digest(presented.encode(), self.token.encode())
+
+
+def _usable(hashed: str) -> bool:
+    """A hash Werkzeug can check (a known method, its parameters): found at start, not at a login."""
+    try:
+        check_password_hash(hashed, "")
+    except (ValueError, TypeError):
+        return False
+    return "$" in hashed
 
 
 def hash_password(password: str) -> str:
@@ -59,7 +79,7 @@ def credentials(console: ConsoleConfig, environ: Mapping[str, str] = os.environ)
     if console.admins_env and environ.get(console.admins_env, "").strip():
         for entry in environ[console.admins_env].split():
             name, sep, hashed = entry.partition("=")
-            if not sep or not ADMIN_NAME.match(name) or "$" not in hashed:
+            if not sep or not ADMIN_NAME.match(name) or not _usable(hashed):
                 problems.append(f"console.admins_env: {console.admins_env} holds {entry.split('=')[0][:64]!r}, "
                                 "not name=<hash> (inbox-daemon console hash-password prints a hash)")
                 continue

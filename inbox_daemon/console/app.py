@@ -16,6 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +44,8 @@ PAGE = 50                    # jobs per page
 DIAGNOSTICS_PAGE = 100       # diagnostics lines per page
 CHANGES_SHOWN = 100          # products of a change set shown on a job's page
 CHART_DAYS = 30
+NO_COLUMN = "(none)"         # the column filter's value for lines about no column (the file as a whole)
+JOB_FILTERS = ("partner", "inbox", "status", "since", "until")
 SESSION_HOURS = 8
 POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
           "frame-ancestors 'none'; base-uri 'none'")
@@ -78,6 +82,10 @@ def create_app(backend: Backend) -> Flask:
     app.jinja_env.filters.update(pretty=_pretty, ago=_ago, link=_link, pct=_pct, num=_num, shown_url=shown_url)
     csrf = CSRFProtect(app)
     needs_login = backend.config().console.login
+    # logged-in sessions by a random id the signed cookie carries: logging out ends one for good,
+    # not only in the browser that sent it
+    sessions: dict[str, tuple[str, float]] = {}       # id -> (admin, monotonic end)
+    sessions_lock = threading.Lock()
 
     # -- access ---------------------------------------------------------------------------------
     # Without a login, only this host's own names may be asked for: a page of another site whose
@@ -94,11 +102,13 @@ def create_app(backend: Backend) -> Flask:
             g.actor = TOKEN_ACTOR              # a script: no cookie, so no cross-site request can carry it
             return None
         if needs_login and request.endpoint not in ("login", "static"):
-            if not session.get("admin"):
+            with sessions_lock:
+                admin, ends = sessions.get(session.get("sid", ""), (None, 0.0))
+            if admin is None or ends < time.monotonic():
                 if request.method == "GET":
                     return redirect(url_for("login", next=request.full_path))
                 abort(401)
-            g.actor = session["admin"]
+            g.actor = admin
         if request.method == "POST":
             csrf.protect()
         return None
@@ -137,7 +147,7 @@ def create_app(backend: Backend) -> Flask:
 
     @app.context_processor
     def common():
-        return {"login": needs_login, "admin": session.get("admin"), "version": __version__,
+        return {"login": needs_login, "admin": g.get("actor"), "version": __version__,
                 "statuses": [str(s) for s in JobStatus]}
 
     @app.route("/login", methods=["GET", "POST"])
@@ -150,12 +160,20 @@ def create_app(backend: Backend) -> Flask:
                 session.clear()
                 session.permanent = True
                 session["admin"] = name
+                session["sid"] = sid = secrets.token_urlsafe(24)
+                now = time.monotonic()
+                with sessions_lock:
+                    for old in [s for s, (_, ends) in sessions.items() if ends < now]:
+                        del sessions[old]
+                    sessions[sid] = (name, now + SESSION_HOURS * 3600)
                 return redirect(_local_next(request.args.get("next")))
             error = "Unknown name or wrong password."
         return render_template("login.html", error=error), 401 if error else 200
 
     @app.post("/logout")
     def logout():
+        with sessions_lock:
+            sessions.pop(session.get("sid", ""), None)
         session.clear()
         return redirect(url_for("login" if needs_login else "overview"))
 
@@ -177,7 +195,7 @@ def create_app(backend: Backend) -> Flask:
                           until=_time(request.args.get("until")))
         page = backend.store().job_page(where, after=_cursor(request.args.get("after")),
                                         before=_cursor(request.args.get("before")), limit=PAGE)
-        filters = {k: v for k, v in request.args.items() if k not in ("after", "before") and v}
+        filters = {k: v for k in JOB_FILTERS if (v := request.args.get(k))}
         return render_template("jobs.html", page=page, filters=filters, partners=list(config.partners),
                                inboxes=[i.id for i in config.inboxes])
 
@@ -187,14 +205,16 @@ def create_app(backend: Backend) -> Flask:
         found = store.job(job_id)
         folder = config.daemon.results_dir / found.partner_id
         diag_path = folder / diagnostics_name(found.id)
-        code, column = request.args.get("code"), request.args.get("column")
+        code = request.args.get("code") or None
+        column = request.args.get("column") or None
+        column = "" if column == NO_COLUMN else column
         offset = max(_int(request.args.get("offset")), 0)
         changes, more_changes, change_note = _changes(store, found)
         return render_template(
             "job.html", job=found, manifest=found.result or {}, actions=_actions(store, found),
             summary=diagnostics.summary(diag_path),
             lines=diagnostics.matching(diag_path, code=code, column=column, offset=offset, limit=DIAGNOSTICS_PAGE),
-            code=code, column=column, offset=offset, page_size=DIAGNOSTICS_PAGE,
+            code=code, column=NO_COLUMN if column == "" else column, offset=offset, page_size=DIAGNOSTICS_PAGE,
             attempts=store.attempts(found.id), webhooks=store.webhook_deliveries(found.id),
             records=backend.trail.of_job(found), changes=changes, more_changes=more_changes,
             change_note=change_note, has_manifest=manifest_path(config.daemon.results_dir, found.partner_id,
@@ -330,11 +350,12 @@ def _not_reverted(store, job) -> bool:
 
 
 def _revert_plan(store, job) -> dict:
+    """What the confirmation page says a revert would do: read only (a page that a browser may
+    prefetch must not take the partner's write lock, as a dry run of the revert would)."""
     try:
-        counts = store.revert(None, job, force=False)
-        return {"counts": counts, "conflicts": store.revert_plan(job)[:20], "error": None}
+        return {"preview": store.revert_preview(job), "error": None}
     except JobNotFound as exc:           # pruned, or reverted already: the POST would say the same
-        return {"counts": None, "conflicts": [], "error": str(exc)}
+        return {"preview": None, "error": str(exc)}
 
 
 def _changes(store, job) -> tuple[list[dict], bool, str | None]:

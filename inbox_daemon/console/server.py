@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -35,7 +36,7 @@ class ConsoleServer:
         console = config().console
         creds = credentials(console)
         self._local = threading.local()
-        self._stores: list = []
+        self._stores: dict[threading.Thread, Any] = {}     # each console thread's connection
         self._lock = threading.Lock()
         self._config = config
         audit = open_audit(config().daemon)
@@ -61,10 +62,14 @@ class ConsoleServer:
         self.trail.verify_soon()
 
     def close(self) -> None:
+        """Stop serving (cheroot waits up to 5 s for requests in flight), then close the
+        connections of the threads that ended. A request still running past that keeps its own:
+        a connection is never closed under another thread; the process is ending anyway."""
         self._server.stop()
         self._thread.join(timeout=5)
         with self._lock:
-            stores, self._stores = self._stores, []
+            ended = [t for t in self._stores if not t.is_alive()]
+            stores = [self._stores.pop(t) for t in ended]
         for store in stores:
             store.close()
 
@@ -75,7 +80,7 @@ class ConsoleServer:
             store = open_store(self._config().store)
             self._local.store = store
             with self._lock:
-                self._stores.append(store)
+                self._stores[threading.current_thread()] = store
         return store
 
     def _drop_store(self) -> None:
@@ -84,8 +89,7 @@ class ConsoleServer:
             return
         self._local.store = None
         with self._lock:
-            if store in self._stores:
-                self._stores.remove(store)
+            self._stores.pop(threading.current_thread(), None)
         try:
             store.close()
         except Exception:  # noqa: BLE001 — a broken connection may fail to close too; it is dropped either way

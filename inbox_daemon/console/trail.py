@@ -53,6 +53,8 @@ class TrailView:
         for path in sorted(self.audit.folder.glob("audit-*.jsonl")):
             if path.name < first:
                 continue
+            if len(found) >= JOB_RECORDS:
+                break
             data = path.read_bytes()
             start = data.find(needle)
             while start != -1 and len(found) < JOB_RECORDS:

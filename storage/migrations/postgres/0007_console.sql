@@ -4,8 +4,8 @@
 -- status, paged by (created_at, id), for each inbox's last success, and for a job's revert.
 ALTER TABLE jobs ADD COLUMN rows_read bigint;
 ALTER TABLE jobs ADD COLUMN rows_rejected bigint;
-UPDATE jobs SET rows_read = (result::jsonb -> 'rows' ->> 'read')::bigint,
-                rows_rejected = (result::jsonb -> 'rows' ->> 'rejected')::bigint
+UPDATE jobs SET rows_read = (result::json -> 'rows' ->> 'read')::bigint,
+                rows_rejected = (result::json -> 'rows' ->> 'rejected')::bigint
  WHERE result IS NOT NULL;
 DROP INDEX jobs_created;
 CREATE INDEX jobs_created ON jobs (created_at, id);
