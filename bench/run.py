@@ -52,6 +52,7 @@ class Figure:
     ratio: float | None = None
     met: bool | None = None
     note: str = ""
+    over: float | None = None           # a run was stopped at this many seconds: the figure is "> over"
 
     @property
     def median(self) -> float:
@@ -67,15 +68,20 @@ class Figure:
 # parent's high-water mark across the exec), so spawned from this script, once it has grown
 # (generating the 5M-row file, reading catalogs), every figure would read as this script's size.
 _LAUNCHER = r"""
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, threading, time
 for line in sys.stdin:
     job = json.loads(line)
     with open(job["out"], "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(job["args"], cwd=job["cwd"], stdout=fh,
                                 stderr=subprocess.DEVNULL if job["quiet"] else subprocess.STDOUT, env=job["env"])
+        timer = threading.Timer(job["limit"], proc.kill) if job["limit"] else None
+        if timer:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
+        if timer:
+            timer.cancel()
     print(json.dumps([elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)]), flush=True)
 """
 _launcher: subprocess.Popen | None = None
@@ -89,17 +95,28 @@ def _start_launcher() -> subprocess.Popen:
     return _launcher
 
 
-def timed(args: list[str], cwd: Path, env: dict | None = None, *, quiet: bool = False) -> tuple[float, float, str]:
+class OverLimit(Exception):
+    """A run was stopped at its time limit (``timed(limit=...)``)."""
+
+    def __init__(self, seconds: float, rss: float):
+        super().__init__(f"stopped after {seconds:.0f} s")
+        self.seconds, self.rss = seconds, rss
+
+
+def timed(args: list[str], cwd: Path, env: dict | None = None, *, quiet: bool = False,
+          limit: float | None = None) -> tuple[float, float, str]:
     """Run one process to its end: wall seconds, its own peak RSS in MB, its stdout (with its
-    stderr, unless ``quiet``)."""
+    stderr, unless ``quiet``). ``limit``: stop it after that many seconds (``OverLimit``)."""
     launcher = _start_launcher()
     assert launcher.stdin is not None and launcher.stdout is not None
     out = cwd / ".stdout"
     launcher.stdin.write(json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "out": str(out),
-                                      "quiet": quiet, "env": {**os.environ, **(env or {})}}) + "\n")
+                                      "quiet": quiet, "env": {**os.environ, **(env or {})}, "limit": limit}) + "\n")
     launcher.stdin.flush()
     elapsed, rss, code = json.loads(launcher.stdout.readline())
     text = out.read_text(errors="replace")
+    if limit is not None and code == -9 and elapsed >= limit:
+        raise OverLimit(elapsed, rss)
     if code != 0:
         sys.exit(f"{' '.join(map(str, args[:3]))} … failed ({code}):\n{text[-3000:]}")
     return elapsed, rss, text
@@ -167,7 +184,39 @@ def peers(args, cache: Path, root: Path, daemon: Figure) -> list[Figure]:
     add(orm, timed([PY, str(HERE / "peer_orm.py"), str(work / "orm.db"), str(orm_feed)], work, PEERS))
     shutil.rmtree(work)
     print(f"  peers: pandas {pandas.median:.2f} s, ORM {orm.median:.2f} s on {args.orm_rows:,} rows", flush=True)
-    return [pandas, orm]
+    return [pandas, orm, *dlt_peer(args, cache, root, dm)]
+
+
+def dlt_peer(args, cache: Path, root: Path, daemon: Figure) -> list[Figure]:
+    """dlt's merge into SQLite (``peer_dlt.py``), fresh and with the 1%-changed snapshot re-sent,
+    each checked to leave the catalog the floor leaves; a run past ``--dlt-limit`` is stopped and
+    shown as "> limit"."""
+    feed, changed = cached(cache, args.rows), cached(cache, args.rows, changed=0.01)
+    fresh = Figure("peer: dlt merge (sqlalchemy → SQLite), fresh", args.rows, reference=daemon.path,
+                   target="(for scale)")
+    resent = Figure("peer: dlt merge, the 1%-changed snapshot re-sent", args.rows, reference=daemon.path,
+                    target="(for scale)")
+    work = root / "dlt"
+    work.mkdir()
+    peer = [PY, str(HERE / "peer_dlt.py"), str(work / "peer.db")]
+    for figure, source in ((fresh, feed), (resent, changed)):
+        try:
+            add(figure, timed([*peer, str(source)], work, PEERS, limit=args.dlt_limit))
+        except OverLimit as stopped:
+            figure.over, figure.rss_mb = stopped.seconds, [stopped.rss]
+            figure.note = f"stopped after {stopped.seconds:.0f} s (--dlt-limit); not compared"
+            break
+        floor(work / "floor.db", source, work)
+        same = subprocess.run([*peer, str(source), "--compare", str(work / "floor.db")], cwd=work, text=True,
+                              capture_output=True, env={**os.environ, **PEERS})
+        figure.note = same.stdout.strip() or same.stderr.strip()[-300:]
+    shutil.rmtree(work)
+    print(f"  dlt: fresh {_shown(fresh)}, re-sent {_shown(resent)}", flush=True)
+    return [fresh, resent]
+
+
+def _shown(figure: Figure) -> str:
+    return f"> {figure.over:.0f} s" if figure.over else (f"{figure.median:.2f} s" if figure.seconds else "not run")
 
 
 def big_file(args, cache: Path, root: Path, fresh_rss: float) -> list[Figure]:
@@ -351,7 +400,7 @@ def judge(figures: list[Figure]) -> None:
     by_path = {f.path: f for f in figures}
     for f in figures:
         ref = by_path.get(f.reference or "")
-        if ref is None or f.ratio is not None:
+        if ref is None or f.ratio is not None or not f.seconds:
             continue
         if f.speedup is not None:
             f.ratio = ref.rows_per_s / f.rows_per_s          # how many times faster the daemon is
@@ -370,6 +419,9 @@ def table(figures: list[Figure]) -> str:
         ratio = "" if f.ratio is None else (f"{f.ratio:.0f} ×" if f.speedup else f"{f.ratio:.2f}")
         met = "" if f.met is None else ("yes" if f.met else "**no**")
         rss = f"{max(f.rss_mb):.0f}" if f.rss_mb else ""
+        if not f.seconds:
+            lines.append(f"| {f.path} | {f.rows:,} | {_shown(f)} | | {rss} | | {f.target} | |")
+            continue
         seconds = f"{f.median:.2f}" if f.median >= 0.5 else f"{f.median:.3f}"
         rows, speed = (f"{f.rows:,}", f"{f.rows_per_s:,.0f}") if f.rows else ("", "")
         lines.append(f"| {f.path} | {rows} | {seconds} | {speed} | {rss} | {ratio} | "
@@ -407,6 +459,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--big-rows", type=int, default=5_000_000)
     ap.add_argument("--orm-rows", type=int, default=50_000)
+    ap.add_argument("--dlt-limit", type=float, default=900.0, help="seconds a dlt run may take before it is stopped")
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--latency", type=int, default=20)
     ap.add_argument("--xml-runs", type=int, default=1,
@@ -454,8 +507,8 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},
               "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
-              "figures": [{**asdict(f), "median_s": round(f.median, 3), "rows_per_s": round(f.rows_per_s)}
-                          for f in figures]}
+              "figures": [{**asdict(f), "median_s": round(f.median, 3) if f.seconds else None,
+                           "rows_per_s": round(f.rows_per_s) if f.seconds else None} for f in figures]}
     args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwritten to {args.json}")
 
