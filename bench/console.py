@@ -34,6 +34,7 @@ from catalog import cached  # noqa: E402
 
 from inbox_daemon.audit import GENESIS, record_hash  # noqa: E402
 from inbox_daemon.jsontext import json_text  # noqa: E402
+from storage.base import ledger_time  # noqa: E402
 
 EXE = str(Path(sys.executable).with_name("inbox-daemon"))
 PARTNERS = ("acme", "globex", "initech", "umbrella", "hooli")
@@ -79,8 +80,7 @@ def _jobs(count: int) -> tuple[list[dict], list[tuple]]:
     jobs, attempts = [], []
     for n in range(count):
         at = start + step * n
-        created = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        finished = (at + timedelta(seconds=2)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        created, finished = ledger_time(at), ledger_time(at + timedelta(seconds=2))
         partner = rnd.choice(PARTNERS)
         status = "partial" if n == count - 1 else rnd.choice(STATUSES)
         job_id = f"{at:%Y%m%dT%H%M%S}Z-{n:08x}"

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from config import Config, ConfigError, missing_secrets
@@ -42,6 +43,7 @@ from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
 from inbox_daemon.webhooks import WebhookSender
 from storage import open_store
+from storage.base import CatalogStore
 
 QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers and the scanner block beyond this
 PUT_WAIT = 0.2              # seconds between looks at ``stopping`` while the queue is full
@@ -450,52 +452,49 @@ class Daemon:
 
     # -- leases ---------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        """Renew what this daemon holds; queue what dead daemons held. Own store connection:
-        the workers' are busy inside their transactions."""
-        period = max(self.config.store.lease / 3, 0.2)
-        store, next_beat = None, 0.0
-        while True:
-            if time.monotonic() < next_beat:
-                # stop only once the workers are done: an in-flight job keeps its lease to the end
-                if self._stopping.is_set() and not any(w.is_alive() for w in self._workers):
-                    break
-                time.sleep(0.1)
-                continue
-            next_beat = time.monotonic() + period
-            try:
-                store = store or open_store(self.config.store)
-                store.renew()
-                expired = store.expire_leases()
-                if expired:
-                    self.log.warning("jobs.lease_expired", jobs=expired,
-                                     reason="their daemon stopped renewing them; queued to run again")
-                self._heartbeat_ok = True
-            except Exception as exc:  # noqa: BLE001 — the heartbeat must outlive any store trouble
-                self._heartbeat_ok = False
-                self.log.error("store.heartbeat_failed", error=str(exc), error_type=type(exc).__name__)
-                if store is not None:
-                    store.close()
-                    store = None
-        if store is not None:
-            store.close()
+        """Renew what this daemon holds; queue what dead daemons held. It stops only once the
+        workers are done: an in-flight job keeps its lease to the end."""
+        def beat(store) -> None:
+            store.renew()
+            expired = store.expire_leases()
+            if expired:
+                self.log.warning("jobs.lease_expired", jobs=expired,
+                                 reason="their daemon stopped renewing them; queued to run again")
+            self._heartbeat_ok = True
+
+        def failed(exc: Exception) -> None:
+            self._heartbeat_ok = False
+            self.log.error("store.heartbeat_failed", error=str(exc), error_type=type(exc).__name__)
+        self._periodically(max(self.config.store.lease / 3, 0.2), beat, failed,
+                           until=lambda: self._stopping.is_set() and not any(w.is_alive() for w in self._workers))
 
     def _pruner_loop(self) -> None:
         """Change sets past ``history_days``: a few small batches per partner a minute, each its
-        own short transaction, on a thread and connection of their own (waiting for a partner's
-        merge to commit never holds up the heartbeat)."""
-        store, next_prune = None, 0.0
-        while not self._stopping.is_set():
-            if time.monotonic() < next_prune:
-                self._stopping.wait(0.5)
+        own short transaction (waiting for a partner's merge to commit never holds up the heartbeat)."""
+        def prune(store) -> None:
+            pruned = store.prune_history(self.config.daemon.history_days, max_batches=PRUNE_BATCHES)
+            if pruned:
+                self.log.info("history.pruned", changes=pruned, history_days=self.config.daemon.history_days)
+        self._periodically(PRUNE_EVERY_S, prune, until=self._stopping.is_set,
+                           failed=lambda exc: self.log.warning("history.prune_failed", error=str(exc),
+                                                               error_type=type(exc).__name__))
+
+    def _periodically(self, period: float, work: Callable[[CatalogStore], None],
+                      failed: Callable[[Exception], None], *, until: Callable[[], bool]) -> None:
+        """``work`` every ``period`` seconds until ``until()``, on a store connection of this
+        thread's own (the workers' are busy inside their transactions). Whatever fails is told to
+        ``failed`` and tried again next period, on a new connection."""
+        store, due = None, 0.0
+        while not until():
+            if time.monotonic() < due:
+                time.sleep(0.1)
                 continue
-            next_prune = time.monotonic() + PRUNE_EVERY_S
+            due = time.monotonic() + period
             try:
                 store = store or open_store(self.config.store)
-                pruned = store.prune_history(self.config.daemon.history_days, max_batches=PRUNE_BATCHES)
-                if pruned:
-                    self.log.info("history.pruned", changes=pruned, history_days=self.config.daemon.history_days)
-            except Exception as exc:  # noqa: BLE001 — pruning is tried again at the next minute
-                self.log.warning("history.prune_failed", error=str(exc), error_type=type(exc).__name__)
+                work(store)
+            except Exception as exc:  # noqa: BLE001 — these threads must outlive any store trouble
+                failed(exc)
                 if store is not None:
                     store.close()
                     store = None
@@ -622,17 +621,16 @@ class Daemon:
         for inbox_cfg in self.config.inboxes:
             inbox = self.inboxes.get(inbox_cfg.id)
             fault = faults.get(f"inbox {inbox_cfg.id}")
-            looks = inbox.looks() if inbox is not None else ""
+            state, how = inbox.looks() if inbox is not None else ("down", "")
+            why = None
             if inbox is None:
-                state, why = "down", "it could not be opened (the log says why: inbox.unavailable)"
+                why = "it could not be opened (the log says why: inbox.unavailable)"
             elif not inbox.alive():
                 state, why = "down", "its watcher stopped"
             elif fault:
                 state, why = "degraded", str(fault.get("error", fault))
-            else:
-                state, why = ("polling" if looks.startswith("polling") else "watching"), None
             inboxes.append({"id": inbox_cfg.id, "partner": inbox_cfg.partner, "kind": inbox_cfg.kind,
-                            "state": state, "why": why, "looks": looks,
+                            "state": state, "why": why, "how": how,
                             "settling": inbox.settling() if inbox is not None else 0,
                             "in_queue": queued.get(inbox_cfg.id, 0)})
         return {"health": self._health_state, "inboxes": inboxes, "in_flight": self._in_flight,

@@ -44,7 +44,7 @@ from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.inboxes.base import Inbox
 from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
-from inbox_daemon.results import diagnostics_name, manifest_bytes
+from inbox_daemon.results import diagnostics_path, manifest_bytes
 from inbox_daemon.webhooks import WebhookSender
 from storage.base import TO_RUN, CatalogStore, Job, Source
 
@@ -350,7 +350,7 @@ class Journey:
         file: the manifest is written back all the same."""
         inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
         if manifest.get("diagnostics"):
-            path = self.config.daemon.results_dir / manifest["partner"] / diagnostics_name(manifest["job_id"])
+            path = diagnostics_path(self.config.daemon.results_dir, manifest["partner"], manifest["job_id"])
             try:
                 data = path.read_bytes()
             except FileNotFoundError:

@@ -72,7 +72,6 @@ class AddressUnavailable(Exception):
         self.key = key
 
 
-
 class _Connection:
     __slots__ = ("opened", "idle")
 

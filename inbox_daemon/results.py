@@ -32,6 +32,10 @@ def diagnostics_name(job_id: str) -> str:
     return f"{job_id}.diagnostics.csv"
 
 
+def diagnostics_path(results_dir: Path, partner: str, job_id: str) -> Path:
+    return results_dir / partner / diagnostics_name(job_id)
+
+
 def manifest_bytes(manifest: dict) -> bytes:
     return (json_text(manifest, indent=2) + "\n").encode()
 

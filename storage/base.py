@@ -61,9 +61,15 @@ def utcnow() -> str:
 
 
 def utc_in(seconds: float) -> str:
-    """UTC ``seconds`` from now, as the ledger writes times (ISO 8601, ms, ``Z``)."""
-    t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC ``seconds`` from now, as the ledger writes times."""
+    return ledger_time(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def ledger_time(moment: datetime) -> str:
+    """``moment`` as the ledger writes times: ISO 8601 in UTC, to the millisecond, with ``Z``
+    (so that text order is time order). A naive ``moment`` is taken as UTC."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def sku_key(sku: str) -> str:

@@ -28,7 +28,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +36,7 @@ import pyarrow as pa
 from config.canonical import MERGED_COLUMNS
 from config.errors import JobNotFound, PriceShockHeld
 from config.status import APPLIED, JobStatus
-from storage.base import Columns, Job, Outcome, sku_key, utc_in, utcnow
+from storage.base import Columns, Job, Outcome, ledger_time, sku_key, utc_in, utcnow
 
 UPDATED, DEACTIVATED, REACTIVATED, INSERTED = "updated", "deactivated", "reactivated", "inserted"
 REVERT_MODE, FORCED_REVERT_MODE = "revert", "revert-force"
@@ -360,8 +360,7 @@ class HistoryReads:
             when = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise JobNotFound(f"--since {since!r} is neither a job id nor a time (2026-12-01T00:00:00Z)") from None
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        at = when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        at = ledger_time(when)
         # before any job: every product, those of a catalog older than change sets (version 0) too
         return self._one(self._sql("SELECT coalesce(max(catalog_version), -1) FROM jobs WHERE partner_id = ?"
                                    " AND finished_at <= ?"), (partner, at))

@@ -6,11 +6,9 @@ its reason, nothing read from disk or network, memory bounded."""
 from __future__ import annotations
 
 import gzip
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +18,7 @@ from adapters.readers import Block, ReadOptions, read_blocks
 from adapters.readers.xmlfile import _Cleaner
 from config.errors import LimitExceeded, UnreadableFile
 from tests.conftest import REPO, products, read_diagnostics
+from tests.loopback_http import serving
 
 G = 'xmlns:g="http://base.google.com/ns/1.0"'
 
@@ -381,29 +380,8 @@ def test_external_entity_to_a_local_file_is_refused_and_never_read(workdir, inge
 @pytest.fixture
 def http_server():
     """A real HTTP server on loopback that records every request it gets."""
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 — the name http.server calls
-            requests.append(self.path)
-            body = b'<!ENTITY leak "fetched">'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(b'<!ENTITY leak "fetched">') as (url, requests):
+        yield url, requests
 
 
 @pytest.mark.parametrize("doctype", [

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +36,9 @@ from inbox_daemon.console import charts, diagnostics
 from inbox_daemon.console.access import ADMIN_NAME, TOKEN_ACTOR, Credentials
 from inbox_daemon.console.trail import TrailView
 from inbox_daemon.logs import get_logger
-from inbox_daemon.results import diagnostics_name, manifest_path
+from inbox_daemon.results import diagnostics_path, manifest_path
 from inbox_daemon.webhooks import shown_url
+from storage.base import ledger_time, utc_in
 from storage.console import JobFilter
 
 PAGE = 50                    # jobs per page
@@ -61,7 +62,6 @@ class Backend:
     drop_store: Callable[[], None]          # this thread's connection failed: open a new one next time
     trail: TrailView
     credentials: Credentials
-    tls: bool
 
 
 def create_app(backend: Backend) -> Flask:
@@ -72,7 +72,7 @@ def create_app(backend: Backend) -> Flask:
         SESSION_COOKIE_NAME="inbox_console",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=backend.tls,
+        SESSION_COOKIE_SECURE=backend.config().console.tls_cert is not None,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         WTF_CSRF_CHECK_DEFAULT=False,              # checked in ``guard``, after the login
         WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600,
@@ -159,7 +159,6 @@ def create_app(backend: Backend) -> Flask:
             if backend.credentials.check_password(name, password):
                 session.clear()
                 session.permanent = True
-                session["admin"] = name
                 session["sid"] = sid = secrets.token_urlsafe(24)
                 now = time.monotonic()
                 with sessions_lock:
@@ -182,9 +181,7 @@ def create_app(backend: Backend) -> Flask:
     def overview():
         config, store = backend.config(), backend.store()
         state = backend.daemon_state()
-        now = datetime.now(UTC)
-        activity = store.activity([i["id"] for i in state["inboxes"]], _iso(now - timedelta(hours=1)),
-                                  _iso(now - timedelta(days=1)))
+        activity = store.activity([i["id"] for i in state["inboxes"]], utc_in(-3600), utc_in(-86400))
         return render_template("overview.html", state=state, activity=activity, partners=config.partners)
 
     @app.get("/jobs")
@@ -203,18 +200,17 @@ def create_app(backend: Backend) -> Flask:
     def job(job_id: str):
         config, store = backend.config(), backend.store()
         found = store.job(job_id)
-        folder = config.daemon.results_dir / found.partner_id
-        diag_path = folder / diagnostics_name(found.id)
+        diag_path = diagnostics_path(config.daemon.results_dir, found.partner_id, found.id)
         code = request.args.get("code") or None
-        column = request.args.get("column") or None
-        column = "" if column == NO_COLUMN else column
+        shown_column = request.args.get("column") or None          # as the filter form names it
+        column = "" if shown_column == NO_COLUMN else shown_column
         offset = max(_int(request.args.get("offset")), 0)
         changes, more_changes, change_note = _changes(store, found)
         return render_template(
             "job.html", job=found, manifest=found.result or {}, actions=_actions(store, found),
             summary=diagnostics.summary(diag_path),
             lines=diagnostics.matching(diag_path, code=code, column=column, offset=offset, limit=DIAGNOSTICS_PAGE),
-            code=code, column=NO_COLUMN if column == "" else column, offset=offset, page_size=DIAGNOSTICS_PAGE,
+            code=code, column=shown_column, offset=offset, page_size=DIAGNOSTICS_PAGE,
             attempts=store.attempts(found.id), webhooks=store.webhook_deliveries(found.id),
             records=backend.trail.of_job(found), changes=changes, more_changes=more_changes,
             change_note=change_note, has_manifest=manifest_path(config.daemon.results_dir, found.partner_id,
@@ -224,8 +220,8 @@ def create_app(backend: Backend) -> Flask:
     def job_file(job_id: str, kind: str):
         config = backend.config()
         found = backend.store().job(job_id)
-        path = (manifest_path(config.daemon.results_dir, found.partner_id, found.id) if kind == "manifest"
-                else config.daemon.results_dir / found.partner_id / diagnostics_name(found.id))
+        path = (manifest_path if kind == "manifest" else diagnostics_path)(config.daemon.results_dir,
+                                                                          found.partner_id, found.id)
         if not path.is_file():
             abort(404)
         return send_file(path, mimetype="application/json" if kind == "manifest" else "text/csv",
@@ -234,10 +230,9 @@ def create_app(backend: Backend) -> Flask:
     @app.get("/partners")
     def partners():
         config, store = backend.config(), backend.store()
-        since = _iso(datetime.now(UTC) - timedelta(days=CHART_DAYS - 1))[:10]
         rows = []
         for partner in config.partners.values():
-            days = store.partner_days(partner.id, since)
+            _, days = _chart_days(store, partner.id)
             rows.append({"partner": partner, "inboxes": config.inboxes_of(partner.id),
                          "products": store.catalog_size(partner.id), "jobs": sum(d.jobs for d in days),
                          "reject_rate": _ratio(sum(d.rows_rejected for d in days), sum(d.rows_read for d in days)),
@@ -249,11 +244,10 @@ def create_app(backend: Backend) -> Flask:
         from adapters.contract import contract
         config, store = backend.config(), backend.store()
         found = config.partners.get(partner_id) or abort(404)
-        today = datetime.now(UTC).date()
-        days = store.partner_days(found.id, (today - timedelta(days=CHART_DAYS - 1)).isoformat())
+        today, days = _chart_days(store, found.id)
         return render_template("partner.html", partner=found, inboxes=config.inboxes_of(found.id),
                                products=store.catalog_size(found.id), chart=charts.rate_chart(days, today, CHART_DAYS),
-                               days=days, contract=contract(found))
+                               contract=contract(found))
 
     @app.get("/catalog")
     def catalog():
@@ -341,6 +335,12 @@ def _actions(store, job) -> tuple[str, ...]:
     return tuple(actions)
 
 
+def _chart_days(store, partner_id: str) -> tuple[date, list]:
+    """Today (UTC) and the partner's days of the last ``CHART_DAYS``: the chart's and the list's."""
+    today = datetime.now(UTC).date()
+    return today, store.partner_days(partner_id, (today - timedelta(days=CHART_DAYS - 1)).isoformat())
+
+
 def _not_reverted(store, job) -> bool:
     try:
         store.check_not_reverted(job, force=False)
@@ -395,16 +395,9 @@ def _time(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return ledger_time(datetime.fromisoformat(value))
     except ValueError:
         return None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed.isoformat(timespec="milliseconds") + "Z"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _int(value: str | None) -> int:

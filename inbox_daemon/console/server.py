@@ -42,7 +42,7 @@ class ConsoleServer:
         audit = open_audit(config().daemon)
         self.trail = TrailView(audit, self._audit_head)
         backend = Backend(config=config, daemon_state=daemon_state, store=self._store, drop_store=self._drop_store,
-                          trail=self.trail, credentials=creds, tls=console.tls_cert is not None)
+                          trail=self.trail, credentials=creds)
         host, port = console.address.rsplit(":", 1)
         self._server = wsgi.Server((host, int(port)), create_app(backend), numthreads=THREADS, timeout=TIMEOUT,
                                    server_name="inbox-daemon console")

@@ -452,8 +452,8 @@ class LocalInbox:
             return {**grown, **missing, "error": f"{missing['error']}; {grown['error']}"}
         return missing
 
-    def looks(self) -> str:
-        return "watching (inotify)" if self._close_events else f"polling the folder (settle {self.config.settle:g} s)"
+    def looks(self) -> tuple[str, str]:
+        return ("watching", "inotify") if self._close_events else ("polling", f"the folder, settle {self.config.settle:g} s")
 
     def alive(self) -> bool:
         return bool(self._observer and self._observer.is_alive() and self._settler

@@ -180,8 +180,8 @@ class PollingInbox(Generic[ConfigT]):
                 delay = min(delay, max(self.config.settle / 2, 0.05))
             self._stop.wait(delay)
 
-    def looks(self) -> str:
-        return f"polling every {self.config.poll_interval:g} s"
+    def looks(self) -> tuple[str, str]:
+        return "polling", f"every {self.config.poll_interval:g} s"
 
     def failing(self) -> dict | None:
         """For /healthz: the polls are failing (the server is down, access was revoked)."""

@@ -463,8 +463,8 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         return {"ok": True, "detail": f"{self.uri(self.prefix)} is readable"}
 
     # -- event mode -----------------------------------------------------------------------------
-    def looks(self) -> str:
-        return "notified (SQS)" if self.event_mode else super().looks()
+    def looks(self) -> tuple[str, str]:
+        return ("watching", "SQS notifications") if self.event_mode else super().looks()
 
     def watch(self, on_ready: OnReady) -> None:
         if not self.event_mode:
