@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import itertools
 import os
 import time
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from adapters.mapping import ColumnMap, candidates, preset_of, requested_paths, resolve_columns
 from adapters.platforms import AUTO, detect_preset
-from adapters.readers import ReadOptions, detect_format, read_blocks
+from adapters.readers import Block, ReadOptions, detect_format, read_blocks
 from adapters.rows import Shaper, shaper_for, with_notes
 from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, diagnostics_lines, judge
 from config.canonical import MERGED_COLUMNS
@@ -49,7 +52,21 @@ from inbox_daemon.exports import changes_name, write_changes
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import DiagnosticsWriter, write_manifest
 from inbox_daemon.spool import spool_file
-from storage.base import TO_RUN, AuditHead, CatalogStore, Claim, Columns, Job, MergeCounts, Outcome, Source, new_job_id, utcnow
+from storage.base import (
+    TO_RUN,
+    AuditHead,
+    CatalogStore,
+    Claim,
+    Columns,
+    Job,
+    MergeCounts,
+    Outcome,
+    Recognised,
+    Source,
+    new_job_id,
+    utcnow,
+)
+from storage.changes import record_hashes
 from storage.history import FORCED_REVERT_MODE, REVERT_MODE, PriceShockRule, RevertCounts, revert_identity
 
 
@@ -80,6 +97,7 @@ class Totals:
     warnings: int = 0
     skipped: int = 0              # rows that are no catalog row of their own (Shopify image rows,
                                   # Magento store-view rows)
+    recognised: int = 0           # rows read that the catalog had taken as they are: not judged again
     error_codes: dict[str, int] = field(default_factory=dict)
 
     def add(self, judged: Judged) -> None:
@@ -304,11 +322,17 @@ class Pipeline:
                 carried = carried_columns(cmap)
                 progress.carried |= carried
                 progress.name_column = cmap.partner_column("name")
+                salt = record_salt(partner, names, run.fmt, decimal)
+            block, records, recognised = _recognised(load, block, salt, shaper.notes)
             judged = with_notes(judge(block, cmap, partner, decimal=decimal), shaper.notes)
             progress.diagnostics.write(judged.diagnostics)
-            load.stage(judged.valid, judged.rejected_keys, Columns(carried))
+            load.stage(judged.valid, judged.rejected_keys, Columns(carried), records=_valid_records(judged, block, records),
+                       recognised=recognised)
             failpoints.reached("mid_stage")
             totals.add(judged)
+            if recognised is not None:
+                totals.read += len(recognised.rows)
+                totals.recognised += len(recognised.rows)
         if totals.read and totals.rejected > partner.max_reject_ratio * totals.read:
             raise TooManyRejects(rejected=totals.rejected, read=totals.read, max_ratio=partner.max_reject_ratio)
 
@@ -336,8 +360,8 @@ class Pipeline:
             failpoints.reached("before_commit")
             load.commit(outcome)
             failpoints.reached("after_commit")
-        run.log.info("job.applied", status=status, read=totals.read, rejected=totals.rejected,
-                     inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
+        run.log.info("job.applied", status=status, read=totals.read, recognised=totals.recognised,
+                     rejected=totals.rejected, inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged,
                      deactivated=counts.deactivated, stale=counts.stale, duration_ms=manifest["duration_ms"])
         return outcome
 
@@ -613,6 +637,55 @@ class Pipeline:
         if dry_run:
             manifest["dry_run"] = True
         return manifest
+
+
+RECORD_RULES = 1      # bump when what a record becomes changes in a way __version__ does not say
+
+
+def record_salt(partner: PartnerConfig, names: list[str], fmt: str | None, decimal: str) -> int:
+    """The fingerprint of everything but a record's cells that decides the catalog row it
+    becomes: the partner's whole configuration (its mapping, preset, defaults), the file's
+    column names in their order, its format and decimal separator, and the daemon's version.
+    Records hashed under another salt are never recognised (``storage.changes.record_hashes``)."""
+    text = repr((__version__, RECORD_RULES, partner, names, fmt, decimal))
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+def _recognised(load, block: Block, salt: int, notes: pa.Table) -> tuple[Block, np.ndarray | None, Recognised | None]:
+    """The block without the records the load recognises as taken by the catalog as they are
+    (those skip judging), each remaining row's record hash, and the rows left out. A row the
+    reader flagged (undecodable cells, too many cells) or the shaper warned about is never
+    recognised: its diagnostics line must be written again."""
+    if not load.keeps_records or not block.batch.num_rows:
+        return block, None, None
+    records = record_hashes(block.batch, salt, block.typed_cells)
+    at = load.recognise(records)
+    trusted = at >= 0
+    if block.bad_cells or block.refused_rows or notes.num_rows:
+        for _, mask in (*block.bad_cells, *block.refused_rows):
+            trusted &= ~pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        if notes.num_rows:
+            trusted &= ~pc.is_in(block.row_numbers(), value_set=notes.column("row").combine_chunks()).to_numpy(
+                zero_copy_only=False)
+    if not trusted.any():
+        return block, records, None
+    rows = block.row_numbers().to_numpy(zero_copy_only=False)
+    rest = ~trusted
+    return block.filter(pa.array(rest)), records[rest], Recognised(at=at[trusted], rows=rows[trusted])
+
+
+def _valid_records(judged: Judged, block: Block, records: np.ndarray | None) -> pa.Array | None:
+    """The record hash of each valid row, NULL for a row with a diagnostics line (a warning):
+    such a record is never recognised, so its warning is given again every time."""
+    if records is None:
+        return None
+    valid_rows = judged.valid.column("row")
+    at = pc.index_in(valid_rows, value_set=block.row_numbers())
+    values = pa.array(records).take(at)
+    if judged.diagnostics.num_rows:
+        warned = pc.is_in(valid_rows, value_set=judged.diagnostics.column("row").combine_chunks())
+        values = pc.if_else(warned, pa.scalar(None, pa.int64()), values)
+    return values
 
 
 def _price_rule(run: Run) -> PriceShockRule | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -241,11 +242,25 @@ class Outcome:
         return rows.get("read"), rows.get("rejected")
 
 
-class Load(Protocol):
-    """One file being applied: stage batches, merge them, then commit rows + outcome together."""
+@dataclass(frozen=True)
+class Recognised:
+    """Rows of a block that ``Load.recognise`` knew as records the catalog last took as they
+    are, left out of judging: where each one's key is in the load's catalog, and its row."""
+    at: np.ndarray
+    rows: np.ndarray
 
+
+class Load(Protocol):
+    """One file being applied: stage batches, merge them, then commit rows + outcome together.
+    A store that keeps the record each product came from (``keeps_records``) recognises records
+    it took before, so that they skip judging; one that does not recognises none."""
+
+    keeps_records: bool
+
+    def recognise(self, records: np.ndarray) -> np.ndarray: ...
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
-              columns: Columns = EVERY_COLUMN) -> None: ...
+              columns: Columns = EVERY_COLUMN, records: pa.Array | None = None,
+              recognised: Recognised | None = None) -> None: ...
     def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN,
               hold: PriceShockRule | None = None) -> MergeCounts: ...
     def commit(self, outcome: Outcome) -> None: ...

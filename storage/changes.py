@@ -110,6 +110,41 @@ def row_hashes(batch: pa.RecordBatch, carried: Collection[str] | None = None) ->
     return _fmix(_words_hash(strings)[0] + (mixed * _M2).sum(axis=1, dtype=np.uint64)).view(np.int64)
 
 
+def record_hashes(batch: pa.RecordBatch, salt: int, typed: Collection[tuple[str, pa.Array]] = ()) -> np.ndarray:
+    """The 64-bit hash of each record of a file as it was read (every column's text, before any
+    mapping or validation), as int64, mixed with ``salt``: the fingerprint of everything else
+    that decides what the record becomes (``record_salt``). Equal hashes under one salt mean the
+    record becomes the same catalog row again, so a record the catalog last took as it is needs
+    no judging (``Existing.recognise``). ``typed``: cells that were numbers, not text (.xlsx),
+    which are read differently: a bit per column in the hash."""
+    n = batch.num_rows
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    columns = [c if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c.cast(pa.string())
+               for c in batch.columns]
+    lengths = np.empty((n, len(columns) + 1), dtype=np.int64)
+    for i, column in enumerate(columns):
+        lengths[:, i] = pc.fill_null(pc.binary_length(column), -1).to_numpy(zero_copy_only=False)
+    kinds = np.zeros(n, dtype=np.int64)
+    names = batch.schema.names
+    for name, mask in typed:
+        if name in names:
+            kinds |= pc.fill_null(mask, False).to_numpy(zero_copy_only=False).astype(np.int64) << (names.index(name) % 63)
+    lengths[:, -1] = kinds
+    keys = _fmix(np.arange(1, len(columns) + 2, dtype=np.uint64) * _SEED ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    mixed = (lengths.view(np.uint64) ^ keys) * _M1
+    mixed ^= mixed >> np.uint64(32)
+    return _fmix(_words_hash(columns)[0] + (mixed * _M2).sum(axis=1, dtype=np.uint64)).view(np.int64)
+
+
+def _int64s(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _valid(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return values.is_valid().to_numpy(zero_copy_only=False)
+
+
 def _missing_mask(carried: Collection[str] | None) -> int:
     """A bit per merged column the file does not set (0 for a file that sets every one)."""
     if carried is None:
@@ -129,6 +164,9 @@ class Existing:
     version: int                        # the partner's catalog version when this was read
     checked: bool = True                # False: nothing was read, nothing is left out, nothing to check
     products: int = 0                   # the partner's products then
+    # per key: the hash of the record it was last taken from (``record_hashes``), NULL: unknown
+    records: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    has_record: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
     last_unchanged: np.ndarray = field(init=False)   # per key: last row of the file equal to it, or -1
     last_staged: np.ndarray = field(init=False)      # per key: last row of the file staged for it, or -1
     last_rejected: np.ndarray = field(init=False)    # per key: last row of the file rejected, or -1
@@ -140,6 +178,22 @@ class Existing:
         self.last_staged = np.full(n, -1, dtype=np.int64)
         self.last_rejected = np.full(n, -1, dtype=np.int64)
         self.present = np.zeros(n, dtype=bool)
+        if len(self.records) != n:
+            self.records, self.has_record = np.zeros(n, np.int64), np.zeros(n, bool)
+        # the known records, sorted, and the key of each; a record two keys claim (it cannot
+        # happen but by a collision) is left out: it must never be taken for either
+        known = np.flatnonzero(self.has_record)
+        order = known[np.argsort(self.records[known], kind="stable")]
+        sorted_records = self.records[order]
+        unique = np.ones(len(order), bool)
+        if len(order) > 1:
+            twice = sorted_records[1:] == sorted_records[:-1]
+            unique[1:] &= ~twice
+            unique[:-1] &= ~twice
+        self._record_keys, self._sorted_records = order[unique], sorted_records[unique]
+        # per key: the record of its last row equal to the catalog, when that must be stored
+        self.last_record = np.zeros(n, np.int64)
+        self.store_record = np.zeros(n, bool)
 
     @classmethod
     def unread(cls, version: int, products: int) -> Existing:
@@ -154,11 +208,12 @@ class Existing:
         key_hashes = hash_binary(keys)
         order = np.argsort(key_hashes, kind="stable")
         hashes = table.column("row_hash")
+        records = table.column("record_hash") if "record_hash" in table.column_names else pa.nulls(len(keys), pa.int64())
         return cls(keys=keys.take(pa.array(order)), key_hashes=key_hashes[order],
-                   row_hashes=pc.fill_null(hashes, 0).to_numpy(zero_copy_only=False).astype(np.int64)[order],
-                   has_hash=hashes.is_valid().to_numpy(zero_copy_only=False)[order],
+                   row_hashes=_int64s(hashes)[order], has_hash=_valid(hashes)[order],
                    active=pc.equal(table.column("active"), 1).to_numpy(zero_copy_only=False)[order],
-                   version=version, products=table.num_rows)
+                   version=version, products=table.num_rows, records=_int64s(records)[order],
+                   has_record=_valid(records)[order])
 
     def positions(self, keys: pa.Array) -> np.ndarray:
         """Where each key is in this catalog, or -1 (a new key)."""
@@ -171,19 +226,53 @@ class Existing:
         found &= pc.fill_null(pc.equal(self.keys.take(pa.array(at)), keys), False).to_numpy(zero_copy_only=False)
         return np.where(found, at, -1)
 
-    def split(self, batch: pa.RecordBatch, hashes: np.ndarray) -> np.ndarray:
+    def recognise(self, records: np.ndarray) -> np.ndarray:
+        """Where the key is of each record the catalog last took as it is (``record_hashes``
+        under the same salt), or -1. Reads nothing it writes: safe beside a staging thread."""
+        if not len(self._sorted_records) or not len(records):
+            return np.full(len(records), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted_records, records), len(self._sorted_records) - 1)
+        return np.where(self._sorted_records[at] == records, self._record_keys[at], -1)
+
+    def took(self, at: np.ndarray, rows: np.ndarray) -> None:
+        """Rows recognised (``recognise``): each equals what the catalog holds for its key."""
+        self._unchanged(at, rows, None)
+
+    def split(self, batch: pa.RecordBatch, hashes: np.ndarray, records: pa.Array | None = None) -> np.ndarray:
         """Which rows of a valid batch the catalog holds as they are (True: not to be staged);
-        records what the file holds per key for ``blockers`` and ``absent``."""
+        records what the file holds per key for ``blockers`` and ``absent``, and for a key whose
+        last such row came from another record than the one stored, that row's (``records``,
+        NULL for a row that had a diagnostics line: never stored)."""
         at = self.positions(batch.column("sku_key"))
         known = at >= 0
         safe = np.where(known, at, 0)
         unchanged = known & self.has_hash[safe] & (self.row_hashes[safe] == hashes)
         rows = batch.column("row").to_numpy(zero_copy_only=False)
-        np.maximum.at(self.last_unchanged, at[unchanged], rows[unchanged])
+        self._unchanged(at[unchanged], rows[unchanged], None if records is None else records.filter(pa.array(unchanged)))
         staged_known = known & ~unchanged
         np.maximum.at(self.last_staged, at[staged_known], rows[staged_known])
         self.present[at[known]] = True
         return unchanged
+
+    def _unchanged(self, at: np.ndarray, rows: np.ndarray, records: pa.Array | None) -> None:
+        """Rows equal to the catalog (a key's rows come in file order): the last one of each key
+        decides whether its record is to be stored (``records_to_store``)."""
+        np.maximum.at(self.last_unchanged, at, rows)
+        self.present[at] = True
+        last = rows == self.last_unchanged[at]
+        if records is None:
+            self.store_record[at[last]] = False           # the stored record is this row's
+            return
+        values, valid = _int64s(records)[last], _valid(records)[last]
+        at = at[last]
+        self.last_record[at] = values
+        self.store_record[at] = valid & ~(self.has_record[at] & (self.records[at] == values))
+
+    def records_to_store(self) -> pa.Table:
+        """(sku_key, record_hash) of keys whose last row in the file equals the catalog but came
+        from another record than the one stored: stored, so the next file skips it unjudged."""
+        at = np.flatnonzero(self.store_record & (self.last_unchanged > self.last_staged))
+        return pa.table({"sku_key": self.keys.take(pa.array(at)), "record_hash": pa.array(self.last_record[at])})
 
     def saw(self, keys: pa.Array, rows: np.ndarray) -> None:
         """Rows the file had but rejected: their keys are present (a snapshot does not deactivate

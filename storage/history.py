@@ -448,7 +448,7 @@ class HistoryReads:
                 (partner, new, *self._target_params(partner, old), partner, *only_params))
         sets = ", ".join(f"{c} = CASE WHEN {js.has('t.before', c)} THEN {js.get('t.before', c)} ELSE products.{c} END"
                          for c in HISTORY_COLUMNS)
-        self._q(f"UPDATE products SET {sets},{' row_hash = NULL,' if self.HASHED else ''} version = ?,"
+        self._q(f"UPDATE products SET {sets},{' row_hash = NULL, record_hash = NULL,' if self.HASHED else ''} version = ?,"
                 f" source_job_id = ?, updated_at = ? FROM ({self._targets()}) t"
                 " WHERE products.partner_id = ? AND products.sku_key = t.sku_key AND products.sku_key IN"
                 " (SELECT sku_key FROM changes WHERE partner_id = ? AND version = ?)",

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import psycopg
 import psycopg.errors
 import pyarrow as pa
@@ -54,6 +55,7 @@ from storage.base import (
     LedgerReads,
     MergeCounts,
     Outcome,
+    Recognised,
     Source,
     default_holder,
     holder_is_dead,
@@ -475,9 +477,16 @@ class PostgresLoad:
         if not self._done:
             self.abort()
 
+    keeps_records = False     # every row is compared in the merge, on the server
+
+    def recognise(self, records: np.ndarray) -> np.ndarray:
+        return np.full(len(records), -1, dtype=np.int64)
+
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
-              columns: Columns = EVERY_COLUMN) -> None:
-        """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage``. One ``COPY`` stays open
+              columns: Columns = EVERY_COLUMN, records: pa.Array | None = None,
+              recognised: Recognised | None = None) -> None:
+        """Stage valid rows; ``rejected_keys`` as in ``SqliteLoad.stage`` (no ``records``: this
+        store does not keep them, and recognises nothing). One ``COPY`` stays open
         for the whole file and a writer thread feeds it, so the server ingests a batch while the
         next one is read and judged."""
         if batch.num_rows:

@@ -23,6 +23,7 @@ from typing import Any
 
 import adbc_driver_manager
 import adbc_driver_sqlite.dbapi as adbc_sqlite
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,6 +48,7 @@ from storage.base import (
     LedgerReads,
     MergeCounts,
     Outcome,
+    Recognised,
     Source,
     default_holder,
     holder_is_dead,
@@ -82,7 +84,8 @@ from storage.outbox import WebhookOutbox
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages far less often
-_STAGE_SCHEMA = CANONICAL_SCHEMA.append(pa.field("row_hash", pa.int64()))
+_STAGE_SCHEMA = CANONICAL_SCHEMA.append(pa.field("row_hash", pa.int64())).append(pa.field("record_hash", pa.int64()))
+_RECORDS_SCHEMA = pa.schema([("sku_key", pa.string()), ("record_hash", pa.int64())])
 # rows of the file that are not staged but decide what happens to a key: kind 0, the row was
 # rejected; kind 1, the row equals what the catalog holds
 _SEEN_SCHEMA = pa.schema([("sku_key", pa.string()), ("row", pa.int64()), ("kind", pa.int64())])
@@ -94,7 +97,7 @@ _THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are stag
 # the last staged row per key, in key order. Rows are staged in the file's order, so the last is
 # the one with the largest rowid: the sort is of (key, rowid) alone, and each row is then
 # fetched by its rowid (a third faster than sorting whole rows)
-_LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.row AS last_row FROM"
+_LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.record_hash, s.row AS last_row FROM"
                 " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
                 " JOIN temp.stage s ON s.rowid = k.at")
 
@@ -448,6 +451,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             self._cur.adbc_ingest("seen", _SEEN_SCHEMA.empty_table(), mode="create", temporary=True)
             self._cur.adbc_ingest("absent", pa.schema([("sku_key", pa.string())]).empty_table(), mode="create",
                                   temporary=True)
+            self._cur.adbc_ingest("records", _RECORDS_SCHEMA.empty_table(), mode="create", temporary=True)
         except adbc_driver_manager.Error as exc:
             self._reset_cursor()
             raise _map_errors(exc) from exc
@@ -483,6 +487,7 @@ class SqliteLoad:
         self._columns = Columns()              # what the file sets, told by merge()
         self._version = 0                      # the partner's catalog version this merge commits as
         self._pending: deque[Future] = deque()
+        self._reading: Future | None = None     # the read of what the catalog holds, on the thread
         self._pool: ThreadPoolExecutor | None = None
         self._used: set[str] = set()              # temp tables written to, emptied at the end
         store._temp_tables()
@@ -492,7 +497,8 @@ class SqliteLoad:
         if job.size >= _THREAD_FROM_BYTES:
             # a file of several batches: what the catalog holds is read while the first is parsed
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{job.id}")
-            self._pending.append(self._pool.submit(self._read_existing))
+            self._reading = self._pool.submit(self._read_existing)
+            self._pending.append(self._reading)
 
     def __enter__(self) -> SqliteLoad:
         return self
@@ -501,17 +507,33 @@ class SqliteLoad:
         if not self._done:
             self.abort()
 
+    keeps_records = True
+
+    def recognise(self, records: np.ndarray) -> np.ndarray:
+        """Where in the catalog the key is of each record (``storage.changes.record_hashes``)
+        that it last took as it is, or -1: such rows need no judging (``stage(recognised=)``)."""
+        if self._existing is None:
+            if self._reading is not None:
+                self._reading.result()
+            else:
+                self._read_existing()
+        assert self._existing is not None
+        return self._existing.recognise(records)
+
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
-              columns: Columns = EVERY_COLUMN) -> None:
+              columns: Columns = EVERY_COLUMN, records: pa.Array | None = None,
+              recognised: Recognised | None = None) -> None:
         """Stage valid rows. ``rejected_keys`` (sku_key, row) are rows of the file that had errors:
         a snapshot must not deactivate their SKUs for being "absent", and when a SKU's LAST
-        occurrence was rejected, its earlier rows must not be applied in its stead."""
+        occurrence was rejected, its earlier rows must not be applied in its stead. ``records``:
+        the record hash each valid row came from (NULL: never to be recognised), stored with the
+        product it sets; ``recognised``: rows of the block left out unjudged (``recognise``)."""
         if self._pool is None:
-            self._stage_now(batch, rejected_keys, columns)     # a small file: no thread
+            self._stage_now(batch, rejected_keys, columns, records, recognised)     # a small file: no thread
             return
         while len(self._pending) >= self._AHEAD:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys, columns))
+        self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys, columns, records, recognised))
 
     def _append(self, table: str, data) -> None:
         """Rows into one of this connection's temp tables, which is then emptied at the end."""
@@ -527,20 +549,27 @@ class SqliteLoad:
         while self._pending:
             self._pending.popleft().result()
 
-    def _stage_now(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None, columns: Columns) -> None:
+    def _stage_now(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None, columns: Columns,
+                   records: pa.Array | None = None, recognised: Recognised | None = None) -> None:
         existing = self._existing or self._read_existing()
         try:
+            if recognised is not None and len(recognised.rows):
+                existing.took(recognised.at, recognised.rows)
+                self._unchanged_rows += len(recognised.rows)
             if batch.num_rows:
+                if records is None:
+                    records = pa.nulls(batch.num_rows, pa.int64())
                 hashes = row_hashes(batch, columns.carried)
                 if len(existing.key_hashes):
-                    unchanged = existing.split(batch, hashes)
+                    unchanged = existing.split(batch, hashes, records)
                     if unchanged.any():
                         self._unchanged_rows += int(unchanged.sum())
                         keep = ~unchanged
-                        batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
+                        batch, hashes, records = batch.filter(pa.array(keep)), hashes[keep], records.filter(pa.array(keep))
                 if batch.num_rows:
                     self._unnamed += batch.column("name").null_count
-                    staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes)], schema=_STAGE_SCHEMA)
+                    staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes), records],
+                                                        schema=_STAGE_SCHEMA)
                     self._append("stage", staged)
                     self._staged_rows += batch.num_rows
             if rejected_keys is not None and rejected_keys.num_rows:
@@ -569,11 +598,12 @@ class SqliteLoad:
                 self._existing = Existing.unread(version, products)
                 return self._existing
             s._cur.execute(
-                "SELECT v.version, p.sku_key, p.row_hash, p.active FROM (SELECT coalesce((SELECT version"
+                "SELECT v.version, p.sku_key, p.row_hash, p.active, p.record_hash FROM (SELECT coalesce((SELECT version"
                 " FROM catalog_versions WHERE partner_id = ?), 0) AS version) v"
                 " LEFT JOIN products p ON p.partner_id = ?", (partner, partner))
             table = s._cur.fetch_arrow_table().cast(pa.schema(
-                [("version", pa.int64()), ("sku_key", pa.string()), ("row_hash", pa.int64()), ("active", pa.int64())]))
+                [("version", pa.int64()), ("sku_key", pa.string()), ("row_hash", pa.int64()), ("active", pa.int64()),
+                 ("record_hash", pa.int64())]))
         except adbc_driver_manager.Error as exc:
             s._reset_cursor()
             raise _map_errors(exc) from exc
@@ -612,6 +642,7 @@ class SqliteLoad:
             stale = self._stale(keep) if self._behind and self._staged_rows else 0
             if staged_keys - not_kept - stale - len(unnamed) > written:
                 self._refresh_hashes(keep)
+            self._store_records(existing)
             if absent:
                 self._deactivate(now)
             self._s._exec(RECORD_VERSION, (self._version, self.job.id))
@@ -713,10 +744,12 @@ class SqliteLoad:
         if self._unnamed:
             named = " AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key))"
         s._exec(
-            f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, updated_at, source_job_id, version,"
-            f" created_version) SELECT ?, sku_key, {values}, row_hash, ?, ?, ?, ? FROM ({_LAST_STAGED}) l"
+            f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, record_hash, updated_at, source_job_id,"
+            f" version, created_version) SELECT ?, sku_key, {values}, row_hash, record_hash, ?, ?, ?, ?"
+            f" FROM ({_LAST_STAGED}) l"
             f" WHERE {keep}{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
-            + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "updated_at", "source_job_id", "version"))
+            + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "record_hash", "updated_at", "source_job_id",
+                                                         "version"))
             + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
             (self.job.partner_id, now, self.job.id, self._version, self._version,
              *((self.job.partner_id,) if named else ()), *self._guard_params))
@@ -734,20 +767,29 @@ class SqliteLoad:
 
     def _refresh_hashes(self, keep: str) -> None:
         """For kept keys staged as different but equal after all (a hash of an older daemon, or
-        none): the values stand, only the stored hash is brought up to date (never on a product
-        a later delivery set: its hash is that delivery's)."""
-        self._s._exec(f"UPDATE products SET row_hash = l.row_hash FROM ({_LAST_STAGED}) l WHERE {keep}"
-                      " AND products.partner_id = ? AND products.sku_key = l.sku_key"
-                      f" AND products.row_hash IS NOT l.row_hash{self._guard}",
-                      (self.job.partner_id, *self._guard_params))
+        none): the values stand, only the stored hashes are brought up to date (never on a
+        product a later delivery set: its hash is that delivery's)."""
+        self._s._exec(f"UPDATE products SET row_hash = l.row_hash, record_hash = l.record_hash FROM ({_LAST_STAGED}) l"
+                      f" WHERE {keep} AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                      " AND (products.row_hash IS NOT l.row_hash OR products.record_hash IS NOT l.record_hash)"
+                      f"{self._guard}", (self.job.partner_id, *self._guard_params))
+
+    def _store_records(self, existing: Existing) -> None:
+        """Keys whose last row equalled the catalog but came from another record than the one
+        stored (``Existing.records_to_store``): that record is stored, for the next file to skip."""
+        records = existing.records_to_store()
+        if records.num_rows:
+            self._append("records", records)
+            self._s._exec("UPDATE products SET record_hash = r.record_hash FROM temp.records r"
+                          " WHERE products.partner_id = ? AND products.sku_key = r.sku_key", (self.job.partner_id,))
 
     def _deactivate(self, now: str) -> None:
         """The keys in ``temp.absent`` (``_to_deactivate``), but those a later delivery set."""
         absent = "sku_key IN (SELECT sku_key FROM temp.absent)"
         self._s._exec(record_deactivations_sql(self._s.JSON, "1", "0", absent, self._guard),
                       (self.job.partner_id, self._version, self.job.partner_id, *self._guard_params))
-        self._s._exec("UPDATE products SET active = 0, row_hash = NULL, updated_at = ?, source_job_id = ?, version = ?"
-                      f" WHERE partner_id = ? AND {absent}" + self._guard,
+        self._s._exec("UPDATE products SET active = 0, row_hash = NULL, record_hash = NULL, updated_at = ?,"
+                      f" source_job_id = ?, version = ? WHERE partner_id = ? AND {absent}" + self._guard,
                       (now, self.job.id, self._version, self.job.partner_id, *self._guard_params))
 
     @property

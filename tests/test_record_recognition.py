@@ -1,0 +1,125 @@
+"""Records recognised before judging (``storage.changes.record_hashes``, the SQLite store): a
+record the catalog last took as it is skips mapping and validation, and nothing else changes.
+Every test runs ``inbox-daemon ingest`` as a user does and checks the catalog a user would
+query, plus the ``recognised`` count of the ``job.applied`` log line (rows left unjudged): a
+record must be recognised only when judging it again could not give anything new."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import products, read_diagnostics, write_csv
+
+HEADER = ["sku", "name", "price", "stock"]
+ROWS = [[f"SKU-{i}", f"Product {i}", f"{i}.50", str(i)] for i in range(1, 201)]
+
+
+@pytest.fixture
+def send(cli, workdir):
+    """``send(rows, header=HEADER, *args)`` → (manifest, the ``job.applied`` log line); ``path``:
+    a file written already, sent instead."""
+    sent = []
+
+    def run(rows, header=HEADER, *args: str, path=None):
+        path = path or write_csv(workdir / f"feed{len(sent)}.csv", header, rows)
+        sent.append(path)
+        result = cli("ingest", path, "--json", "-v", *args)
+        assert result.code in (0, 4), result.err
+        applied = [json.loads(line) for line in result.err.splitlines()
+                   if line.startswith("{") and '"job.applied"' in line]
+        return json.loads(result.out), (applied[0] if applied else None)
+    return run
+
+
+def test_a_resent_catalog_skips_judging_its_unchanged_records_and_applies_the_changed_one(send, workdir):
+    send(ROWS)
+    changed = [*ROWS[:99], ["SKU-100", "Product 100", "9.99", "100"], *ROWS[100:]]
+    manifest, applied = send(changed)
+    assert applied["recognised"] == 199                     # every record but the changed one
+    assert manifest["rows"] == {**manifest["rows"], "read": 200, "updated": 1, "unchanged": 199, "inserted": 0}
+    assert products(workdir)["sku-100"]["price_cents"] == 999
+
+
+def test_a_row_with_a_warning_is_judged_again_and_its_warning_given_again(send, workdir):
+    """A record that had a diagnostics line is never stored: the partner is told again."""
+    rows = [*ROWS[:10], ["SKU-W", "Warned", "1.00", "-3"]]         # negative stock: a warning
+    first, _ = send(rows)
+    again, applied = send([*rows, ["SKU-NEW", "New", "2.00", "1"]])
+    assert first["rows"]["warnings"] == again["rows"]["warnings"] == 1
+    assert applied["recognised"] == 10
+    assert [d["sku"] for d in read_diagnostics(again, workdir)] == ["SKU-W"]
+
+
+def test_another_configuration_recognises_nothing_and_its_values_are_applied(send, workdir):
+    """The same records under another partner setting (its currency) must not be taken as they
+    were: the salt changes, every record is judged, and the new currency is applied to all."""
+    send(ROWS)
+    (workdir / "eur.toml").write_text('[[partners]]\nid = "default"\ncurrency = "EUR"\n')
+    manifest, applied = send([*ROWS, ["SKU-NEW", "New", "1", "1"]], HEADER, "--config", "eur.toml")
+    assert applied["recognised"] == 0
+    assert (manifest["rows"]["updated"], manifest["rows"]["inserted"]) == (200, 1)
+    assert {p["currency"] for p in products(workdir).values()} == {"EUR"}
+
+
+def test_reordered_columns_are_judged_once_then_recognised(send, workdir):
+    """The same rows with the columns in another order become the same catalog rows: judged
+    once (unchanged, and their new records stored), recognised from then on."""
+    send(ROWS)
+    swapped = [[r[1], r[0], r[3], r[2]] for r in ROWS]
+    header = [HEADER[1], HEADER[0], HEADER[3], HEADER[2]]
+    once, applied_once = send(swapped, header)
+    assert (applied_once["recognised"], once["rows"]["unchanged"]) == (0, 200)
+    twice, applied_twice = send([*swapped, ["New", "SKU-NEW", "1", "1"]], header)
+    assert applied_twice["recognised"] == 200 and twice["rows"]["inserted"] == 1
+
+
+def test_a_recognised_row_after_a_changed_row_of_the_same_key_keeps_the_catalog_as_it_is(send, workdir):
+    """The later row wins, also when it is the one left unjudged: the earlier changed row of the
+    same key must not be applied in its stead."""
+    send(ROWS)
+    manifest, applied = send([["SKU-1", "Product 1", "7.77", "1"], *ROWS])
+    assert applied["recognised"] == 200
+    assert products(workdir)["sku-1"]["price_cents"] == 150
+    assert (manifest["rows"]["updated"], manifest["rows"]["superseded"]) == (0, 1)
+
+
+def test_a_deactivated_product_sent_again_as_it_was_is_active_again(send, workdir):
+    header, rows = [*HEADER, "active"], [[*r, "true"] for r in ROWS]
+    send(rows, header)
+    send(rows[1:], header, "--mode", "snapshot")
+    assert products(workdir)["sku-1"]["active"] == 0
+    manifest, applied = send(rows, header)
+    assert applied["recognised"] == 199                        # SKU-1's record was forgotten
+    assert products(workdir)["sku-1"]["active"] == 1 and manifest["rows"]["updated"] == 1
+
+
+def test_a_reverted_product_takes_the_reverted_files_values_when_they_come_again(send, cli, workdir):
+    send(ROWS)
+    changed = [["SKU-1", "Product 1", "5.00", "1"], *ROWS[1:]]
+    second, _ = send(changed)
+    assert cli("jobs", "revert", second["job_id"]).code == 0
+    assert products(workdir)["sku-1"]["price_cents"] == 150
+    manifest, applied = send([*changed, ["SKU-NEW", "New", "1", "1"]])
+    assert applied["recognised"] == 199                        # the restored product's record is unknown
+    assert products(workdir)["sku-1"]["price_cents"] == 500 and manifest["rows"]["updated"] == 1
+
+
+def test_rows_are_recognised_in_an_xlsx_file_too(send, workdir):
+    """Readers of every format give text blocks: a spreadsheet re-sent is recognised the same way."""
+    openpyxl = pytest.importorskip("openpyxl")
+
+    def xlsx(name, rows):
+        book = openpyxl.Workbook()
+        sheet = book.active
+        sheet.append(HEADER)
+        for r in rows:
+            sheet.append([r[0], r[1], float(r[2]), int(r[3])])       # numbers as numbers, as Excel keeps them
+        book.save(workdir / name)
+        return workdir / name
+
+    send(None, path=xlsx("a.xlsx", ROWS))
+    manifest, applied = send(None, path=xlsx("b.xlsx", [*ROWS, ["SKU-NEW", "New", "1", "1"]]))
+    assert applied["recognised"] == 200 and manifest["rows"]["inserted"] == 1
+    assert products(workdir)["sku-7"]["price_cents"] == 750
