@@ -16,7 +16,9 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,22 +314,32 @@ class Pipeline:
                                     sku=candidates(partner, "sku"))
         cmap: ColumnMap | None = None
         names: list[str] | None = None
-        for block in shaper.shaped(blocks):
-            if run.should_stop():
-                raise Cancelled()
-            totals.skipped = shaper.skipped
-            if cmap is None or block.batch.schema.names != names:
-                names = block.batch.schema.names
-                cmap = resolve_columns(names, partner, require=cmap is None)
-                carried = carried_columns(cmap)
-                progress.carried |= carried
-                progress.name_column = cmap.partner_column("name")
-                salt = record_salt(partner, names, run.fmt, decimal)
-            block, records, recognised = _recognised(load, block, salt, shaper.notes)
-            judged = with_notes(judge(block, cmap, partner, decimal=decimal), shaper.notes)
+        carried: frozenset[str] = frozenset()
+        salt = 0
+
+        def shaped() -> Iterator[_Shaped]:
+            nonlocal cmap, names, carried, salt
+            for block in shaper.shaped(blocks):
+                if run.should_stop():
+                    raise Cancelled()
+                totals.skipped = shaper.skipped
+                if cmap is None or block.batch.schema.names != names:
+                    names = block.batch.schema.names
+                    cmap = resolve_columns(names, partner, require=cmap is None)
+                    carried = carried_columns(cmap)
+                    progress.carried |= carried
+                    progress.name_column = cmap.partner_column("name")
+                    salt = record_salt(partner, names, run.fmt, decimal)
+                yield _Shaped(block, shaper.notes, cmap, carried, salt)
+
+        # the records of the next blocks are hashed and looked up on a thread while this one reads
+        # and judges: on two cores, the hashing costs no time of its own
+        for item, (block, records, recognised) in _ahead(
+                shaped(), lambda it: _recognised(load, it.block, it.salt, it.notes), load.keeps_records):
+            judged = with_notes(judge(block, item.cmap, partner, decimal=decimal), item.notes)
             progress.diagnostics.write(judged.diagnostics)
-            load.stage(judged.valid, judged.rejected_keys, Columns(carried), records=_valid_records(judged, block, records),
-                       recognised=recognised)
+            load.stage(judged.valid, judged.rejected_keys, Columns(item.carried),
+                       records=_valid_records(judged, block, records), recognised=recognised)
             failpoints.reached("mid_stage")
             totals.add(judged)
             if recognised is not None:
@@ -649,6 +661,43 @@ def record_salt(partner: PartnerConfig, names: list[str], fmt: str | None, decim
     Records hashed under another salt are never recognised (``storage.changes.record_hashes``)."""
     text = repr((__version__, RECORD_RULES, partner, names, fmt, decimal))
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class _Shaped:
+    """A shaped block with what judging it needs: the shaper's notes on it, the column map of
+    its header, the stored columns it sets and the salt its records are hashed with."""
+    block: Block
+    notes: pa.Table
+    cmap: ColumnMap
+    carried: frozenset[str]
+    salt: int
+
+
+_AHEAD = 2      # blocks whose records are hashed ahead of the one being judged
+
+
+def _ahead(items: Iterator[_Shaped], work: Callable[[_Shaped], Any], threaded: bool) -> Iterator[tuple[_Shaped, Any]]:
+    """Each item with ``work(item)``, in order; ``threaded``: the work of the next ``_AHEAD``
+    items runs on a thread of its own while the caller takes the items (reads the file)."""
+    if not threaded:
+        for item in items:
+            yield item, work(item)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="records") as pool:
+        pending: deque[tuple[_Shaped, Future]] = deque()
+        try:
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
+                if len(pending) > _AHEAD:
+                    first, done = pending.popleft()
+                    yield first, done.result()
+            while pending:
+                first, done = pending.popleft()
+                yield first, done.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
 
 def _recognised(load, block: Block, salt: int, notes: pa.Table) -> tuple[Block, np.ndarray | None, Recognised | None]:

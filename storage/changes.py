@@ -154,10 +154,12 @@ def _missing_mask(carried: Collection[str] | None) -> int:
 
 @dataclass
 class Existing:
-    """A partner's catalog as the change detection needs it: keys sorted by their hash, with the
-    stored row hash and ``active`` of each, and what this file did to each of them."""
-    keys: pa.Array                      # sku_key, in the order of key_hashes
-    key_hashes: np.ndarray              # uint64, sorted
+    """A partner's catalog as the change detection needs it: its keys in the order they were
+    read (a key's position indexes every other array), the stored row hash, record hash and
+    ``active`` of each, and what this file did to each of them. The index that finds a key's
+    position (``positions``) is built when first asked for: a re-sent file whose records are
+    all recognised never needs it."""
+    keys: pa.Array                      # sku_key
     row_hashes: np.ndarray              # int64; NULL hashes never match (has_hash False)
     has_hash: np.ndarray
     active: np.ndarray
@@ -173,7 +175,8 @@ class Existing:
     present: np.ndarray = field(init=False)          # per key: the file has a row of it (valid or not)
 
     def __post_init__(self) -> None:
-        n = len(self.key_hashes)
+        n = len(self.keys)
+        self._key_index: tuple[np.ndarray, np.ndarray] | None = None
         self.last_unchanged = np.full(n, -1, dtype=np.int64)
         self.last_staged = np.full(n, -1, dtype=np.int64)
         self.last_rejected = np.full(n, -1, dtype=np.int64)
@@ -198,30 +201,35 @@ class Existing:
     @classmethod
     def unread(cls, version: int, products: int) -> Existing:
         """Nothing read (a small file into a large catalog): no row is left out of staging."""
-        return cls(keys=pa.array([], pa.string()), key_hashes=np.empty(0, np.uint64),
-                   row_hashes=np.empty(0, np.int64), has_hash=np.empty(0, bool), active=np.empty(0, bool),
+        return cls(keys=pa.array([], pa.string()), row_hashes=np.empty(0, np.int64), has_hash=np.empty(0, bool),
+                   active=np.empty(0, bool),
                    version=version, checked=False, products=products)
 
     @classmethod
     def from_table(cls, table: pa.Table, version: int) -> Existing:
         keys = table.column("sku_key").combine_chunks() if table.num_rows else pa.array([], pa.string())
-        key_hashes = hash_binary(keys)
-        order = np.argsort(key_hashes, kind="stable")
         hashes = table.column("row_hash")
         records = table.column("record_hash") if "record_hash" in table.column_names else pa.nulls(len(keys), pa.int64())
-        return cls(keys=keys.take(pa.array(order)), key_hashes=key_hashes[order],
-                   row_hashes=_int64s(hashes)[order], has_hash=_valid(hashes)[order],
-                   active=pc.equal(table.column("active"), 1).to_numpy(zero_copy_only=False)[order],
-                   version=version, products=table.num_rows, records=_int64s(records)[order],
-                   has_record=_valid(records)[order])
+        return cls(keys=keys, row_hashes=_int64s(hashes), has_hash=_valid(hashes),
+                   active=pc.equal(table.column("active"), 1).to_numpy(zero_copy_only=False),
+                   version=version, products=table.num_rows, records=_int64s(records), has_record=_valid(records))
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the keys' hashes sorted, the position of each): made once, on first use."""
+        if self._key_index is None:
+            hashes = hash_binary(self.keys)
+            order = np.argsort(hashes)
+            self._key_index = hashes[order], order
+        return self._key_index
 
     def positions(self, keys: pa.Array) -> np.ndarray:
         """Where each key is in this catalog, or -1 (a new key)."""
-        if not len(self.key_hashes) or not len(keys):
+        if not len(self.keys) or not len(keys):
             return np.full(len(keys), -1, dtype=np.int64)
+        sorted_hashes, order = self._index()
         wanted = hash_binary(keys)
-        at = np.minimum(np.searchsorted(self.key_hashes, wanted), len(self.key_hashes) - 1)
-        found = self.key_hashes[at] == wanted
+        near = np.minimum(np.searchsorted(sorted_hashes, wanted), len(sorted_hashes) - 1)
+        found, at = sorted_hashes[near] == wanted, order[near]
         # the hash only finds the place; the key itself must be equal (a hash collision is "new")
         found &= pc.fill_null(pc.equal(self.keys.take(pa.array(at)), keys), False).to_numpy(zero_copy_only=False)
         return np.where(found, at, -1)

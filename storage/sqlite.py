@@ -499,6 +499,12 @@ class SqliteLoad:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{job.id}")
             self._reading = self._pool.submit(self._read_existing)
             self._pending.append(self._reading)
+        else:
+            try:
+                self._read_existing()       # now, on the caller's thread: ``recognise`` only reads it
+            except BaseException:
+                self.abort()
+                raise
 
     def __enter__(self) -> SqliteLoad:
         return self
@@ -513,10 +519,8 @@ class SqliteLoad:
         """Where in the catalog the key is of each record (``storage.changes.record_hashes``)
         that it last took as it is, or -1: such rows need no judging (``stage(recognised=)``)."""
         if self._existing is None:
-            if self._reading is not None:
-                self._reading.result()
-            else:
-                self._read_existing()
+            assert self._reading is not None       # a small file's was read at the start
+            self._reading.result()
         assert self._existing is not None
         return self._existing.recognise(records)
 
@@ -559,8 +563,10 @@ class SqliteLoad:
             if batch.num_rows:
                 if records is None:
                     records = pa.nulls(batch.num_rows, pa.int64())
-                hashes = row_hashes(batch, columns.carried)
-                if len(existing.key_hashes):
+                # into an empty catalog no row hash is kept: the records' are what a re-sent
+                # file is recognised by; a later file that misses them is compared in SQL
+                hashes = row_hashes(batch, columns.carried) if existing.products else None
+                if len(existing.keys) and hashes is not None:
                     unchanged = existing.split(batch, hashes, records)
                     if unchanged.any():
                         self._unchanged_rows += int(unchanged.sum())
@@ -568,7 +574,8 @@ class SqliteLoad:
                         batch, hashes, records = batch.filter(pa.array(keep)), hashes[keep], records.filter(pa.array(keep))
                 if batch.num_rows:
                     self._unnamed += batch.column("name").null_count
-                    staged = pa.RecordBatch.from_arrays([*batch.columns, pa.array(hashes), records],
+                    stored = pa.nulls(batch.num_rows, pa.int64()) if hashes is None else pa.array(hashes)
+                    staged = pa.RecordBatch.from_arrays([*batch.columns, stored, records],
                                                         schema=_STAGE_SCHEMA)
                     self._append("stage", staged)
                     self._staged_rows += batch.num_rows

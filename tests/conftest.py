@@ -21,6 +21,16 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
+def fresh_logging():
+    """A command run in-process configures the logs to write to the stream its test captured,
+    at its level (``-v``: debug); the next test starts from structlog's defaults instead of
+    writing to a stream that is closed by then."""
+    yield
+    import structlog
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Like watchdog's suite: a test that leaves a thread running is a failing test."""
     before = set(threading.enumerate())
