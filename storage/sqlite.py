@@ -94,11 +94,15 @@ _REJECTED, _UNCHANGED = 0, 1
 # partner's catalog (its size at >= 64 bytes a row); else its rows are compared in SQL alone
 _BYTES_PER_ROW, _WORTH_READING = 64, 8
 _THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are staged on a thread
-# the last staged row per key, in key order. Rows are staged in the file's order, so the last is
-# the one with the largest rowid: the sort is of (key, rowid) alone, and each row is then
-# fetched by its rowid (a third faster than sorting whole rows)
-_LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.record_hash, s.row AS last_row FROM"
-                " (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
+# the last staged row per key, in key order, so the upsert walks the products index in order
+# (the lever ``PERFORMANCE-NOTES.md`` found). A key's rows are staged in the order they came
+# (``adapters.rows``), so its last is the one with the largest rowid: the sort is of (key,
+# rowid) alone, and each row is then fetched by its rowid (a third faster than sorting whole
+# rows). Each batch is staged sorted by key (``_stage_now``), so those fetches move forward
+# through every batch at once, whatever order the file came in, instead of reading the staging
+# table a page at a time from all over it.
+_LAST_STAGED = ("SELECT s.sku_key, " + ", ".join(f"s.{c}" for c in _MERGED) + ", s.row_hash, s.record_hash,"
+                " s.row AS last_row FROM (SELECT sku_key, max(rowid) AS at FROM temp.stage GROUP BY sku_key) k"
                 " JOIN temp.stage s ON s.rowid = k.at")
 
 
@@ -577,6 +581,8 @@ class SqliteLoad:
                     stored = pa.nulls(batch.num_rows, pa.int64()) if hashes is None else pa.array(hashes)
                     staged = pa.RecordBatch.from_arrays([*batch.columns, stored, records],
                                                         schema=_STAGE_SCHEMA)
+                    # sorted by key (rows of one key keep their order): see _LAST_STAGED
+                    staged = staged.take(pc.sort_indices(staged, [("sku_key", "ascending"), ("row", "ascending")]))
                     self._append("stage", staged)
                     self._staged_rows += batch.num_rows
             if rejected_keys is not None and rejected_keys.num_rows:
