@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from adapters.mapping import ColumnMap, candidates, preset_of, requested_paths, resolve_columns
 from adapters.platforms import AUTO, detect_preset
-from adapters.readers import Block, ReadOptions, detect_format, read_blocks
+from adapters.readers import BLOCK_SIZE, Block, ReadOptions, detect_format, read_blocks
 from adapters.rows import Shaper, shaper_for, with_notes
 from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, diagnostics_lines, judge
 from config.canonical import MERGED_COLUMNS
@@ -333,9 +333,10 @@ class Pipeline:
                 yield _Shaped(block, shaper.notes, cmap, carried, salt)
 
         # the records of the next blocks are hashed and looked up on a thread while this one reads
-        # and judges: on two cores, the hashing costs no time of its own
+        # and judges (a file of more than one block): on two cores, the hashing costs no time
         for item, (block, records, recognised) in _ahead(
-                shaped(), lambda it: _recognised(load, it.block, it.salt, it.notes), load.keeps_records):
+                shaped(), lambda it: _recognised(load, it.block, it.salt, it.notes),
+                load.keeps_records and run.job.size > BLOCK_SIZE):
             judged = with_notes(judge(block, item.cmap, partner, decimal=decimal), item.notes)
             progress.diagnostics.write(judged.diagnostics)
             load.stage(judged.valid, judged.rejected_keys, Columns(item.carried),
