@@ -675,7 +675,7 @@ class _Shaped:
     salt: int
 
 
-_AHEAD = 2      # blocks whose records are hashed ahead of the one being judged
+_AHEAD = 1      # blocks whose records are hashed ahead of the one being judged
 
 
 def _ahead(items: Iterator[_Shaped], work: Callable[[_Shaped], Any], threaded: bool) -> Iterator[tuple[_Shaped, Any]]:

@@ -51,7 +51,7 @@ def shop(request, workdir, ingest):
 
 
 def _without(row: dict, *columns: str) -> dict:
-    return {k: v for k, v in row.items() if k not in (*columns, "updated_at", "source_job_id", "row_hash", "version")}
+    return {k: v for k, v in row.items() if k not in (*columns, "updated_at", "source_job_id", "row_hash", "record_hash", "version")}
 
 
 @pytest.mark.parametrize("mode", ["delta", "snapshot"])

@@ -249,7 +249,8 @@ def _at_path(array: pa.Array, steps: list[str | int]) -> pa.Array | None:
 def to_text(batch: pa.RecordBatch, paths: tuple[str, ...] = ()) -> pa.RecordBatch:
     """Flatten structs to ``a.b`` names and turn every column into strings; ``paths`` that go
     through lists (``brands[0]``) become columns of their own."""
-    names, arrays = [], []
+    names: list[str] = []
+    arrays: list[pa.Array] = []
     for path in paths:
         steps = parse_path(path)
         if steps and isinstance(steps[0], str) and steps[0] in batch.schema.names:
@@ -257,41 +258,45 @@ def to_text(batch: pa.RecordBatch, paths: tuple[str, ...] = ()) -> pa.RecordBatc
             if found is not None and not (pa.types.is_struct(found.type) or pa.types.is_list(found.type)):
                 batch = batch.append_column(path, found)
 
-    def add(name: str, array: pa.Array) -> None:
-        t = array.type
-        if pa.types.is_struct(t):
-            for i in range(t.num_fields):
-                add(f"{name}.{t.field(i).name}", array.field(i) if array.null_count == 0
-                    else pc.struct_field(array, [i]))
-            return
-        if pa.types.is_string(t):
-            pass
-        elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            array = array.cast(pa.string())
-        elif pa.types.is_null(t):
-            array = pa.nulls(len(array), pa.string())
-        elif pa.types.is_dictionary(t):
-            array = array.cast(t.value_type)
-            return add(name, array)
-        elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
-            try:
-                array = array.cast(pa.string())
-            except pa.ArrowInvalid:
-                raise UnreadableFile(reason=f"column {name!r} is binary, not UTF-8 text") from None
-        elif (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t)
-              or pa.types.is_fixed_size_list(t)):
-            array = _json_text(array)
-        else:
-            try:
-                array = array.cast(pa.string())
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-                array = _json_text(array)
-        names.append(name.strip().lstrip("\ufeff"))
-        arrays.append(array)
-
     for name, column in zip(batch.schema.names, batch.columns):
-        add(name, column)
+        _add_text(names, arrays, name, column)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _add_text(names: list[str], arrays: list[pa.Array], name: str, array: pa.Array) -> None:
+    """``array`` as text column(s) into ``names`` and ``arrays``: a struct as one column per
+    field. A function of the module, not a closure: a closure that calls itself is a reference
+    cycle, and would keep every block's columns alive until the garbage collector ran."""
+    t = array.type
+    if pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            _add_text(names, arrays, f"{name}.{t.field(i).name}",
+                      array.field(i) if array.null_count == 0 else pc.struct_field(array, [i]))
+        return
+    if pa.types.is_string(t):
+        pass
+    elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        array = array.cast(pa.string())
+    elif pa.types.is_null(t):
+        array = pa.nulls(len(array), pa.string())
+    elif pa.types.is_dictionary(t):
+        array = array.cast(t.value_type)
+        return _add_text(names, arrays, name, array)
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        try:
+            array = array.cast(pa.string())
+        except pa.ArrowInvalid:
+            raise UnreadableFile(reason=f"column {name!r} is binary, not UTF-8 text") from None
+    elif (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t)
+          or pa.types.is_fixed_size_list(t)):
+        array = _json_text(array)
+    else:
+        try:
+            array = array.cast(pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            array = _json_text(array)
+    names.append(name.strip().lstrip("\ufeff"))
+    arrays.append(array)
 
 
 def _record_at(obj, steps: list[str | int]):
