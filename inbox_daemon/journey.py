@@ -229,6 +229,7 @@ class Journey:
         ``max_file_bytes`` (as listed, or once its copy passes it) is ``FileTooLarge`` instead:
         limits come before work, and a sparse or endless file never fills the state disk."""
         limit = self.config.partner(drop.partner).max_file_bytes
+        self.store.read_ahead(drop.partner, size=drop.size or 0, mode=inbox.config.mode)
         return inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner, max_bytes=limit)
 
     def _refuse(self, item: WorkItem, inbox: Inbox | None, exc: LimitExceeded, log) -> Verdict:

@@ -10,6 +10,7 @@ an error means: a ``FeedError`` (Terminal) rejects the job with a diagnostics li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import hashlib
@@ -172,6 +173,8 @@ class Pipeline:
                      dry_run: bool = False, progress: Callable[[int], None] | None = None) -> Result:
         """Spool a local file, then process it."""
         partner = self.config.partner(drop.partner)
+        with contextlib.suppress(OSError):            # spool_file says what is wrong with the file
+            self.store.read_ahead(partner.id, size=path.stat().st_size, mode=mode)
         # a dry run gets its own spool name: the real one may be kept for a requeued job
         spooled, sha256, size = spool_file(path, self.config.daemon.spool_dir / partner.id,
                                            suffix=".validate" if dry_run else "")

@@ -441,6 +441,9 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                 raise
         return version, batches()
 
+    def read_ahead(self, partner_id: str, *, size: int, mode: str) -> None:
+        """Nothing to read ahead: every row is compared in the merge, on the server."""
+
     def load(self, job: Job, *, exclusive: bool = False) -> PostgresLoad:
         """``exclusive`` changes nothing here: every row is staged and compared inside the one
         transaction's merge statement, so nothing read before it can go stale."""

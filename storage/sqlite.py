@@ -14,7 +14,7 @@ import functools
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
@@ -124,6 +124,43 @@ def _map_errors(exc: Exception) -> StoreError:
     return StoreError(text)
 
 
+def _read_catalog(cur, partner: str, size: int, mode: str) -> Existing:
+    """The partner's keys, row hashes, record hashes and ``active``, with its catalog version:
+    one statement, so one consistent moment (at least one row, the version's, even for an
+    empty catalog). Only when it pays: reading a large catalog's hashes for a file far smaller
+    than it costs more than comparing the file's few rows in SQL. Then nothing is left out of
+    staging (an empty ``Existing``), and nothing can go stale. A snapshot always reads them:
+    what it deactivates is worked out from them."""
+    cur.execute("SELECT coalesce(max(version), 0), coalesce(max(products), 0) FROM catalog_versions"
+                " WHERE partner_id = ?", (partner,))
+    version, products = cur.fetchall()[0]
+    if mode != "snapshot" and size // _BYTES_PER_ROW * _WORTH_READING < products:
+        return Existing.unread(version, products)
+    cur.execute("SELECT v.version, p.sku_key, p.row_hash, p.active, p.record_hash FROM (SELECT coalesce((SELECT"
+                " version FROM catalog_versions WHERE partner_id = ?), 0) AS version) v"
+                " LEFT JOIN products p ON p.partner_id = ?", (partner, partner))
+    table = cur.fetch_arrow_table().cast(pa.schema(
+        [("version", pa.int64()), ("sku_key", pa.string()), ("row_hash", pa.int64()), ("active", pa.int64()),
+         ("record_hash", pa.int64())]))
+    version = table.column("version")[0].as_py()
+    return Existing.from_table(table.filter(pc.is_valid(table.column("sku_key"))), version)
+
+
+def _read_apart(path: Path, partner: str, size: int, mode: str) -> Existing:
+    """``_read_catalog`` on a connection of its own (``SqliteStore.read_ahead``)."""
+    conn = adbc_sqlite.connect(str(path), autocommit=True)
+    try:
+        cur = conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.fetchall()
+            return _read_catalog(cur, partner, size, mode)
+        finally:
+            cur.close()
+    finally:
+        conn.close()
+
+
 def _file_id(path: Path) -> tuple[int, int]:
     """(device, inode): which file a path names right now."""
     st = os.stat(path)
@@ -139,6 +176,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._temp_ready = False
+        self._ahead: tuple[str, str, ThreadPoolExecutor, Future] | None = None
         try:
             self._conn = adbc_sqlite.connect(str(self.path), autocommit=True)
             self._cur = self._conn.cursor()
@@ -214,6 +252,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                 self._exec(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
+        self._end_read_ahead()
         self._cur.close()
         self._conn.close()
 
@@ -446,6 +485,37 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
     def load(self, job: Job, *, exclusive: bool = False) -> SqliteLoad:
         return SqliteLoad(self, job, exclusive=exclusive)
 
+    def read_ahead(self, partner_id: str, *, size: int, mode: str) -> None:
+        """A file of several blocks is about to be spooled: what its load will compare it with
+        is read meanwhile, on a thread and connection of their own (``_read_catalog``). The load
+        checks the catalog's version at its merge as always, so a read that went stale is
+        noticed; one left unused (a duplicate) is dropped by the next."""
+        self._end_read_ahead()
+        if size >= _THREAD_FROM_BYTES:
+            pool = ThreadPoolExecutor(1, thread_name_prefix=f"read-ahead-{partner_id}")
+            self._ahead = (partner_id, mode, pool, pool.submit(_read_apart, self.path, partner_id, size, mode))
+
+    def _take_read_ahead(self, job: Job) -> Callable[[], Existing] | None:
+        """The read ahead for this job's partner and mode, if one was started: a call that
+        waits for it (and for its thread to end) and returns it."""
+        if self._ahead is None or self._ahead[:2] != (job.partner_id, job.mode):
+            self._end_read_ahead()
+            return None
+        _, _, pool, future = self._ahead
+        self._ahead = None
+
+        def result() -> Existing:
+            try:
+                return future.result()
+            finally:
+                pool.shutdown(wait=True)
+        return result
+
+    def _end_read_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[2].shutdown(wait=True)
+            self._ahead = None
+
     def _temp_tables(self) -> None:
         """This connection's staging tables, made once and emptied after every load."""
         if self._temp_ready:
@@ -500,8 +570,10 @@ class SqliteLoad:
             self._in_tx = True
         if job.size >= _THREAD_FROM_BYTES:
             # a file of several batches: what the catalog holds is read while the first is parsed
+            # (or was, while the file was spooled: never for an exclusive load, which reads again)
+            ahead = None if exclusive else store._take_read_ahead(job)
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"stage-{job.id}")
-            self._reading = self._pool.submit(self._read_existing)
+            self._reading = self._pool.submit(self._read_existing, ahead)
             self._pending.append(self._reading)
         else:
             try:
@@ -594,34 +666,21 @@ class SqliteLoad:
             self._s._reset_cursor()
             raise _map_errors(exc) from exc
 
-    def _read_existing(self) -> Existing:
-        """The partner's keys, row hashes and ``active``, with its catalog version: one statement,
-        so one consistent moment (at least one row, the version's, even for an empty catalog).
-
-        Only when it pays: reading a large catalog's hashes for a file far smaller than it costs
-        more than comparing the file's few rows in SQL. Then nothing is left out of staging
-        (an empty ``Existing``), and nothing can go stale. A snapshot always reads them: what
-        it deactivates is worked out from them."""
-        s, partner = self._s, self.job.partner_id
-        try:
-            version, products = s._exec(
-                "SELECT coalesce(max(version), 0), coalesce(max(products), 0) FROM catalog_versions"
-                " WHERE partner_id = ?", (partner,))[0]
-            if self.job.mode != "snapshot" and self.job.size // _BYTES_PER_ROW * _WORTH_READING < products:
-                self._existing = Existing.unread(version, products)
+    def _read_existing(self, ahead: Callable[[], Existing] | None = None) -> Existing:
+        """What the catalog holds (``_read_catalog``): read ahead while the file was spooled
+        (``SqliteStore.read_ahead``), else now. A read ahead that failed is only a lost head start."""
+        if ahead is not None:
+            try:
+                self._existing = ahead()
                 return self._existing
-            s._cur.execute(
-                "SELECT v.version, p.sku_key, p.row_hash, p.active, p.record_hash FROM (SELECT coalesce((SELECT version"
-                " FROM catalog_versions WHERE partner_id = ?), 0) AS version) v"
-                " LEFT JOIN products p ON p.partner_id = ?", (partner, partner))
-            table = s._cur.fetch_arrow_table().cast(pa.schema(
-                [("version", pa.int64()), ("sku_key", pa.string()), ("row_hash", pa.int64()), ("active", pa.int64()),
-                 ("record_hash", pa.int64())]))
+            except (adbc_driver_manager.Error, OSError):
+                pass
+        s = self._s
+        try:
+            self._existing = _read_catalog(s._cur, self.job.partner_id, self.job.size, self.job.mode)
         except adbc_driver_manager.Error as exc:
             s._reset_cursor()
             raise _map_errors(exc) from exc
-        version = table.column("version")[0].as_py()
-        self._existing = Existing.from_table(table.filter(pc.is_valid(table.column("sku_key"))), version)
         return self._existing
 
     def merge(self, *, mode: str, max_deactivate_ratio: float, columns: Columns = EVERY_COLUMN,

@@ -123,3 +123,76 @@ def test_rows_are_recognised_in_an_xlsx_file_too(send, workdir):
     manifest, applied = send(None, path=xlsx("b.xlsx", [*ROWS, ["SKU-NEW", "New", "1", "1"]]))
     assert applied["recognised"] == 200 and manifest["rows"]["inserted"] == 1
     assert products(workdir)["sku-7"]["price_cents"] == 750
+
+
+# -- a large file: the catalog is read while the file is spooled (``SqliteStore.read_ahead``) ----
+
+LARGE_HEADER = [*HEADER, "description"]
+
+
+def _large(n: int, changed: dict[int, str] | None = None) -> list[list[str]]:
+    """Rows enough for a file of several reader blocks (> 4 MB)."""
+    changed = changed or {}
+    return [[f"SKU-{i}", f"Product {i}", changed.get(i, f"{i % 900 + 1}.50"), str(i % 50), "d" * 120]
+            for i in range(n)]
+
+
+def test_a_large_resent_file_is_compared_with_the_catalog_read_while_it_was_spooled(send, workdir):
+    first, _ = send(_large(40_000), LARGE_HEADER)
+    assert first["source"]["size"] > 4 << 20
+    manifest, applied = send(_large(40_000, {7: "99.99"}), LARGE_HEADER)
+    assert applied["recognised"] == 39_999
+    assert (manifest["rows"]["updated"], manifest["rows"]["unchanged"]) == (1, 39_999)
+    assert products(workdir)["sku-7"]["price_cents"] == 9999
+
+
+def test_a_catalog_read_ahead_that_went_stale_is_noticed_and_the_file_read_again(workdir):
+    """Another writer commits to the partner's catalog after it was read ahead: the merge sees
+    the version moved, the file is read again with the catalog held, and its values stand."""
+    from config import default_config
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+    from storage.base import Outcome, Source
+    from storage.sqlite import SqliteStore
+    from tests.test_change_detection import batch
+
+    config = default_config()
+    db = config.store.url[len("sqlite:///"):]
+    loads = []
+
+    class RacedStore(SqliteStore):
+        def read_ahead(self, partner_id, *, size, mode):
+            super().read_ahead(partner_id, size=size, mode=mode)
+            if self._ahead is None:
+                return
+            self._ahead[3].result()                     # read; now another writer gets in
+            other = SqliteStore(db, holder="host:2")
+            job = other.claim(partner_id="default", sha256="9" * 64, inbox="local:in", fmt="csv", mode="delta",
+                              spool_path=None, source=Source(uri="file:///x.csv", name="x.csv", size=1)).job
+            with other.load(job) as meanwhile:
+                meanwhile.stage(batch({"sku": "SKU-3", "sku_key": "sku-3", "name": "theirs"}))
+                meanwhile.merge(mode="delta", max_deactivate_ratio=1)
+                meanwhile.commit(Outcome("succeeded", {}))
+            other.close()
+
+        def load(self, job, *, exclusive=False):
+            loads.append(exclusive)
+            return super().load(job, exclusive=exclusive)
+
+    def ingest(store, rows):
+        path = write_csv(workdir / f"large{len(loads)}.csv", LARGE_HEADER, rows)
+        drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
+                    size=path.stat().st_size, version="1")
+        return Pipeline(config, store).process_path(path, drop)
+
+    plain = SqliteStore(db)
+    ingest(plain, _large(40_000))
+    plain.close()
+    loads.clear()
+    store = RacedStore(db)
+    result = ingest(store, _large(40_000, {3: "7.77"}))
+    store.close()
+    assert loads == [False, True]
+    assert result.status == "succeeded"
+    got = products(workdir)["sku-3"]
+    assert (got["name"], got["price_cents"]) == ("Product 3", 777)

@@ -100,10 +100,16 @@ def test_a_dripping_endpoint_delays_only_its_own_partner_and_nothing_is_dropped(
     wait_for(lambda: len(manifests(tmp_path, "slow")) == 30, 60, what="every slow partner's file answered")
     wait_for(lambda: len({m["job_id"] for m in fast.received}) == 30, 60, what="every fast partner's answer")
     assert len(slow.received) <= 1             # its one delivery at a time is still dripping
-    store = open_store(StoreConfig(url="sqlite:///" + str(tmp_path / "var" / "catalog.db")))
-    counts = store.webhook_counts()
-    store.close()
-    assert counts == {"delivered": 30, "pending": 30}                   # the slow ones wait, none dropped
+
+    def counts() -> dict:
+        store = open_store(StoreConfig(url="sqlite:///" + str(tmp_path / "var" / "catalog.db")))
+        try:
+            return store.webhook_counts()
+        finally:
+            store.close()
+    # an answer is marked delivered once its endpoint's response is read: just after it arrived
+    wait_for(lambda: counts().get("delivered") == 30, 30, what="the fast partner's answers marked delivered")
+    assert counts() == {"delivered": 30, "pending": 30}                 # the slow ones wait, none dropped
 
     started = time.monotonic()
     assert d.stop(timeout=30) == 0
