@@ -6,8 +6,8 @@ catalog, timed from start to exit, with that process's own peak RSS (``wait4`` i
 table and writes it as JSON (``--json``). Usage (``make bench`` runs the defaults):
 
     python bench/run.py [--rows 500000] [--runs 3] [--big-rows 5000000] [--orm-rows 50000]
-                        [--files 1000] [--latency 20] [--xml-runs 1] [--pg URL | --pg '']
-                        [--json bench/results.json]
+                        [--dlt-limit 300] [--files 1000] [--latency 20] [--xml-runs 1]
+                        [--pg URL | --pg ''] [--json bench/results.json]
 
 ``--big-rows 0`` skips the 5M-row file (about 1.1 GB to generate, cached in ``--cache``).
 """
