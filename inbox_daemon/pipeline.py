@@ -280,6 +280,10 @@ class Pipeline:
                 self._stage(run, load, progress)
                 if run.should_stop():
                     raise Cancelled()
+                if run.job.size > BLOCK_SIZE:
+                    # the file's batches are gone: the allocator gives their memory back before the
+                    # merge takes the store's page cache and sorter (a flat peak whatever the size)
+                    pa.default_memory_pool().release_unused()
                 outcome = self._merge(run, load, progress)
             return outcome
         except FeedError as exc:
