@@ -12,6 +12,11 @@ NULL flag) folded in, so that no shifting of bytes between columns and no NULL/e
 can make two rows alike. Equal
 hashes are taken as equal rows; a partner can only ever hit its own rows, and a chance collision
 (2⁻⁶⁴ per changed row) would leave one update for the next file.
+
+Before that, ``record_hashes`` hashes each record as it was read (every cell's text, the same
+way, salted with a fingerprint of everything else that decides what the record becomes), and
+``Existing.recognise`` finds the records the catalog last took as they are: those are not even
+mapped or validated (``inbox_daemon.pipeline``).
 """
 
 from __future__ import annotations
