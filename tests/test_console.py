@@ -82,13 +82,26 @@ class Console:
         self._navigate(self.driver.find_element(By.LINK_TEXT, text))
 
     def _navigate(self, element) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
         page = self.driver.find_element(By.TAG_NAME, "html")
         element.click()
+
+        def left(_driver) -> bool:
+            """The old page is gone: stale, or (Chromium, mid-navigation) a node "that does not
+            belong to the document" any more."""
+            try:
+                page.is_enabled()
+                return False
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as exc:
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
         wait = WebDriverWait(self.driver, 20)
-        wait.until(expected_conditions.staleness_of(page))
+        wait.until(left)
         wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
 
     def select(self, name: str, value: str) -> None:
