@@ -718,12 +718,11 @@ def _recognised(load, block: Block, salt: int, notes: pa.Table) -> tuple[Block, 
     records = record_hashes(block.batch, salt, block.typed_cells)
     at = load.recognise(records)
     trusted = at >= 0
-    if block.bad_cells or block.refused_rows or notes.num_rows:
-        for _, mask in (*block.bad_cells, *block.refused_rows):
-            trusted &= ~pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-        if notes.num_rows:
-            trusted &= ~pc.is_in(block.row_numbers(), value_set=notes.column("row").combine_chunks()).to_numpy(
-                zero_copy_only=False)
+    for _, mask in (*block.bad_cells, *block.refused_rows):
+        trusted &= ~pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+    if notes.num_rows:
+        noted = pc.is_in(block.row_numbers(), value_set=notes.column("row").combine_chunks())
+        trusted &= ~noted.to_numpy(zero_copy_only=False)
     if not trusted.any():
         return block, records, None
     rows = block.row_numbers().to_numpy(zero_copy_only=False)

@@ -633,7 +633,7 @@ class SqliteLoad:
                    records: pa.Array | None = None, recognised: Recognised | None = None) -> None:
         existing = self._existing or self._read_existing()
         try:
-            if recognised is not None and len(recognised.rows):
+            if recognised is not None:
                 existing.took(recognised.at, recognised.rows)
                 self._unchanged_rows += len(recognised.rows)
             if batch.num_rows:
