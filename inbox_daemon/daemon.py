@@ -23,6 +23,7 @@ import queue
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -294,19 +295,29 @@ class Daemon:
     def _uninstall_signals(self) -> None:
         """Once stopped, stop and reload signals are ignored: the interpreter puts the default
         actions back while it exits, and a SIGTERM arriving then would turn an orderly exit 0
-        into death by signal."""
+        into death by signal.
+
+        A signal that arrives while the handlers are swapped is caught by Python's C handler
+        but found, when the interpreter next looks, with "ignore" as its handler: CPython then
+        prints "Signal 15 ignored due to race condition" as an unraisable error (bpo-43406).
+        Ignoring it is what is meant here, so that one message is kept out of the log, and the
+        last ``signal.signal`` call (which first runs the signals that came in) makes sure it
+        cannot come later, once the hook is back."""
         if self._wakeup is None:
             return
-        for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            for _ in range(10):
-                try:
-                    signal.signal(signum, signal.SIG_IGN)
-                    break
-                except OSError:
-                    # a stop signal came in as its handler was already ignore: Python refuses
-                    # the next handler change with "Signal 15 ignored due to race condition",
-                    # having ignored that signal (as meant); the change is simply made again
-                    continue
+        hook = sys.unraisablehook
+
+        def quiet(unraisable) -> None:
+            if not (isinstance(unraisable.exc_value, OSError)
+                    and "ignored due to race condition" in str(unraisable.exc_value)):
+                hook(unraisable)
+
+        sys.unraisablehook = quiet
+        try:
+            for signum in (*STOP_SIGNALS, signal.SIGHUP, *STOP_SIGNALS):
+                signal.signal(signum, signal.SIG_IGN)
+        finally:
+            sys.unraisablehook = hook
         signal.set_wakeup_fd(-1)
         for sock in self._wakeup:
             sock.close()
