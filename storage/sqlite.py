@@ -705,6 +705,8 @@ class SqliteLoad:
                 # keys staged: counted by SQLite (sorting, in bounded memory; a hash table of
                 # millions of keys would not be); into an empty catalog every one is inserted or kept
                 staged_keys = self._s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
+            if not_kept:
+                keep = self._drop_not_kept()
             unnamed = self._unnamed_rows(keep) if self._unnamed else ()
             if existing.products and self._staged_rows:
                 self._record_updates(keep, hold)
@@ -795,6 +797,16 @@ class SqliteLoad:
         not_kept, blocked = self._s._exec(f"SELECT coalesce(sum(NOT ({keep})), 0), coalesce(sum({rejected_last}), 0)"
                                           f" FROM ({_LAST_STAGED}) l")[0]
         return keep, not_kept, blocked
+
+    def _drop_not_kept(self) -> str:
+        """Deletes the staged rows that a later row of the file (rejected, or equal to the
+        catalog) leaves out, once counted (``_kept``): then every key left is kept, and each
+        statement that follows reads only rows it writes (the condition it returns is "true").
+        A re-sent snapshot stages mostly such rows: the earlier duplicates of keys whose last
+        row is unchanged, ten times the rows that changed in the benchmark's catalog."""
+        self._s._exec("DELETE FROM temp.stage WHERE EXISTS (SELECT 1 FROM temp.seen r"
+                      " WHERE r.sku_key = stage.sku_key AND r.row > stage.row)")
+        return "true"
 
     def _unnamed_rows(self, keep: str) -> tuple[tuple[int, str], ...]:
         """(row, sku) of kept keys whose last row has no name and that the catalog does not hold:

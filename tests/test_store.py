@@ -249,6 +249,22 @@ def test_an_unchanged_row_followed_by_a_rejected_one_is_superseded_not_unchanged
     assert catalog()["a"]["price_cents"] == 1
 
 
+@FILE_SIZES
+def test_rows_left_out_by_a_later_row_change_nothing_among_keys_that_do_change(store, catalog, size):
+    """A re-sent catalog with duplicates: earlier rows of a key whose last row equals the
+    catalog, or is rejected, are left out (and counted superseded); a key with an equal row
+    between two changed ones takes its last; the other keys change as the file says."""
+    first = rows(("A", "a", 1), ("B", "b", 2), ("C", "c", 3), ("D", "d", 4), ("E", "e", 5))
+    for sha in ("1", "2"):          # the second file compared in SQL stores each row's hash
+        apply(store, claim(store, sha * 64, size=size).job, first)
+    rejected = pa.table({"sku_key": ["b"], "row": pa.array([100], pa.int64())})
+    counts = apply(store, claim(store, "3" * 64, size=size).job,
+                   rows(("A", "a", 5), ("A", "a", 1), ("B", "b", 6), ("C", "c", 7), ("C", "c", 3), ("C", "c", 9),
+                        ("D", "d", 10), ("E", "e", 5)), rejected=rejected)
+    assert _counts(counts) == (8, 4, 0, 2, 2, 0)
+    assert {k: r["price_cents"] for k, r in catalog().items()} == {"a": 1, "b": 2, "c": 9, "d": 10, "e": 5}
+
+
 # -- leases, fencing and file claims across daemons -----------------------------------------------
 
 def test_a_job_whose_daemon_stopped_renewing_is_taken_over_and_the_old_attempt_cannot_commit(make_store, catalog):
