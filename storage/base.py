@@ -475,13 +475,14 @@ class LedgerReads:
         """The job's answer is out; ``audit``: the audit record it was written as, the trail's
         new head (kept for the chain it was first written for: see ``audit_head``)."""
         now = utcnow()
-        self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (now, job_id))
-        if audit is not None:
-            self._exec(self._sql(
-                "INSERT INTO audit_heads (folder, chain, seq, hash, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (folder) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at"
-                " WHERE audit_heads.chain = excluded.chain AND audit_heads.seq < excluded.seq"),
-                (audit.folder, audit.chain, audit.seq, audit.hash, now))
+        with self._transaction():       # type: ignore[attr-defined]
+            self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (now, job_id))
+            if audit is not None:
+                self._exec(self._sql(
+                    "INSERT INTO audit_heads (folder, chain, seq, hash, at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (folder) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at"
+                    " WHERE audit_heads.chain = excluded.chain AND audit_heads.seq < excluded.seq"),
+                    (audit.folder, audit.chain, audit.seq, audit.hash, now))
 
     def audit_head(self, folder: str) -> AuditHead | None:
         """The head of ``folder``'s trail as reported jobs left it."""
