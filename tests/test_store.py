@@ -207,6 +207,17 @@ def test_a_rejected_last_occurrence_keeps_the_catalog_value(store, catalog, size
     assert (counts.staged, counts.superseded, counts.inserted, counts.updated, counts.unchanged) == (2, 1, 1, 0, 0)
 
 
+@FILE_SIZES
+def test_a_first_file_creates_only_its_kept_rows_that_have_a_name(store, catalog, size):
+    """Into a partner's empty catalog (PostgreSQL merges it in the upsert alone): a key whose
+    last row was rejected is not created, nor a product without a name; the others are."""
+    rejected = pa.table({"sku_key": ["a"], "row": pa.array([9], pa.int64())})
+    counts = apply(store, claim(store, size=size).job, rows(("A", "a", 1), ("B", "b", 2), ("C", None, 3)),
+                   rejected=rejected)
+    assert set(catalog()) == {"b"}
+    assert _counts(counts) == (3, 1, 1, 0, 0, 0) and counts.unnamed == ((4, "C"),)
+
+
 def _counts(c):
     return (c.staged, c.superseded, c.inserted, c.updated, c.unchanged, c.deactivated)
 
