@@ -688,7 +688,7 @@ class _Shaped:
 
 _AHEAD = 1      # blocks whose records are hashed ahead of the one being judged
 # blocks staged between two releases of the memory the allocator holds unused: the 5M-row
-# import's peak RSS was 403-485 MB from run to run without, 406-407 MB with (every 4 blocks)
+# import's peak RSS was 403-485 MB from run to run without, 406-408 MB with (every 4 blocks)
 _RELEASE_EVERY = 4
 
 
