@@ -314,8 +314,9 @@ class Daemon:
 
         sys.unraisablehook = quiet
         try:
-            for signum in (*STOP_SIGNALS, signal.SIGHUP, *STOP_SIGNALS):
+            for signum in (*STOP_SIGNALS, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)     # first runs any signal caught meanwhile
         finally:
             sys.unraisablehook = hook
         signal.set_wakeup_fd(-1)

@@ -281,9 +281,7 @@ class Pipeline:
                 if run.should_stop():
                     raise Cancelled()
                 if run.job.size > BLOCK_SIZE:
-                    # the file's batches are gone: the allocator gives their memory back before the
-                    # merge takes the store's page cache and sorter (a flat peak whatever the size)
-                    pa.default_memory_pool().release_unused()
+                    _give_back_memory()      # before the merge takes the page cache and the sorter
                 outcome = self._merge(run, load, progress)
             return outcome
         except FeedError as exc:
@@ -350,9 +348,7 @@ class Pipeline:
                        records=_valid_records(judged, block, records), recognised=recognised)
             failpoints.reached("mid_stage")
             if n % _RELEASE_EVERY == 0:
-                # the allocator keeps freed blocks for reuse, more or less of them by how the
-                # threads happened to run: given back every few blocks, the peak stays flat
-                pa.default_memory_pool().release_unused()
+                _give_back_memory()
             totals.add(judged)
             if recognised is not None:
                 totals.read += len(recognised.rows)
@@ -690,6 +686,13 @@ _AHEAD = 1      # blocks whose records are hashed ahead of the one being judged
 # blocks staged between two releases of the memory the allocator holds unused: the 5M-row
 # import's peak RSS was 403-485 MB from run to run without, 406-408 MB with (every 4 blocks)
 _RELEASE_EVERY = 4
+
+
+def _give_back_memory() -> None:
+    """The Arrow allocator keeps freed blocks for reuse, more or less of them by how the threads
+    happened to run: given back to the system every few blocks and before the merge, a file's
+    peak memory stays flat whatever its size."""
+    pa.default_memory_pool().release_unused()
 
 
 def _ahead(items: Iterator[_Shaped], work: Callable[[_Shaped], Any], threaded: bool) -> Iterator[tuple[_Shaped, Any]]:

@@ -144,11 +144,11 @@ class Jsonb(Json):
 
 # -- the merge's records ---------------------------------------------------------------------------
 
-def updated_rows(last: str, keep: str, columns: Columns, null_safe_not_equal: str, guard: str) -> str:
-    """FROM … WHERE of the products a merge updates: the last staged row ``l`` of each kept key
+def updated_rows(last: str, columns: Columns, null_safe_not_equal: str, guard: str) -> str:
+    """FROM … WHERE of the products a merge updates: the last staged row ``l`` of each key
     joined with its product (``products``), where the row changes it (parameter: partner)."""
     return (f" FROM {last} JOIN products ON products.partner_id = ? AND products.sku_key = l.sku_key"
-            f" WHERE {keep} AND ({columns.differs(null_safe_not_equal, 'l')}){guard}")
+            f" WHERE ({columns.differs(null_safe_not_equal, 'l')}){guard}")
 
 
 def record_updates_sql(js: Json, rows: str, columns: Columns, null_safe_not_equal: str) -> str:

@@ -699,23 +699,21 @@ class SqliteLoad:
             if blockers.num_rows:
                 self._seen(blockers.column("sku_key"), blockers.column("row"), _UNCHANGED)
             absent = self._to_deactivate(existing, mode, max_deactivate_ratio)
-            keep, not_kept, blocked = self._kept(blockers.num_rows > 0)
             staged_keys = None
             if existing.products:
                 # keys staged: counted by SQLite (sorting, in bounded memory; a hash table of
                 # millions of keys would not be); into an empty catalog every one is inserted or kept
                 staged_keys = self._s._one("SELECT count(DISTINCT sku_key) FROM temp.stage") if self._staged_rows else 0
-            if not_kept:
-                keep = self._drop_not_kept()
-            unnamed = self._unnamed_rows(keep) if self._unnamed else ()
+            not_kept, blocked = self._leave_out(blockers.num_rows > 0)
+            unnamed = self._unnamed_rows() if self._unnamed else ()
             if existing.products and self._staged_rows:
-                self._record_updates(keep, hold)
-            written, inserted = self._upsert(keep, now, newest) if self._staged_rows else (0, 0)
+                self._record_updates(hold)
+            written, inserted = self._upsert(now, newest) if self._staged_rows else (0, 0)
             if staged_keys is None:
                 staged_keys = written + not_kept + len(unnamed)
-            stale = self._stale(keep) if self._behind and self._staged_rows else 0
+            stale = self._stale() if self._behind and self._staged_rows else 0
             if staged_keys - not_kept - stale - len(unnamed) > written:
-                self._refresh_hashes(keep)
+                self._refresh_hashes()
             self._store_records(existing)
             if absent:
                 self._deactivate(now)
@@ -754,11 +752,11 @@ class SqliteLoad:
         self._version = version + 1          # what this merge commits as (``_bump_version``)
         return newest
 
-    def _record_updates(self, keep: str, hold: PriceShockRule | None) -> None:
+    def _record_updates(self, hold: PriceShockRule | None) -> None:
         """Before the upsert: the products it will update, checked for a price shock, and their
         change records (the columns that change, before and after)."""
         columns, partner = self._columns, self.job.partner_id
-        rows = updated_rows(f"({_LAST_STAGED}) l", keep, columns, "IS NOT", self._guard)
+        rows = updated_rows(f"({_LAST_STAGED}) l", columns, "IS NOT", self._guard)
         params = (partner, *self._guard_params)
         if hold is not None and "price_cents" in columns.written:
             check_price_shock(self._s, rows, params, hold)
@@ -782,41 +780,36 @@ class SqliteLoad:
             raise DeactivationRefused(would_deactivate=deactivated, active=active, max_ratio=max_ratio)
         return deactivated
 
-    def _kept(self, blockers: bool) -> tuple[str, int, int]:
-        """(the SQL condition on a key's last staged row ``l`` that it is applied, keys it leaves
-        out, keys of those that are "blocked"). A key whose last row in the file was rejected, or
-        equals the catalog, is left as it is; "blocked" (superseded) when a rejected row comes
-        after its last valid one."""
+    def _leave_out(self, blockers: bool) -> tuple[int, int]:
+        """(keys the file leaves as they are, of them "blocked"), and their staged rows deleted.
+        A key whose last row in the file was rejected, or equals the catalog, is left as it is;
+        "blocked" (superseded) when a rejected row comes after its last valid one. Deleted once
+        counted, so every key still staged is applied and the statements that follow read only
+        rows they write: a re-sent snapshot stages mostly such rows (the earlier duplicates of
+        keys whose last row is unchanged, ten times the rows that changed in the benchmark's
+        catalog)."""
         if not (self._rejected or blockers):
-            return "true", 0, 0
+            return 0, 0
         later = "SELECT 1 FROM temp.seen r WHERE r.sku_key = l.sku_key AND r.row > l.last_row"
-        keep = f"NOT EXISTS ({later})"
         rejected_last = (f"EXISTS ({later} AND r.kind = {_REJECTED} AND NOT EXISTS (SELECT 1 FROM"
                          f" temp.seen u WHERE u.sku_key = l.sku_key AND u.kind = {_UNCHANGED}"
                          " AND u.row > r.row))")
-        not_kept, blocked = self._s._exec(f"SELECT coalesce(sum(NOT ({keep})), 0), coalesce(sum({rejected_last}), 0)"
+        not_kept, blocked = self._s._exec(f"SELECT coalesce(sum(EXISTS ({later})), 0), coalesce(sum({rejected_last}), 0)"
                                           f" FROM ({_LAST_STAGED}) l")[0]
-        return keep, not_kept, blocked
+        if not_kept:
+            self._s._exec("DELETE FROM temp.stage WHERE EXISTS (SELECT 1 FROM temp.seen r"
+                          " WHERE r.sku_key = stage.sku_key AND r.row > stage.row)")
+        return not_kept, blocked
 
-    def _drop_not_kept(self) -> str:
-        """Deletes the staged rows that a later row of the file (rejected, or equal to the
-        catalog) leaves out, once counted (``_kept``): then every key left is kept, and each
-        statement that follows reads only rows it writes (the condition it returns is "true").
-        A re-sent snapshot stages mostly such rows: the earlier duplicates of keys whose last
-        row is unchanged, ten times the rows that changed in the benchmark's catalog."""
-        self._s._exec("DELETE FROM temp.stage WHERE EXISTS (SELECT 1 FROM temp.seen r"
-                      " WHERE r.sku_key = stage.sku_key AND r.row > stage.row)")
-        return "true"
-
-    def _unnamed_rows(self, keep: str) -> tuple[tuple[int, str], ...]:
+    def _unnamed_rows(self) -> tuple[tuple[int, str], ...]:
         """(row, sku) of kept keys whose last row has no name and that the catalog does not hold:
         refused (``MergeCounts.unnamed``), as a product is never created without a name."""
         return tuple(self._s._exec(
-            f"SELECT l.last_row, l.sku FROM ({_LAST_STAGED}) l WHERE {keep} AND l.name IS NULL AND NOT EXISTS"
+            f"SELECT l.last_row, l.sku FROM ({_LAST_STAGED}) l WHERE l.name IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key) ORDER BY l.last_row",
             (self.job.partner_id,)))
 
-    def _upsert(self, keep: str, now: str, newest: int) -> tuple[int, int]:
+    def _upsert(self, now: str, newest: int) -> tuple[int, int]:
         """The last staged row of each kept key into ``products``, skipping rows equal to what it
         holds: (rows written, of them inserted). ``newest``: the largest rowid before. Only the
         columns the file carries are updated; a new product without ``active`` is active. The
@@ -827,11 +820,12 @@ class SqliteLoad:
         named = ""
         if self._unnamed:
             named = " AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = ? AND p.sku_key = l.sku_key))"
+        # "WHERE true": SQLite parses ``ON CONFLICT`` after a SELECT only once it has a WHERE
         s._exec(
             f"INSERT INTO products (partner_id, sku_key, {cols}, row_hash, record_hash, updated_at, source_job_id,"
             f" version, created_version) SELECT ?, sku_key, {values}, row_hash, record_hash, ?, ?, ?, ?"
             f" FROM ({_LAST_STAGED}) l"
-            f" WHERE {keep}{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
+            f" WHERE true{named} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
             + ", ".join(f"{c} = excluded.{c}" for c in ("row_hash", "record_hash", "updated_at", "source_job_id",
                                                          "version"))
             + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
@@ -842,19 +836,19 @@ class SqliteLoad:
                                     (newest,))[0]
         return written, inserted
 
-    def _stale(self, keep: str) -> int:
+    def _stale(self) -> int:
         """Kept keys whose row differs from the catalog's but was left alone: a later delivery
         set that product (counted after the upsert, which wrote every other differing row)."""
         return self._s._one(f"SELECT count(*) FROM ({_LAST_STAGED}) l JOIN products ON products.partner_id = ?"
-                            f" AND products.sku_key = l.sku_key WHERE {keep} AND NOT {_NOT_LATER}"
+                            f" AND products.sku_key = l.sku_key WHERE NOT {_NOT_LATER}"
                             f" AND ({self._columns.differs('IS NOT', 'l')})", (self.job.partner_id, self._delivery))
 
-    def _refresh_hashes(self, keep: str) -> None:
+    def _refresh_hashes(self) -> None:
         """For kept keys staged as different but equal after all (a hash of an older daemon, or
         none): the values stand, only the stored hashes are brought up to date (never on a
         product a later delivery set: its hash is that delivery's)."""
         self._s._exec(f"UPDATE products SET row_hash = l.row_hash, record_hash = l.record_hash FROM ({_LAST_STAGED}) l"
-                      f" WHERE {keep} AND products.partner_id = ? AND products.sku_key = l.sku_key"
+                      " WHERE products.partner_id = ? AND products.sku_key = l.sku_key"
                       " AND (products.row_hash IS NOT l.row_hash OR products.record_hash IS NOT l.record_hash)"
                       f"{self._guard}", (self.job.partner_id, *self._guard_params))
 

@@ -137,7 +137,9 @@ def _large(n: int, changed: dict[int, str] | None = None) -> list[list[str]]:
             for i in range(n)]
 
 
-def test_a_large_resent_file_is_compared_with_the_catalog_read_while_it_was_spooled(send, workdir):
+def test_a_resent_file_of_several_blocks_is_recognised_but_for_its_changed_row(send, workdir):
+    """Recognition across the reader's blocks (and the catalog read while the file is spooled:
+    that it is used is the next test's)."""
     first, _ = send(_large(40_000), LARGE_HEADER)
     assert first["source"]["size"] > 4 << 20
     manifest, applied = send(_large(40_000, {7: "99.99"}), LARGE_HEADER)
