@@ -11,9 +11,11 @@ is decided here: a Transient error is another attempt after a backoff, then the 
 look; a job that ``failed`` is run again up to ``max_attempts``, then quarantined. A file over its
 partner's ``max_file_bytes`` is never copied: it is a rejected job at once (``_refuse``).
 
-Several daemons may share a store and remote inboxes: the file is claimed in the store before
-it is downloaded (another daemon's claim: offered again once that claim could have expired),
-and released (``release``) once the daemon has acted on the verdict, whatever became of it.
+Several daemons may share a store and remote inboxes: a remote file is claimed in the store
+before it is downloaded (another daemon's claim: offered again once that claim could have
+expired), and released (``release``) once the daemon has acted on the verdict, whatever became
+of it. A local folder belongs to one daemon, which never takes the same file twice at once: its
+files are not claimed (two write transactions a file saved).
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ class Journey:
         calls this after acting on the verdict: with the store locked by another process the
         release waits out the busy timeout, and the retry must be scheduled before that."""
         drop = item.drop
+        inbox = self.inboxes.get(drop.inbox)
+        if inbox is not None and not inbox.shared:
+            return                      # never claimed (``_claim_file``)
         try:
             self.store.release_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version)
         except Exception as exc:  # noqa: BLE001 — an unreleased claim only expires later
@@ -175,7 +180,7 @@ class Journey:
         lists is itself derived from the content (an S3 ETag) is a version answered before
         replayed without downloading it again."""
         drop = item.drop
-        if not self._claim_file(drop, log):
+        if not self._claim_file(inbox, drop, log):
             return OfferAgainIn(self.config.store.lease)
         seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version, delivered_at=drop.delivered) \
             if inbox.version_is_content else None
@@ -201,7 +206,7 @@ class Journey:
             return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
         if spooled is None or not spooled.exists():
-            if not self._claim_file(item.drop, log):
+            if not self._claim_file(inbox, item.drop, log):
                 return OfferAgainIn(self.config.store.lease)
             try:
                 spooled = self._fetch_again(job, item.drop, inbox)
@@ -363,8 +368,11 @@ class Journey:
             inbox.write_back(drop, path.name, data)
 
     # -- the file claim (several daemons, one store) --------------------------------------------
-    def _claim_file(self, drop: Drop, log) -> bool:
-        """This file version is ours to download, unless another daemon sharing the store holds it."""
+    def _claim_file(self, inbox: Inbox | None, drop: Drop, log) -> bool:
+        """This file version is ours to download, unless another daemon sharing the store holds
+        it. Files of an inbox no other daemon lists (a local folder) are this daemon's alone."""
+        if inbox is None or not inbox.shared:
+            return True
         if self.store.claim_drop(inbox=drop.inbox, uri=drop.uri, version=drop.version):
             return True
         log.debug("file.claimed_elsewhere", version=drop.version)

@@ -266,9 +266,9 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
                                        source=source, fmt=fmt, mode=mode, now=now, reverts=reverts)
             if original is None:
-                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease))
-                self._start_attempt(job_id, 1, now)
-                return Claim("new", self.job(job_id))
+                job = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease))
+                self._start_attempt(job.id, 1, now)
+                return Claim("new", job)
             resumable = original.status in RUNNABLE or (
                 original.status == JobStatus.RUNNING and self._lease_expired(original.id, now))
             if resumable:
@@ -288,26 +288,26 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             if isinstance(settled, Claim):
                 return settled
             if settled == "reapply":
-                job_id = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease),
-                                reapplies=original.id)
-                self._start_attempt(job_id, 1, now)
-                return Claim("reapply", self.job(job_id))
-            job_id = insert(status=JobStatus.DUPLICATE, duplicate_of=original.id)
-            return Claim("duplicate", self.job(job_id))
+                job = insert(status=JobStatus.RUNNING, spool_path=spool_path, lease_until=utc_in(self.lease),
+                             reapplies=original.id)
+                self._start_attempt(job.id, 1, now)
+                return Claim("reapply", job)
+            return Claim("duplicate", insert(status=JobStatus.DUPLICATE, duplicate_of=original.id))
 
     def _insert_job(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
                     mode: str, now: str, status: JobStatus, spool_path: str | None = None,
                     duplicate_of: str | None = None, lease_until: str | None = None,
-                    reapplies: str | None = None, reverts: str | None = None) -> str:
-        job_id = new_job_id()
-        self._exec(
+                    reapplies: str | None = None, reverts: str | None = None) -> Job:
+        """The job as inserted (``RETURNING``: no second statement to read it back)."""
+        rows = self._exec(
             "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
             " delivered_at, format, mode, status, attempt, spool_path, duplicate_of, reapplies, reverts, created_at,"
-            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
+            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f" RETURNING {_JOB_COLUMNS}",
+            (new_job_id(), partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
              source.delivered_at, fmt, mode, status, spool_path, duplicate_of, reapplies, reverts, now, now,
              lease_until, self.holder))
-        return job_id
+        return _job(rows[0])
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
         """Its lease ran out, or its holder is a process of this host that is gone (a command

@@ -326,3 +326,34 @@ def test_a_broken_known_hosts_line_is_reported_and_the_inbox_recovers_once_fixed
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_an_sftp_file_is_claimed_in_the_store_before_its_download_and_a_local_file_is_not(tmp_path, server,
+                                                                                         secrets):
+    """Other daemons on the store list the same SFTP folder: its file is claimed before it is
+    downloaded. A local folder is this daemon's alone: its file is taken without a claim (two
+    write transactions fewer a file). Each daemon is frozen right after its copy, claims held."""
+    import sqlite3
+
+    def frozen_with_claims(cfg: str, drop) -> list[tuple]:
+        root = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        root.mkdir()
+        d = DaemonProcess(root, cfg, env={"INBOX_DAEMON_FREEZE_AT": "after_spool"})
+        try:
+            drop(root)
+            wait_for(lambda: Path(f"/proc/{d.proc.pid}/stat").read_text().rpartition(")")[2].split()[0] == "T",
+                     what="the daemon frozen after its copy")
+            con = sqlite3.connect(root / "var" / "catalog.db")
+            try:
+                return con.execute("SELECT inbox, uri FROM drop_claims").fetchall()
+            finally:
+                con.close()
+        finally:
+            d.kill()
+
+    key_file, known_hosts = secrets
+    claims = frozen_with_claims(_sftp_config(server, key_file, known_hosts),
+                                lambda root: write_csv(_outbound(server) / "remote.csv", ["sku", "name"], [["R", "r"]]))
+    assert [uri.rpartition("/")[2] for _, uri in claims] == ["remote.csv"]
+    assert frozen_with_claims(config(), lambda root: write_csv(root / "inbox" / "default" / "local.csv",
+                                                               ["sku", "name"], [["L", "l"]])) == []

@@ -189,6 +189,9 @@ class Inbox(Protocol):
     # True where the version a listing shows changes whenever the content does (an S3 ETag):
     # a version answered before need not be downloaded again. An mtime is not such a version.
     version_is_content: bool
+    # True where other daemons sharing the store list the same files (remote inboxes): a file
+    # is claimed in the store before it is downloaded. A local folder belongs to one daemon.
+    shared: bool
 
     @property
     def id(self) -> str: ...
