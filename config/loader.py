@@ -271,6 +271,7 @@ _DURATION = (str, int, float)
 _DAEMON_KEYS: Spec = {
     "state_dir": (str, Path),
     "workers": (int, _positive),
+    "worker_processes": (bool, None),
     "log_format": (str, _choice(*get_args(LogFormat))),
     "log_level": (str, _choice(*get_args(LogLevel))),
     "health": (str, _host_port),

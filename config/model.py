@@ -172,6 +172,9 @@ class Limits:
 class DaemonConfig:
     state_dir: Path = Path("var")
     workers: int = 2
+    # each worker's pipeline in a process of its own (``inbox_daemon.worker_process``): workers
+    # then add up; false keeps them threads of the daemon, which share one core
+    worker_processes: bool = True
     log_format: LogFormat | None = None     # None: console on a TTY, else json
     log_level: LogLevel = "info"
     health: str = "127.0.0.1:9464"

@@ -33,7 +33,7 @@ from pathlib import Path
 from config import Config, ConfigError, missing_secrets
 from config.errors import InboxError
 from config.status import KEEP_SPOOL, JobStatus
-from inbox_daemon import __version__, settings, tempfiles
+from inbox_daemon import __version__, settings, tempfiles, worker_process
 from inbox_daemon.audit import AuditLog
 from inbox_daemon.drop import Drop
 from inbox_daemon.inboxes import open_inbox
@@ -81,6 +81,7 @@ class Daemon:
         self._seq = itertools.count()
         self._stopping = threading.Event()
         self._stop_deadline = float("inf")
+        self._shared_deadline = None                # the same, for worker processes (``worker_process``)
         # set by the signal handlers, read by the main loop: a plain attribute store is all a
         # handler does (one that takes a lock can deadlock the thread it interrupted)
         self._stop_signalled = False
@@ -157,6 +158,8 @@ class Daemon:
         self._heartbeat.start()
         self._pruner = threading.Thread(target=self._pruner_loop, name="pruner", daemon=True)
         self._pruner.start()
+        if cfg.daemon.worker_processes:
+            self._shared_deadline = worker_process.deadline()
         for n in range(cfg.daemon.workers):
             worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
             worker.start()
@@ -168,6 +171,7 @@ class Daemon:
         self._scanner = threading.Thread(target=self._scanner_loop, name="scanner", daemon=True)
         self._scanner.start()
         self.log.info("daemon.started", inboxes=list(self.inboxes), workers=cfg.daemon.workers,
+                      worker_processes=cfg.daemon.worker_processes,
                       store=cfg.store.url.split("://")[0], health=self.health.address if self.health else None,
                       once=self.once, version=__version__)
         self.notifier.ready(self._status())
@@ -231,6 +235,8 @@ class Daemon:
                       grace_s=self.config.daemon.stop_timeout)
         self.notifier.stopping()
         self._stop_deadline = time.monotonic() + self.config.daemon.stop_timeout
+        if self._shared_deadline is not None:
+            self._shared_deadline.value = self._stop_deadline
         self._stopping.set()                 # no new work is queued from here on
         self._scan_requests.put(None)
         for worker in self._workers:         # in-flight jobs still archive through their inbox
@@ -410,14 +416,18 @@ class Daemon:
             self.log.error("config.reload_failed", problems=exc.problems, kept="previous configuration")
             self.notifier.ready(self._status())
             return
-        if new.store.url != self.config.store.url or new.daemon.workers != self.config.daemon.workers:
-            self.log.warning("config.reload_partial", reason="store url and workers change on restart only")
+        kept = self.config.daemon
+        if (new.store.url != self.config.store.url or new.daemon.workers != kept.workers
+                or new.daemon.worker_processes != kept.worker_processes):
+            self.log.warning("config.reload_partial",
+                             reason="store url, workers and worker_processes change on restart only")
         if new.console != self.config.console:
             self.log.warning("config.reload_partial", reason="[console] changes on restart only")
         old = {i.id: i for i in self.config.inboxes}
         fresh = {i.id: i for i in new.inboxes}
         self.config = dataclasses.replace(new, store=self.config.store, console=self.config.console,
-                                          daemon=dataclasses.replace(new.daemon, workers=self.config.daemon.workers))
+                                          daemon=dataclasses.replace(new.daemon, workers=kept.workers,
+                                                                     worker_processes=kept.worker_processes))
         for inbox_id in old.keys() - fresh.keys() | {k for k in old.keys() & fresh.keys() if old[k] != fresh[k]}:
             inbox = self.inboxes.pop(inbox_id, None)
             if inbox:
@@ -519,6 +529,11 @@ class Daemon:
 
     def _worker(self) -> None:
         store = open_store(self.config.store)
+        process = None
+        if self._shared_deadline is not None:
+            # its pipeline's jobs are this daemon's: claimed under its holder, renewed by its heartbeat
+            process = worker_process.WorkerProcess(holder=store.holder, stop_at=self._shared_deadline,
+                                                   name=f"{threading.current_thread().name}-process")
         try:
             while not self._stopping.is_set():
                 try:
@@ -533,7 +548,7 @@ class Daemon:
                 self.metrics.in_flight.inc()
                 started = time.monotonic()
                 journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
-                                  should_stop=self._should_stop)
+                                  should_stop=self._should_stop, process=process)
                 try:
                     self._act(item, journey.run(item), started)
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
@@ -549,6 +564,8 @@ class Daemon:
                     if again and (inbox := self.inboxes.get(item.drop.inbox)) is not None:
                         inbox.offer_again_in(item.drop, 0)      # read again: the content decides
         finally:
+            if process is not None:
+                process.close()
             store.close()
 
     def _act(self, item: WorkItem, verdict: Verdict, started: float) -> None:

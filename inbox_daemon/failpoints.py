@@ -6,6 +6,10 @@ cleanup, no flush, no ``finally``. Unset, as in every real deployment, ``reached
 lookup. The points name the moments where a crash is most interesting: between each durable
 step of a job. ``INBOX_DAEMON_FREEZE_AT`` (same syntax) stops the process there instead
 (SIGSTOP), the way a hung host would: alive, holding its claims, until its lease runs out.
+
+A worker process (``inbox_daemon.worker_process``) is part of its daemon: a point it reaches
+kills or freezes the daemon first, and the N-th time counts every pass in the daemon and its
+worker processes together (``share``, ``on_behalf_of``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Any
 
 ENV = "INBOX_DAEMON_CRASH_AT"
 FREEZE_ENV = "INBOX_DAEMON_FREEZE_AT"
@@ -42,14 +47,38 @@ def _parse(env: str, sig: signal.Signals) -> dict[str, tuple[int, signal.Signals
 _WANTED = _parse(ENV, signal.SIGKILL) | _parse(FREEZE_ENV, signal.SIGSTOP)
 _passed: dict[str, int] = {}
 _lock = threading.Lock()
+_shared: Any = None             # the passes counted with the daemon's worker processes: one int a point
+_daemon: int | None = None      # in a worker process: the daemon it works for
+
+
+def share(context: Any) -> Any:
+    """In the daemon, before its worker processes start: the pass counts they count into
+    (None when no point is wanted: nothing is counted at all)."""
+    global _shared
+    if _WANTED and _shared is None:
+        _shared = context.Array("i", len(POINTS))
+    return _shared
+
+
+def on_behalf_of(daemon: int, shared: Any) -> None:
+    """In a worker process: points stop ``daemon`` too, and count into its ``shared`` counts."""
+    global _daemon, _shared
+    _daemon, _shared = daemon, shared
 
 
 def reached(name: str) -> None:
     """Kill (or freeze) this process here if a crash test asked for it."""
     if not _WANTED:
         return
-    with _lock:
-        _passed[name] = _passed.get(name, 0) + 1
-        nth, sig = _WANTED.get(name, (0, signal.SIGKILL))
-    if nth == _passed[name]:
+    nth, sig = _WANTED.get(name, (0, signal.SIGKILL))
+    if _shared is not None:
+        with _shared.get_lock():
+            _shared[POINTS.index(name)] += 1
+            passed = _shared[POINTS.index(name)]
+    else:
+        with _lock:
+            _passed[name] = passed = _passed.get(name, 0) + 1
+    if nth == passed:
+        if _daemon is not None:
+            os.kill(_daemon, sig)
         os.kill(os.getpid(), sig)

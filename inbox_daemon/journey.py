@@ -48,6 +48,7 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
 from inbox_daemon.results import diagnostics_path, manifest_bytes
 from inbox_daemon.webhooks import WebhookSender
+from inbox_daemon.worker_process import WorkerProcess
 from storage.base import TO_RUN, CatalogStore, Job, Source
 
 BUSY_BACKOFF_STEPS = 4            # content being applied right now: backoff grows to 2^4 × retry_base
@@ -113,13 +114,14 @@ class Journey:
     """Takes work items through their journey on one worker's store connection."""
 
     def __init__(self, config: Config, store: CatalogStore, inboxes: Mapping[str, Inbox], *,
-                 webhooks: WebhookSender, should_stop: Callable[[], bool]):
+                 webhooks: WebhookSender, should_stop: Callable[[], bool], process: WorkerProcess | None = None):
         self.config = config
         self.store = store
         self.inboxes = inboxes
         self.webhooks = webhooks
         self.should_stop = should_stop      # asked between batches: past the stop deadline?
         self.pipeline = Pipeline(config, store, actor="daemon")
+        self.process = process              # where files go through the pipeline; None: this thread
 
     def run(self, item: WorkItem) -> Verdict:
         drop = item.drop
@@ -191,9 +193,8 @@ class Journey:
             self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
             return Done()
         spooled, sha256, _ = self._spool(inbox, drop)
-        result = self.pipeline.process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
-                                       should_stop=self.should_stop, watching=True,
-                                       verify_source=lambda: inbox.verify_unchanged(drop))
+        result = self._process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
+                               verify_source=lambda: inbox.verify_unchanged(drop))
         return self._conclude(item, inbox, result, log)
 
     def _run_job(self, item: WorkItem, job_id: str, inbox: Inbox | None, log) -> Verdict:
@@ -217,9 +218,17 @@ class Journey:
                     return Done()
                 log.error("job.unrecoverable", job_id=job.id, reason=reason)
                 return Done(self.pipeline.give_up(job, reason, log).manifest)   # an operator must act
-        result = self.pipeline.process(spooled, job.sha256, item.drop, fmt=job.format, mode=job.mode,
-                                       should_stop=self.should_stop, watching=True)
+        result = self._process(spooled, job.sha256, item.drop, fmt=job.format, mode=job.mode)
         return self._conclude(item, inbox, result, log)
+
+    def _process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None, mode: str,
+                 verify_source: Callable[[], None] = lambda: None) -> Result:
+        """The spooled file through the pipeline: in this worker's process, else on this thread."""
+        if self.process is not None:
+            return self.process.process(self.config, spooled, sha256, drop, fmt=fmt, mode=mode, watching=True,
+                                        verify_source=verify_source)
+        return self.pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self.should_stop,
+                                     watching=True, verify_source=verify_source)
 
     def _fetch_again(self, job: Job, drop: Drop, inbox: Inbox | None) -> Path:
         if inbox is None:
@@ -234,7 +243,10 @@ class Journey:
         ``max_file_bytes`` (as listed, or once its copy passes it) is ``FileTooLarge`` instead:
         limits come before work, and a sparse or endless file never fills the state disk."""
         limit = self.config.partner(drop.partner).max_file_bytes
-        self.store.read_ahead(drop.partner, size=drop.size or 0, mode=inbox.config.mode)
+        if self.process is not None:        # the catalog is read where the file is applied
+            self.process.read_ahead(self.config, drop.partner, size=drop.size or 0, mode=inbox.config.mode)
+        else:
+            self.store.read_ahead(drop.partner, size=drop.size or 0, mode=inbox.config.mode)
         return inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner, max_bytes=limit)
 
     def _refuse(self, item: WorkItem, inbox: Inbox | None, exc: LimitExceeded, log) -> Verdict:

@@ -20,6 +20,7 @@ _SECRET_KEY = re.compile(r"(pass(word|wd|phrase)?|secret|token|credential|api[_-
                          r"|authorization|private_key)$", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
 _known_secrets: set[str] = set()
+_configured: dict[str, Any] = {}      # what ``configure`` was last given (``settings``)
 
 
 def register_secret(value: str | None) -> None:
@@ -58,6 +59,7 @@ def redact_secrets(_logger: Any, _name: str, event_dict: MutableMapping[str, Any
 def configure(*, fmt: str | None = None, level: str = "info", stream=None) -> None:
     """``fmt``: "json" or "console"; None picks console on a TTY, else JSON lines."""
     stream = stream or sys.stdout
+    _configured.update(fmt=fmt, level=level, stdout=stream is sys.stdout)
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
     renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console"
@@ -75,6 +77,18 @@ def configure(*, fmt: str | None = None, level: str = "info", stream=None) -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def settings() -> dict[str, Any]:
+    """How this process logs, for a worker process to log the same way (``adopt``)."""
+    return {**_configured, "secrets": frozenset(_known_secrets)}
+
+
+def adopt(settings: dict[str, Any]) -> None:
+    """Log as the process that gave ``settings`` does: its format, level, stream, secrets."""
+    _known_secrets.update(settings.get("secrets", ()))
+    configure(fmt=settings.get("fmt"), level=settings.get("level", "info"),
+              stream=sys.stdout if settings.get("stdout", True) else sys.stderr)
 
 
 def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:

@@ -1,0 +1,229 @@
+"""A worker's pipeline in a process of its own, so that workers add up.
+
+A small file is ~15 ms of work that holds the GIL most of the time (mapping, judging, ~20
+ledger and merge statements, the report): worker *threads* share one core whatever
+``workers`` says. With ``worker_processes = true`` (the default) each worker thread hands
+``Pipeline.process`` — the ledger claim, read, judge, stage, merge, commit and report — to a
+process of its own and waits for its ``Result``. The daemon keeps what is one per daemon: the
+inboxes and their watchers, the spool copy and its sha256, the file claims, the answer (the
+partner's copy, the archive), retries, metrics and health.
+
+What the process shares with the daemon:
+
+- **its name in the store** (``holder``): the jobs it claims are the daemon's, renewed by the
+  daemon's heartbeat and recovered as the daemon's after a crash;
+- **the stop deadline**, a shared double: it stops between batches, as a thread did;
+- **the configuration**, sent with the next file after a reload;
+- **stdout**, where its log lines go, as the daemon's do;
+- **one question back**: ``verify_source`` (is the partner's file still the one read?) is asked
+  of the daemon's inbox right before the commit;
+- **the read ahead**: the catalog a large file will be compared with is read in the process
+  while the daemon spools the file.
+
+It never outlives the daemon: ``PR_SET_PDEATHSIG`` has the kernel kill it when the daemon dies,
+so a killed daemon leaves nothing committing behind it. Stop signals are the daemon's to act on
+(systemd's ``KillMode=mixed`` sends them to the daemon alone; a terminal's Ctrl-C reaches the
+whole group): the process ignores them from the moment it logs ``worker.process_started``
+(before, while its interpreter starts, one kills it, and the daemon starts another for the
+next file). A crash test's failpoint reached in the process kills or freezes the daemon first,
+as a power cut would (``failpoints.on_behalf_of``). A process that dies of anything else
+while it holds a file (the OOM killer, a crash in a library) leaves a job the daemon cannot
+account for: the daemon stops at once with an error, as it would have had the work run on one
+of its threads, and the next start queues that job again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from config import Config
+from inbox_daemon import failpoints, logs
+from inbox_daemon.drop import Drop
+from inbox_daemon.logs import get_logger
+from inbox_daemon.pipeline import Pipeline, Result
+from storage import open_store
+
+_CONTEXT = multiprocessing.get_context("spawn")     # a fresh interpreter: the daemon has threads
+_PR_SET_PDEATHSIG = 1
+_DAEMON_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}    # the daemon's to act on
+DIED = 70           # the daemon's exit status when a worker process died under it (EX_SOFTWARE)
+
+
+class WorkerProcess:
+    """The daemon's side: one per worker thread, used by that thread alone."""
+
+    def __init__(self, *, holder: str, stop_at: Any, name: str):
+        self._args = (holder, stop_at, os.getpid(), logs.settings(), failpoints.share(_CONTEXT))
+        self._name = name
+        self._start()
+
+    def _start(self) -> None:
+        self._conn, child = _CONTEXT.Pipe()
+        self._process = _CONTEXT.Process(target=serve, name=self._name, daemon=True, args=(child, *self._args))
+        self._process.start()
+        child.close()
+        self._config: Config | None = None       # the configuration the process has
+
+    def read_ahead(self, config: Config, partner_id: str, *, size: int, mode: str) -> None:
+        """The store's ``read_ahead`` in the process, whose load will use it: sent before the
+        file is spooled, so the catalog is read while it is copied. No answer is waited for."""
+        self._alive()
+        try:
+            self._conn.send(("ahead", self._config_for(config), (partner_id, size, mode)))
+        except OSError:
+            pass                # it died: ``process`` tells, and starts another for the next file
+
+    def process(self, config: Config, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None, mode: str,
+                watching: bool, verify_source: Callable[[], None]) -> Result:
+        """``Pipeline.process`` in the process; what it raises is raised here."""
+        self._alive()
+        try:
+            self._conn.send(("process", self._config_for(config), (spooled, sha256, drop, fmt, mode, watching)))
+            while True:
+                kind, value = self._conn.recv()
+                if kind == "verify":
+                    self._conn.send(_sendable(_outcome(verify_source)))
+                elif kind == "raised":
+                    raise value
+                else:
+                    return value
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._died(drop)
+            raise
+
+    def _alive(self) -> None:
+        if not self._process.is_alive():
+            # it died between two files (killed by hand, the OOM killer): it held nothing
+            get_logger(component="daemon").error("worker.process_restarted", process=self._name,
+                                                  exitcode=self._process.exitcode, reason="it died between two files")
+            self._conn.close()
+            self._start()
+
+    def _config_for(self, config: Config) -> Config | None:
+        """``config`` to send: None when the process has it already (it is sent once a reload)."""
+        if config is self._config:
+            return None
+        self._config = config
+        return config
+
+    def _died(self, drop: Drop) -> None:
+        """It died holding a job the daemon cannot account for: stop, and let the next start
+        recover it (systemd restarts a daemon that exits with an error)."""
+        self._process.join(1.0)
+        get_logger(component="daemon").critical(
+            "worker.process_died", process=self._process.name, exitcode=self._process.exitcode, file=drop.name,
+            reason="the job it held is queued again by the next start; the daemon stops now")
+        sys.stdout.flush()
+        os._exit(DIED)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask it to end (after the file it is on), then make sure it did."""
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass            # gone already
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout)
+        self._conn.close()
+
+
+def deadline() -> Any:
+    """The stop deadline the daemon shares with its worker processes (``time.monotonic()``,
+    the same clock in every process of the host; infinity until a stop)."""
+    return _CONTEXT.Value("d", float("inf"), lock=False)
+
+
+class WorkerError(Exception):
+    """What a worker process raised, where that exception cannot cross to the daemon as it is."""
+
+
+def _outcome(call: Callable[[], None]) -> tuple[str, Any]:
+    try:
+        call()
+        return "ok", None
+    except Exception as exc:  # noqa: BLE001 — sent back and raised where the question was asked
+        return "raised", exc
+
+
+def _sendable(reply: tuple[str, Any]) -> tuple[str, Any]:
+    """``reply`` as it can cross the pipe: an exception that does not survive pickling (its
+    class takes other arguments than its message) crosses as a ``WorkerError`` naming it."""
+    kind, value = reply
+    if kind != "raised":
+        return reply
+    try:
+        pickle.loads(pickle.dumps(value))
+        return reply
+    except Exception:  # noqa: BLE001 — any failure to cross is answered the same way
+        return kind, WorkerError(f"{type(value).__name__}: {value}")
+
+
+def serve(conn: Connection, holder: str, stop_at: Any, daemon_pid: int, log_settings: dict[str, Any],
+          failpoint_counts: Any) -> None:
+    """The process: run each file it is sent through its pipeline, until told to end."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != daemon_pid:
+        return                  # the daemon died before the line above: nothing to work for
+    for signum in _DAEMON_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    failpoints.on_behalf_of(daemon_pid, failpoint_counts)
+    logs.adopt(log_settings)
+    get_logger(component="daemon").info("worker.process_started", process=multiprocessing.current_process().name,
+                                        pid=os.getpid())
+
+    config: Config | None = None
+    pipeline: Pipeline | None = None
+    store = None
+
+    def should_stop() -> bool:
+        return time.monotonic() > stop_at.value
+
+    def verify_source() -> None:
+        conn.send(("verify", None))
+        kind, value = conn.recv()
+        if kind == "raised":
+            raise value
+
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+            if message is None:
+                return
+            kind, sent, args = message
+            try:
+                if sent is not None:
+                    config, pipeline = sent, None
+                assert config is not None
+                store = store or open_store(config.store, holder=holder)
+                if kind == "ahead":
+                    partner_id, size, mode = args
+                    store.read_ahead(partner_id, size=size, mode=mode)
+                    continue
+                spooled, sha256, drop, fmt, mode, watching = args
+                pipeline = pipeline or Pipeline(config, store, actor="daemon")
+                reply: tuple[str, Any] = ("result", pipeline.process(
+                    spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=should_stop, watching=watching,
+                    verify_source=verify_source))
+            except BaseException as exc:  # noqa: BLE001 — the daemon's thread raises it, as it would have
+                if kind == "ahead":
+                    continue            # no read ahead: the load reads the catalog itself
+                reply = ("raised", exc)
+            conn.send(_sendable(reply))
+    finally:
+        if store is not None:
+            store.close()

@@ -1,0 +1,126 @@
+"""Workers whose pipeline runs in processes of their own (``worker_processes``, the default).
+
+Real daemons, real processes, real signals: the worker processes are found as the daemon's
+children in /proc, killed, signalled and waited for the way an operator, systemd or the OOM
+killer would."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ledger, products, write_csv
+from tests.daemon_harness import config, wait_for, wait_manifests
+
+INBOX = Path("inbox") / "default"
+
+
+def _children(pid: int) -> set[int]:
+    """The processes ``pid`` started that are still alive (every thread's children)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except FileNotFoundError:
+            continue            # a thread that ended meanwhile
+    return found
+
+
+def _workers(pid: int) -> set[int]:
+    """The daemon's worker processes (not multiprocessing's resource tracker)."""
+    return {c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _drop(root: Path, name: str, rows: list[list]) -> None:
+    staged = root / f".{name}.part"
+    write_csv(staged, ["sku", "name", "price"], rows)
+    (root / INBOX).mkdir(parents=True, exist_ok=True)
+    os.rename(staged, root / INBOX / name)
+
+
+def test_each_worker_has_a_process_and_files_go_through_them(tmp_path, daemons):
+    d = daemons(tmp_path, config())
+    workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
+    for i in range(10):
+        _drop(tmp_path, f"f{i}.csv", [[f"P-{i}", f"item {i}", "1.00"]])
+    done = wait_manifests(tmp_path, 10, status="succeeded")
+    assert len(done) == 10 and set(products(tmp_path)) == {f"p-{i}" for i in range(10)}
+    assert _workers(d.proc.pid) == workers          # the same processes did all of it
+    assert d.wait_event("daemon.started")["worker_processes"] is True
+    assert d.stop() == 0
+    assert not any(_alive(w) for w in workers)
+
+
+def test_a_killed_daemon_leaves_no_worker_process_behind(tmp_path, daemons):
+    d = daemons(tmp_path, config())
+    workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
+    d.kill()
+    wait_for(lambda: not any(_alive(w) for w in workers), what="the worker processes to die with their daemon")
+
+
+def test_stop_signals_sent_to_worker_processes_are_left_to_the_daemon(tmp_path, daemons):
+    """A terminal's Ctrl-C reaches the whole process group, systemd's default KillMode the whole
+    cgroup: the worker processes go on, and the daemon stops them in order once it is told."""
+    d = daemons(tmp_path, config())
+    workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
+    for worker in workers:              # from here on they ignore them
+        d.wait_event("worker.process_started", pid=worker)
+    for worker in workers:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(worker, signum)
+    _drop(tmp_path, "after.csv", [["A-1", "after", "2.00"]])
+    wait_manifests(tmp_path, 1, status="succeeded")
+    assert _workers(d.proc.pid) == workers
+    assert d.stop() == 0
+
+
+def test_a_worker_process_killed_between_files_is_started_again(tmp_path, daemons):
+    d = daemons(tmp_path, config().replace("workers = 2", "workers = 1"))
+    [worker] = wait_for(lambda: _workers(d.proc.pid), what="the worker process")
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: not _alive(worker), what="the worker process gone")
+    _drop(tmp_path, "next.csv", [["N-1", "next", "3.00"]])
+    [done] = wait_manifests(tmp_path, 1, status="succeeded")
+    d.wait_event("worker.process_restarted")
+    assert products(tmp_path)["n-1"]["price_cents"] == 300
+    assert d.stop() == 0
+
+
+def test_a_worker_process_killed_in_the_middle_of_a_file_stops_the_daemon_and_a_restart_applies_it_once(
+        tmp_path, daemons):
+    d = daemons(tmp_path, config().replace("workers = 2", "workers = 1"))
+    [worker] = wait_for(lambda: _workers(d.proc.pid), what="the worker process")
+    rows = [[f"B-{i:06d}", f"bulk {i}", "1.00"] for i in range(150_000)]
+    _drop(tmp_path, "bulk.csv", rows)
+    d.wait_event("job.started", timeout=60)
+    os.kill(worker, signal.SIGKILL)
+    assert d.proc.wait(30) == 70
+    assert any(e.get("event") == "worker.process_died" for e in d.events())
+    assert ledger(tmp_path) == [("bulk.csv", "running", 1)]       # what the next start recovers
+    again = daemons(tmp_path, config().replace("workers = 2", "workers = 1"))
+    [done] = wait_manifests(tmp_path, 1, status="succeeded", timeout=120)
+    assert done["rows"]["inserted"] == 150_000 and len(products(tmp_path)) == 150_000
+    assert [(name, status) for name, status, _ in ledger(tmp_path)] == [("bulk.csv", "succeeded")]
+    assert again.stop() == 0
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_files_are_applied_with_worker_processes_and_with_threads(tmp_path, daemons, processes):
+    d = daemons(tmp_path, config(daemon=f"worker_processes = {str(processes).lower()}"))
+    for i in range(6):
+        _drop(tmp_path, f"f{i}.csv", [[f"S-{i}", f"item {i}", f"{i}.50"]])
+    wait_manifests(tmp_path, 6, status="succeeded")
+    assert {k: v["price_cents"] for k, v in products(tmp_path).items()} == {f"s-{i}": i * 100 + 50 for i in range(6)}
+    assert bool(_workers(d.proc.pid)) is processes
+    assert d.stop() == 0
