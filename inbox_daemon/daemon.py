@@ -44,7 +44,7 @@ from inbox_daemon.sdnotify import Notifier
 from inbox_daemon.spool import SPOOL_TEMP
 from inbox_daemon.webhooks import WebhookSender
 from storage import open_store
-from storage.base import CatalogStore
+from storage.base import CatalogStore, default_holder
 
 QUEUE_MAX = 10_000          # ready files waiting for a worker; watchers and the scanner block beyond this
 PUT_WAIT = 0.2              # seconds between looks at ``stopping`` while the queue is full
@@ -158,10 +158,17 @@ class Daemon:
         self._heartbeat.start()
         self._pruner = threading.Thread(target=self._pruner_loop, name="pruner", daemon=True)
         self._pruner.start()
+        processes: list[worker_process.WorkerProcess | None] = [None] * cfg.daemon.workers
         if cfg.daemon.worker_processes:
+            # started together, waited for together: the daemon is ready once its workers are
             self._shared_deadline = worker_process.deadline()
-        for n in range(cfg.daemon.workers):
-            worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
+            started = [worker_process.WorkerProcess(cfg, holder=default_holder(), stop_at=self._shared_deadline,
+                                                    name=f"worker-{n}-process") for n in range(cfg.daemon.workers)]
+            for each in started:
+                each.wait_ready()
+            processes = list(started)
+        for n, process in enumerate(processes):
+            worker = threading.Thread(target=self._worker, args=(process,), name=f"worker-{n}", daemon=True)
             worker.start()
             self._workers.append(worker)
         # ready once it serves: watchers, workers and health are up. What waits in the inboxes is
@@ -527,13 +534,10 @@ class Daemon:
     def _should_stop(self) -> bool:
         return time.monotonic() > self._stop_deadline
 
-    def _worker(self) -> None:
+    def _worker(self, process: worker_process.WorkerProcess | None) -> None:
+        """Take items off the queue and through their journey; ``process``: where the pipeline
+        runs (its jobs are this daemon's: claimed under its holder, renewed by its heartbeat)."""
         store = open_store(self.config.store)
-        process = None
-        if self._shared_deadline is not None:
-            # its pipeline's jobs are this daemon's: claimed under its holder, renewed by its heartbeat
-            process = worker_process.WorkerProcess(holder=store.holder, stop_at=self._shared_deadline,
-                                                   name=f"{threading.current_thread().name}-process")
         try:
             while not self._stopping.is_set():
                 try:

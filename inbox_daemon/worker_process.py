@@ -55,6 +55,7 @@ from storage import open_store
 
 _CONTEXT = multiprocessing.get_context("spawn")     # a fresh interpreter: the daemon has threads
 _PR_SET_PDEATHSIG = 1
+STARTUP_S = 120.0    # a fresh interpreter importing pyarrow: seconds at worst on a loaded host
 _DAEMON_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}    # the daemon's to act on
 DIED = 70           # the daemon's exit status when a worker process died under it (EX_SOFTWARE)
 
@@ -62,22 +63,39 @@ DIED = 70           # the daemon's exit status when a worker process died under 
 class WorkerProcess:
     """The daemon's side: one per worker thread, used by that thread alone."""
 
-    def __init__(self, *, holder: str, stop_at: Any, name: str):
+    def __init__(self, config: Config, *, holder: str, stop_at: Any, name: str):
         self._args = (holder, stop_at, os.getpid(), logs.settings(), failpoints.share(_CONTEXT))
         self._name = name
-        self._start()
+        self._start(config)
 
-    def _start(self) -> None:
+    def _start(self, config: Config) -> None:
+        """A process that opens its store at once, as a worker thread does: the catalog it
+        works on is the one there when the daemon started (``StoreReplaced`` otherwise)."""
         self._conn, child = _CONTEXT.Pipe()
-        self._process = _CONTEXT.Process(target=serve, name=self._name, daemon=True, args=(child, *self._args))
+        self._process = _CONTEXT.Process(target=serve, name=self._name, daemon=True,
+                                         args=(child, config, *self._args))
         self._process.start()
         child.close()
-        self._config: Config | None = None       # the configuration the process has
+        self._config: Config | None = config     # the configuration the process has
+        self._ready = False
+
+    def wait_ready(self, timeout: float = STARTUP_S) -> None:
+        """Until its interpreter has started and it ignores stop signals (``worker.process_started``):
+        a daemon is ready once its workers are."""
+        if self._ready:
+            return
+        if not self._conn.poll(timeout):
+            raise WorkerError(f"{self._name} did not start within {timeout:.0f} s")
+        try:
+            self._conn.recv()
+        except EOFError:
+            raise WorkerError(f"{self._name} died while it started (exit code {self._process.exitcode})") from None
+        self._ready = True
 
     def read_ahead(self, config: Config, partner_id: str, *, size: int, mode: str) -> None:
         """The store's ``read_ahead`` in the process, whose load will use it: sent before the
         file is spooled, so the catalog is read while it is copied. No answer is waited for."""
-        self._alive()
+        self._alive(config)
         try:
             self._conn.send(("ahead", self._config_for(config), (partner_id, size, mode)))
         except OSError:
@@ -86,7 +104,7 @@ class WorkerProcess:
     def process(self, config: Config, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None, mode: str,
                 watching: bool, verify_source: Callable[[], None]) -> Result:
         """``Pipeline.process`` in the process; what it raises is raised here."""
-        self._alive()
+        self._alive(config)
         try:
             self._conn.send(("process", self._config_for(config), (spooled, sha256, drop, fmt, mode, watching)))
             while True:
@@ -101,13 +119,14 @@ class WorkerProcess:
             self._died(drop)
             raise
 
-    def _alive(self) -> None:
+    def _alive(self, config: Config) -> None:
         if not self._process.is_alive():
             # it died between two files (killed by hand, the OOM killer): it held nothing
             get_logger(component="daemon").error("worker.process_restarted", process=self._name,
                                                   exitcode=self._process.exitcode, reason="it died between two files")
             self._conn.close()
-            self._start()
+            self._start(config)
+        self.wait_ready()
 
     def _config_for(self, config: Config) -> Config | None:
         """``config`` to send: None when the process has it already (it is sent once a reload)."""
@@ -170,8 +189,8 @@ def _sendable(reply: tuple[str, Any]) -> tuple[str, Any]:
         return kind, WorkerError(f"{type(value).__name__}: {value}")
 
 
-def serve(conn: Connection, holder: str, stop_at: Any, daemon_pid: int, log_settings: dict[str, Any],
-          failpoint_counts: Any) -> None:
+def serve(conn: Connection, config: Config, holder: str, stop_at: Any, daemon_pid: int,
+          log_settings: dict[str, Any], failpoint_counts: Any) -> None:
     """The process: run each file it is sent through its pipeline, until told to end."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != daemon_pid:
@@ -180,12 +199,15 @@ def serve(conn: Connection, holder: str, stop_at: Any, daemon_pid: int, log_sett
         signal.signal(signum, signal.SIG_IGN)
     failpoints.on_behalf_of(daemon_pid, failpoint_counts)
     logs.adopt(log_settings)
-    get_logger(component="daemon").info("worker.process_started", process=multiprocessing.current_process().name,
-                                        pid=os.getpid())
-
-    config: Config | None = None
+    log = get_logger(component="daemon", process=multiprocessing.current_process().name)
     pipeline: Pipeline | None = None
     store = None
+    try:
+        store = open_store(config.store, holder=holder)
+    except Exception as exc:  # noqa: BLE001 — as a worker thread's: tried again with its first file
+        log.error("worker.store_unavailable", error=str(exc), error_type=type(exc).__name__)
+    log.info("worker.process_started", pid=os.getpid())
+    conn.send(("ready", os.getpid()))
 
     def should_stop() -> bool:
         return time.monotonic() > stop_at.value
@@ -208,7 +230,6 @@ def serve(conn: Connection, holder: str, stop_at: Any, daemon_pid: int, log_sett
             try:
                 if sent is not None:
                     config, pipeline = sent, None
-                assert config is not None
                 store = store or open_store(config.store, holder=holder)
                 if kind == "ahead":
                     partner_id, size, mode = args
