@@ -310,13 +310,12 @@ def running_daemon(args, root: Path) -> list[Figure]:
         print(f"  run {run + 1}: burst {burst.seconds[-1]:.2f} s, workers = 4 {wider.seconds[-1]:.2f} s,"
               f" threads {threads.seconds[-1]:.2f} s", flush=True)
     burst.met = burst.median <= 10 if args.files >= 1000 else None     # the target is for 1,000 files
-    burst.note = f"{args.files / burst.median:,.0f} files/s; runs: {', '.join(f'{s:.2f}' for s in burst.seconds)} s"
+    for figure in (burst, wider, threads):
+        figure.note = f"{args.files / figure.median:,.0f} files/s; runs: {', '.join(f'{s:.2f}' for s in figure.seconds)} s"
     latency.met = latency.median <= 0.150
     latency.note = (f"median {latency.median * 1000:.0f} ms of {args.latency} "
                     f"(min {min(latency.seconds) * 1000:.0f}, max {max(latency.seconds) * 1000:.0f})")
     moved_in.note = f"median {moved_in.median * 1000:.0f} ms of {args.latency}"
-    for figure in (wider, threads):
-        figure.note = f"{args.files / figure.median:,.0f} files/s; runs: {', '.join(f'{s:.2f}' for s in figure.seconds)} s"
     print(f"  burst {burst.median:.2f} s; latency {latency.note}; moved in: {moved_in.note}", flush=True)
     return [burst, wider, threads, latency, moved_in]
 

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from config import Config, ConfigError, missing_secrets
@@ -80,8 +80,9 @@ class Daemon:
         self._retries: list[tuple[float, int, WorkItem]] = []
         self._seq = itertools.count()
         self._stopping = threading.Event()
-        self._stop_deadline = float("inf")
-        self._shared_deadline = None                # the same, for worker processes (``worker_process``)
+        # when in-flight jobs must have stopped (``time.monotonic()``; infinity until a stop):
+        # shared with the worker processes, which read it between batches as the threads do
+        self._stop_at = worker_process.deadline()
         # set by the signal handlers, read by the main loop: a plain attribute store is all a
         # handler does (one that takes a lock can deadlock the thread it interrupted)
         self._stop_signalled = False
@@ -158,15 +159,8 @@ class Daemon:
         self._heartbeat.start()
         self._pruner = threading.Thread(target=self._pruner_loop, name="pruner", daemon=True)
         self._pruner.start()
-        processes: list[worker_process.WorkerProcess | None] = [None] * cfg.daemon.workers
-        if cfg.daemon.worker_processes:
-            # started together, waited for together: the daemon is ready once its workers are
-            self._shared_deadline = worker_process.deadline()
-            started = [worker_process.WorkerProcess(cfg, holder=default_holder(), stop_at=self._shared_deadline,
-                                                    name=f"worker-{n}-process") for n in range(cfg.daemon.workers)]
-            for each in started:
-                each.wait_ready()
-            processes = list(started)
+        processes: Sequence[worker_process.WorkerProcess | None] = (
+            self._start_worker_processes() if cfg.daemon.worker_processes else [None] * cfg.daemon.workers)
         for n, process in enumerate(processes):
             worker = threading.Thread(target=self._worker, args=(process,), name=f"worker-{n}", daemon=True)
             worker.start()
@@ -187,6 +181,14 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _start_worker_processes(self) -> list[worker_process.WorkerProcess]:
+        """Started together, waited for together: the daemon is ready once its workers are."""
+        started = [worker_process.WorkerProcess(self.config, holder=default_holder(), stop_at=self._stop_at,
+                                                name=f"worker-{n}-process") for n in range(self.config.daemon.workers)]
+        for process in started:
+            process.wait_ready()
+        return started
 
     def _remove_orphaned_copies(self) -> None:
         """Spooled copies no job will read again (a kill after the copy, before its claim or
@@ -241,13 +243,12 @@ class Daemon:
         self.log.info("daemon.stopping", in_flight=self._in_flight,
                       grace_s=self.config.daemon.stop_timeout)
         self.notifier.stopping()
-        self._stop_deadline = time.monotonic() + self.config.daemon.stop_timeout
-        if self._shared_deadline is not None:
-            self._shared_deadline.value = self._stop_deadline
+        deadline = time.monotonic() + self.config.daemon.stop_timeout
+        self._stop_at.value = deadline       # the worker processes stop between batches past it
         self._stopping.set()                 # no new work is queued from here on
         self._scan_requests.put(None)
         for worker in self._workers:         # in-flight jobs still archive through their inbox
-            worker.join(timeout=max(0.0, self._stop_deadline - time.monotonic()))
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
         inboxes = list(self.inboxes.values())
         if any(w.is_alive() for w in self._workers):
             # past stop_timeout a worker still waits on a peer (a server answering slowly): closing
@@ -257,7 +258,7 @@ class Daemon:
                 inbox.close()
             inboxes = []
             for worker in self._workers:
-                worker.join(timeout=max(0.0, self._stop_deadline + STOP_MARGIN - time.monotonic()))
+                worker.join(timeout=max(0.0, deadline + STOP_MARGIN - time.monotonic()))
             stuck = [w.name for w in self._workers if w.is_alive()]
             if stuck:
                 self.log.error("daemon.workers_left_behind", workers=stuck,
@@ -532,7 +533,7 @@ class Daemon:
 
     # -- workers --------------------------------------------------------------------------------
     def _should_stop(self) -> bool:
-        return time.monotonic() > self._stop_deadline
+        return time.monotonic() > self._stop_at.value
 
     def _worker(self, process: worker_process.WorkerProcess | None) -> None:
         """Take items off the queue and through their journey; ``process``: where the pipeline

@@ -34,6 +34,12 @@ def _workers(pid: int) -> set[int]:
     return {c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
 
 
+def _written(pid: int) -> int:
+    """Bytes ``pid`` has written so far (``wchar``: files, the catalog, pipes)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["wchar"])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -52,11 +58,15 @@ def _drop(root: Path, name: str, rows: list[list]) -> None:
 def test_each_worker_has_a_process_and_files_go_through_them(tmp_path, daemons):
     d = daemons(tmp_path, config())
     workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
+    before = sum(_written(w) for w in workers)
     for i in range(10):
         _drop(tmp_path, f"f{i}.csv", [[f"P-{i}", f"item {i}", "1.00"]])
     done = wait_manifests(tmp_path, 10, status="succeeded")
     assert len(done) == 10 and set(products(tmp_path)) == {f"p-{i}" for i in range(10)}
     assert _workers(d.proc.pid) == workers          # the same processes did all of it
+    # the manifests (and the catalog's pages, the audit records) were written by them
+    manifest_bytes = sum(p.stat().st_size for p in (tmp_path / "var" / "results" / "default").glob("*.result.json"))
+    assert sum(_written(w) for w in workers) - before >= manifest_bytes
     assert d.wait_event("daemon.started")["worker_processes"] is True
     assert d.stop() == 0
     assert not any(_alive(w) for w in workers)
