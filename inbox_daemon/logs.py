@@ -74,7 +74,10 @@ def configure(*, fmt: str | None = None, level: str = "info", stream=None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # one write of the whole line: the daemon and its worker processes share one stdout, and
+        # ``print`` writes the newline apart (two syscalls when unbuffered: PYTHONUNBUFFERED),
+        # so lines of two processes could be torn and interleaved
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
 

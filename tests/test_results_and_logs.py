@@ -259,3 +259,31 @@ def test_contract_patterns_refuse_what_validation_refuses():
     assert not re.search(props["currency"]["pattern"], "EURO")
     assert not re.search(props["active"]["pattern"], "maybe")
     assert not re.search(props["price"]["pattern"], "abc")
+
+
+# several processes on one stdout: the daemon and its worker processes share the file or pipe it
+# was started with; with PYTHONUNBUFFERED (common in units and containers) every write is a syscall
+_LOGGING_PROCESS = """
+from inbox_daemon import logs
+logs.configure(fmt="json")
+log = logs.get_logger(component="test")
+for n in range(2000):
+    log.info("line", n=n, pad="x" * 60)
+"""
+
+
+def test_log_lines_of_several_processes_on_one_unbuffered_stdout_stay_whole(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "shared.log"
+    with open(out, "w") as shared:
+        procs = [subprocess.Popen([sys.executable, "-c", _LOGGING_PROCESS], stdout=shared,
+                                  cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                 for _ in range(4)]
+        assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+    lines = out.read_text().splitlines()
+    torn = [line for line in lines if not (line.startswith("{") and line.endswith("}"))]
+    assert not torn, f"{len(torn)} torn lines, e.g. {torn[:2]}"
+    assert sorted(json.loads(line)["n"] for line in lines) == sorted(list(range(2000)) * 4)
