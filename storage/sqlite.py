@@ -216,6 +216,11 @@ class WriterTurn:
             self._held = False
 
 
+_SCRIPTS = sorted((int(p.name.split("_", 1)[0]), p)
+                  for p in (resources.files("storage") / "migrations" / "sqlite").iterdir() if p.name.endswith(".sql"))
+_LATEST_SCHEMA = _SCRIPTS[-1][0]
+
+
 def _file_id(path: Path) -> tuple[int, int]:
     """(device, inode): which file a path names right now."""
     st = os.stat(path)
@@ -236,7 +241,8 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         try:
             self._conn = adbc_sqlite.connect(str(self.path), autocommit=True)
             self._cur = self._conn.cursor()
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={BUSY_TIMEOUT_MS}",
+            # the busy timeout first: turning a new catalog to WAL waits for its lock like any write
+            for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=FULL",
                            f"cache_size=-{CACHE_KIB}", "foreign_keys=ON"):
                 self._exec(f"PRAGMA {pragma}")
             self._migrate()
@@ -311,14 +317,16 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             self._turn.give_back()
 
     def _migrate(self) -> None:
-        version = self._one("PRAGMA user_version") or 0
-        folder = resources.files("storage") / "migrations" / "sqlite"
-        scripts = sorted((p.name, p) for p in folder.iterdir() if p.name.endswith(".sql"))
-        for name, script in scripts:
-            number = int(name.split("_", 1)[0])
-            if number <= version:
-                continue
+        """The schema brought up to date, a script at a time. Each script's version is read again
+        under the write lock: two processes opening a new catalog at once (two daemons, a daemon
+        and a command) would otherwise both run the first script, and the second would fail on
+        tables the first had just created."""
+        if (self._one("PRAGMA user_version") or 0) >= _LATEST_SCHEMA:
+            return
+        for number, script in _SCRIPTS:
             with self._transaction():
+                if number <= (self._one("PRAGMA user_version") or 0):
+                    continue
                 for statement in _statements(script.read_text()):
                     self._exec(statement)
                 self._exec(f"PRAGMA user_version = {number}")

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -143,6 +144,22 @@ def test_two_daemons_claiming_the_same_content_at_once_one_wins(make_store):
     for t in threads:
         t.join()
     assert sorted(kinds) == ["busy"] * 3 + ["new"]
+
+
+def test_processes_opening_a_new_catalog_at_the_same_moment_all_open_it(store_url, tmp_path):
+    """Two daemons, or a daemon and a command, started together on a catalog not made yet: one
+    creates the schema, the others find it made (none runs a script twice and fails)."""
+    go = tmp_path / "go"
+    script = ("import os, sys, time\n"
+              "from config.model import StoreConfig\nfrom storage import open_store\n"
+              "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.001)\n"
+              "open_store(StoreConfig(url=sys.argv[1])).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", script, store_url, str(go)], stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    time.sleep(1.0)                 # every interpreter started and waiting
+    go.touch()
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
 
 
 # -- the catalog ---------------------------------------------------------------------------------
