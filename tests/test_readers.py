@@ -790,3 +790,19 @@ def test_deeply_nested_ndjson_is_unreadable_not_a_crash(tmp_path, depth):
 
     assert result.returncode == 0, f"reader died with {result.returncode}: {result.stderr[-300:]}"
     assert result.stdout.startswith("UnreadableFile:")
+
+
+def test_ingesting_a_csv_file_loads_no_reader_of_another_format(tmp_path):
+    """Readers are imported by the format of the file read: lxml, ijson and pyarrow.parquet are
+    ~40 ms of start-up that every `inbox-daemon ingest` of a CSV file would pay otherwise."""
+    feed = tmp_path / "feed.csv"
+    write_csv(feed, ["sku", "name", "price"], [["A-1", "Chair", "9.99"]])
+    script = ("import sys\nfrom inbox_daemon.cli import main\n"
+              "try:\n    main(['ingest', '--partner', 'default', sys.argv[1]])\nexcept SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
+              "loaded = [m for m in ('lxml', 'ijson', 'pyarrow.parquet', 'adapters.readers.xmlfile',"
+              " 'adapters.readers.jsonfile', 'adapters.readers.xlsxfile') if m in sys.modules]\n"
+              "print('csv read' if 'adapters.readers.csvfile' in sys.modules else 'csv not read', loaded)")
+    out = subprocess.run([sys.executable, "-c", script, str(feed)], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.splitlines()[-1] == "csv read []"
