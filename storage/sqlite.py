@@ -216,6 +216,7 @@ class WriterTurn:
             self._held = False
 
 
+_JOB_NAMES = tuple(c.strip() for c in _JOB_COLUMNS.split(","))
 _SCRIPTS = sorted((int(p.name.split("_", 1)[0]), p)
                   for p in (resources.files("storage") / "migrations" / "sqlite").iterdir() if p.name.endswith(".sql"))
 _LATEST_SCHEMA = _SCRIPTS[-1][0]
@@ -379,16 +380,17 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                     mode: str, now: str, status: JobStatus, spool_path: str | None = None,
                     duplicate_of: str | None = None, lease_until: str | None = None,
                     reapplies: str | None = None, reverts: str | None = None) -> Job:
-        """The job as inserted (``RETURNING``: no second statement to read it back)."""
-        rows = self._exec(
-            "INSERT INTO jobs (id, partner_id, inbox, sha256, source_uri, source_name, size, source_version,"
-            " delivered_at, format, mode, status, attempt, spool_path, duplicate_of, reapplies, reverts, created_at,"
-            " started_at, lease_until, claimed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
-            f" RETURNING {_JOB_COLUMNS}",
-            (new_job_id(), partner_id, inbox, sha256, source.uri, source.name, source.size, source.version,
-             source.delivered_at, fmt, mode, status, spool_path, duplicate_of, reapplies, reverts, now, now,
-             lease_until, self.holder))
-        return _job(rows[0])
+        """The job as inserted, made from what was inserted (every other column is NULL): reading
+        it back (``RETURNING``) kept the write lock 0.25 ms longer for each file's claim."""
+        inserted = {"id": new_job_id(), "partner_id": partner_id, "inbox": inbox, "sha256": sha256,
+                    "source_uri": source.uri, "source_name": source.name, "size": source.size,
+                    "source_version": source.version, "delivered_at": source.delivered_at, "format": fmt,
+                    "mode": mode, "status": status, "attempt": 1, "spool_path": spool_path,
+                    "duplicate_of": duplicate_of, "reapplies": reapplies, "reverts": reverts, "created_at": now,
+                    "started_at": now}
+        self._exec(f"INSERT INTO jobs ({', '.join(inserted)}, lease_until, claimed_by)"
+                   f" VALUES ({', '.join('?' * (len(inserted) + 2))})", (*inserted.values(), lease_until, self.holder))
+        return _job(tuple(inserted.get(name) for name in _JOB_NAMES))
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
         """Its lease ran out, or its holder is a process of this host that is gone (a command

@@ -131,6 +131,18 @@ def test_requeue_queued_attempts_and_listing(store):
     assert store.requeue(status="rejected") == []
 
 
+def test_a_claim_gives_the_job_as_the_store_then_reads_it(store):
+    """The job a claim returns is made from what it inserted, not read back: it must be the
+    same job, field for field, whether new or a duplicate."""
+    new = claim(store).job
+    assert store.job(new.id) == new
+    store.finish(new, Outcome(status="succeeded", result={"job_id": new.id}))
+    store.mark_reported(new.id)
+    duplicate = claim(store).job
+    assert duplicate.duplicate_of == new.id
+    assert store.job(duplicate.id) == duplicate
+
+
 def test_two_daemons_claiming_the_same_content_at_once_one_wins(make_store):
     stores = [make_store(holder=f"host-{i}:1") for i in range(4)]
     kinds, barrier = [], threading.Barrier(len(stores))
