@@ -72,9 +72,10 @@ def reached(name: str) -> None:
         return
     nth, sig = _WANTED.get(name, (0, signal.SIGKILL))
     if _shared is not None:
+        at = POINTS.index(name)
         with _shared.get_lock():
-            _shared[POINTS.index(name)] += 1
-            passed = _shared[POINTS.index(name)]
+            _shared[at] += 1
+            passed = _shared[at]
     else:
         with _lock:
             _passed[name] = passed = _passed.get(name, 0) + 1

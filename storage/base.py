@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 JOB_COLUMNS = ("id, partner_id, inbox, sha256, source_uri, source_name, size, source_version, format, mode, "
                "status, attempt, duplicate_of, spool_path, error, result, created_at, started_at, "
                "finished_at, reported_at, delivered_at, reapplies, catalog_version, reverts, approved_by")
+JOB_NAMES = tuple(c.strip() for c in JOB_COLUMNS.split(","))      # the fields of ``Job``, in that order
 
 
 def default_holder() -> str:
@@ -323,8 +324,7 @@ class CatalogStore(Protocol):
 
 def job_from_row(row: tuple) -> Job:
     """A ``SELECT JOB_COLUMNS`` row as a ``Job``."""
-    names = [c.strip() for c in JOB_COLUMNS.split(",")]
-    data = dict(zip(names, row))
+    data = dict(zip(JOB_NAMES, row))
     data["result"] = json.loads(data["result"]) if data["result"] else None
     data["status"] = JobStatus(data["status"])
     return Job(**data)

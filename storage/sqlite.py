@@ -44,6 +44,7 @@ from config.errors import (
 from config.status import ATTEMPT_RELEASED, REQUEUEABLE, RUNNABLE, JobStatus
 from storage.base import (
     EVERY_COLUMN,
+    JOB_NAMES,
     PRODUCT_DELIVERY,
     Claim,
     Columns,
@@ -216,7 +217,6 @@ class WriterTurn:
             self._held = False
 
 
-_JOB_NAMES = tuple(c.strip() for c in _JOB_COLUMNS.split(","))
 _SCRIPTS = sorted((int(p.name.split("_", 1)[0]), p)
                   for p in (resources.files("storage") / "migrations" / "sqlite").iterdir() if p.name.endswith(".sql"))
 _LATEST_SCHEMA = _SCRIPTS[-1][0]
@@ -390,7 +390,9 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                     "started_at": now}
         self._exec(f"INSERT INTO jobs ({', '.join(inserted)}, lease_until, claimed_by)"
                    f" VALUES ({', '.join('?' * (len(inserted) + 2))})", (*inserted.values(), lease_until, self.holder))
-        return _job(tuple(inserted.get(name) for name in _JOB_NAMES))
+        fields: dict[str, Any] = dict.fromkeys(JOB_NAMES)
+        fields.update(inserted)
+        return Job(**fields)
 
     def _lease_expired(self, job_id: str, now: str) -> bool:
         """Its lease ran out, or its holder is a process of this host that is gone (a command

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pyarrow as pa
 import pytest
@@ -164,11 +163,13 @@ def test_processes_opening_a_new_catalog_at_the_same_moment_all_open_it(store_ur
     go = tmp_path / "go"
     script = ("import os, sys, time\n"
               "from config.model import StoreConfig\nfrom storage import open_store\n"
+              "print('ready', flush=True)\n"
               "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.001)\n"
               "open_store(StoreConfig(url=sys.argv[1])).close()")
-    procs = [subprocess.Popen([sys.executable, "-c", script, store_url, str(go)], stderr=subprocess.PIPE, text=True)
-             for _ in range(6)]
-    time.sleep(1.0)                 # every interpreter started and waiting
+    procs = [subprocess.Popen([sys.executable, "-c", script, store_url, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for p in procs:                 # every interpreter started and waiting, whatever the machine's speed
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     go.touch()
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
