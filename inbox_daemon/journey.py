@@ -40,7 +40,7 @@ from config.errors import (
     Transient,
 )
 from config.status import ARCHIVED_AS_SUCCESS, RUNNABLE, JobStatus
-from inbox_daemon import failpoints
+from inbox_daemon import failpoints, spool
 from inbox_daemon.backoff import backoff
 from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.inboxes.base import Inbox
@@ -206,6 +206,11 @@ class Journey:
             # a revert whose runner stopped before its commit: no file, no inbox to answer in
             return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
+        if spooled is not None and spooled.exists() and not spool.intact(spooled, job.sha256):
+            # torn by a power loss (copies are synced only when kept: ``spool``), or damaged since
+            log.warning("job.spooled_copy_damaged", job_id=job.id, spooled=str(spooled),
+                        action="the file is fetched again from its inbox")
+            spooled = None          # fetched again, the copy replaced whole
         if spooled is None or not spooled.exists():
             if not self._claim_file(inbox, item.drop, log):
                 return OfferAgainIn(self.config.store.lease)
@@ -213,7 +218,7 @@ class Journey:
                 spooled = self._fetch_again(job, item.drop, inbox)
             except InboxError as exc:
                 # neither our copy nor the partner's file is left: only a new drop can help
-                reason = f"the spooled copy and the source file are gone ({exc}): drop the file again"
+                reason = f"the spooled copy is gone or damaged, and so is the source file ({exc}): drop the file again"
                 if self.store.job(job.id).status not in RUNNABLE:
                     return Done()
                 log.error("job.unrecoverable", job_id=job.id, reason=reason)

@@ -48,7 +48,7 @@ from config.errors import (
 )
 from config.model import Config, Limits, PartnerConfig
 from config.status import KEEP_SPOOL, JobStatus
-from inbox_daemon import __version__, failpoints, tempfiles
+from inbox_daemon import __version__, failpoints, spool, tempfiles
 from inbox_daemon.audit import open_audit
 from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.exports import changes_name, write_changes
@@ -764,8 +764,13 @@ def _price_rule(run: Run) -> PriceShockRule | None:
 
 
 def _drop_copy(spooled: Path | None, status: str) -> None:
-    """The spooled copy, once a job of ``status`` needs it no more (requeue reads it)."""
-    if spooled is not None and status not in KEEP_SPOOL:
+    """The spooled copy, once a job of ``status`` needs it no more; else kept, made durable
+    before the file leaves its inbox (requeue reads it: ``inbox_daemon.spool``)."""
+    if spooled is None:
+        return
+    if status in KEEP_SPOOL:
+        spool.keep(spooled)
+    else:
         spooled.unlink(missing_ok=True)
 
 

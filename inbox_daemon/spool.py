@@ -2,6 +2,12 @@
 
 Reading our copy, never the partner's original, means the content we hashed is the content we
 apply even if the partner rewrites the file meanwhile. Spool files are named by content.
+
+A copy is not fsynced when it is made: the run that made it reads it from the page cache, and the
+partner's file stays in its inbox until the outcome is durable. Only a copy kept beyond that run
+(a rejected, failed or held job, which a requeue runs again from it) is made durable, before the
+file leaves its inbox (``keep``). A job run again from its copy checks the copy against its
+sha256 first (``intact``): one torn by a power loss is fetched again instead of applied.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[P
                 size += len(chunk)
             try:
                 out.flush()
-                os.fsync(out.fileno())
             except OSError as exc:
                 raise SpoolError(f"cannot spool into {spool_dir}: {exc}") from exc
         sha256 = digest.hexdigest()
@@ -50,6 +55,33 @@ def spool_stream(src: BinaryIO, spool_dir: Path, *, suffix: str = "") -> tuple[P
     except BaseException:
         Path(tmp).unlink(missing_ok=True)          # no orphaned partial copies
         raise
+
+
+def keep(path: Path) -> None:
+    """Make a spooled copy durable: its job may run again from it after a restart (requeue,
+    retry). Best effort: a copy that is gone or cannot be synced is found out by ``intact``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tempfiles.fsync_dir(path.parent)
+    except OSError:
+        pass
+
+
+def intact(path: Path, sha256: str) -> bool:
+    """Is ``path`` a spooled copy of the content ``sha256`` names? False when it is missing, or
+    was torn (a power loss before it was written out) or damaged since."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256
 
 
 def spool_file(path: Path, spool_dir: Path, *, suffix: str = "") -> tuple[Path, str, int]:

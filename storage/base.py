@@ -277,7 +277,13 @@ class CatalogStore(Protocol):
 
     def claim(self, *, partner_id: str, sha256: str, inbox: str, source: Source, fmt: str | None,
               mode: str, spool_path: str | None, answered_if_same_file: bool = False,
-              reverts: str | None = None) -> Claim: ...
+              reverts: str | None = None) -> Claim:
+        """The ledger's first word on a file. Its commit survives the process being killed (a
+        job that kills its runner is counted, and quarantined after ``max_attempts``) but is
+        not synced to disk: a power loss may take it back, and the file, still in its inbox,
+        is then claimed anew. Nothing leaves the daemon on the claim alone: the outcome's
+        commit, durable, syncs it before any answer is written."""
+        ...
     def read_ahead(self, partner_id: str, *, size: int, mode: str) -> None: ...
     def load(self, job: Job, *, exclusive: bool = False) -> Load: ...
     # what jobs changed (storage.history)

@@ -175,8 +175,12 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         return rows[0][0] if rows else None
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """``durable=False``: the commit does not wait for its WAL flush (``CatalogStore.claim``);
+        the next durable commit flushes it with its own."""
         self._exec("BEGIN")
+        if not durable:
+            self._exec("SET LOCAL synchronous_commit = off")
         try:
             yield
         except BaseException:
@@ -223,7 +227,7 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
               mode: str, spool_path: str | None, answered_if_same_file: bool = False,
               reverts: str | None = None) -> Claim:
         now = utcnow()
-        with self._transaction():
+        with self._transaction(durable=False):      # see CatalogStore.claim
             # twice at most: a job another daemon inserted for this content meanwhile is seen on
             # the second pass (ON CONFLICT waited for its insert to commit, so the next statement
             # sees its row; under REPEATABLE READ or SERIALIZABLE the insert raises instead)

@@ -291,15 +291,24 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         return rows[0][0] if rows else None
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction; the write lock is taken at once (no upgrade deadlocks)."""
-        self._begin_write()
+    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """One write transaction; the write lock is taken at once (no upgrade deadlocks).
+        ``durable=False``: its commit is not synced to disk (``synchronous=NORMAL``), so it
+        survives the process being killed, not a power loss, and the write lock is not held
+        for an fsync; the next durable commit of any connection syncs it with its own."""
+        if not durable:
+            self._exec("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self._end_write("ROLLBACK")
-            raise
-        self._end_write("COMMIT")
+            self._begin_write()
+            try:
+                yield
+            except BaseException:
+                self._end_write("ROLLBACK")
+                raise
+            self._end_write("COMMIT")
+        finally:
+            if not durable:
+                self._exec("PRAGMA synchronous=FULL")
 
     def _begin_write(self) -> None:
         """``BEGIN IMMEDIATE`` in this connection's turn (``WriterTurn``)."""
@@ -343,7 +352,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
               mode: str, spool_path: str | None, answered_if_same_file: bool = False,
               reverts: str | None = None) -> Claim:
         now = utcnow()
-        with self._transaction():
+        with self._transaction(durable=False):      # see CatalogStore.claim
             original = self._content_holder(partner_id, sha256)
             insert = functools.partial(self._insert_job, partner_id=partner_id, sha256=sha256, inbox=inbox,
                                        source=source, fmt=fmt, mode=mode, now=now, reverts=reverts)

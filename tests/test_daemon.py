@@ -444,3 +444,31 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed(tmp_path,
     [again] = [m for m in manifests(tmp_path) if m["job_id"] == rejected["job_id"]]
     assert again["status"] == "succeeded" and again["attempt"] == 2
     assert d.stop() == 0
+
+
+
+def test_a_job_cut_off_by_a_kill_whose_spooled_copy_was_torn_is_never_applied_from_it(tmp_path, daemon):
+    """Spooled copies are not synced while their job runs (``inbox_daemon.spool``): after a power
+    loss one may be torn while its claim survived. The job, run again from the ledger, checks
+    its copy against its sha256; the partner's file is gone too here, so nothing is applied and
+    the job is quarantined with a reason, instead of half the file landing as if it were whole."""
+    inbox = tmp_path / "inbox" / "default"
+    rows = "".join(f"S{i},item {i},{i}.50\n" for i in range(200))
+    killed = daemon(env={"INBOX_DAEMON_CRASH_AT": "before_commit:1"})
+    _drop(inbox, "feed.csv", "sku,name,price\n" + rows)
+    assert killed.wait(30) != 0                         # killed itself before its commit
+    [(job_id, status)] = ledger(tmp_path, "id, status")
+    assert status == "running"
+    [copy] = (tmp_path / "var" / "spool" / "default").iterdir()
+    with open(copy, "r+b") as fh:                       # as a power loss leaves an unsynced file
+        fh.truncate(copy.stat().st_size // 2)
+    (inbox / "feed.csv").unlink()                       # only the ledger's job is left to run
+
+    d = daemon()
+    d.wait_event("job.spooled_copy_damaged", job_id=job_id)
+    event = d.wait_event("job.unrecoverable", job_id=job_id)
+
+    assert "gone or damaged" in event["reason"] and "drop the file again" in event["reason"]
+    wait_for(lambda: ledger(tmp_path)[0][1] == "quarantined", what="job quarantined")
+    assert products(tmp_path) == {}
+    assert d.stop() == 0

@@ -202,3 +202,26 @@ def test_a_file_that_changed_before_the_commit_is_abandoned_and_its_content_take
         store.close()
     assert again.status == "succeeded" and set(products(workdir)) == {"c1", "c2"}
     assert ledger(workdir, "source_name, status, attempt") == [("feed.csv", "succeeded", 2)]
+
+
+def test_a_spooled_copy_is_intact_only_while_whole_and_unchanged(tmp_path):
+    """What a job run again from its copy checks first (``spool.intact``): the copy still holds
+    the content its sha256 names. A torn copy (a power loss before it was written out, since
+    copies are synced only once kept) or one changed since is not."""
+    import io
+
+    from inbox_daemon.spool import intact, keep, spool_stream
+    data = b"sku,name\n" + b"".join(b"S%d,item\n" % i for i in range(50_000))
+    copy, sha256, size = spool_stream(io.BytesIO(data), tmp_path / "spool")
+    assert size == len(data) and intact(copy, sha256)
+    keep(copy)                                        # a copy kept for a requeue: synced, unchanged
+    assert copy.read_bytes() == data and intact(copy, sha256)
+
+    with open(copy, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(b"X")
+    assert not intact(copy, sha256)
+    copy.write_bytes(data[: size // 2])
+    assert not intact(copy, sha256)
+    copy.unlink()
+    assert not intact(copy, sha256)
