@@ -414,3 +414,24 @@ def test_the_very_file_seen_again_by_a_watching_daemon_is_answered_not_a_duplica
     copy = store.claim(partner_id="p", sha256="a" * 64, inbox="local:in", source=other, fmt="csv",
                        mode="delta", spool_path=None, answered_if_same_file=True)
     assert copy.kind == "duplicate"
+
+
+def test_after_a_failed_statement_its_rollback_the_same_statement_and_later_transactions_run(tmp_path):
+    """SQLite keeps each statement prepared on a cursor of its own (``SqliteStore._exec``). A
+    statement that failed (a unique key taken) must leave nothing behind that breaks the
+    ROLLBACK after it (an ADBC cursor keeps a failed statement's bound values), nor the same
+    statement run again with other values, nor the transactions that follow."""
+    from config.errors import StoreError
+    store = open_store(StoreConfig(url=f"sqlite:///{tmp_path / 'catalog.db'}"))
+    insert = "INSERT INTO audit_heads (folder, chain, seq, hash, at) VALUES (?, ?, ?, ?, ?)"
+    try:
+        store._exec(insert, ("f1", "c", 1, "h", "now"))
+        with pytest.raises(StoreError):
+            with store._transaction():
+                store._exec(insert, ("f2", "c", 1, "h", "now"))
+                store._exec(insert, ("f1", "c", 2, "h", "now"))       # f1 is taken: rolled back
+        with store._transaction():
+            store._exec(insert, ("f3", "c", 3, "h", "now"))
+        assert store._exec("SELECT folder, seq FROM audit_heads ORDER BY folder") == [("f1", 1), ("f3", 3)]
+    finally:
+        store.close()
