@@ -206,12 +206,13 @@ class Journey:
             # a revert whose runner stopped before its commit: no file, no inbox to answer in
             return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
-        if spooled is not None and spooled.exists() and not spool.intact(spooled, job.sha256):
-            # torn by a power loss (copies are synced only when kept: ``spool``), or damaged since
-            log.warning("job.spooled_copy_damaged", job_id=job.id, spooled=str(spooled),
-                        action="the file is fetched again from its inbox")
+        if spooled is not None and not spool.intact(spooled, job.sha256):
+            if spooled.exists():
+                # torn by a power loss (copies are synced only when kept: ``spool``), or damaged since
+                log.warning("job.spooled_copy_damaged", job_id=job.id, spooled=str(spooled),
+                            action="the file is fetched again from its inbox")
             spooled = None          # fetched again, the copy replaced whole
-        if spooled is None or not spooled.exists():
+        if spooled is None:
             if not self._claim_file(inbox, item.drop, log):
                 return OfferAgainIn(self.config.store.lease)
             try:

@@ -222,6 +222,7 @@ _SCRIPTS = sorted((int(p.name.split("_", 1)[0]), p)
 _LATEST_SCHEMA = _SCRIPTS[-1][0]
 
 
+_SYNCHRONOUS = "FULL"      # every commit synced, but those a transaction says need not be (``_unsynced``)
 _PREPARED = 64        # statements kept prepared per connection, the least recently used dropped
 
 
@@ -255,7 +256,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             self._cur = self._conn.cursor()
             self._prepared: dict[str, Any] = {}
             # the busy timeout first: turning a new catalog to WAL waits for its lock like any write
-            for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", "synchronous=FULL",
+            for pragma in (f"busy_timeout={BUSY_TIMEOUT_MS}", "journal_mode=WAL", f"synchronous={_SYNCHRONOUS}",
                            f"cache_size=-{CACHE_KIB}", "foreign_keys=ON"):
                 self._exec(f"PRAGMA {pragma}")
             self._migrate()
@@ -291,8 +292,8 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         try:
             cur.execute(sql, params if params else None)
         except adbc_driver_manager.Error as exc:
-            # A failed statement leaves its bound parameters on its cursor, and that statement
-            # would fail on them next time: its cursor is dropped.
+            # A failed statement leaves its bound parameters on its cursor (on a shared cursor,
+            # the ROLLBACK that follows failed on them): a cursor in that state is not used again.
             _close_quietly(self._prepared.pop(sql))
             raise _map_errors(exc) from exc
         try:
@@ -303,10 +304,13 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
     def _reset_cursor(self) -> None:
         """After a driver error: a fresh cursor for Arrow reads and ingests, and no statement
         kept prepared (``_exec``)."""
+        self._close_cursors()
+        self._cur = self._conn.cursor()
+
+    def _close_cursors(self) -> None:
         for cur in (self._cur, *self._prepared.values()):
             _close_quietly(cur)
         self._prepared.clear()
-        self._cur = self._conn.cursor()
 
     def _one(self, sql: str, params: tuple = ()) -> Any:
         rows = self._exec(sql, params)
@@ -318,9 +322,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         ``durable=False``: its commit is not synced to disk (``synchronous=NORMAL``), so it
         survives the process being killed, not a power loss, and the write lock is not held
         for an fsync; the next durable commit of any connection syncs it with its own."""
-        if not durable:
-            self._exec("PRAGMA synchronous=NORMAL")
-        try:
+        with contextlib.nullcontext() if durable else self._unsynced():
             self._begin_write()
             try:
                 yield
@@ -328,9 +330,15 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
                 self._end_write("ROLLBACK")
                 raise
             self._end_write("COMMIT")
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Commits within are not synced to disk; this connection's level is restored after."""
+        self._exec("PRAGMA synchronous=NORMAL")
+        try:
+            yield
         finally:
-            if not durable:
-                self._exec("PRAGMA synchronous=FULL")
+            self._exec(f"PRAGMA synchronous={_SYNCHRONOUS}")
 
     def _begin_write(self) -> None:
         """``BEGIN IMMEDIATE`` in this connection's turn (``WriterTurn``)."""
@@ -365,9 +373,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
 
     def close(self) -> None:
         self._end_read_ahead()
-        for cur in (self._cur, *self._prepared.values()):
-            cur.close()
-        self._prepared.clear()
+        self._close_cursors()
         self._conn.close()
         self._turn.close()
 

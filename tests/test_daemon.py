@@ -446,7 +446,6 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed(tmp_path,
     assert d.stop() == 0
 
 
-
 def test_a_job_cut_off_by_a_kill_whose_spooled_copy_was_torn_is_never_applied_from_it(tmp_path, daemon):
     """Spooled copies are not synced while their job runs (``inbox_daemon.spool``): after a power
     loss one may be torn while its claim survived. The job, run again from the ledger, checks
