@@ -170,6 +170,16 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         except psycopg.Error as exc:
             raise _map_errors(exc) from exc
 
+    def _rowcount(self, sql: str, params: tuple | None = None) -> int:
+        """A statement's row count as the server reports it (``CREATE TABLE … AS``: the rows it
+        wrote), where counting them again would scan the table."""
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.rowcount
+        except psycopg.Error as exc:
+            raise _map_errors(exc) from exc
+
     def _one(self, sql: str, params: tuple | None = None) -> Any:
         rows = self._exec(sql, params)
         return rows[0][0] if rows else None
@@ -464,6 +474,8 @@ class PostgresLoad:
         self._done = False
         self._rejected: list[pa.Table] = []
         self._unnamed = 0                       # rows staged without a name (they cannot create a product)
+        self._staged = 0                        # rows staged (counted here: the merge need not scan them)
+        self._keys = 0                          # keys staged: rows of ``last``
         self._copy: ExitStack | None = None
         self._version = 0                       # the partner's catalog version this merge commits as
         store._exec("BEGIN")
@@ -498,6 +510,7 @@ class PostgresLoad:
         next one is read and judged."""
         if batch.num_rows:
             self._unnamed += batch.column("name").null_count
+            self._staged += batch.num_rows
             if self._copy is None:
                 self._copy = ExitStack()
                 cursor = self._copy.enter_context(self._s._conn.cursor())
@@ -542,17 +555,21 @@ class PostgresLoad:
             self._version = s._next_version(partner)     # first: one partner's merges in order
             # the whole file is sorted by key once: give that sort memory rather than temp files
             s._exec(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-            s._exec(f'CREATE TEMP TABLE last ON COMMIT DROP AS SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row,'
-                    f' {", ".join(MERGED_COLUMNS)} FROM stage ORDER BY sku_key, "row" DESC')
-            # its size, for the planner: a small file's rows are then looked up in the partner's
-            # catalog by key, not joined with a scan of it
-            s._exec("ANALYZE last")
-            behind = self._behind()
-            deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind)
+            last = (f'SELECT DISTINCT ON (sku_key) sku_key, "row" AS last_row, {", ".join(MERGED_COLUMNS)}'
+                    ' FROM stage ORDER BY sku_key, "row" DESC')
+            held = s._one("SELECT EXISTS (SELECT 1 FROM products WHERE partner_id = %s)", (partner,))
+            if held:
+                # each key's last row is compared with the catalog first (``_diff``), so it is kept
+                self._keys = s._rowcount(f"CREATE TEMP TABLE last ON COMMIT DROP AS {last}")
+                # its size, for the planner: a small file's rows are then looked up in the
+                # partner's catalog by key, not joined with a scan of it
+                s._exec("ANALYZE last (sku_key)")
+            behind = held and self._behind()
+            deactivated = self._to_deactivate(mode, max_deactivate_ratio, behind) if held else 0
             keep = self._kept()
             unnamed = self._unnamed_rows(keep) if self._unnamed else ()
             touched, stale = "", 0
-            if s._one("SELECT EXISTS (SELECT 1 FROM products WHERE partner_id = %s)", (partner,)):
+            if held:
                 stale = self._diff(keep, columns, behind)
                 # the products the merge updates, joined with their rows of the file
                 rows = (" FROM diff d JOIN last l ON l.sku_key = d.sku_key JOIN products ON products.partner_id = %s"
@@ -561,7 +578,13 @@ class PostgresLoad:
                     check_price_shock(s, rows, (partner,), hold)
                 s._q(record_updates_sql(s.JSON, rows, columns, "IS DISTINCT FROM"), (partner, self._version, partner))
                 touched = " AND l.sku_key IN (SELECT sku_key FROM diff WHERE fresh OR (changed AND current))"
-            staged, distinct, inserted, updated = self._upsert(keep, now, columns, touched)
+                inserted, updated = self._upsert("last", keep, now, columns, touched)
+                distinct = self._keys if keep == "true" else s._one(f"SELECT count(*) FROM last l WHERE {keep}")
+            else:
+                # a partner's first import: nothing to compare with, so each key's last row goes
+                # from the sort straight into the insert; every key kept is inserted or unnamed
+                inserted, updated = self._upsert(f"({last})", keep, now, columns, touched)
+                distinct = inserted + len(unnamed)
             if inserted:
                 s._exec("UPDATE catalog_versions SET products = products + %s WHERE partner_id = %s",
                         (inserted, partner))
@@ -569,6 +592,7 @@ class PostgresLoad:
                 self._deactivate(now)
             s._q(RECORD_VERSION, (self._version, self.job.id))
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
+            staged = self._staged
             return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated - stale - len(unnamed),
                                deactivated=deactivated, stale=stale, unnamed=unnamed)
@@ -639,12 +663,13 @@ class PostgresLoad:
         self._s._exec("ANALYZE diff")
         return self._s._one("SELECT count(*) FROM diff WHERE changed AND NOT current")
 
-    def _upsert(self, keep: str, now: str, columns: Columns, touched: str) -> tuple[int, int, int, int]:
-        """One statement: the upsert of the kept rows (``touched``: only those ``_diff`` found
-        new or changing their product) and the counts: (rows staged, keys kept, rows inserted,
-        rows updated). Only the columns the file carries are updated; a new product without
-        ``active`` is active; a row without a name only updates. Unchanged rows and products a
-        later delivery set are left alone by the update's condition all the same."""
+    def _upsert(self, source: str, keep: str, now: str, columns: Columns, touched: str) -> tuple[int, int]:
+        """One statement: the upsert of the kept rows of ``source`` (each key's last row:
+        ``last`` or the query that sorts them; ``touched``: only those ``_diff`` found new or
+        changing their product); returns (rows inserted, rows updated). Only the columns the
+        file carries are updated; a new product without ``active`` is active; a row without a
+        name only updates. Unchanged rows and products a later delivery set are left alone by
+        the update's condition all the same."""
         cols = ", ".join(MERGED_COLUMNS)
         values = ", ".join(columns.insert_value(c, "true") for c in MERGED_COLUMNS)
         named = (" AND (l.name IS NOT NULL OR EXISTS (SELECT 1 FROM products p WHERE p.partner_id = %s"
@@ -652,12 +677,11 @@ class PostgresLoad:
         changed = columns.differs("IS DISTINCT FROM")
         return self._s._exec(
             f"WITH up AS (INSERT INTO products (partner_id, sku_key, {cols}, updated_at, source_job_id, version,"
-            f" created_version) SELECT %s, sku_key, {values}, %s, %s, %s, %s FROM last l WHERE {keep}{named}{touched}"
-            f" ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
+            f" created_version) SELECT %s, sku_key, {values}, %s, %s, %s, %s FROM {source} l"
+            f" WHERE {keep}{named}{touched} ON CONFLICT (partner_id, sku_key) DO UPDATE SET {columns.assignments()}, "
             + ", ".join(f"{c} = excluded.{c}" for c in ("updated_at", "source_job_id", "version"))
             + f" WHERE ({changed}) AND {_NOT_LATER} RETURNING (xmax = 0) AS fresh)"
-            f" SELECT (SELECT count(*) FROM stage), (SELECT count(*) FROM last l WHERE {keep}),"
-            f" count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
+            " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up",
             (self.job.partner_id, now, self.job.id, self._version, self._version,
              *((self.job.partner_id,) if named else ()), self._delivery))[0]
 
