@@ -96,6 +96,24 @@ def cached(folder: Path, rows: int, *, changed: float | None = None, seed: int =
     return snapshot
 
 
+def changed_records(folder: Path, rows: int, *, changed: float, seed: int = 42, order: str = "sorted") -> Path:
+    """Only the records of ``cached`` 's ``changed`` snapshot that differ from its base file,
+    under the same header, made once per folder: what a partner sending a delta would send,
+    and all a delta of the snapshot against the file before could hand the daemon to apply."""
+    base = cached(folder, rows, seed=seed, order=order)
+    snapshot = cached(folder, rows, changed=changed, seed=seed, order=order)
+    delta = snapshot.with_name(f"{snapshot.stem}-delta.csv")
+    if not delta.exists():
+        tmp = delta.with_suffix(".tmp")
+        with open(base, newline="", encoding="utf-8") as old, open(snapshot, newline="", encoding="utf-8") as new, \
+                open(tmp, "w", newline="", encoding="utf-8") as out:
+            before, after, writer = csv.reader(old), csv.reader(new), csv.writer(out)
+            next(before)
+            writer.writerow(next(after))
+            writer.writerows(record for was, record in zip(before, after, strict=True) if was != record)
+        tmp.rename(delta)
+    return delta
+
 
 def to_xml(src: Path, dst: Path) -> None:
     """The CSV's rows as ``<catalog><product>`` elements named like its columns, ``sku`` an
