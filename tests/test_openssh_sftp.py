@@ -96,6 +96,41 @@ def test_resends_put_with_preserved_times_under_one_name_and_mtime_are_each_appl
     assert d.stop() == 0
 
 
+def test_new_content_put_with_the_last_versions_name_and_mtime_right_after_its_archive_is_handed_over(tmp_path, sshd):
+    """The race behind a re-send missed for minutes: the daemon archives a file and the partner
+    puts new content of the same size under its name and mtime before any listing saw the name
+    empty. What the inbox archived itself is gone, so the new upload is a new delivery."""
+    import tomllib
+
+    from config import build_config
+    from inbox_daemon.inboxes.sftp import SftpInbox
+
+    inbox = SftpInbox(build_config(tomllib.loads(_config(sshd))).inboxes[0])
+    local = tmp_path / "stock.csv"
+
+    def put(stock: int) -> None:
+        local.write_text(f"sku,name,price,stock\nS-1,Sock,1.00,{stock}\n")
+        os.utime(local, (MTIME, MTIME))
+        sshd.sftp(f'put -p "{local}" stock.csv')
+
+    def ready() -> list:
+        return wait_for(inbox.ready_entries, timeout=10, interval=0.05, what="stock.csv ready")
+
+    try:
+        put(100)
+        [first] = ready()
+        drop = inbox.drop_for(first)
+        inbox.archive(drop, "succeeded")                      # no listing from here on
+        put(101)                                              # same name, size and mtime
+        [second] = ready()
+        assert (second.key, second.version) == (first.key, first.version)
+        spooled, _, _ = inbox.fetch(inbox.drop_for(second), tmp_path)
+        assert spooled.read_text().endswith(",101\n")
+        assert [p.name for p in _archived(sshd, "stock.csv")] == ["stock.csv"]
+    finally:
+        inbox.close()
+
+
 def _aligned_catalog(path, rows: int):
     """A CSV whose header and rows are all ``ROW_BYTES`` long, so that every prefix the client
     writes (``SFTP_WRITE_BYTES`` at a time, in order) ends at a line end: a truncated copy is a

@@ -124,6 +124,16 @@ class PollingInbox(Generic[ConfigT]):
             self._unmarked = unmarked
         return ready
 
+    def gone(self, drop: Drop) -> None:
+        """This version left the inbox by our own hand (archived or deleted). The next file
+        listed under its key is a new delivery even when no listing saw the key empty in
+        between: ``put -p`` of new content under the same name keeps size and mtime, and a
+        partner may send it the moment the last one was archived. It settles like any upload."""
+        with self._lock:
+            self._handed.pop((drop.key, drop.version), None)
+            if self._seen.get(drop.key, (None, None))[:2] == (drop.size, drop.version):
+                del self._seen[drop.key]
+
     def kept(self, drop: Drop) -> None:
         """This version was answered and stays ("keep"): not handed over again while it is
         listed unchanged. (A listing cannot tell an upload that keeps size and mtime apart.)"""

@@ -279,6 +279,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 if self.config.on_success == "delete":
                     self._move_markers(sftp, name, None)
                     sftp.remove(source)
+                    self.gone(drop)
                     return
                 folder = PROCESSED
             else:
@@ -288,6 +289,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             # markers first: one left behind would make the next upload of that name ready early
             self._move_markers(sftp, name, self._path(folder, target))
             sftp.posix_rename(source, self._path(folder, target))
+            self.gone(drop)
             self._archives.remember(name, f"{folder}/{target}", (st.st_size or 0, st.st_mtime or 0))
 
     def _out_of_failed(self, sftp: paramiko.SFTPClient, drop: Drop) -> None:
