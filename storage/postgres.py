@@ -161,24 +161,26 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             raise
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _exec(self, sql: str, params: tuple | None = None) -> list[tuple]:
-        """Every statement goes through here, so driver errors are mapped in this one place."""
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor]:
+        """Every statement runs on one of these, so driver errors are mapped in this one place."""
         try:
             with self._conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
+                yield cur
         except psycopg.Error as exc:
             raise _map_errors(exc) from exc
+
+    def _exec(self, sql: str, params: tuple | None = None) -> list[tuple]:
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def _rowcount(self, sql: str, params: tuple | None = None) -> int:
         """A statement's row count as the server reports it (``CREATE TABLE … AS``: the rows it
         wrote), where counting them again would scan the table."""
-        try:
-            with self._conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.rowcount
-        except psycopg.Error as exc:
-            raise _map_errors(exc) from exc
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
 
     def _one(self, sql: str, params: tuple | None = None) -> Any:
         rows = self._exec(sql, params)
@@ -592,8 +594,7 @@ class PostgresLoad:
                 self._deactivate(now)
             s._q(RECORD_VERSION, (self._version, self.job.id))
             # rows of a key whose last occurrence was rejected count as superseded, as in SQLite
-            staged = self._staged
-            return MergeCounts(staged=staged, superseded=staged - distinct, inserted=inserted,
+            return MergeCounts(staged=self._staged, superseded=self._staged - distinct, inserted=inserted,
                                updated=updated, unchanged=distinct - inserted - updated - stale - len(unnamed),
                                deactivated=deactivated, stale=stale, unnamed=unnamed)
         except BaseException:
