@@ -249,6 +249,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._temp_ready = False
+        self._used: set[str] = set()        # temp tables a load wrote to: emptied before the next one
         self._ahead: tuple[str, str, ThreadPoolExecutor, Future] | None = None
         self._turn = WriterTurn(self.path)
         try:
@@ -641,8 +642,11 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             self._ahead = None
 
     def _temp_tables(self) -> None:
-        """This connection's staging tables, made once and emptied after every load."""
+        """This connection's staging tables, made once and emptied before every load (not after
+        one: its answer need not wait for it, and a process that ends after its load, ``ingest``,
+        never pays it: the temp tables go with the connection; 0.3-0.5 s after a 5M-row load)."""
         if self._temp_ready:
+            self._empty_temp_tables()
             return
         try:
             self._cur.adbc_ingest("stage", _STAGE_SCHEMA.empty_table(), mode="create", temporary=True)
@@ -655,6 +659,12 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
             raise _map_errors(exc) from exc
         self._exec("CREATE INDEX temp.seen_key ON seen (sku_key, row)")
         self._temp_ready = True
+
+    def _empty_temp_tables(self) -> None:
+        """The temp tables the last load wrote to (``SqliteLoad._append``), emptied."""
+        for table in sorted(self._used):
+            self._exec(f"DELETE FROM temp.{table}")
+            self._used.discard(table)
 
 
 class SqliteLoad:
@@ -687,7 +697,6 @@ class SqliteLoad:
         self._pending: deque[Future] = deque()
         self._reading: Future | None = None     # the read of what the catalog holds, on the thread
         self._pool: ThreadPoolExecutor | None = None
-        self._used: set[str] = set()              # temp tables written to, emptied at the end
         store._temp_tables()
         if exclusive:
             store._begin_write()
@@ -740,8 +749,8 @@ class SqliteLoad:
         self._pending.append(self._pool.submit(self._stage_now, batch, rejected_keys, columns, records, recognised))
 
     def _append(self, table: str, data) -> None:
-        """Rows into one of this connection's temp tables, which is then emptied at the end."""
-        self._used.add(table)
+        """Rows into one of this connection's temp tables, emptied before the next load uses them."""
+        self._s._used.add(table)
         self._s._cur.adbc_ingest(table, data, mode="append", temporary=True)
 
     def _seen(self, keys, rows, kind: int) -> None:
@@ -955,10 +964,11 @@ class SqliteLoad:
             + f" WHERE ({columns.differs('IS NOT')}){self._guard}",
             (self.job.partner_id, now, self.job.id, self._version, self._version,
              *((self.job.partner_id,) if named else ()), *self._guard_params))
-        # rows are inserted with rowids past the largest one before (products are never deleted)
-        written, inserted = s._exec("SELECT changes(), (SELECT count(*) FROM products WHERE rowid > ?)",
-                                    (newest,))[0]
-        return written, inserted
+        # products are never deleted, so each insert takes the next rowid past the largest one
+        # (an upsert that updates takes none): the rows inserted are the largest rowid's move,
+        # read from the end of the table instead of counting the new rows (0.8 s of a 5M import)
+        written, largest = s._exec("SELECT changes(), coalesce((SELECT max(rowid) FROM products), 0)")[0]
+        return written, largest - newest
 
     def _stale(self) -> int:
         """Kept keys whose row differs from the catalog's but was left alone: a later delivery
@@ -1079,9 +1089,3 @@ class SqliteLoad:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        try:
-            for table in self._used:
-                self._s._exec(f"DELETE FROM temp.{table}")
-            self._used.clear()
-        except StoreError:
-            pass   # the connection is gone; the temp tables went with it

@@ -303,6 +303,24 @@ def test_a_line_longer_than_the_default_limit_is_refused_as_a_limit(workdir, ing
     assert "max_line_bytes" in manifest["message"]
 
 
+def test_lines_far_longer_than_usual_but_within_the_limit_are_read_whole(workdir, ingest):
+    # lines of 300 KB to 3 MB: a read's first and last line break lie beyond the ends of the
+    # read that are searched first, and a 3 MB line runs across reads. The values are longer
+    # than a description may be: each row is read whole and judged (too_long), none is cut
+    rows = [("S-1", "x" * 300_000), ("S-2", "short"), ("S-3", "y" * 3_000_000), ("S-4", "z" * 700_000)]
+    (workdir / "long.csv").write_text("sku,description,name\n" + "".join(f"{s},{d},n\n" for s, d in rows))
+    config = _limits(workdir, max_line_bytes=3_100_000)
+    code, manifest = ingest(workdir / "long.csv", "--config", config)
+    assert manifest["rows"]["read"] == 4 and manifest["errors"]["too_long"] == 3
+    assert [(d["row"], d["sku"], d["column"]) for d in read_diagnostics(manifest, workdir)
+            if d["code"] == "too_long"] == [("2", "S-1", "description"), ("4", "S-3", "description"),
+                                             ("5", "S-4", "description")]
+    (workdir / "long2.csv").write_text((workdir / "long.csv").read_text() + "S-5,five,n\n")
+    code, manifest = ingest(workdir / "long2.csv", "--config", _limits(workdir, max_line_bytes=2_900_000))
+    assert code == 4 and manifest["errors"] == {"limit_exceeded": 1}
+    assert "longer than 2900000 bytes" in manifest["message"]
+
+
 def test_a_huge_cell_of_short_lines_is_judged_like_any_value(workdir, ingest):
     cell = "\n".join(["y" * 1000] * 6000)                  # 6 MB in one quoted cell, 1 KB lines
     rows = "".join(f"S-{i},Item {i}\n" for i in range(40))

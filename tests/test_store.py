@@ -197,6 +197,27 @@ def test_unchanged_rows_are_not_written_and_changed_ones_are(store, catalog, siz
     assert catalog()["b"]["price_cents"] == 3
 
 
+@FILE_SIZES
+def test_inserts_are_counted_right_when_other_partners_products_were_added_after_its_own(store, catalog, size):
+    apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "a", 1), ("B", "b", 2)))
+    apply(store, claim(store, "2" * 64, partner="q", size=size).job, rows(("X", "x"), ("Y", "y"), ("Z", "z")))
+    counts = apply(store, claim(store, "3" * 64, size=size).job,
+                   rows(("A", "a", 5), ("C", "c"), ("D", "d"), ("B", "b", 2)))
+    assert (counts.inserted, counts.updated, counts.unchanged) == (2, 1, 1)
+    assert set(catalog()) == {"a", "b", "c", "d"} and len(catalog("q")) == 3
+
+
+@FILE_SIZES
+def test_what_a_committed_load_staged_and_saw_is_gone_for_the_next_load(store, catalog, size):
+    rejected = pa.table({"sku_key": ["r"], "row": [5]})
+    first = apply(store, claim(store, "1" * 64, size=size).job, rows(("A", "a"), ("R", "r")), rows(("B", "b"), first_row=4),
+                  rejected=rejected)
+    assert (first.inserted, first.superseded) == (2, 1)       # r's last row was rejected: its first is not applied
+    second = apply(store, claim(store, "2" * 64, size=size).job, rows(("C", "c"), ("R", "r")))
+    assert (second.staged, second.superseded, second.inserted, second.updated) == (2, 0, 2, 0)
+    assert set(catalog()) == {"a", "b", "c", "r"}
+
+
 def test_a_load_left_without_commit_leaves_nothing(store, catalog):
     job = claim(store).job
     with store.load(job) as load:

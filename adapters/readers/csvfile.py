@@ -85,9 +85,7 @@ class _LineGuard(io.RawIOBase):
         if n <= self._limit:
             # a chunk no longer than the limit holds no long line between two of its breaks:
             # only the line running in and the one running out can be too long (memchr, not numpy)
-            chunk = bytes(memoryview(buf)[:n])
-            first = min((i for i in (chunk.find(b"\n"), chunk.find(b"\r")) if i >= 0), default=-1)
-            last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            first, last = _edge_breaks(memoryview(buf)[:n])
             inner = 0
         else:
             data = np.frombuffer(buf, dtype=np.uint8, count=n)
@@ -99,6 +97,32 @@ class _LineGuard(io.RawIOBase):
         if longest > self._limit:
             raise LimitExceeded(limit="max_line_bytes", reason=f"a line is longer than {self._limit} bytes")
         return n
+
+
+_EDGE = 1 << 16        # bytes at either end of a chunk searched first for its first and last break
+
+
+def _edge_breaks(chunk: memoryview) -> tuple[int, int]:
+    """(first, last) position of a line break in ``chunk``, -1 if it has none. Searched in
+    copies of its ends that double until a break is found: a chunk of short lines costs two
+    64 KiB copies, not a copy of the whole chunk (4 MiB of fresh memory per read)."""
+    n, width, first = len(chunk), _EDGE, -1
+    while first < 0:
+        head = bytes(chunk[:width])
+        first = min((i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0), default=-1)
+        if first >= 0 or width >= n:
+            break
+        width *= 2
+    if first < 0:
+        return -1, -1
+    width = _EDGE
+    while True:
+        start = max(n - width, 0)
+        tail = bytes(chunk[start:])
+        last = max(tail.rfind(b"\n"), tail.rfind(b"\r"))
+        if last >= 0:
+            return first, start + last
+        width *= 2
 
 
 _QUOTE, _SPACE, _TAB, _LF, _CR = 0x22, 0x20, 0x09, 0x0A, 0x0D
