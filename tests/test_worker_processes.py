@@ -72,6 +72,23 @@ def test_each_worker_has_a_process_and_files_go_through_them(tmp_path, daemons):
     assert not any(_alive(w) for w in workers)
 
 
+def _huge_pages(pid: int) -> bool:
+    """May ``pid`` be given transparent huge pages (``THP_enabled`` in /proc, Linux 4.15+)?"""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    if "THP_enabled" not in status:
+        pytest.skip("this kernel does not say whether a process may have transparent huge pages")
+    return status["THP_enabled"].strip() == "1"
+
+
+def test_the_daemon_and_its_worker_processes_run_without_transparent_huge_pages(tmp_path, daemons):
+    assert _huge_pages(os.getpid())               # the test's own process may: the daemon turned them off
+    d = daemons(tmp_path, config())
+    workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
+    assert not _huge_pages(d.proc.pid)
+    assert not any(_huge_pages(w) for w in workers)
+
+
 def test_a_killed_daemon_leaves_no_worker_process_behind(tmp_path, daemons):
     d = daemons(tmp_path, config())
     workers = wait_for(lambda: len(_workers(d.proc.pid)) == 2 and _workers(d.proc.pid), what="two worker processes")
