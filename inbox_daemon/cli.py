@@ -23,7 +23,7 @@ from typing import Any, get_args
 from config import Config, ConfigError
 from config.model import FORMAT_NAMES, FeedMode
 from config.status import REQUEUEABLE, JobStatus
-from inbox_daemon import __version__, hugepages
+from inbox_daemon import __version__, memory
 from inbox_daemon.jsontext import json_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
@@ -600,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Partner data and the audit trail are nobody else's business: whatever umask the shell
     # gave us, nothing this process creates is world-accessible (stricter umasks are kept).
     os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
-    hugepages.turn_off()            # before the first large allocation (inbox_daemon.hugepages)
+    memory.tune()                   # before the first thread and the first large allocation
     from config.errors import InboxDaemonError, JobNotFound, StoreError
     from inbox_daemon import logs
     logs.configure(level="warning", stream=sys.stderr)     # until a command sets its own

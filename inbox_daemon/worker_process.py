@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Config
-from inbox_daemon import failpoints, logs
+from inbox_daemon import failpoints, logs, memory
 from inbox_daemon.drop import Drop
 from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
@@ -195,6 +195,7 @@ def serve(conn: Connection, config: Config, holder: str, stop_at: Any, daemon_pi
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != daemon_pid:
         return                  # the daemon died before the line above: nothing to work for
+    memory.tune()               # a fresh interpreter: the daemon's malloc settings are not inherited
     for signum in _DAEMON_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     failpoints.on_behalf_of(daemon_pid, failpoint_counts)
