@@ -225,3 +225,32 @@ def test_a_spooled_copy_is_intact_only_while_whole_and_unchanged(tmp_path):
     assert not intact(copy, sha256)
     copy.unlink()
     assert not intact(copy, sha256)
+
+
+class _Trickle:
+    """A source that gives at most ``most`` bytes a read, the way a network stream can."""
+
+    def __init__(self, data: bytes, most: int):
+        self._data, self._most, self._at = data, most, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self._data[self._at:self._at + min(n, self._most)]
+        self._at += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("size, most", [(0, 1 << 20), (100, 1 << 20), (1 << 20, 1 << 20), (3 << 20, 1 << 20),
+                                        ((5 << 20) + 7, 1 << 20), ((3 << 20) + 1, 300_000)],
+                         ids=["empty", "one-short-read", "one-whole-chunk", "whole-chunks", "chunks-and-a-tail",
+                              "short-reads"])
+def test_a_spooled_copy_is_named_by_the_sha256_of_every_byte_in_order(tmp_path, size, most):
+    """Chunks are hashed on a thread while the next is read (``spool._Hasher``): whatever the
+    reads' sizes, the name is the content's sha256 and the copy the content."""
+    import hashlib
+    import os
+
+    from inbox_daemon.spool import spool_stream
+    data = os.urandom(size)
+    copy, sha256, spooled = spool_stream(_Trickle(data, most), tmp_path / "spool")
+    assert sha256 == hashlib.sha256(data).hexdigest() and copy.name == sha256
+    assert spooled == size and copy.read_bytes() == data

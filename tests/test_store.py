@@ -456,3 +456,17 @@ def test_after_a_failed_statement_its_rollback_the_same_statement_and_later_tran
         assert store._exec("SELECT folder, seq FROM audit_heads ORDER BY folder") == [("f1", 1), ("f3", 3)]
     finally:
         store.close()
+
+
+def test_sqlite_stages_in_pages_of_16_kib_while_the_catalog_keeps_its_own(tmp_path):
+    """The staging tables' database takes the page size set for it (``TEMP_PAGE_BYTES``) only
+    if nothing created it before: checked after a load, on the connection that staged."""
+    from storage.sqlite import TEMP_CACHE_KIB, TEMP_PAGE_BYTES, SqliteStore
+    store = SqliteStore(tmp_path / "catalog.db")
+    try:
+        apply(store, claim(store).job, rows(("A", "a")))
+        assert store._one("PRAGMA temp.page_size") == TEMP_PAGE_BYTES == 16_384
+        assert store._one("PRAGMA temp.cache_size") == -TEMP_CACHE_KIB
+        assert store._one("PRAGMA page_size") == 4096
+    finally:
+        store.close()
