@@ -33,22 +33,22 @@ class _Hasher:
     other). A file of one short read, as most are, is hashed inline: no thread is started."""
 
     def __init__(self) -> None:
-        self.digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
 
     def update(self, chunk: bytes) -> None:
         self._wait()                                   # one chunk in hand at a time, in order
         if self._pool is None and len(chunk) < CHUNK:
-            self.digest.update(chunk)
+            self._digest.update(chunk)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="spool-sha256")
-        self._pending = self._pool.submit(self.digest.update, chunk)
+        self._pending = self._pool.submit(self._digest.update, chunk)
 
     def hexdigest(self) -> str:
         self._wait()
-        return self.digest.hexdigest()
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         if self._pool is not None:

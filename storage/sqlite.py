@@ -92,7 +92,7 @@ CACHE_KIB = 65_536          # a 64 MB page cache: the merge re-reads index pages
 # key's last row by rowid; in random key order every fetch descends the staging table from its
 # root, and with 4 KiB pages (a 2 MB cache) those descents read pages back from the file all the
 # time: a 5M-row import in random key order took 32.7-32.8 s against 33.6-35.5 s (three pairs,
-# interleaved; the upsert 12.2-12.6 s against 12.9-14.0 s), the 500k one no longer or shorter.
+# interleaved; the upsert 12.2-12.6 s against 12.9-14.0 s); the 500k one no slower.
 # 64 KiB pages were slower (21 s upserts); a larger cache alone changed nothing.
 TEMP_PAGE_BYTES, TEMP_CACHE_KIB = 16_384, 8_192
 _STAGE_SCHEMA = CANONICAL_SCHEMA.append(pa.field("row_hash", pa.int64())).append(pa.field("record_hash", pa.int64()))

@@ -460,12 +460,12 @@ def test_after_a_failed_statement_its_rollback_the_same_statement_and_later_tran
 
 def test_sqlite_stages_in_pages_of_16_kib_while_the_catalog_keeps_its_own(tmp_path):
     """The staging tables' database takes the page size set for it (``TEMP_PAGE_BYTES``) only
-    if nothing created it before: checked after a load, on the connection that staged."""
-    from storage.sqlite import TEMP_CACHE_KIB, TEMP_PAGE_BYTES, SqliteStore
+    if nothing created it before: read back after a load, on the connection that staged."""
+    from storage.sqlite import TEMP_CACHE_KIB, SqliteStore
     store = SqliteStore(tmp_path / "catalog.db")
     try:
         apply(store, claim(store).job, rows(("A", "a")))
-        assert store._one("PRAGMA temp.page_size") == TEMP_PAGE_BYTES == 16_384
+        assert store._one("PRAGMA temp.page_size") == 16_384
         assert store._one("PRAGMA temp.cache_size") == -TEMP_CACHE_KIB
         assert store._one("PRAGMA page_size") == 4096
     finally:
