@@ -356,6 +356,56 @@ def test_progress_callback_receives_increasing_byte_counts_ending_at_the_file_si
     assert seen[-1] == big_csv.stat().st_size
 
 
+def _straddling_csv(path: Path, tail: bytes = b"") -> bytes:
+    """A UTF-8 CSV of more than one read of ``BLOCK_SIZE`` bytes whose 4-byte character (🧦)
+    is cut by the first read's end, with quoted newlines, blank lines and a BOM; ``tail`` ends it."""
+    head = "\ufeffsku,name,description\n".encode()
+    rows = [f'S-{i},"Sock {i}, 🧦","line one\nline two {i}"\n'.encode() for i in range(200_000)]
+    rows[7] = rows[8] = b"\n"
+    data = head + b"".join(rows)
+    sock = "🧦".encode()
+    at = data.index(sock, BLOCK_SIZE - 40)
+    pad = BLOCK_SIZE - 2 - at                      # the 4 bytes start 2 bytes before the read's end
+    data = data[:at] + b"x" * pad + data[at:] + tail
+    assert data[BLOCK_SIZE - 2:BLOCK_SIZE + 2] == sock
+    path.write_bytes(data)
+    return data
+
+
+def test_a_clean_utf8_csv_is_read_natively_to_the_same_rows_as_through_the_checked_stream(tmp_path):
+    from adapters.readers.csvfile import _clean_text
+
+    plain = tmp_path / "feed.csv"
+    data = _straddling_csv(plain)
+    (tmp_path / "feed.csv.gz").write_bytes(gzip.compress(data, compresslevel=1))
+
+    assert _clean_text(plain, BLOCK_SIZE)                 # read as it is, not through the guard
+    native, checked = read(plain), read(tmp_path / "feed.csv.gz")
+
+    assert records(native) == records(checked) and len(records(native)) == 199_998
+    assert [r for b in native for r in b.row_numbers().to_pylist()] == \
+        [r for b in checked for r in b.row_numbers().to_pylist()]
+    assert native[0].batch.schema.names == ["sku", "name", "description"]
+    assert "🧦" in column(native, "name")[0] and not any(b.bad_cells for b in native)
+
+
+@pytest.mark.parametrize("tail, clean", [
+    (b"", True),
+    (b"S-x,\x00,\n", False),                             # a NUL: its cell is reported, not read as text
+    (b"S-x,caf\xe9,\n", False),                           # Latin-1, not UTF-8
+    (b"S-x,\xf0\x9f\xa7", False),                           # a character cut short by the file's end
+], ids=["clean", "nul", "latin-1", "cut-character"])
+def test_only_a_file_of_whole_utf8_characters_without_nul_counts_as_clean_text(tmp_path, tail, clean):
+    from adapters.readers.csvfile import _clean_text
+
+    path = tmp_path / "feed.csv"
+    _straddling_csv(path, tail)
+
+    assert _clean_text(path, BLOCK_SIZE) is clean
+    if not clean:                                         # the checked stream names the cell
+        assert any(b.bad_cells for b in read(path))
+
+
 def test_invalid_utf8_bytes_mark_their_own_cell_and_the_rest_reads(tmp_path):
     path = tmp_path / "feed.csv"
     path.write_bytes(b"sku,name\nA-1,Caf\xe9\nB-2,Tea\n")     # latin-1 \xe9 in a file read as UTF-8

@@ -66,29 +66,26 @@ def _is_utf8(encoding: str) -> bool:
     return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
-class _LineGuard(io.RawIOBase):
-    """Refuses a physical line longer than ``max_line_bytes`` as it streams past, so a file
-    that is one endless line is rejected before a parser tries to hold it. Per chunk, not per
-    line: the first and last break (memchr), or with numpy the distances between all breaks
-    of a chunk longer than the limit."""
+class _LineLengths:
+    """Refuses a physical line longer than ``limit`` as the file's bytes go past, chunk after
+    chunk, so a file that is one endless line is rejected before a parser tries to hold it. Per
+    chunk, not per line: the first and last break (memchr), or with numpy the distances between
+    all breaks of a chunk longer than the limit."""
 
-    def __init__(self, raw, limit: int):
-        self._raw, self._limit, self._run = raw, limit, 0
+    def __init__(self, limit: int):
+        self._limit, self._run = limit, 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = self._raw.readinto(buf)
+    def see(self, chunk: memoryview) -> None:
+        n = len(chunk)
         if not n:
-            return n
+            return
         if n <= self._limit:
             # a chunk no longer than the limit holds no long line between two of its breaks:
             # only the line running in and the one running out can be too long (memchr, not numpy)
-            first, last = _edge_breaks(memoryview(buf)[:n])
+            first, last = _edge_breaks(chunk)
             inner = 0
         else:
-            data = np.frombuffer(buf, dtype=np.uint8, count=n)
+            data = np.frombuffer(chunk, dtype=np.uint8)
             breaks = np.flatnonzero((data == 10) | (data == 13))
             first, last = (int(breaks[0]), int(breaks[-1])) if len(breaks) else (-1, -1)
             inner = int(np.diff(breaks).max()) if len(breaks) > 1 else 0
@@ -96,6 +93,21 @@ class _LineGuard(io.RawIOBase):
         self._run = self._run + n if last < 0 else n - 1 - last
         if longest > self._limit:
             raise LimitExceeded(limit="max_line_bytes", reason=f"a line is longer than {self._limit} bytes")
+
+
+class _LineGuard(io.RawIOBase):
+    """A byte stream whose lines ``_LineLengths`` checks as they stream past."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._lines = raw, _LineLengths(limit)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._raw.readinto(buf)
+        if n:
+            self._lines.see(memoryview(buf)[:n])
         return n
 
 
@@ -118,6 +130,50 @@ def _edge_breaks(chunk: memoryview) -> tuple[int, int]:
         if last >= 0:
             return found.start(), start + last
         width *= 2
+
+
+def _utf8_whole(chunk: memoryview) -> int:
+    """How much of ``chunk`` is whole UTF-8 characters: a character its end cuts in two waits
+    for the next chunk."""
+    n = len(chunk)
+    for back in range(1, min(4, n) + 1):
+        lead = chunk[n - back]
+        if lead & 0xC0 != 0x80:                  # not a continuation byte: where a character starts
+            width = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            return n - back if back < width else n
+    return n
+
+
+def _valid_utf8(chunk: memoryview) -> bool:
+    """Arrow's UTF-8 validation of ``chunk`` as one value, in place."""
+    offsets = pa.py_buffer(np.array([0, len(chunk)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(chunk)]).cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _clean_text(path: Path, limit: int) -> bool:
+    """Is the (uncompressed) file valid UTF-8 with no NUL anywhere? One pass through a reused
+    buffer (a few hundredths of a second per 100 MB), which also refuses a line longer than
+    ``limit`` (``_LineLengths``; the guard does it for the files that answer no). A clean file
+    goes to pyarrow as it is: read natively, with no Python between the parser and the file,
+    its cells typed as text at once, with no check per cell (``_as_text``)."""
+    buf = bytearray(BLOCK_SIZE)
+    view, lines, held = memoryview(buf), _LineLengths(limit), 0
+    with open(path, "rb", buffering=0) as file:
+        while n := file.readinto(view[held:]):
+            lines.see(view[held:held + n])
+            if buf.find(b"\0", held, held + n) >= 0:
+                return False
+            n += held
+            whole = _utf8_whole(view[:n])
+            if not _valid_utf8(view[:whole]):
+                return False
+            held = n - whole
+            view[:held] = view[whole:n]
+    return not held                # a character cut short by the file's end
 
 
 _QUOTE, _SPACE, _TAB, _LF, _CR = 0x22, 0x20, 0x09, 0x0A, 0x0D
@@ -208,20 +264,29 @@ class _SpaceBeforeQuote(io.RawIOBase):
         return n
 
 
+def _line_limit(options: ReadOptions) -> int:
+    # pyarrow holds a row within one read block: longer lines can never be read anyway
+    return min(options.limits.max_line_bytes, BLOCK_SIZE)
+
+
 def _text_stream(path: Path, *, compressed: bool, options: ReadOptions, encoding: str, progress: bool,
-                 spaced_delimiter: str | None = None):
+                 spaced_delimiter: str | None = None, native: bool = False):
     """The file as a guarded UTF-8 byte stream (a context manager); with ``spaced_delimiter``,
-    without the blanks before opening quotes."""
+    without the blanks before opening quotes. ``native``: the file is clean UTF-8 text
+    (``_clean_text``), given to pyarrow as an Arrow file: the caller tells the progress
+    from its position."""
     import contextlib
 
     @contextlib.contextmanager
     def opened():
+        if native:
+            with pa.OSFile(str(path)) as file:
+                yield file
+            return
         with open_stream(path, compressed=compressed, options=options if progress else
                          ReadOptions(limits=options.limits)) as stream:
             raw = stream if _is_utf8(encoding) else ToUtf8(stream, encoding)
-            # pyarrow holds a row within one read block: longer lines can never be read anyway
-            limit = min(options.limits.max_line_bytes, BLOCK_SIZE)
-            guarded: io.RawIOBase = _LineGuard(raw, limit)
+            guarded: io.RawIOBase = _LineGuard(raw, _line_limit(options))
             if spaced_delimiter is not None:
                 guarded = _SpaceBeforeQuote(guarded, spaced_delimiter)
             yield io.BufferedReader(guarded, buffer_size=BLOCK_SIZE)
@@ -265,13 +330,13 @@ def sniff_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-def _csv_reader(stream, *, delimiter: str, column_types=None, skip_rows: int = 0):
+def _csv_reader(stream, *, delimiter: str, column_types=None, skip_rows: int = 0, check_utf8: bool = True):
     read = pacsv.ReadOptions(block_size=BLOCK_SIZE, encoding="utf8", skip_rows=skip_rows)
     # blank lines are kept as rows, so later rows keep the numbers a spreadsheet shows
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False)
     convert = pacsv.ConvertOptions(
         column_types=column_types or {}, strings_can_be_null=True, quoted_strings_can_be_null=True,
-        null_values=[""],
+        null_values=[""], check_utf8=check_utf8,
     )
     return pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
 
@@ -339,11 +404,15 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
             raise LimitExceeded(limit="max_columns", row=1,
                                 reason=f"the header has more than {options.limits.max_columns} columns")
         shown_encoding = "UTF-8" if _is_utf8(encoding) else encoding
+        native = (not compressed and spaced is None and _is_utf8(encoding)
+                  and _clean_text(path, _line_limit(options)))
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                              progress=False, spaced_delimiter=spaced) as stream:
+                              progress=False, spaced_delimiter=spaced, native=native) as stream:
                 names = _csv_reader(stream, delimiter=delimiter, skip_rows=leading).schema.names
-            as_bytes = {n: pa.binary() for n in names}      # by the names pyarrow reads
+            # by the names pyarrow reads: as bytes, each cell checked as text (``_as_text``),
+            # unless the whole file is known to be clean text
+            as_bytes = {n: pa.string() if native else pa.binary() for n in names}
             if leading and names:       # a BOM or blanks after the skipped lines: not the name's
                 names[0] = names[0].strip().lstrip("\ufeff").strip()
         except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
@@ -369,10 +438,17 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         first_data_row = next_row
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                              progress=True, spaced_delimiter=spaced) as stream:
-                for batch in _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading):
-                    yield _block(pa.RecordBatch.from_arrays(batch.columns, names=names), next_row, shown_encoding)
+                              progress=True, spaced_delimiter=spaced, native=native) as stream:
+                for n, batch in enumerate(_csv_reader(stream, delimiter=delimiter, column_types=as_bytes,
+                                                      skip_rows=leading, check_utf8=not native), start=1):
+                    if native and options.progress:
+                        # pyarrow reads ahead of what it has parsed: a batch is a block's rows
+                        options.progress(min(n * BLOCK_SIZE, stream.tell()))
+                    yield _block(pa.RecordBatch.from_arrays(batch.columns, names=names), next_row, shown_encoding,
+                                 clean=native)
                     next_row += batch.num_rows
+                if native and options.progress:
+                    options.progress(stream.tell())
         except pa.ArrowInvalid as exc:
             if not _RAGGED.search(str(exc)):
                 raise
@@ -398,10 +474,11 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
 
 
 def _block(batch: pa.RecordBatch, first_row: int, encoding: str,
-           refused_rows: tuple[tuple[str, pa.Array], ...] = ()) -> Block:
-    """A batch of binary columns as a text block: cells checked as text (``_as_text``), blank
-    lines dropped with the rest keeping their numbers, the masks following the rows kept."""
-    text, bad_cells = _as_text(batch)
+           refused_rows: tuple[tuple[str, pa.Array], ...] = (), *, clean: bool = False) -> Block:
+    """A batch of binary columns as a text block: cells checked as text (``_as_text``; not
+    those of a ``clean`` file, read as text), blank lines dropped with the rest keeping their
+    numbers, the masks following the rows kept."""
+    text, bad_cells = (batch, ()) if clean else _as_text(batch)
     block = _without_blank_lines(to_text(text), first_row)
     if bad_cells or refused_rows:
         kept = _kept(batch, first_row, block) if block.rows is not None else None
