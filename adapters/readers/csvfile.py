@@ -4,7 +4,9 @@ Every column is read as text: inference per block would turn ``00123`` into 123 
 later block whose values no longer fit the first block's type. The header is read once to learn
 the column names, then the file is streamed with those names typed as bytes and checked as
 UTF-8 a column at a time, so a cell that is not valid text rejects its own row (with a
-diagnostics line) instead of the whole file.
+diagnostics line) instead of the whole file. Most files are clean UTF-8 throughout: one pass
+over the bytes says so (``_clean_text``, which also measures the lines), and then pyarrow reads
+the file itself, as text, with nothing to check per cell.
 
 Encodings: a UTF-8, UTF-16 or UTF-32 byte-order mark decides; otherwise the partner's
 ``encoding``. Anything but UTF-8 is transcoded to UTF-8 on the way in; bytes the encoding cannot
