@@ -54,8 +54,14 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile $(LOCK_FLAGS) --upgrade setup.cfg requirements/build.in \
 		-c requirements/test.lock -o requirements/daemon.lock
 
-bench: $(VENV)/.test-installed   ## the benchmark suite: every path against the floor and the peers (bench/README.md)
-	$(BIN)/python -m pip install --quiet --target bench/.peers -r bench/peers-requirements.txt
+# The peers' libraries, apart from the daemon's environment; installed again only when their
+# list changes (pip --target into a folder that has them would warn once per package).
+bench/.peers/.installed: bench/peers-requirements.txt | $(BIN)/python
+	rm -rf bench/.peers
+	$(BIN)/python -m pip install --quiet --target bench/.peers -r $<
+	touch $@
+
+bench: $(VENV)/.test-installed bench/.peers/.installed   ## the benchmark suite: every path against the floor and the peers (bench/README.md)
 	$(BIN)/python bench/run.py
 
 clean:

@@ -393,8 +393,9 @@ def test_run_once_ends_while_an_empty_file_waits_in_the_inbox(tmp_path, daemon):
     write_csv(inbox / "real.csv", ["sku", "name"], [["R", "x"]])
     import os
     os.utime(inbox / "real.csv", (time.time() - 60,) * 2)
-    # settle longer than the start-up: the placeholder is young when found, so it waits
-    cfg = config(inboxes='[[inboxes]]\npartner = "default"\npath = "inbox/default"\nsettle = "2s"\n')
+    # settle far longer than the start-up, even on a loaded machine: the placeholder is young
+    # when found, so it waits (a run that waited for it would answer it: an empty file)
+    cfg = config(inboxes='[[inboxes]]\npartner = "default"\npath = "inbox/default"\nsettle = "10s"\n')
     t0 = time.monotonic()
     assert daemon(cfg, once=True).wait(30) == 0
     assert time.monotonic() - t0 < 15

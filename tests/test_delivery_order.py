@@ -165,8 +165,11 @@ def test_an_earlier_file_whose_daemon_hung_before_its_commit_is_applied_after_a_
     transaction, holding A and its rows' locks); B arrives and the second daemon applies it (the
     server ends the hung transaction once idle for ``lease``); A's claim runs out, the second
     daemon runs A from its spooled copy and commits it last: B's rows stand, A's others apply."""
+    # the second daemon must take B while A's claim still holds: its start-up has to fit in the
+    # lease, and on a loaded machine a start-up took longer than 2 s (it then ran A first, as
+    # the earlier delivery, and the order this test is about never came up)
     cfg = (config(inboxes=INBOX.format(mode="delta")).replace("workers = 2", "workers = 1")
-           + f'\n[store]\nurl = "{pg_url}"\nlease = "2s"\n')
+           + f'\n[store]\nurl = "{pg_url}"\nlease = "5s"\n')
     hung = daemons(tmp_path, cfg, env={"INBOX_DAEMON_FREEZE_AT": "before_commit"})
     _deliver(tmp_path, "a.csv", "sku,name,price\nK-1,Key,1.00\nK-2,Kit,1.00\n")
     wait_for(lambda: _state(hung.proc.pid) == "T", what="the first daemon frozen at before_commit")

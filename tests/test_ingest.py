@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -435,3 +441,28 @@ def test_a_requeued_job_that_goes_through_leaves_no_diagnostics_of_its_rejection
 
     assert code == 0 and again["job_id"] == first["job_id"] and again["status"] == "succeeded"
     assert again["diagnostics"] is None and not diagnostics.exists()
+
+
+def test_the_applied_log_line_says_when_the_commit_ended_beside_the_manifests_duration(workdir):
+    """The manifest is committed with the rows, so its ``duration_ms`` ends before the commit;
+    ``committed_ms`` in ``job.applied`` runs to the commit's end. The process is held (SIGSTOP)
+    right before its commit for a second and a half: only the second figure may show it."""
+    feed = write_csv(workdir / "feed.csv", ["sku", "name", "price"], [["A-1", "Hat", "9.99"]])
+    exe = Path(sys.executable).with_name("inbox-daemon")
+    proc = subprocess.Popen([str(exe), "ingest", str(feed), "--json", "-v"], cwd=workdir, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "INBOX_DAEMON_FREEZE_AT": "before_commit"})
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "the ingest never reached its commit"
+            time.sleep(0.02)
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    manifest = json.loads(out)
+    [applied] = [json.loads(line) for line in err.splitlines() if '"job.applied"' in line]
+    assert applied["duration_ms"] == manifest["duration_ms"] < 1500
+    assert applied["committed_ms"] >= manifest["duration_ms"] + 1500
