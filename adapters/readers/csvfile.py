@@ -25,6 +25,7 @@ import codecs
 import csv
 import io
 import itertools
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,9 +163,11 @@ def _clean_text(path: Path, limit: int) -> bool:
     ``limit`` (``_LineLengths``; the guard does it for the files that answer no). A clean file
     goes to pyarrow as it is: read natively, with no Python between the parser and the file,
     its cells typed as text at once, with no check per cell (``_as_text``)."""
-    buf = bytearray(BLOCK_SIZE)
-    view, lines, held = memoryview(buf), _LineLengths(limit), 0
     with open(path, "rb", buffering=0) as file:
+        # no larger than the file (+4: a read that ends it): a burst's small files each zeroed
+        # 4 MiB for nothing
+        buf = bytearray(min(BLOCK_SIZE, os.fstat(file.fileno()).st_size + 4))
+        view, lines, held = memoryview(buf), _LineLengths(limit), 0
         while n := file.readinto(view[held:]):
             lines.see(view[held:held + n])
             if buf.find(b"\0", held, held + n) >= 0:
@@ -440,9 +443,11 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         first_data_row = next_row
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
-                              progress=True, spaced_delimiter=spaced, native=native) as stream:
-                for n, batch in enumerate(_csv_reader(stream, delimiter=delimiter, column_types=as_bytes,
-                                                      skip_rows=leading, check_utf8=not native), start=1):
+                              progress=True, spaced_delimiter=spaced, native=native) as stream, \
+                    _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading,
+                                check_utf8=not native) as reader:
+                # closed on the way out, whatever stops it (``jsonfile.read_ndjson`` says why)
+                for n, batch in enumerate(reader, start=1):
                     if native and options.progress:
                         # pyarrow reads ahead of what it has parsed: a batch is a block's rows
                         options.progress(min(n * BLOCK_SIZE, stream.tell()))

@@ -272,12 +272,14 @@ def read_ndjson(path: Path, *, name: str, compressed: bool, options: ReadOptions
     try:
         if expand and "." in expand:
             raise _Switch()                 # a list inside a nested object: expanded in Python
-        with open_stream(path, compressed=compressed, options=options, utf8=True) as stream:
-            reader = pajson.open_json(
+        # the reader is closed on the way out, whatever stops it: one left to the exception that
+        # stopped it lived on with its threads until the interpreter ended, and now and then
+        # (1 run in 40) ended the process with std::terminate
+        with open_stream(path, compressed=compressed, options=options, utf8=True) as stream, pajson.open_json(
                 io.BufferedReader(_NestingGuard(stream), buffer_size=BLOCK_SIZE),
                 read_options=pajson.ReadOptions(block_size=BLOCK_SIZE),
                 parse_options=pajson.ParseOptions(newlines_in_values=False, unexpected_field_behavior="infer"),
-            )
+        ) as reader:
             for batch in reader:
                 if _arrow_would_rewrite(batch.schema):
                     raise _Switch()
