@@ -417,7 +417,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
                 names = _csv_reader(stream, delimiter=delimiter, skip_rows=leading).schema.names
             # by the names pyarrow reads: as bytes, each cell checked as text (``_as_text``),
             # unless the whole file is known to be clean text
-            as_bytes = {n: pa.string() if native else pa.binary() for n in names}
+            cell_types = {n: pa.string() if native else pa.binary() for n in names}
             if leading and names:       # a BOM or blanks after the skipped lines: not the name's
                 names[0] = names[0].strip().lstrip("\ufeff").strip()
         except UnicodeDecodeError as exc:       # rows are checked per cell; names must decode
@@ -444,7 +444,7 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
         try:
             with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                               progress=True, spaced_delimiter=spaced, native=native) as stream, \
-                    _csv_reader(stream, delimiter=delimiter, column_types=as_bytes, skip_rows=leading,
+                    _csv_reader(stream, delimiter=delimiter, column_types=cell_types, skip_rows=leading,
                                 check_utf8=not native) as reader:
                 # closed on the way out, whatever stops it (``jsonfile.read_ndjson`` says why)
                 for n, batch in enumerate(reader, start=1):
@@ -482,9 +482,9 @@ def _read(path: Path, *, name: str, compressed: bool, options: ReadOptions,
 
 def _block(batch: pa.RecordBatch, first_row: int, encoding: str,
            refused_rows: tuple[tuple[str, pa.Array], ...] = (), *, clean: bool = False) -> Block:
-    """A batch of binary columns as a text block: cells checked as text (``_as_text``; not
-    those of a ``clean`` file, read as text), blank lines dropped with the rest keeping their
-    numbers, the masks following the rows kept."""
+    """A batch of binary columns (text ones, from a ``clean`` file) as a text block: cells
+    checked as text (``_as_text``; a clean file's need not be), blank lines dropped with the
+    rest keeping their numbers, the masks following the rows kept."""
     text, bad_cells = (batch, ()) if clean else _as_text(batch)
     block = _without_blank_lines(to_text(text), first_row)
     if bad_cells or refused_rows:
