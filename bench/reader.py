@@ -28,14 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.readers import read_blocks  # noqa: E402
 from adapters.readers.base import ReadOptions  # noqa: E402
-from adapters.readers.csvfile import _clean_text  # noqa: E402
+from adapters.readers.csvfile import _clean_text, _line_limit  # noqa: E402
 from config.model import Limits  # noqa: E402
+
+OPTIONS = ReadOptions(limits=Limits())        # what a partner without settings gets
 
 
 def one_pass(path: Path) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, rows) of one read of ``path``."""
     wall, cpu = time.perf_counter(), time.process_time()
-    rows = sum(b.batch.num_rows for b in read_blocks(path, name=path.name, fmt="csv", options=ReadOptions(limits=Limits())))
+    rows = sum(b.batch.num_rows for b in read_blocks(path, name=path.name, fmt="csv", options=OPTIONS))
     return time.perf_counter() - wall, time.process_time() - cpu, rows
 
 
@@ -60,7 +62,7 @@ def main() -> None:
                 passes[label].append(one_pass(path))
         for label, path in paths.items():
             walls, cpus, rows = zip(*passes[label], strict=True)
-            how = "pyarrow reads the file" if _clean_text(path, Limits().max_line_bytes) else "the checked stream"
+            how = "pyarrow reads the file" if _clean_text(path, _line_limit(OPTIONS)) else "the checked stream"
             print(f"{label:8} {how:24} wall {_shown(list(walls))}, CPU {_shown(list(cpus))}, {rows[0]:,} rows, "
                   f"{rows[0] / statistics.median(walls):,.0f} rows/s", flush=True)
 
