@@ -321,6 +321,31 @@ def test_run_without_config_creates_and_watches_inbox_default(tmp_path):
             assert proc.wait(15) == 0
 
 
+_LIBRARIES_OF_INBOXES = """
+import sys
+from inbox_daemon import settings
+from inbox_daemon.daemon import Daemon
+from inbox_daemon.inboxes import inbox_class, open_inbox
+remote = ("boto3", "botocore", "paramiko", "cryptography")
+inboxes = [open_inbox(inbox) for inbox in settings.load(None).inboxes]
+print(type(inboxes[0]).__name__, sorted(m for m in remote if m in sys.modules))
+inbox_class("sftp"), inbox_class("s3")
+print(sorted(m for m in remote if m in sys.modules))
+"""
+
+
+def test_a_daemon_watching_local_folders_alone_never_imports_the_sftp_and_s3_libraries(tmp_path):
+    """boto3 and paramiko (with cryptography) took ~0.3 s of a daemon's ~1.9 s start: a kind's
+    module is imported when an inbox of that kind is opened."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _LIBRARIES_OF_INBOXES], cwd=tmp_path, capture_output=True,
+                         text=True, check=True, env={**__import__("os").environ, "INBOX_DAEMON_CONFIG": ""})
+    local, asked = out.stdout.splitlines()
+    assert local == "LocalInbox []"
+    assert asked == "['boto3', 'botocore', 'cryptography', 'paramiko']"
+
+
 class _FlakyReceiver(_Receiver):
     """Answers 503 to the first POST, then 204: the sender must try again."""
 

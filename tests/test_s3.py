@@ -28,7 +28,7 @@ from moto.server import ThreadedMotoServer
 from config import build_config
 from config.errors import InboxMisconfigured, InboxUnavailable, Terminal, Transient
 from config.model import S3InboxConfig
-from inbox_daemon.inboxes import INBOX_KINDS
+from inbox_daemon.inboxes import inbox_class
 from inbox_daemon.inboxes import s3 as s3_module
 from inbox_daemon.inboxes.s3 import FULL_LISTING_EVERY, ObjectGone, S3Inbox, _sqs_endpoint, event_records, s3_errors
 from tests.conftest import ledger, products
@@ -287,7 +287,7 @@ def _queue_counts(sqs, queue_url: str) -> tuple[int, int]:
 # -- the daemon, end to end ----------------------------------------------------------------------
 
 def test_s3_is_a_registered_inbox_kind():
-    assert INBOX_KINDS["s3"] is S3Inbox
+    assert inbox_class("s3") is S3Inbox
 
 
 def test_dropped_object_is_applied_moved_to_processed_and_answered_in_results(tmp_path, s3, moto, aws_env):
