@@ -37,7 +37,7 @@ bytecode: $(VENV)/.test-installed
 	$(BIN)/python -m compileall -q inbox_daemon adapters storage config
 
 test: lint bytecode              ## the linters, then the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The suite against the newest releases the ranges in setup.cfg admit: a fresh venv, no lock.
 # Run it on purpose before `make lock`; a failure here is a release to adapt to, not a broken CI.

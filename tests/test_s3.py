@@ -359,6 +359,48 @@ def test_event_mode_applies_only_live_objects_and_empties_the_queue(tmp_path, s3
         d.close()
 
 
+def test_event_mode_answers_the_same_bytes_put_again_as_a_duplicate_and_takes_them_out(
+        tmp_path, s3, sqs, moto, aws_env):
+    """A nightly file whose bytes did not change since yesterday's has the same ETag, but it is a
+    new upload (a LastModified of its own): it gets its answer, a duplicate of the first, and
+    leaves the inbox. Only a notification of the very upload answered already is ignored."""
+    queue_url = sqs.create_queue(QueueName="acme-drops")["QueueUrl"]
+    _notify_queue(s3, sqs, queue_url)
+    d = DaemonProcess(tmp_path, _s3_config(moto, sqs_queue_url=queue_url), env=aws_env)
+    try:
+        s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)
+        [first] = wait_manifests(tmp_path, 1, partner="acme", status="succeeded")
+        wait_for(lambda: "acme/daily.csv" not in _keys(s3), what="the first upload archived")
+        time.sleep(1.1)                 # S3 dates an object to the second
+        s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)
+
+        [second] = wait_manifests(tmp_path, 1, partner="acme", status="duplicate")
+
+        assert second["duplicate_of"] == first["job_id"] and second["source"]["name"] == "daily.csv"
+        wait_for(lambda: "acme/daily.csv" not in _keys(s3), what="the second upload archived")
+        wait_for(lambda: _queue_counts(sqs, queue_url) == (0, 0), what="every message deleted")
+        assert d.stop() == 0
+        assert len(manifests(tmp_path, "acme")) == 2
+    finally:
+        d.close()
+
+
+def test_the_same_bytes_put_again_right_after_their_archive_are_offered_as_a_new_upload(s3, moto):
+    """Archived by our own hand, then put again before any listing saw the key empty: a new
+    upload, offered once it settles (and answered as a duplicate), not the version handed over
+    already, which would wait ``REOFFER_S`` (five minutes) to be offered again."""
+    s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)
+    inbox = _inbox(moto, s3)
+    [entry] = wait_for(lambda: inbox.ready_entries(), timeout=10, what="the upload ready")
+    inbox.archive(inbox.drop_for(entry), "succeeded")
+    assert "acme/daily.csv" not in _keys(s3)
+    s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)      # the same bytes: the same ETag
+
+    [again] = wait_for(lambda: inbox.ready_entries(), timeout=10, what="the new upload offered")
+
+    assert (again.name, again.version) == ("daily.csv", entry.version)
+
+
 # -- listing -------------------------------------------------------------------------------------
 
 def test_prefix_with_more_than_1000_keys_is_listed_completely(mocked_s3):

@@ -81,7 +81,7 @@ VISIBILITY = 60                 # seconds a received message stays hidden from o
 HEARTBEAT = 20                  # seconds between visibility extensions of messages in flight
 MAX_HOLD = 3600                 # seconds a message is kept hidden at most, then left to reappear
 CLOSE_WAIT = 2.0                # seconds close() waits for a long poll in progress
-ARCHIVED_MEMORY = 10_000        # (key, version) pairs remembered as archived, for late duplicates
+ARCHIVED_MEMORY = 10_000        # uploads (key, ETag, LastModified) remembered as archived, for late notifications
 
 # ClientError codes, by what they mean for us. HEAD requests have no error body: their code is
 # the bare status ("403", "404").
@@ -227,7 +227,7 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         self._known: dict[str, Entry] = {}
         self._listings = 0
         # event mode: the queue's consumer, shared with the other inboxes it feeds in this process
-        self._archived: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._archived: collections.OrderedDict[tuple[str, str, str | None], None] = collections.OrderedDict()
         self._consumer: QueueConsumer | None = None
 
     # -- clients --------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         In event mode, the drop's SQS message is deleted now, and only now."""
         key = self._key(drop)
         if self.event_mode:
-            self._remember_archived(key, drop.version)
+            self._remember_archived(key, drop.version, drop.delivered)
         try:
             if status not in ARCHIVED_AS_SUCCESS:
                 self._move(drop, key, FAILED)
@@ -357,6 +357,11 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
                 self._move(drop, key, PROCESSED)
             elif self.config.on_success == "delete":
                 self._delete(drop, key)
+            else:
+                return              # kept: a later upload of the same bytes has a LastModified of its own
+            # out by our own hand: what is listed under its key from now on is a new upload, even
+            # the same bytes put again before a listing saw the key empty
+            self.gone(drop)
         except ObjectGone:
             self._forget(key)       # archived already (a restart between outcome and archive)
         except ObjectChanged:
@@ -522,7 +527,7 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
             self.log.info("inbox.event_ignored", key=record.key, reason="object already gone")
             return None
         with self._lock:
-            archived = (key, version) in self._archived
+            archived = (key, version, delivery_time(modified)) in self._archived
         if archived:
             self.log.info("inbox.event_ignored", key=record.key, reason="archived already")
             return None
@@ -536,9 +541,12 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         return Drop(inbox=self.id, partner=self.config.partner, key=key, name=name,
                     uri=self.uri(key), size=size, version=version, delivered=delivery_time(modified))
 
-    def _remember_archived(self, key: str, version: str) -> None:
+    def _remember_archived(self, key: str, version: str, delivered: str | None) -> None:
+        """This upload of ``key`` (its ETag and LastModified) was answered: a notification of it
+        that comes again is ignored. The same bytes put again are a new upload (a LastModified
+        of their own, as the ledger tells a re-send from the very file), answered as a duplicate."""
         with self._lock:
-            self._archived[(key, version)] = None
+            self._archived[(key, version, delivered)] = None
             while len(self._archived) > ARCHIVED_MEMORY:
                 self._archived.popitem(last=False)
 
