@@ -16,6 +16,7 @@ daemons whose leases ran out, which any daemon then runs again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -70,7 +71,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.log = get_logger(component="daemon")
-        self.queue: queue.Queue[WorkItem] = queue.Queue(maxsize=QUEUE_MAX)
+        self.queue: queue.Queue[WorkItem | None] = queue.Queue(maxsize=QUEUE_MAX)     # None: stop
         self.inboxes: dict = {}
         self._pending: set[tuple] = set()          # queued or in flight: never twice at once
         # files seen again while their item was queued or in flight: a re-send that kept name and
@@ -247,6 +248,9 @@ class Daemon:
         self._stop_at.value = deadline       # the worker processes stop between batches past it
         self._stopping.set()                 # no new work is queued from here on
         self._scan_requests.put(None)
+        for _ in self._workers:              # an idle worker ends now, not at its next look
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(None)  # (a full queue: every worker is busy)
         for worker in self._workers:         # in-flight jobs still archive through their inbox
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         inboxes = list(self.inboxes.values())
@@ -546,7 +550,7 @@ class Daemon:
                 except queue.Empty:
                     continue
                 self.metrics.queue_depth.set(self.queue.qsize())
-                if self._stopping.is_set():
+                if item is None or self._stopping.is_set():
                     break
                 with self._lock:
                     self._in_flight += 1
