@@ -401,6 +401,24 @@ def test_the_same_bytes_put_again_right_after_their_archive_are_offered_as_a_new
     assert (again.name, again.version) == ("daily.csv", entry.version)
 
 
+def test_the_same_bytes_put_again_while_the_first_upload_was_applied_stay_for_their_own_answer(s3, moto):
+    """A partner's script that uploads again before it sees the answer: the archive takes only
+    the upload that was read, and the second one (same bytes, same ETag, a later LastModified)
+    stays in the inbox and is offered as an upload of its own."""
+    s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)
+    inbox = _inbox(moto, s3)
+    [entry] = wait_for(lambda: inbox.ready_entries(), timeout=10, what="the upload ready")
+    drop = inbox.drop_for(entry)
+    time.sleep(1.1)                     # S3 dates an object to the second
+    s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)      # while the first is applied
+
+    inbox.archive(drop, "succeeded")
+
+    assert _keys(s3) == {"acme/daily.csv"}                            # nothing archived
+    [again] = wait_for(lambda: inbox.ready_entries(), timeout=10, what="the second upload offered")
+    assert again.version == entry.version and again.modified > entry.modified       # listed anew
+
+
 # -- listing -------------------------------------------------------------------------------------
 
 def test_prefix_with_more_than_1000_keys_is_listed_completely(mocked_s3):

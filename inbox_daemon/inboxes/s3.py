@@ -365,7 +365,11 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         except ObjectGone:
             self._forget(key)       # archived already (a restart between outcome and archive)
         except ObjectChanged:
-            # overwritten since we read it: the new content is a drop of its own, leave it be
+            # overwritten since we read it: the new upload is a drop of its own, leave it be, and
+            # list it anew (what is known of the key is the read upload's; its bytes, and so its
+            # ETag, may be the same)
+            self._forget(key)
+            self.gone(drop)
             self.log.info("inbox.archive_skipped", key=key, version=drop.version,
                           reason="object changed since it was read")
         finally:
@@ -376,12 +380,12 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
 
     def _move(self, drop: Drop, key: str, folder: str) -> None:
         """Copy the version that was read into ``folder``, then delete it from the inbox, only if
-        the inbox still holds that version (``_delete_read_version``): an upload that replaced it
-        meanwhile stays for its own job, whether or not the server honoured the copy's
-        condition (moto and s3rver, for two, ignore ``CopySourceIfMatch``)."""
+        the inbox still holds that upload (``_check_unchanged``, ``_delete_read_version``): an
+        upload that replaced it meanwhile, even of the same bytes, stays for its own job, whether
+        or not the server honoured the copy's condition (moto and s3rver, for two, ignore
+        ``CopySourceIfMatch``)."""
         s3, source = self.s3(), {"Bucket": self.bucket, "Key": key}
-        if drop.version and self._head(key)[1] != drop.version:
-            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        self._check_unchanged(drop, key)
         target = f"{self.prefix}{folder}/{drop.name}"
         if self._exists(target):
             target = f"{target}.{drop.version}"     # an earlier file of that name is kept
@@ -399,8 +403,7 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         self._delete_read_version(drop, key)
 
     def _delete(self, drop: Drop, key: str) -> None:
-        if drop.version and self._head(key)[1] != drop.version:
-            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        self._check_unchanged(drop, key)
         self._move_markers(drop.name, None)
         self._delete_read_version(drop, key)
 
@@ -424,15 +427,24 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
                 self.s3().delete_object(Bucket=self.bucket, Key=key)
 
     def _delete_read_version(self, drop: Drop, key: str) -> None:
-        """Delete ``key`` only while it is the version that was read: its ETag is checked right
-        before the delete, and the delete itself is conditional (``If-Match``) where the server
-        honours it (AWS S3 does), so an upload landing in between is never deleted."""
-        if drop.version and self._head(key)[1] != drop.version:
-            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
+        """Delete ``key`` only while it is the upload that was read: its ETag and LastModified are
+        checked right before the delete, and the delete itself is conditional (``If-Match``) where
+        the server honours it (AWS S3 does), so an upload landing in between is never deleted."""
+        self._check_unchanged(drop, key)
         same = {"IfMatch": drop.version} if drop.version else {}
         with s3_errors(f"delete {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
             self.s3().delete_object(Bucket=self.bucket, Key=key, **same)
         self._forget(key)
+
+    def _check_unchanged(self, drop: Drop, key: str) -> None:
+        """``ObjectChanged`` unless ``key`` still holds the upload that was read: its ETag and
+        its LastModified. The same bytes put again meanwhile are another upload (the ledger
+        tells them apart by LastModified too), which stays for an answer of its own."""
+        if not drop.version:
+            return
+        _, version, modified = self._head(key)
+        if version != drop.version or (drop.delivered is not None and delivery_time(modified) != drop.delivered):
+            raise ObjectChanged(f"{self.uri(key)} changed since it was read", uri=self.uri(key))
 
     def _head(self, key: str) -> tuple[int, str, float]:
         """(size, ETag, LastModified as Unix time) of a live object; ``ObjectGone`` if there is none."""
