@@ -66,5 +66,6 @@ def main() -> None:
             print(f"{label:8} {how:24} wall {_shown(list(walls))}, CPU {_shown(list(cpus))}, {rows[0]:,} rows, "
                   f"{rows[0] / statistics.median(walls):,.0f} rows/s", flush=True)
 
+
 if __name__ == "__main__":
     main()
