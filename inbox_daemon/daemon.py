@@ -1,7 +1,7 @@
 """``inbox-daemon run``: watch every inbox, schedule what partners drop, survive restarts.
 
 The daemon only schedules: one watcher per inbox (watchdog, or polling) puts ready files on a
-bounded queue; ``workers`` worker threads, each with its own store connection, take a work item
+bounded queue; worker threads, each with its own store connection, take a work item
 through its journey (``journey.py``) and act on the verdict it returns — run it again later, let
 the inbox offer the file again, note a fault for /healthz, count the job. A scanner thread lists
 every inbox at start-up and again every ``RESCAN_EVERY`` as a safety net; it may wait on the full
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from config import Config, ConfigError, missing_secrets
@@ -96,6 +96,8 @@ class Daemon:
         self._pruner: threading.Thread | None = None
         self._in_flight = 0
         self._workers: list[threading.Thread] = []
+        self._processes: worker_process.WorkerProcesses | None = None
+        self._taking = threading.Lock()
         self._health_state: tuple[bool, dict] = (False, {"starting": True})
         self._faults: dict[str, dict] = {}       # component -> the last transient error, until a job succeeds
         self.last_job: str = "none yet"
@@ -160,10 +162,13 @@ class Daemon:
         self._heartbeat.start()
         self._pruner = threading.Thread(target=self._pruner_loop, name="pruner", daemon=True)
         self._pruner.start()
-        processes: Sequence[worker_process.WorkerProcess | None] = (
-            self._start_worker_processes() if cfg.daemon.worker_processes else [None] * cfg.daemon.workers)
-        for n, process in enumerate(processes):
-            worker = threading.Thread(target=self._worker, args=(process,), name=f"worker-{n}", daemon=True)
+        threads = cfg.daemon.workers
+        if cfg.daemon.worker_processes:
+            self._processes = worker_process.WorkerProcesses(cfg, holder=default_holder(), stop_at=self._stop_at,
+                                                             count=cfg.daemon.workers)
+            threads *= worker_process.THREADS_PER_PROCESS
+        for n in range(threads):
+            worker = threading.Thread(target=self._worker, name=f"worker-{n}", daemon=True)
             worker.start()
             self._workers.append(worker)
         # ready once it serves: watchers, workers and health are up. What waits in the inboxes is
@@ -182,14 +187,6 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
-
-    def _start_worker_processes(self) -> list[worker_process.WorkerProcess]:
-        """Started together, waited for together: the daemon is ready once its workers are."""
-        started = [worker_process.WorkerProcess(self.config, holder=default_holder(), stop_at=self._stop_at,
-                                                name=f"worker-{n}-process") for n in range(self.config.daemon.workers)]
-        for process in started:
-            process.wait_ready()
-        return started
 
     def _remove_orphaned_copies(self) -> None:
         """Spooled copies no job will read again (a kill after the copy, before its claim or
@@ -251,6 +248,8 @@ class Daemon:
         for _ in self._workers:              # an idle worker ends now, not at its next look
             with contextlib.suppress(queue.Full):
                 self.queue.put_nowait(None)  # (a full queue: every worker is busy)
+        if self._processes is not None:      # a worker process ends after the file it is on
+            self._processes.close()
         for worker in self._workers:         # in-flight jobs still archive through their inbox
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         inboxes = list(self.inboxes.values())
@@ -539,30 +538,35 @@ class Daemon:
     def _should_stop(self) -> bool:
         return time.monotonic() > self._stop_at.value
 
-    def _worker(self, process: worker_process.WorkerProcess | None) -> None:
-        """Take items off the queue and through their journey; ``process``: where the pipeline
-        runs (its jobs are this daemon's: claimed under its holder, renewed by its heartbeat)."""
+    def _worker(self) -> None:
+        """Take items off the queue and through their journey. The pipeline runs in a worker
+        process lent for the file (its jobs are this daemon's: claimed under its holder,
+        renewed by its heartbeat), else on this thread."""
         store = open_store(self.config.store)
         try:
             while not self._stopping.is_set():
-                try:
-                    item = self.queue.get(timeout=0.2)
-                except queue.Empty:
-                    continue
+                with self._taking:          # a file and its place in line for a process, together
+                    try:
+                        item = self.queue.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
+                    if item is None or self._stopping.is_set():
+                        break
+                    turn = self._processes.line_up() if self._processes is not None else None
                 self.metrics.queue_depth.set(self.queue.qsize())
-                if item is None or self._stopping.is_set():
-                    break
                 with self._lock:
                     self._in_flight += 1
                 self.metrics.in_flight.inc()
                 started = time.monotonic()
                 journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
-                                  should_stop=self._should_stop, process=process)
+                                  should_stop=self._should_stop, turn=turn)
                 try:
                     self._act(item, journey.run(item), started)
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
                     self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
+                    if turn is not None:
+                        turn.leave()
                     journey.release(item)
                     with self._lock:
                         self._in_flight -= 1
@@ -573,8 +577,6 @@ class Daemon:
                     if again and (inbox := self.inboxes.get(item.drop.inbox)) is not None:
                         inbox.offer_again_in(item.drop, 0)      # read again: the content decides
         finally:
-            if process is not None:
-                process.close()
             store.close()
 
     def _act(self, item: WorkItem, verdict: Verdict, started: float) -> None:

@@ -20,10 +20,11 @@ files are not claimed (two write transactions a file saved).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,8 @@ from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
 from inbox_daemon.results import diagnostics_path, manifest_bytes
 from inbox_daemon.webhooks import WebhookSender
-from inbox_daemon.worker_process import WorkerProcess
-from storage.base import TO_RUN, CatalogStore, Job, Source
+from inbox_daemon.worker_process import Turn, WorkerProcess
+from storage.base import SEVERAL_BLOCKS, TO_RUN, CatalogStore, Job, Source
 
 BUSY_BACKOFF_STEPS = 4            # content being applied right now: backoff grows to 2^4 × retry_base
 FAULT_COMPONENTS = ((SpoolError, "spool"), (ResultsUnwritable, "results"), (StoreError, "store"),
@@ -114,14 +115,16 @@ class Journey:
     """Takes work items through their journey on one worker's store connection."""
 
     def __init__(self, config: Config, store: CatalogStore, inboxes: Mapping[str, Inbox], *,
-                 webhooks: WebhookSender, should_stop: Callable[[], bool], process: WorkerProcess | None = None):
+                 webhooks: WebhookSender, should_stop: Callable[[], bool], turn: Turn | None = None):
         self.config = config
         self.store = store
         self.inboxes = inboxes
         self.webhooks = webhooks
         self.should_stop = should_stop      # asked between batches: past the stop deadline?
         self.pipeline = Pipeline(config, store, actor="daemon")
-        self.process = process              # where files go through the pipeline; None: this thread
+        # this file's place in line for a worker process, where it goes through the pipeline;
+        # None: through it on this thread
+        self.turn = turn
 
     def run(self, item: WorkItem) -> Verdict:
         drop = item.drop
@@ -190,11 +193,18 @@ class Journey:
             # taken in and answered before: kept ("keep"), or a daemon stopped after its report,
             # before the archive; answered again as any replay is
             log.debug("file.already_taken_in", version=drop.version, status=seen.status)
+            self._no_process()
             self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
             return Done()
-        spooled, sha256, _ = self._spool(inbox, drop)
-        result = self._process(spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
-                               verify_source=lambda: inbox.verify_unchanged(drop))
+        spooled: Path | None = None
+        if (drop.size or 0) < SEVERAL_BLOCKS:
+            # copied before a process is lent: none waits on the copy (nothing is read ahead)
+            spooled, sha256, _ = self._spool(inbox, drop, None)
+        with self._applier() as process:
+            if spooled is None:         # the process reads the catalog while the file is copied
+                spooled, sha256, _ = self._spool(inbox, drop, process)
+            result = self._process(process, spooled, sha256, drop, fmt=inbox.config.format, mode=inbox.config.mode,
+                                   verify_source=lambda: inbox.verify_unchanged(drop))
         return self._conclude(item, inbox, result, log)
 
     def _run_job(self, item: WorkItem, job_id: str, inbox: Inbox | None, log) -> Verdict:
@@ -204,6 +214,7 @@ class Journey:
             return Done()       # done meanwhile (its file was picked up too): nothing to redo
         if job.reverts is not None:
             # a revert whose runner stopped before its commit: no file, no inbox to answer in
+            self._no_process()
             return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
         if spooled is not None and not spool.intact(spooled, job.sha256):
@@ -212,46 +223,63 @@ class Journey:
                 log.warning("job.spooled_copy_damaged", job_id=job.id, spooled=str(spooled),
                             action="the file is fetched again from its inbox")
             spooled = None          # fetched again, the copy replaced whole
-        if spooled is None:
-            if not self._claim_file(inbox, item.drop, log):
-                return OfferAgainIn(self.config.store.lease)
-            try:
-                spooled = self._fetch_again(job, item.drop, inbox)
-            except InboxError as exc:
-                # neither our copy nor the partner's file is left: only a new drop can help
-                reason = f"the spooled copy is gone or damaged, and so is the source file ({exc}): drop the file again"
-                if self.store.job(job.id).status not in RUNNABLE:
-                    return Done()
-                log.error("job.unrecoverable", job_id=job.id, reason=reason)
-                return Done(self.pipeline.give_up(job, reason, log).manifest)   # an operator must act
-        result = self._process(spooled, job.sha256, item.drop, fmt=job.format, mode=job.mode)
+        if spooled is None and not self._claim_file(inbox, item.drop, log):
+            return OfferAgainIn(self.config.store.lease)
+        with self._applier() as process:
+            if spooled is None:
+                try:
+                    spooled = self._fetch_again(job, item.drop, inbox, process)
+                except InboxError as exc:
+                    # neither our copy nor the partner's file is left: only a new drop can help
+                    reason = f"the spooled copy is gone or damaged, and so is the source file ({exc}): drop the file again"
+                    if self.store.job(job.id).status not in RUNNABLE:
+                        return Done()
+                    log.error("job.unrecoverable", job_id=job.id, reason=reason)
+                    return Done(self.pipeline.give_up(job, reason, log).manifest)   # an operator must act
+            result = self._process(process, spooled, job.sha256, item.drop, fmt=job.format, mode=job.mode)
         return self._conclude(item, inbox, result, log)
 
-    def _process(self, spooled: Path, sha256: str, drop: Drop, *, fmt: str | None, mode: str,
-                 verify_source: Callable[[], None] = lambda: None) -> Result:
-        """The spooled file through the pipeline: in this worker's process, else on this thread."""
-        if self.process is not None:
-            return self.process.process(self.config, spooled, sha256, drop, fmt=fmt, mode=mode, watching=True,
-                                        verify_source=verify_source)
+    def _no_process(self) -> None:
+        """This file is answered without the pipeline: the threads behind it in line for a
+        worker process need not wait for it."""
+        if self.turn is not None:
+            self.turn.leave()
+
+    @contextlib.contextmanager
+    def _applier(self) -> Iterator[WorkerProcess | None]:
+        """Where a file goes through the pipeline: a worker process lent for it from the read
+        ahead to the outcome, not for the answer; None: this thread."""
+        if self.turn is None:
+            yield None
+            return
+        with self.turn.lent() as process:
+            yield process
+
+    def _process(self, process: WorkerProcess | None, spooled: Path, sha256: str, drop: Drop, *,
+                 fmt: str | None, mode: str, verify_source: Callable[[], None] = lambda: None) -> Result:
+        """The spooled file through the pipeline: in ``process``, else on this thread."""
+        if process is not None:
+            return process.process(self.config, spooled, sha256, drop, fmt=fmt, mode=mode, watching=True,
+                                   verify_source=verify_source)
         return self.pipeline.process(spooled, sha256, drop, fmt=fmt, mode=mode, should_stop=self.should_stop,
                                      watching=True, verify_source=verify_source)
 
-    def _fetch_again(self, job: Job, drop: Drop, inbox: Inbox | None) -> Path:
+    def _fetch_again(self, job: Job, drop: Drop, inbox: Inbox | None, process: WorkerProcess | None) -> Path:
         if inbox is None:
             raise InboxError("its inbox is not watched by this daemon")
-        spooled, sha256, _ = self._spool(inbox, drop)
+        spooled, sha256, _ = self._spool(inbox, drop, process)
         if sha256 != job.sha256:
             raise InboxError("the file under its name has other content now")
         return spooled
 
-    def _spool(self, inbox: Inbox, drop: Drop) -> tuple[Path, str, int]:
+    def _spool(self, inbox: Inbox, drop: Drop, process: WorkerProcess | None) -> tuple[Path, str, int]:
         """The file copied into the spool and hashed; a file over its partner's
         ``max_file_bytes`` (as listed, or once its copy passes it) is ``FileTooLarge`` instead:
         limits come before work, and a sparse or endless file never fills the state disk."""
         limit = self.config.partner(drop.partner).max_file_bytes
-        if self.process is not None:        # the catalog is read where the file is applied
-            self.process.read_ahead(self.config, drop.partner, size=drop.size or 0, mode=inbox.config.mode)
-        else:
+        if process is not None:             # the catalog is read where the file is applied
+            process.read_ahead(self.config, drop.partner, size=drop.size or 0, mode=inbox.config.mode)
+        elif self.turn is None:
             self.store.read_ahead(drop.partner, size=drop.size or 0, mode=inbox.config.mode)
         return inbox.fetch(drop, self.config.daemon.spool_dir / drop.partner, max_bytes=limit)
 
@@ -262,6 +290,7 @@ class Journey:
         by trying again). Its content was never read, so the job is keyed by the delivery itself
         (``unread_identity``), not by a hash of its content: this very file seen again (its
         archive failed) is this job, answered again; any other delivery is a job of its own."""
+        self._no_process()
         drop = item.drop
         partner = self.config.partner(drop.partner)
         mode = inbox.config.mode if inbox is not None else "delta"

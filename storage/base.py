@@ -156,6 +156,9 @@ PRODUCT_DELIVERY = ("coalesce((SELECT coalesce(j.delivered_at, '') || ' ' || j.s
 ClaimKind = Literal["new", "resumed", "reapply", "duplicate", "unreported", "reported", "busy"]
 #: claims whose job is to be run now
 TO_RUN = frozenset({"new", "resumed", "reapply"})
+# a file this large is read in several blocks: the catalog it is compared with is worth reading
+# while the file is copied (``CatalogStore.read_ahead``), and its rows are staged on a thread
+SEVERAL_BLOCKS = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -479,9 +482,14 @@ class LedgerReads:
 
     def mark_reported(self, job_id: str, audit: AuditHead | None = None) -> None:
         """The job's answer is out; ``audit``: the audit record it was written as, the trail's
-        new head (kept for the chain it was first written for: see ``audit_head``)."""
+        new head (kept for the chain it was first written for: see ``audit_head``).
+
+        Not synced to disk (the next durable commit syncs it with its own): a power loss may
+        take it back, which leaves the job unreported, and the next start reports it again, as
+        after a crash before this commit. A head taken back only trails the trail: ``audit
+        verify`` finds records removed from the end by a head ahead of it, never behind."""
         now = utcnow()
-        with self._transaction():       # type: ignore[attr-defined]
+        with self._transaction(durable=False):       # type: ignore[attr-defined]
             self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (now, job_id))
             if audit is not None:
                 self._exec(self._sql(

@@ -46,6 +46,7 @@ from storage.base import (
     EVERY_COLUMN,
     JOB_NAMES,
     PRODUCT_DELIVERY,
+    SEVERAL_BLOCKS,
     Claim,
     Columns,
     Job,
@@ -104,7 +105,6 @@ _REJECTED, _UNCHANGED = 0, 1
 # a file's hashes are compared in Arrow when it may hold at least 1/8 as many rows as the
 # partner's catalog (its size at >= 64 bytes a row); else its rows are compared in SQL alone
 _BYTES_PER_ROW, _WORTH_READING = 64, 8
-_THREAD_FROM_BYTES = 4 << 20      # files of more than one reader block are staged on a thread
 # the last staged row per key, in key order, so the upsert walks the products index in order
 # (the lever ``PERFORMANCE-NOTES.md`` found). A key's rows are staged in the order they came
 # (``adapters.rows``), so its last is the one with the largest rowid: the sort is of (key,
@@ -624,7 +624,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         checks the catalog's version at its merge as always, so a read that went stale is
         noticed; one left unused (a duplicate) is dropped by the next."""
         self._end_read_ahead()
-        if size >= _THREAD_FROM_BYTES:
+        if size >= SEVERAL_BLOCKS:
             pool = ThreadPoolExecutor(1, thread_name_prefix=f"read-ahead-{partner_id}")
             self._ahead = (partner_id, mode, pool, pool.submit(_read_apart, self.path, partner_id, size, mode))
 
@@ -709,7 +709,7 @@ class SqliteLoad:
         if exclusive:
             store._begin_write()
             self._in_tx = True
-        if job.size >= _THREAD_FROM_BYTES:
+        if job.size >= SEVERAL_BLOCKS:
             # a file of several batches: what the catalog holds is read while the first is parsed
             # (or was, while the file was spooled: never for an exclusive load, which reads again)
             ahead = None if exclusive else store._take_read_ahead(job)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from inbox_daemon import memory
+from config.errors import Cancelled
+from inbox_daemon import memory, settings
+from inbox_daemon.worker_process import WorkerProcesses, deadline
 from tests.conftest import ledger, products, write_csv
 from tests.daemon_harness import config, wait_for, wait_manifests
 
@@ -156,3 +160,70 @@ def test_files_are_applied_with_worker_processes_and_with_threads(tmp_path, daem
     assert {k: v["price_cents"] for k, v in products(tmp_path).items()} == {f"s-{i}": i * 100 + 50 for i in range(6)}
     assert bool(_workers(d.proc.pid)) is processes
     assert d.stop() == 0
+
+
+def _lending(tmp_path: Path, monkeypatch) -> WorkerProcesses:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "daemon.toml").write_text(config())
+    return WorkerProcesses(settings.load(str(tmp_path / "daemon.toml")), holder="test", stop_at=deadline(), count=1)
+
+
+def test_one_worker_process_is_lent_in_the_order_the_threads_took_their_files(tmp_path, monkeypatch):
+    processes = _lending(tmp_path, monkeypatch)
+    try:
+        turns = [processes.line_up() for _ in range(4)]      # four files taken off the queue, in order
+        lent: list[tuple[int, int]] = []
+
+        def apply(n: int) -> None:
+            with turns[n].lent() as process:
+                lent.append((n, process._process.pid))
+                time.sleep(0.02)
+
+        # the threads holding the later files ask first; the first file's thread asks last
+        threads = [threading.Thread(target=apply, args=(n,)) for n in (3, 2, 1, 0)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(10)
+        assert [n for n, _ in lent] == [0, 1, 2, 3]
+        assert len({pid for _, pid in lent}) == 1
+        # a file answered without the pipeline (a duplicate) leaves the line: the next one goes on
+        first, second = processes.line_up(), processes.line_up()
+        first.leave()
+        with second.lent():
+            pass
+    finally:
+        processes.close()
+
+
+def test_at_a_stop_a_thread_in_line_gives_its_file_up_and_the_lent_process_ends_when_given_back(tmp_path, monkeypatch):
+    processes = _lending(tmp_path, monkeypatch)
+    holding, waiting = processes.line_up(), processes.line_up()
+    release, outcome = threading.Event(), []
+
+    def hold() -> None:
+        with holding.lent() as process:
+            outcome.append(process._process)
+            release.wait(10)
+
+    def wait_in_line() -> None:
+        try:
+            with waiting.lent():
+                outcome.append("lent")
+        except Cancelled:
+            outcome.append("cancelled")
+
+    holder, waiter = threading.Thread(target=hold), threading.Thread(target=wait_in_line)
+    holder.start()
+    wait_for(lambda: outcome, what="the process lent")
+    waiter.start()
+    time.sleep(0.1)
+    processes.close()
+    waiter.join(10)
+    assert outcome[1:] == ["cancelled"]
+    process = outcome[0]
+    assert process.is_alive(), "a lent process is not ended under the file it is on"
+    release.set()
+    holder.join(10)
+    assert not process.is_alive(), "given back after the stop: ended"
