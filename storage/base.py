@@ -484,12 +484,11 @@ class LedgerReads:
         """The job's answer is out; ``audit``: the audit record it was written as, the trail's
         new head (kept for the chain it was first written for: see ``audit_head``).
 
-        Not synced to disk (the next durable commit syncs it with its own): a power loss may
-        take it back, which leaves the job unreported, and the next start reports it again, as
-        after a crash before this commit. A head taken back only trails the trail: ``audit
-        verify`` finds records removed from the end by a head ahead of it, never behind."""
+        Synced before the file leaves its inbox: a job whose mark a power loss took back after
+        its archive would be reported again only if its very file came back, and would hold
+        every later delivery of its content as "busy" until then."""
         now = utcnow()
-        with self._transaction(durable=False):       # type: ignore[attr-defined]
+        with self._transaction():       # type: ignore[attr-defined]
             self._exec(self._sql("UPDATE jobs SET reported_at = ? WHERE id = ?"), (now, job_id))
             if audit is not None:
                 self._exec(self._sql(
