@@ -198,7 +198,11 @@ class Journey:
             return Done()
         spooled: Path | None = None
         if (drop.size or 0) < SEVERAL_BLOCKS:
-            # copied before a process is lent: none waits on the copy (nothing is read ahead)
+            # copied before a process is lent: none waits on the copy (nothing is read ahead).
+            # A download may take any time: the files behind it in line do not wait for it, and
+            # it lines up again once it is here
+            if inbox.remote:
+                self._no_process()
             spooled, sha256, _ = self._spool(inbox, drop, None)
         with self._applier() as process:
             if spooled is None:         # the process reads the catalog while the file is copied
@@ -240,8 +244,8 @@ class Journey:
         return self._conclude(item, inbox, result, log)
 
     def _no_process(self) -> None:
-        """This file is answered without the pipeline: the threads behind it in line for a
-        worker process need not wait for it."""
+        """This file needs no worker process (it is answered without the pipeline), or not
+        yet: the threads behind it in line need not wait for it."""
         if self.turn is not None:
             self.turn.leave()
 
