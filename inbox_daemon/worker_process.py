@@ -21,10 +21,11 @@ What the process shares with the daemon:
   while the daemon spools the file.
 
 The processes are lent to the daemon's worker threads a file at a time (``WorkerProcesses``),
-from the read ahead to the outcome. There are twice as many threads as processes: the answer
-(the partner's copy, the archive, each synced) and the next file's spool copy are the daemon's
-work, and a process bound to one thread sat idle through them. In a burst of 1,000 small files
-each process waited for its next file a third of the time.
+once the file is spooled (a file of several blocks: before, so that the catalog is read while
+it is copied) until its outcome. There are twice as many threads as processes: the answer (the
+partner's copy, the archive, each synced) and the next file's spool copy are the daemon's work,
+and a process bound to one thread sat idle through them. In a burst of 1,000 small files each
+process waited for its next file a third of the time.
 
 It never outlives the daemon: ``PR_SET_PDEATHSIG`` has the kernel kill it when the daemon dies,
 so a killed daemon leaves nothing committing behind it. Stop signals are the daemon's to act on
