@@ -185,6 +185,10 @@ class Journey:
         lists is itself derived from the content (an S3 ETag) is a version answered before
         replayed without downloading it again."""
         drop = item.drop
+        if inbox.remote:
+            # a download may take any time: the files behind it in line for a worker process do
+            # not wait for it (nor for its claim), and it lines up again once it is here
+            self._no_process()
         if not self._claim_file(inbox, drop, log):
             return OfferAgainIn(self.config.store.lease)
         seen = self.store.seen(inbox=drop.inbox, uri=drop.uri, version=drop.version, delivered_at=drop.delivered) \
@@ -193,16 +197,11 @@ class Journey:
             # taken in and answered before: kept ("keep"), or a daemon stopped after its report,
             # before the archive; answered again as any replay is
             log.debug("file.already_taken_in", version=drop.version, status=seen.status)
-            self._no_process()
             self._answer(inbox, drop, seen.result, seen.status, log, replay=True)
             return Done()
         spooled: Path | None = None
         if (drop.size or 0) < SEVERAL_BLOCKS:
-            # copied before a process is lent: none waits on the copy (nothing is read ahead).
-            # A download may take any time: the files behind it in line do not wait for it, and
-            # it lines up again once it is here
-            if inbox.remote:
-                self._no_process()
+            # copied before a process is lent: none waits on the copy (nothing is read ahead)
             spooled, sha256, _ = self._spool(inbox, drop, None)
         with self._applier() as process:
             if spooled is None:         # the process reads the catalog while the file is copied
@@ -212,13 +211,15 @@ class Journey:
         return self._conclude(item, inbox, result, log)
 
     def _run_job(self, item: WorkItem, job_id: str, inbox: Inbox | None, log) -> Verdict:
-        """A ledger job run again (retry, requeue): from its spooled copy, else from the inbox."""
+        """A ledger job run again (retry, requeue): from its spooled copy, else from the inbox.
+        It keeps no order among files: it leaves the line for a worker process at once (its
+        copy is checked, or fetched again, out of line) and lines up again when it needs one."""
+        self._no_process()
         job = self.store.job(job_id)
         if job.status not in RUNNABLE or job.status == JobStatus.ABANDONED:
             return Done()       # done meanwhile (its file was picked up too): nothing to redo
         if job.reverts is not None:
             # a revert whose runner stopped before its commit: no file, no inbox to answer in
-            self._no_process()
             return self._conclude(item, None, self.pipeline.run_revert_job(job), log)
         spooled = Path(job.spool_path) if job.spool_path else None
         if spooled is not None and not spool.intact(spooled, job.sha256):

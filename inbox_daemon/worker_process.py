@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -72,6 +73,7 @@ DIED = 70           # the daemon's exit status when a worker process died under 
 
 
 THREADS_PER_PROCESS = 2     # the daemon's worker threads per worker process (``WorkerProcesses``)
+ORDER_GRACE_S = 0.5         # how long a file ready for a process waits for one taken before it to be copied
 
 
 class WorkerProcesses:
@@ -98,15 +100,29 @@ class WorkerProcesses:
         return turn
 
     def _lend(self, turn: Turn) -> WorkerProcess:
+        """A free process once no file taken before this one is waiting for one, and none is
+        still being copied, or none has been for ``ORDER_GRACE_S``: a file whose copy (a hung
+        mount, a re-check of a large spooled copy) takes longer holds up no other."""
         with self._changed:
             if turn not in self._line:
                 self._line.append(turn)         # it left the line before: at its end again
-            self._changed.wait_for(lambda: self._closing or (self._idle and self._line[0] is turn))
-            if self._closing:
-                raise Cancelled("the daemon is stopping: the file is left in its inbox for the next start")
-            self._line.popleft()
-            self._changed.notify_all()          # the next in line, if another process is idle
-            return self._idle.popleft()
+            asked = time.monotonic()
+            turn.asking = True
+            try:
+                while True:
+                    if self._closing:
+                        raise Cancelled("the daemon is stopping: the file is left in its inbox for the next start")
+                    ahead = list(itertools.takewhile(lambda t: t is not turn, self._line))
+                    waited = time.monotonic() - asked
+                    if self._idle and not any(t.asking for t in ahead) and (not ahead or waited >= ORDER_GRACE_S):
+                        break
+                    blocked_by_copies = self._idle and not any(t.asking for t in ahead)
+                    self._changed.wait(ORDER_GRACE_S - waited if blocked_by_copies else None)
+                self._line.remove(turn)
+                self._changed.notify_all()      # the next in line, if another process is idle
+                return self._idle.popleft()
+            finally:
+                turn.asking = False
 
     def _give_back(self, process: WorkerProcess) -> None:
         with self._changed:
@@ -143,6 +159,7 @@ class Turn:
 
     def __init__(self, processes: WorkerProcesses):
         self._processes = processes
+        self.asking = False             # waiting in ``lent`` (else its file is still being copied)
 
     @contextlib.contextmanager
     def lent(self) -> Iterator[WorkerProcess]:

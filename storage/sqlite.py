@@ -717,6 +717,9 @@ class SqliteLoad:
             self._reading = self._pool.submit(self._read_existing, ahead)
             self._pending.append(self._reading)
         else:
+            # a read ahead left by a large file that never came to its load (its copy failed)
+            # holds a whole catalog: dropped now, not at the next large file
+            store._end_read_ahead()
             try:
                 self._read_existing()       # now, on the caller's thread: ``recognise`` only reads it
             except BaseException:

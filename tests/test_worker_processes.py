@@ -17,7 +17,7 @@ import pytest
 
 from config.errors import Cancelled
 from inbox_daemon import memory, settings
-from inbox_daemon.worker_process import WorkerProcesses, deadline
+from inbox_daemon.worker_process import ORDER_GRACE_S, WorkerProcesses, deadline
 from tests.conftest import ledger, products, write_csv
 from tests.daemon_harness import config, wait_for, wait_manifests
 
@@ -191,8 +191,31 @@ def test_one_worker_process_is_lent_in_the_order_the_threads_took_their_files(tm
         # a file answered without the pipeline (a duplicate) leaves the line: the next one goes on
         first, second = processes.line_up(), processes.line_up()
         first.leave()
-        with second.lent():
-            pass
+        _lent_within(second, 5)
+    finally:
+        processes.close()
+
+
+def _lent_within(turn, seconds: float) -> None:
+    """``turn`` is lent a process within ``seconds`` (on a thread: a regression fails, not hangs)."""
+    got = threading.Event()
+
+    def borrow() -> None:
+        with turn.lent():
+            got.set()
+
+    threading.Thread(target=borrow, daemon=True).start()
+    assert got.wait(seconds), "no process lent"
+
+
+def test_a_file_still_being_copied_holds_up_the_files_behind_it_only_briefly(tmp_path, monkeypatch):
+    """The first file taken never asks for a process (its copy hangs on a dead mount, say): the
+    file behind it, ready, gets the idle process after ``ORDER_GRACE_S`` instead of waiting."""
+    processes = _lending(tmp_path, monkeypatch)
+    try:
+        copying, ready = processes.line_up(), processes.line_up()
+        _lent_within(ready, ORDER_GRACE_S + 5)
+        copying.leave()
     finally:
         processes.close()
 
@@ -218,7 +241,7 @@ def test_at_a_stop_a_thread_in_line_gives_its_file_up_and_the_lent_process_ends_
     holder.start()
     wait_for(lambda: outcome, what="the process lent")
     waiter.start()
-    time.sleep(0.1)
+    wait_for(lambda: waiting.asking, what="the second file waiting in line")
     processes.close()
     waiter.join(10)
     assert outcome[1:] == ["cancelled"]
