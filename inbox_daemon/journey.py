@@ -185,9 +185,9 @@ class Journey:
         lists is itself derived from the content (an S3 ETag) is a version answered before
         replayed without downloading it again."""
         drop = item.drop
-        if inbox.remote:
-            # a download may take any time: the files behind it in line for a worker process do
-            # not wait for it (nor for its claim), and it lines up again once it is here
+        if inbox.shared:
+            # a remote inbox's download may take any time: the files behind it in line for a
+            # worker process do not wait for it (nor for its claim); it lines up again once here
             self._no_process()
         if not self._claim_file(inbox, drop, log):
             return OfferAgainIn(self.config.store.lease)
@@ -252,8 +252,8 @@ class Journey:
 
     @contextlib.contextmanager
     def _applier(self) -> Iterator[WorkerProcess | None]:
-        """Where a file goes through the pipeline: a worker process lent for it from the read
-        ahead to the outcome, not for the answer; None: this thread."""
+        """Where a file goes through the pipeline: a worker process lent for it until its
+        outcome, not for the answer; None: this thread."""
         if self.turn is None:
             yield None
             return

@@ -114,10 +114,12 @@ class WorkerProcesses:
                         raise Cancelled("the daemon is stopping: the file is left in its inbox for the next start")
                     ahead = list(itertools.takewhile(lambda t: t is not turn, self._line))
                     waited = time.monotonic() - asked
-                    if self._idle and not any(t.asking for t in ahead) and (not ahead or waited >= ORDER_GRACE_S):
+                    if not self._idle or any(t.asking for t in ahead):
+                        self._changed.wait()            # a process given back, a turn gone
+                    elif ahead and waited < ORDER_GRACE_S:
+                        self._changed.wait(ORDER_GRACE_S - waited)     # files ahead still being copied
+                    else:
                         break
-                    blocked_by_copies = self._idle and not any(t.asking for t in ahead)
-                    self._changed.wait(ORDER_GRACE_S - waited if blocked_by_copies else None)
                 self._line.remove(turn)
                 self._changed.notify_all()      # the next in line, if another process is idle
                 return self._idle.popleft()

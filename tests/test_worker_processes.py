@@ -10,7 +10,6 @@ import ctypes
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -171,33 +170,45 @@ def _lending(tmp_path: Path, monkeypatch) -> WorkerProcesses:
 def test_one_worker_process_is_lent_in_the_order_the_threads_took_their_files(tmp_path, monkeypatch):
     processes = _lending(tmp_path, monkeypatch)
     try:
+        busy = processes.line_up()
         turns = [processes.line_up() for _ in range(4)]      # four files taken off the queue, in order
         lent: list[tuple[int, int]] = []
+        release = threading.Event()
+
+        def hold() -> None:
+            with busy.lent():
+                release.wait(10)
 
         def apply(n: int) -> None:
             with turns[n].lent() as process:
                 lent.append((n, process._process.pid))
-                time.sleep(0.02)
 
-        # the threads holding the later files ask first; the first file's thread asks last
-        threads = [threading.Thread(target=apply, args=(n,)) for n in (3, 2, 1, 0)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.05)
-        for thread in threads:
+        holder = threading.Thread(target=hold)
+        holder.start()
+        wait_for(lambda: not busy.asking and busy not in processes._line, what="the process lent to the first file")
+        # the threads holding the later files ask first, the first file's thread last; all of
+        # them wait while the process applies the file before
+        threads = []
+        for n in (3, 2, 1, 0):
+            threads.append(threading.Thread(target=apply, args=(n,)))
+            threads[-1].start()
+            wait_for(lambda n=n: turns[n].asking, what=f"file {n} waiting in line")
+        release.set()
+        for thread in (holder, *threads):
             thread.join(10)
         assert [n for n, _ in lent] == [0, 1, 2, 3]
         assert len({pid for _, pid in lent}) == 1
         # a file answered without the pipeline (a duplicate) leaves the line: the next one goes on
         first, second = processes.line_up(), processes.line_up()
         first.leave()
-        _lent_within(second, 5)
+        assert _lent_within(second, 5), "no process lent"
     finally:
         processes.close()
 
 
-def _lent_within(turn, seconds: float) -> None:
-    """``turn`` is lent a process within ``seconds`` (on a thread: a regression fails, not hangs)."""
+def _borrow(turn) -> threading.Event:
+    """``turn`` asks for a process on a thread (a regression fails the test, never hangs it);
+    the event is set once it is lent."""
     got = threading.Event()
 
     def borrow() -> None:
@@ -205,7 +216,11 @@ def _lent_within(turn, seconds: float) -> None:
             got.set()
 
     threading.Thread(target=borrow, daemon=True).start()
-    assert got.wait(seconds), "no process lent"
+    return got
+
+
+def _lent_within(turn, seconds: float) -> bool:
+    return _borrow(turn).wait(seconds)
 
 
 def test_a_file_still_being_copied_holds_up_the_files_behind_it_only_briefly(tmp_path, monkeypatch):
@@ -214,7 +229,9 @@ def test_a_file_still_being_copied_holds_up_the_files_behind_it_only_briefly(tmp
     processes = _lending(tmp_path, monkeypatch)
     try:
         copying, ready = processes.line_up(), processes.line_up()
-        _lent_within(ready, ORDER_GRACE_S + 5)
+        lent = _borrow(ready)
+        assert not lent.wait(ORDER_GRACE_S / 5), "the file taken first, still being copied, kept its turn"
+        assert lent.wait(5), "held up for good by a file still being copied"
         copying.leave()
     finally:
         processes.close()

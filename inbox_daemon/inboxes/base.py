@@ -192,8 +192,6 @@ class Inbox(Protocol):
     # True where other daemons sharing the store list the same files (remote inboxes): a file
     # is claimed in the store before it is downloaded. A local folder belongs to one daemon.
     shared: bool
-    # True where a file is downloaded from a server (which may take any time), not copied
-    remote: bool
 
     @property
     def id(self) -> str: ...

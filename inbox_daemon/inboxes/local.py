@@ -117,7 +117,6 @@ class _Waiting:
 class LocalInbox:
     version_is_content = False          # an mtime: cp -p, rsync -t and coarse clocks keep it
     shared = False                      # a folder of this host, watched by this daemon alone
-    remote = False
 
     def __init__(self, config: LocalInboxConfig, *, observer_factory=Observer, clock=time.monotonic):
         self.config = config

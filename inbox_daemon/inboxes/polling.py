@@ -57,7 +57,6 @@ class PollingInbox(Generic[ConfigT]):
     atomic_uploads = False
     version_is_content = False          # overridden where a listing's version is content-derived
     shared = True                       # every daemon on the store lists it: files are claimed
-    remote = True
 
     def __init__(self, config: ConfigT, *, clock=time.time):
         self.config = config
