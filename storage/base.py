@@ -261,6 +261,7 @@ class Load(Protocol):
 
     keeps_records: bool
 
+    def ready(self) -> bool: ...
     def recognise(self, records: np.ndarray) -> np.ndarray: ...
     def stage(self, batch: pa.RecordBatch, rejected_keys: pa.Table | None = None,
               columns: Columns = EVERY_COLUMN, records: pa.Array | None = None,

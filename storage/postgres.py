@@ -500,6 +500,9 @@ class PostgresLoad:
 
     keeps_records = False     # every row is compared in the merge, on the server
 
+    def ready(self) -> bool:
+        return True
+
     def recognise(self, records: np.ndarray) -> np.ndarray:
         return np.full(len(records), -1, dtype=np.int64)
 

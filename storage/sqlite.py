@@ -735,6 +735,10 @@ class SqliteLoad:
 
     keeps_records = True
 
+    def ready(self) -> bool:
+        """Is what the catalog holds read, so that ``recognise`` would not wait for it?"""
+        return self._existing is not None
+
     def recognise(self, records: np.ndarray) -> np.ndarray:
         """Where in the catalog the key is of each record (``storage.changes.record_hashes``)
         that it last took as it is, or -1: such rows need no judging (``stage(recognised=)``)."""

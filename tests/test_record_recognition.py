@@ -198,3 +198,81 @@ def test_a_catalog_read_ahead_that_went_stale_is_noticed_and_the_file_read_again
     assert result.status == "succeeded"
     got = products(workdir)["sku-3"]
     assert (got["name"], got["price_cents"]) == ("Product 3", 777)
+
+
+def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_the_catalog_is_read(workdir):
+    """The catalog read ahead is slow (a large catalog, a busy disk): the file is read and hashed
+    further ahead meanwhile, and the blocks hashed before the catalog was there are looked up
+    once it is. Every record but the changed one is recognised all the same."""
+    import time as clock
+
+    from config import default_config
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+    from storage.sqlite import SqliteLoad, SqliteStore
+
+    config = default_config()
+    db = config.store.url[len("sqlite:///"):]
+    waited, known = [], []
+
+    class CountingLoad(SqliteLoad):
+        def ready(self):
+            there = super().ready()
+            waited.append(not there)
+            return there
+
+        def recognise(self, records):
+            at = super().recognise(records)
+            known.append(int((at >= 0).sum()))
+            return at
+
+    class SlowStore(SqliteStore):
+        def _take_read_ahead(self, job):
+            read = super()._take_read_ahead(job)
+            if read is None:
+                return None
+
+            def slowly():
+                clock.sleep(1.5)
+                return read()
+            return slowly
+
+        def load(self, job, *, exclusive=False):
+            return CountingLoad(self, job, exclusive=exclusive)
+
+    def ingest(store, rows, name):
+        path = write_csv(workdir / name, LARGE_HEADER, rows)
+        drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
+                    size=path.stat().st_size, version="1")
+        try:
+            return Pipeline(config, store).process_path(path, drop)
+        finally:
+            store.close()
+
+    ingest(SqliteStore(db), _large(40_000), "first.csv")
+    result = ingest(SlowStore(db), _large(40_000, {7: "99.99"}), "again.csv")
+    assert any(waited), "no block was hashed before the catalog was read: the test tested nothing"
+    assert sum(known) == 39_999
+    assert result.status == "succeeded"
+    assert (result.manifest["rows"]["updated"], result.manifest["rows"]["unchanged"]) == (1, 39_999)
+    assert products(workdir)["sku-7"]["price_cents"] == 9999
+
+
+@pytest.mark.parametrize("catalog_read", [True, False])
+def test_the_file_is_read_ahead_of_its_judging_by_a_bound_whatever_its_size(catalog_read):
+    """``_ahead``: one block ahead once the catalog is read, ``_EARLY`` blocks while it is being
+    read; never more, however many blocks the file has."""
+    from inbox_daemon.pipeline import _AHEAD, _EARLY, _ahead
+
+    taken = []
+
+    def blocks():
+        for i in range(40):
+            taken.append(i)
+            yield i
+
+    ahead = _ahead(blocks(), lambda i: i * 2, True, further=lambda: not catalog_read)   # type: ignore[arg-type]
+    first = next(ahead)
+    assert first == (0, 0)
+    assert len(taken) == (_AHEAD + 1 if catalog_read else _EARLY)
+    assert list(ahead) == [(i, i * 2) for i in range(1, 40)]
