@@ -558,16 +558,20 @@ class Daemon:
                     self._in_flight += 1
                 self.metrics.in_flight.inc()
                 started = time.monotonic()
-                journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
-                                  should_stop=self._should_stop, turn=turn)
+                journey: Journey | None = None
                 try:
+                    # made inside the ``try``: whatever goes wrong, the file's place in line is
+                    # given up below, or it would hold up the files behind it
+                    journey = Journey(self.config, store, self.inboxes, webhooks=self.webhooks,
+                                      should_stop=self._should_stop, turn=turn)
                     self._act(item, journey.run(item), started)
                 except Exception:  # noqa: BLE001 — a defect must not take the worker down with it
                     self.log.exception("worker.unexpected_error", file=item.drop.name, job_id=item.job_id)
                 finally:
                     if turn is not None:
                         turn.leave()
-                    journey.release(item)
+                    if journey is not None:
+                        journey.release(item)
                     with self._lock:
                         self._in_flight -= 1
                         self._pending.discard(item.key)
