@@ -34,6 +34,10 @@ from catalog import XML_RECORD_PATH, cached, cached_xml, changed_records  # noqa
 from running import EXE, RunningDaemon, small_feed  # noqa: E402
 
 PY = sys.executable
+# the daemon keeps numpy's OpenBLAS from starting threads that spin beside its own
+# (``inbox_daemon/__init__.py``); every process of the suite gets the same setting, so that
+# the floor and the peers are not slowed by what the daemon spares itself
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 FRESH = "inbox-daemon ingest, fresh"
 SECTIONS = ("sqlite", "peers", "history", "big", "running", "xml", "postgres")
 # the peers' own libraries (bench/peers-requirements.txt), kept out of the daemon's environment
