@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 # while they wait for work. The daemon does no linear algebra: on two cores the spinning took
 # ~0.1 s of CPU from each large file's import, beside its own threads (perf: 5 % of the samples
 # of a 500k-row re-send in ``blas_thread_server``). Read by OpenBLAS when it loads, so set
-# before any of the daemon's modules imports numpy; an operator's own setting wins.
+# here, before any of the daemon's modules imports numpy (the command line and the worker
+# processes import this package first); an operator's own OPENBLAS_NUM_THREADS wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -709,7 +709,7 @@ def _ahead(items: Iterator[_Shaped], work: Callable[[_Shaped], Any], threaded: b
            further: Callable[[], bool] = lambda: False) -> Iterator[tuple[_Shaped, Any]]:
     """Each item with ``work(item)``, in order; ``threaded``: the work of the next ``_AHEAD``
     items runs on a thread of its own while the caller takes the items (reads the file), and
-    of up to ``_EARLY`` items while ``further()`` says so."""
+    of up to ``_EARLY`` items while ``further()`` says so (then back to ``_AHEAD``)."""
     if not threaded:
         for item in items:
             yield item, work(item)
@@ -719,7 +719,8 @@ def _ahead(items: Iterator[_Shaped], work: Callable[[_Shaped], Any], threaded: b
         try:
             for item in items:
                 pending.append((item, pool.submit(work, item)))
-                if len(pending) > _AHEAD and not (len(pending) < _EARLY and further()):
+                # once ``further()`` says no more, back down to ``_AHEAD`` before reading on
+                while len(pending) > _AHEAD and not (len(pending) < _EARLY and further()):
                     first, done = pending.popleft()
                     yield first, done.result()
             while pending:

@@ -204,6 +204,7 @@ def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_t
     """The catalog read ahead is slow (a large catalog, a busy disk): the file is read and hashed
     further ahead meanwhile, and the blocks hashed before the catalog was there are looked up
     once it is. Every record but the changed one is recognised all the same."""
+    import threading
     import time as clock
 
     from config import default_config
@@ -213,17 +214,15 @@ def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_t
 
     config = default_config()
     db = config.store.url[len("sqlite:///"):]
-    waited, known = [], []
+    known, by_reader = [], []
 
     class CountingLoad(SqliteLoad):
-        def ready(self):
-            there = super().ready()
-            waited.append(not there)
-            return there
-
         def recognise(self, records):
             at = super().recognise(records)
             known.append(int((at >= 0).sum()))
+            # the records thread looks a block up only once the catalog is there; a block it
+            # hashed before is looked up by the thread that reads the file
+            by_reader.append(not threading.current_thread().name.startswith("records"))
             return at
 
     class SlowStore(SqliteStore):
@@ -251,28 +250,38 @@ def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_t
 
     ingest(SqliteStore(db), _large(40_000), "first.csv")
     result = ingest(SlowStore(db), _large(40_000, {7: "99.99"}), "again.csv")
-    assert any(waited), "no block was hashed before the catalog was read: the test tested nothing"
+    assert any(by_reader), "no block was hashed before the catalog was read: the test tested nothing"
     assert sum(known) == 39_999
     assert result.status == "succeeded"
     assert (result.manifest["rows"]["updated"], result.manifest["rows"]["unchanged"]) == (1, 39_999)
     assert products(workdir)["sku-7"]["price_cents"] == 9999
 
 
-@pytest.mark.parametrize("catalog_read", [True, False])
-def test_the_file_is_read_ahead_of_its_judging_by_a_bound_whatever_its_size(catalog_read):
-    """``_ahead``: one block ahead once the catalog is read, ``_EARLY`` blocks while it is being
-    read; never more, however many blocks the file has."""
+@pytest.mark.parametrize("read_after", [0, 4, 100])
+def test_the_file_is_read_ahead_of_its_judging_by_a_bound_whatever_its_size(read_after):
+    """``_ahead`` over a file of 40 blocks, the catalog read once ``read_after`` blocks were
+    judged: ``_EARLY`` blocks ahead while it is being read, back to ``_AHEAD`` once it is, and
+    never more, however many blocks the file has."""
     from inbox_daemon.pipeline import _AHEAD, _EARLY, _ahead
 
-    taken = []
+    taken, leads, reading = [], [], [read_after > 0]
 
     def blocks():
         for i in range(40):
             taken.append(i)
             yield i
 
-    ahead = _ahead(blocks(), lambda i: i * 2, True, further=lambda: not catalog_read)   # type: ignore[arg-type]
-    first = next(ahead)
-    assert first == (0, 0)
-    assert len(taken) == (_AHEAD + 1 if catalog_read else _EARLY)
-    assert list(ahead) == [(i, i * 2) for i in range(1, 40)]
+    for i, worked in _ahead(blocks(), lambda i: i * 2, True, further=lambda: reading[0]):   # type: ignore[arg-type]
+        assert worked == i * 2
+        leads.append(len(taken) - i - 1)             # blocks read beyond the one being judged
+        if i + 1 == read_after:
+            reading[0] = False
+    assert len(leads) == 40
+    assert max(leads) <= _EARLY - 1
+    if read_after == 0:
+        assert leads[:30] == [_AHEAD] * 30
+    elif read_after == 4:
+        assert leads[:4] == [_EARLY - 1] * 4
+        assert leads[12:30] == [_AHEAD] * 18     # back down once the catalog is there
+    else:
+        assert leads[:30] == [_EARLY - 1] * 30
