@@ -744,14 +744,12 @@ def _hashed(load, item: _Shaped) -> tuple[np.ndarray | None, _Recognising | None
     return records, _recognised(load, item, records) if load.ready() else None
 
 
-def _recognised(load, item: _Shaped, records: np.ndarray | None) -> _Recognising:
+def _recognised(load, item: _Shaped, records: np.ndarray) -> _Recognising:
     """The block without the records the load recognises as taken by the catalog as they are
-    (those skip judging), each remaining row's record hash, and the rows left out. A row the
-    reader flagged (undecodable cells, too many cells) or the shaper warned about is never
-    recognised: its diagnostics line must be written again."""
+    (those skip judging), each remaining row's record hash (``_hashed``), and the rows left out.
+    A row the reader flagged (undecodable cells, too many cells) or the shaper warned about is
+    never recognised: its diagnostics line must be written again."""
     block, notes = item.block, item.notes
-    if records is None:
-        return block, None, None
     at = load.recognise(records)
     trusted = at >= 0
     for _, mask in (*block.bad_cells, *block.refused_rows):

@@ -137,6 +137,20 @@ def _large(n: int, changed: dict[int, str] | None = None) -> list[list[str]]:
             for i in range(n)]
 
 
+def _ingest(config, store, path):
+    """``path`` through the pipeline in this process, on ``store`` (closed after): for tests
+    that give the pipeline a store of their own, with a race or a delay built in."""
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+
+    drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
+                size=path.stat().st_size, version="1")
+    try:
+        return Pipeline(config, store).process_path(path, drop)
+    finally:
+        store.close()
+
+
 def test_a_resent_file_of_several_blocks_is_recognised_but_for_its_changed_row(send, workdir):
     """Recognition across the reader's blocks (and the catalog read while the file is spooled:
     that it is used is the next test's)."""
@@ -152,8 +166,6 @@ def test_a_catalog_read_ahead_that_went_stale_is_noticed_and_the_file_read_again
     """Another writer commits to the partner's catalog after it was read ahead: the merge sees
     the version moved, the file is read again with the catalog held, and its values stand."""
     from config import default_config
-    from inbox_daemon.drop import Drop
-    from inbox_daemon.pipeline import Pipeline
     from storage.base import Outcome, Source
     from storage.sqlite import SqliteStore
     from tests.test_change_detection import batch
@@ -181,19 +193,10 @@ def test_a_catalog_read_ahead_that_went_stale_is_noticed_and_the_file_read_again
             loads.append(exclusive)
             return super().load(job, exclusive=exclusive)
 
-    def ingest(store, rows):
-        path = write_csv(workdir / f"large{len(loads)}.csv", LARGE_HEADER, rows)
-        drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
-                    size=path.stat().st_size, version="1")
-        return Pipeline(config, store).process_path(path, drop)
-
-    plain = SqliteStore(db)
-    ingest(plain, _large(40_000))
-    plain.close()
+    _ingest(config, SqliteStore(db), write_csv(workdir / "large0.csv", LARGE_HEADER, _large(40_000)))
     loads.clear()
-    store = RacedStore(db)
-    result = ingest(store, _large(40_000, {3: "7.77"}))
-    store.close()
+    result = _ingest(config, RacedStore(db), write_csv(workdir / "large1.csv", LARGE_HEADER,
+                                                        _large(40_000, {3: "7.77"})))
     assert loads == [False, True]
     assert result.status == "succeeded"
     got = products(workdir)["sku-3"]
@@ -208,8 +211,6 @@ def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_t
     import time as clock
 
     from config import default_config
-    from inbox_daemon.drop import Drop
-    from inbox_daemon.pipeline import Pipeline
     from storage.sqlite import SqliteLoad, SqliteStore
 
     config = default_config()
@@ -239,17 +240,9 @@ def test_a_resent_file_is_recognised_as_well_when_its_blocks_are_hashed_before_t
         def load(self, job, *, exclusive=False):
             return CountingLoad(self, job, exclusive=exclusive)
 
-    def ingest(store, rows, name):
-        path = write_csv(workdir / name, LARGE_HEADER, rows)
-        drop = Drop(inbox="cli", partner="default", key=str(path), name=path.name, uri=path.as_uri(),
-                    size=path.stat().st_size, version="1")
-        try:
-            return Pipeline(config, store).process_path(path, drop)
-        finally:
-            store.close()
-
-    ingest(SqliteStore(db), _large(40_000), "first.csv")
-    result = ingest(SlowStore(db), _large(40_000, {7: "99.99"}), "again.csv")
+    _ingest(config, SqliteStore(db), write_csv(workdir / "first.csv", LARGE_HEADER, _large(40_000)))
+    result = _ingest(config, SlowStore(db), write_csv(workdir / "again.csv", LARGE_HEADER,
+                                                       _large(40_000, {7: "99.99"})))
     assert any(by_reader), "no block was hashed before the catalog was read: the test tested nothing"
     assert sum(known) == 39_999
     assert result.status == "succeeded"

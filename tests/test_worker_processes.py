@@ -201,7 +201,7 @@ def test_one_worker_process_is_lent_in_the_order_the_threads_took_their_files(tm
         # a file answered without the pipeline (a duplicate) leaves the line: the next one goes on
         first, second = processes.line_up(), processes.line_up()
         first.leave()
-        assert _lent_within(second, 5), "no process lent"
+        assert _borrow(second).wait(5), "no process lent"
     finally:
         processes.close()
 
@@ -217,10 +217,6 @@ def _borrow(turn) -> threading.Event:
 
     threading.Thread(target=borrow, daemon=True).start()
     return got
-
-
-def _lent_within(turn, seconds: float) -> bool:
-    return _borrow(turn).wait(seconds)
 
 
 def test_a_file_still_being_copied_holds_up_the_files_behind_it_only_briefly(tmp_path, monkeypatch):
