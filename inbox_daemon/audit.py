@@ -180,9 +180,11 @@ class AuditLog:
         return record
 
     def _repair_torn_tail(self) -> dict | None:
-        """A power loss mid-append leaves a last line without its newline. Appends are fsynced
-        whole, so such a line was never completed: cut it off (and report it in the next record),
-        or every later record would chain onto garbage."""
+        """A power loss mid-append leaves a last line without its newline. A line that is a whole
+        record of the chain lost only its newline: it gets it back, and stays. Anything else was
+        never completed (appends are fsynced whole, and a job is reported only after its record
+        was): it is moved aside to a quarantine file, never thrown away, and the next record
+        names it, or every later record would chain onto garbage."""
         files = self._files()
         if not files:
             return None
@@ -198,10 +200,29 @@ class AuditLog:
             fh.seek(max(0, size - 1_000_000))
             tail = fh.read()
             keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+            torn = tail[len(tail) - (size - keep):]
+            lines = tail[:len(tail) - len(torn)].rstrip(b"\n").rsplit(b"\n", 1)
+            if self._good(torn.decode("utf-8", "replace"), _record_or_none(lines[-1])):
+                fh.write(b"\n")                   # the record was whole: only its end was lost
+                fh.flush()
+                os.fsync(fh.fileno())
+                return {"file": path.name, "bytes": 0, "newline_restored": True}
+            aside = self._move_aside([torn])
             fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
-        return {"file": path.name, "bytes": size - keep}
+        return {"file": path.name, "bytes": size - keep, "moved_to": aside}
+
+    def _move_aside(self, lines: list[bytes]) -> str:
+        """Lines taken off the trail, written (and synced) to a quarantine file of their own
+        before they leave it: its name."""
+        now = datetime.now(UTC)
+        aside = self.folder / f"quarantine-{now:%Y%m%dT%H%M%S%fZ}.jsonl"
+        with open(aside, "xb") as fh:
+            fh.write(b"\n".join(lines) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return aside.name
 
     def _good(self, line: str, before: dict | None) -> bool:
         """Is ``line`` a record of this chain (its own hash right, ``prev`` the hash before it)?
@@ -231,35 +252,26 @@ class AuditLog:
         bad = 0
         while bad < min(len(lines), MAX_QUARANTINED_LINES):
             line = lines[len(lines) - 1 - bad]
-            before_line = lines[len(lines) - 2 - bad] if len(lines) - 2 - bad >= 0 else None
-            try:
-                before = json.loads(before_line) if before_line is not None else None
-            except ValueError:
-                before = None
+            before = _record_or_none(lines[len(lines) - 2 - bad]) if len(lines) - 2 - bad >= 0 else None
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
                 text = ""
-            if self._good(text, before if isinstance(before, dict) else None):
+            if self._good(text, before):
                 break
             bad += 1
         if not bad:
             return None
         keep = lines[:len(lines) - bad]
         moved = lines[len(lines) - bad:]
-        now = datetime.now(UTC)
-        aside = self.folder / f"quarantine-{now:%Y%m%dT%H%M%S%fZ}.jsonl"
-        with open(aside, "wb") as fh:
-            fh.write(b"\n".join(moved) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        aside = self._move_aside(moved)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             fh.write(b"".join(line + b"\n" for line in keep))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        found = {"file": path.name, "lines": bad, "moved_to": aside.name, "at": now.isoformat()}
+        found = {"file": path.name, "lines": bad, "moved_to": aside, "at": datetime.now(UTC).isoformat()}
         marker = self.folder / DAMAGED
         marker.write_text(json.dumps(found))
         return found
@@ -362,6 +374,15 @@ def _read_from(path: Path, offset: int) -> Iterator[str]:
             if not line.endswith("\n"):
                 return
             yield line.rstrip("\n")
+
+
+def _record_or_none(line: bytes) -> dict | None:
+    """The record a line of the trail holds, or None (no line, not a JSON object)."""
+    try:
+        record = json.loads(line) if line else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _last_line(path: Path) -> str | None:

@@ -91,7 +91,7 @@ def test_a_file_changed_after_it_was_seen_is_not_read_as_that_version(local_inbo
         local_inbox.fetch(drop, tmp_path / "spool")
 
 
-def test_a_torn_last_audit_line_is_cut_off_and_reported_in_the_chain(tmp_path):
+def test_a_torn_last_audit_line_is_moved_aside_and_reported_in_the_chain(tmp_path):
     audit = AuditLog(tmp_path / "audit")
     audit.append("job.succeeded", job_id="j1")
     [day] = list((tmp_path / "audit").glob("audit-*.jsonl"))
@@ -100,9 +100,29 @@ def test_a_torn_last_audit_line_is_cut_off_and_reported_in_the_chain(tmp_path):
 
     record = audit.append("job.succeeded", job_id="j2")
 
-    assert record["seq"] == 2 and record["details"]["recovered_torn_tail"]["bytes"] > 0
+    torn = record["details"]["recovered_torn_tail"]
+    assert record["seq"] == 2 and torn["bytes"] == len('{"seq":2,"ts":"2026-')
+    # the bytes are kept, in a file of their own, not thrown away
+    assert (tmp_path / "audit" / torn["moved_to"]).read_text() == '{"seq":2,"ts":"2026-\n'
     count, problem = audit.verify()
     assert problem is None and count == 2
+
+
+def test_a_whole_last_audit_record_that_lost_only_its_newline_is_kept(tmp_path):
+    audit = AuditLog(tmp_path / "audit")
+    audit.append("job.succeeded", job_id="j1")
+    second = audit.append("job.succeeded", job_id="j2")
+    [day] = list((tmp_path / "audit").glob("audit-*.jsonl"))
+    with open(day, "rb+") as fh:
+        fh.truncate(day.stat().st_size - 1)          # the newline alone is gone
+
+    record = audit.append("job.succeeded", job_id="j3")
+
+    assert record["seq"] == 3 and record["prev"] == second["hash"]
+    assert record["details"]["recovered_torn_tail"] == {"file": day.name, "bytes": 0, "newline_restored": True}
+    assert not list((tmp_path / "audit").glob("quarantine-*"))
+    count, problem = audit.verify()
+    assert problem is None and count == 3
 
 
 def test_a_config_that_is_not_utf8_is_a_configuration_error(cli, workdir):
