@@ -243,8 +243,10 @@ class Pipeline:
             return self._duplicate(job, spooled, log)
         if claim.kind == "busy":
             log.info("job.busy", status=job.status)
+            doing = (f"job {job.reverts} is being reverted right now" if job.reverts
+                     else "the same content is being processed right now")
             return Result(JobStatus.RUNNING, {"job_id": job.id, "status": JobStatus.RUNNING, "message":
-                          f"the same content is being processed right now as job {job.id}"}, None)
+                          f"{doing} as job {job.id}"}, None)
         assert job.result is not None       # its outcome is committed, the manifest with it
         if claim.kind == "unreported":
             log.info("job.report_resumed")

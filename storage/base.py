@@ -389,9 +389,11 @@ class LedgerReads:
         same_file = (original.inbox, original.source_uri, original.source_version) == \
             (inbox, source.uri, source.version) and original.delivered_at in (None, source.delivered_at)
         if original.reported_at is None:
-            # committed, not yet reported: the same file back (after a crash) reports it;
-            # another file of that content waits until it is reported, then is its duplicate
-            return Claim("unreported" if same_file else "busy", original)
+            # committed, not yet reported: the same file back (after a crash) reports it, unless
+            # the process that committed it lives and holds it (it is reporting it right now: two
+            # reports would be two audit records of one outcome); another file of that content
+            # waits until it is reported, then is its duplicate
+            return Claim("unreported" if same_file and not self._held_elsewhere(original) else "busy", original)
         if answered_if_same_file and same_file:
             return Claim("reported", original)       # the very file it came from, seen again
         # this very file recorded as a duplicate already: seen again (a kept file, a look that
@@ -408,6 +410,11 @@ class LedgerReads:
         if original.status in APPLIED and self._latest_applied_content(original.partner_id) != original.sha256:
             return "reapply"
         return "duplicate"
+
+    def _held_elsewhere(self, job: Job) -> bool:
+        """Does another process that lives hold ``job`` (its lease not run out, its holder not a
+        gone process of this host)? A job keeps its lease from its claim until it is reported."""
+        raise NotImplementedError
 
     identity: str | None = None          # the catalog's id, read when the store was opened
 

@@ -299,6 +299,11 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self._start_attempt(original.id, attempt, now)
         return Claim("resumed", self.job(original.id))
 
+    def _held_elsewhere(self, job: Job) -> bool:
+        expired, holder = self._exec("SELECT lease_until IS NULL OR lease_until < now(), claimed_by"
+                                     " FROM jobs WHERE id = %s", (job.id,))[0]
+        return holder != self.holder and not (expired or holder_is_dead(holder))
+
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)"
                    " ON CONFLICT (job_id, attempt) DO UPDATE SET started_at = excluded.started_at,"
@@ -310,7 +315,7 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self._check_identity()
         now = utcnow()
         done = self._exec(
-            "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s, lease_until = NULL,"
+            "UPDATE jobs SET status = %s, error = %s, result = %s, finished_at = %s,"
             " rows_read = %s, rows_rejected = %s"
             " WHERE id = %s AND attempt = %s RETURNING id",
             (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, *outcome.rows,

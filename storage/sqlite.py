@@ -448,6 +448,10 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         lease, holder = self._exec("SELECT lease_until, claimed_by FROM jobs WHERE id = ?", (job_id,))[0]
         return lease is None or lease < now or holder_is_dead(holder)
 
+    def _held_elsewhere(self, job: Job) -> bool:
+        holder = self._one("SELECT claimed_by FROM jobs WHERE id = ?", (job.id,))
+        return holder != self.holder and not self._lease_expired(job.id, utcnow())
+
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at) VALUES (?, ?, ?)",
                    (job_id, attempt, now))
@@ -459,7 +463,7 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self._check_identity()
         now = utcnow()
         recorded = self._exec(
-            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_until = NULL,"
+            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?,"
             " rows_read = ?, rows_rejected = ?"
             " WHERE id = ? AND attempt = ? RETURNING id",
             (outcome.status, outcome.error, json.dumps(outcome.result, ensure_ascii=False), now, *outcome.rows,

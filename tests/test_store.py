@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -115,6 +116,33 @@ def test_committed_but_unreported_is_reported_not_duplicated(store):
         load.merge(mode="delta", max_deactivate_ratio=0.2)
         load.commit(Outcome(status="succeeded", result={"job_id": job.id}))
     assert claim(store).kind == "unreported"
+
+
+def _commit_unreported(store):
+    job = claim(store).job
+    with store.load(job) as load:
+        load.stage(rows(("A", "a")))
+        load.merge(mode="delta", max_deactivate_ratio=0.2)
+        load.commit(Outcome(status="succeeded", result={"job_id": job.id}))
+    return job
+
+
+def test_an_outcome_its_living_holder_is_reporting_is_busy_to_everyone_else(make_store):
+    """Four ``jobs revert`` of one job at once: the three that claim it between the commit and
+    the report must not report it as well (one outcome, one audit record)."""
+    committer, other = make_store(holder="host-a:1"), make_store(holder="host-b:2")
+    job = _commit_unreported(committer)
+    assert claim(other).kind == "busy"
+    # its own holder takes it up again (a report that failed, tried once more)
+    again = claim(committer)
+    assert (again.kind, again.job.id) == ("unreported", job.id)
+
+
+def test_an_outcome_whose_holder_stopped_before_its_report_is_reported_by_the_next_claim(make_store):
+    job = _commit_unreported(make_store(holder="host-a:1", lease=0.3))
+    time.sleep(0.5)                     # its lease runs out: the holder stopped renewing it
+    again = claim(make_store(holder="host-b:2"))
+    assert (again.kind, again.job.id) == ("unreported", job.id)
 
 
 def test_requeue_queued_attempts_and_listing(store):
