@@ -377,8 +377,19 @@ class HistoryReads:
         version = self.change_set_of(target)
         return [tuple(r) for r in self._q(
             f"SELECT p.sku, t.kind, p.source_job_id FROM ({self._targets()}) t JOIN products p"
-            " ON p.partner_id = ? AND p.sku_key = t.sku_key WHERE p.version <> ? ORDER BY p.sku_key",
+            f" ON p.partner_id = ? AND p.sku_key = t.sku_key WHERE {self._changed_since()} ORDER BY p.sku_key",
             (*self._target_params(target.partner_id, version), target.partner_id, version))]
+
+    def _now_values(self) -> str:
+        """The product's (``p``) values now, in the columns the change's before-image (``t``) holds."""
+        js = self.JSON
+        return js.pick({c: f"p.{c}" for c in HISTORY_COLUMNS}, {c: js.has("t.before", c) for c in HISTORY_COLUMNS})
+
+    def _changed_since(self) -> str:
+        """A conflict (one ``?``: the target's version): a product that moved on since the job
+        changed it and does not hold the job's before-image already. One a first revert
+        restored, or a later job set back, is no conflict: nothing of it is to restore."""
+        return f"p.version <> ? AND {self._now_values()} <> t.before"
 
     def revert_preview(self, target: Job, *, shown: int = 20) -> RevertPreview:
         """Read only, for a confirmation page: what a revert of ``target`` would work on, and the
@@ -391,10 +402,11 @@ class HistoryReads:
         later = 0
         for kind, unchanged, changed in self._q(
                 f"SELECT t.kind, SUM(CASE WHEN p.version = ? THEN 1 ELSE 0 END),"
-                f" SUM(CASE WHEN p.version <> ? THEN 1 ELSE 0 END){join} GROUP BY t.kind", (version, version, *params)):
+                f" SUM(CASE WHEN {self._changed_since()} THEN 1 ELSE 0 END){join} GROUP BY t.kind",
+                (version, version, *params)):
             counts[kind] = int(unchanged or 0)
             later += int(changed or 0)
-        conflicts = [tuple(r) for r in self._q(f"SELECT p.sku, t.kind, p.source_job_id{join} WHERE p.version <> ?"
+        conflicts = [tuple(r) for r in self._q(f"SELECT p.sku, t.kind, p.source_job_id{join} WHERE {self._changed_since()}"
                                                f" ORDER BY p.sku_key LIMIT {int(shown)}", (*params, version))]
         return RevertPreview(restore=sum(n for k, n in counts.items() if k not in (INSERTED, DEACTIVATED)),
                              deactivate=counts.get(INSERTED, 0), reactivate=counts.get(DEACTIVATED, 0),
@@ -440,7 +452,7 @@ class HistoryReads:
         only_params = () if force else (old,)
         kind = (f"CASE t.kind WHEN '{INSERTED}' THEN '{DEACTIVATED}' WHEN '{DEACTIVATED}' THEN '{REACTIVATED}'"
                 f" ELSE '{UPDATED}' END")
-        now_values = js.pick({c: f"p.{c}" for c in HISTORY_COLUMNS}, {c: js.has("t.before", c) for c in HISTORY_COLUMNS})
+        now_values = self._now_values()
         self._q(f"INSERT INTO changes (partner_id, version, sku_key, kind, before, after)"
                 f" SELECT ?, ?, t.sku_key, {kind}, {now_values}, t.before FROM ({self._targets()}) t"
                 f" JOIN products p ON p.partner_id = ? AND p.sku_key = t.sku_key"

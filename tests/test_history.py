@@ -200,9 +200,13 @@ def test_revert_leaves_products_changed_later_as_conflicts_and_force_restores_th
     assert (_price(c, "a1"), _price(c, "b2")) == (175, 200)
     lines = list(csv.DictReader(io.StringIO((workdir / "var" / "results" / "p" / reverted["diagnostics"]).read_text())))
     assert [(r["sku"], r["code"], r["value"]) for r in lines] == [("A1", "revert_conflict", third["job_id"])]
-    # as its diagnostics say: --force afterwards restores the conflict too (the rest is restored)
+    # as its diagnostics say: --force afterwards restores the conflict too (the rest is restored:
+    # B2, which the first revert set back, is no conflict of it, nor counted as forced)
+    forced_dry = c.cli("jobs", "revert", second["job_id"], "--force", "--dry-run")
+    assert "1 product(s) were changed again" in forced_dry.out and "B2" not in forced_dry.out
     forced_after = c.cli("jobs", "revert", second["job_id"], "--force", "--json").json()
     assert forced_after["status"] == "succeeded" and forced_after["rows"]["updated"] == 1
+    assert forced_after["rows"]["forced"] == 1
     assert (_price(c, "a1"), _price(c, "b2")) == (100, 200)
     assert c.cli("jobs", "revert", second["job_id"], "--force").code == 2
 
