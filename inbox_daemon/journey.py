@@ -47,7 +47,7 @@ from inbox_daemon.drop import Drop, delivery_time
 from inbox_daemon.inboxes.base import Inbox
 from inbox_daemon.logs import get_logger
 from inbox_daemon.pipeline import Pipeline, Result
-from inbox_daemon.results import diagnostics_path, manifest_bytes
+from inbox_daemon.results import diagnostics_name, diagnostics_path, manifest_bytes
 from inbox_daemon.webhooks import WebhookSender
 from inbox_daemon.worker_process import Turn, WorkerProcess
 from storage.base import SEVERAL_BLOCKS, TO_RUN, CatalogStore, Job, Source
@@ -407,6 +407,10 @@ class Journey:
         may run on another host than the one that applied the job, without its diagnostics
         file: the manifest is written back all the same."""
         inbox.write_back(drop, f"{manifest['job_id']}.result.json", manifest_bytes(manifest))
+        if not manifest.get("diagnostics") and manifest.get("attempt", 1) > 1:
+            # a job run again (requeued, approved) that went through: the diagnostics of its
+            # rejection go, as they went from the daemon's own results
+            inbox.withdraw(drop, diagnostics_name(manifest["job_id"]))
         if manifest.get("diagnostics"):
             path = diagnostics_path(self.config.daemon.results_dir, manifest["partner"], manifest["job_id"])
             try:

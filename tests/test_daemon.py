@@ -457,13 +457,16 @@ def test_a_job_that_keeps_failing_is_retried_then_quarantined(tmp_path, daemon):
 
 def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed(tmp_path, daemon):
     """Rejected (no sku column), archived to failed/; the mapping fixed, reloaded and the job
-    requeued: it succeeds, and its file moves on to processed/ with it."""
+    requeued: it succeeds, its file moves on to processed/ with it, and the diagnostics of its
+    rejection leave the inbox's results/."""
     d = daemon()
     inbox = tmp_path / "inbox" / "default"
     _drop(inbox, "ids.csv", "id,name\n1,x\n")
     [rejected] = wait_manifests(tmp_path, 1)
     assert rejected["status"] == "rejected"
     wait_for(lambda: (inbox / "failed" / "ids.csv").exists(), what="moved to failed/")
+    diagnostics = inbox / "results" / f"{rejected['job_id']}.diagnostics.csv"
+    assert "missing_column" in diagnostics.read_text()          # the partner's answer, in the inbox
 
     d.config_path.write_text(config(partners='[[partners]]\nid = "default"\ncolumns = { sku = "id" }\n'))
     d.signal(signal.SIGHUP)
@@ -474,6 +477,8 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed(tmp_path,
     assert not (inbox / "failed" / "ids.csv").exists()
     [again] = [m for m in manifests(tmp_path) if m["job_id"] == rejected["job_id"]]
     assert again["status"] == "succeeded" and again["attempt"] == 2
+    # the partner's folder no longer shows the rejection beside the answer that replaced it
+    assert (inbox / "results" / f"{rejected['job_id']}.result.json").exists() and not diagnostics.exists()
     assert d.stop() == 0
 
 

@@ -401,6 +401,21 @@ def test_the_same_bytes_put_again_right_after_their_archive_are_offered_as_a_new
     assert (again.name, again.version) == ("daily.csv", entry.version)
 
 
+def test_an_answer_written_back_is_withdrawn_and_withdrawing_none_is_no_error(s3, moto):
+    """A requeued job that went through takes its rejection's diagnostics out of ``results/``."""
+    inbox = _inbox(moto, s3)
+    s3.put_object(Bucket=BUCKET, Key="acme/daily.csv", Body=CSV)
+    [entry] = wait_for(lambda: inbox.ready_entries(), timeout=10, what="the upload ready")
+    drop = inbox.drop_for(entry)
+    inbox.write_back(drop, "j1.diagnostics.csv", b"row,sku\n")
+    assert "acme/results/j1.diagnostics.csv" in _keys(s3, "acme/results/")
+
+    inbox.withdraw(drop, "j1.diagnostics.csv")
+    inbox.withdraw(drop, "j1.diagnostics.csv")
+
+    assert "acme/results/j1.diagnostics.csv" not in _keys(s3, "acme/results/")
+
+
 def test_the_same_bytes_put_again_while_the_first_upload_was_applied_stay_for_their_own_answer(s3, moto):
     """A partner's script that uploads again before it sees the answer: the archive takes only
     the upload that was read, and the second one (same bytes, same ETag, a later LastModified)

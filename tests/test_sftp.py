@@ -229,6 +229,7 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed_on_the_se
         [rejected] = wait_manifests(tmp_path, 1, partner="globex", timeout=30)
         assert rejected["status"] == "rejected"
         wait_for(lambda: (outbound / "failed" / "ids.csv").exists(), what="moved to failed/ on the server")
+        assert (outbound / "results" / f"{rejected['job_id']}.diagnostics.csv").exists()
 
         d.config_path.write_text(cfg.replace('id = "globex"\n', 'id = "globex"\ncolumns = { sku = "id" }\n', 1))
         d.signal(signal.SIGHUP)
@@ -237,6 +238,10 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed_on_the_se
 
         wait_for(lambda: (outbound / "processed" / "ids.csv").exists(), timeout=30, what="moved on to processed/")
         assert not (outbound / "failed" / "ids.csv").exists()
+        # the answer that replaced the rejection's, without the rejection's diagnostics
+        results = outbound / "results"
+        assert (results / f"{rejected['job_id']}.result.json").exists()
+        assert not (results / f"{rejected['job_id']}.diagnostics.csv").exists()
         assert d.stop() == 0
     finally:
         d.close()

@@ -642,6 +642,11 @@ class LocalInbox:
             raise InboxMisconfigured(f"{name!r} is not a plain file name; not written")
         write_atomic(self._folder(RESULTS) / name, data)
 
+    def withdraw(self, drop: Drop, name: str) -> None:
+        if safe_name(name) is None:
+            raise InboxMisconfigured(f"{name!r} is not a plain file name; not removed")
+        (self.root / RESULTS / name).unlink(missing_ok=True)
+
     # -- archived files that grew -------------------------------------------------------------
     def _archived_changed(self, path: str) -> None:
         """An event for ``processed/<x>`` or ``failed/<x>``: tell the watch how it looks now."""

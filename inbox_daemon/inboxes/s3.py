@@ -467,6 +467,11 @@ class S3Inbox(PollingInbox[S3InboxConfig]):
         with s3_errors(f"write {self.uri(key)}", action="s3:PutObject", target=self.uri(key)):
             self.s3().put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=kind)
 
+    def withdraw(self, drop: Drop, name: str) -> None:
+        key = f"{self.prefix}{RESULTS}/{name}"
+        with s3_errors(f"remove {self.uri(key)}", action="s3:DeleteObject", target=self.uri(key)):
+            self.s3().delete_object(Bucket=self.bucket, Key=key)      # none there: nothing to do
+
     def probe(self) -> dict:
         """Can we reach the bucket and list the prefix? For ``config check --probe``."""
         try:

@@ -417,6 +417,14 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 fh.write(data)
             sftp.posix_rename(tmp, self._path(RESULTS, name))    # the partner never sees half a file
 
+    def withdraw(self, drop: Drop, name: str) -> None:
+        name = self._checked(name)
+        with self._errors("withdraw"):
+            try:
+                self._client().remove(self._path(RESULTS, name))
+            except FileNotFoundError:
+                pass
+
     def probe(self) -> dict:
         try:
             with self._errors("list"):
