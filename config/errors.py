@@ -128,7 +128,7 @@ class PriceShockHeld(FeedError):
         self.factor, self.max_ratio = factor, max_ratio
         super().__init__(f"held for approval: {shocked} of the {updated} products this file updates change price "
                          f"by x{factor:g} or more (either way), more than max_price_shock_ratio {max_ratio:g}; "
-                         "nothing was applied. If the prices are right: inbox-daemon jobs approve JOB_ID")
+                         "nothing was applied")
 
     def details(self) -> dict:
         return {"updated": self.updated, "shocked": self.shocked, "price_shock_factor": self.factor,

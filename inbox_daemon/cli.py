@@ -150,7 +150,16 @@ def cmd_ingest(args, *, dry_run: bool = False) -> int:
         if result.manifest.get("diagnostics"):
             folder = config.daemon.results_dir / partner.id
             print(shown(folder / result.manifest["diagnostics"]))
-    return EXIT_BY_STATUS.get(result.status, EXIT_FAILED)
+    return _exit_code(result.manifest)
+
+
+def _exit_code(manifest: dict) -> int:
+    """By the job's status; a duplicate as the job it duplicates: content that was rejected or
+    held is no more applied for being sent again (a script must not take it as applied)."""
+    status = manifest["status"]
+    if status == JobStatus.DUPLICATE and manifest.get("duplicate_of_status") in (JobStatus.REJECTED, JobStatus.HELD):
+        return EXIT_REJECTED
+    return EXIT_BY_STATUS.get(status, EXIT_FAILED)
 
 
 def cmd_run(args) -> int:

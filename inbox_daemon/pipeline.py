@@ -436,9 +436,12 @@ class Pipeline:
         status = JobStatus.HELD if exc.held else JobStatus.REJECTED
         progress.diagnostics.write(_file_problem(exc))
         totals.error_codes[exc.code] = totals.error_codes.get(exc.code, 0) + 1
+        message = str(exc)
+        if exc.held and not run.dry_run:
+            message += f". If the prices are right: inbox-daemon jobs approve {run.job.id}"
         manifest = self._manifest(run.job, status, totals, None, progress.diagnostics.finish(),
                                   progress.started, progress.clock, run.fmt, run.mode, dry_run=run.dry_run,
-                                  message=str(exc))
+                                  message=message)
         if isinstance(exc, PriceShockHeld):
             manifest["price_shock"] = exc.details()
         progress.describe(manifest)
@@ -490,6 +493,7 @@ class Pipeline:
         manifest = self._manifest(job, JobStatus.DUPLICATE, Totals(), None, None, job.started_at, time.monotonic(),
                                   job.format, job.mode, dry_run=False, message=message)
         manifest["duplicate_of"] = original.id
+        manifest["duplicate_of_status"] = original.status      # applied, or rejected or held: nothing was
         self.store.finish(job, Outcome(status=JobStatus.DUPLICATE, result=manifest,
                                        notify=_notify(self.config.partners.get(job.partner_id))))
         log.info("job.duplicate", duplicate_of=original.id, original_status=original.status)

@@ -217,6 +217,8 @@ def test_every_page_renders_the_running_daemons_real_data(tmp_path, daemons, bro
     assert [r.text.split()[0] for r in console.all("#products tbody tr:not(.group)")] == ["A-1"]
     console.open("/catalog", partner="acme", q="scarf")
     assert "No product" in console.text("#products")             # C-3 was rejected: not in the catalog
+    console.open("/catalog", partner="nope", q="hat")
+    assert "no partner 'nope'" in console.text(".problem")      # not acme's page under another name
     console.open("/catalog", partner="acme", q="hat")
     console.link("B-2")
     assert "Hat" in console.text("#product")

@@ -251,7 +251,7 @@ def test_prices_in_cents_instead_of_units_are_held_and_approve_applies_them(cata
     assert cents["status"] == "held"
     assert cents["price_shock"]["shocked"] == 2 and cents["price_shock"]["updated"] == 3
     assert {e["sku"] for e in cents["price_shock"]["examples"]} == {"A1", "B2"}
-    assert "jobs approve" in cents["message"]
+    assert f"inbox-daemon jobs approve {cents['job_id']}" in cents["message"]
     assert (_price(c, "a1"), _price(c, "c3")) == (100, 300)                # nothing applied
 
     approved = c.cli("jobs", "approve", cents["job_id"], "--by", "alice")

@@ -240,7 +240,9 @@ def test_rejected_content_is_still_a_duplicate_until_requeued(workdir, ingest, c
     path = write_csv(workdir / "r.csv", ["id", "name"], [["1", "x"]])
     _, first = ingest(path)
     assert first["status"] == "rejected"
-    assert ingest(path)[1]["status"] == "duplicate"
+    code, duplicate = ingest(path)
+    # nothing applied, now as then: the exit code says "rejected", not "applied"
+    assert (code, duplicate["status"], duplicate["duplicate_of_status"]) == (4, "duplicate", "rejected")
 
     assert cli("jobs", "requeue", first["job_id"]).code == 0
     code, again = ingest(path)

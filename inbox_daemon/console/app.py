@@ -253,6 +253,9 @@ def create_app(backend: Backend) -> Flask:
     def catalog():
         config = backend.config()
         partner_id = request.args.get("partner") or next(iter(config.partners))
+        if partner_id not in config.partners:
+            return render_template("error.html", title="No such partner",
+                                   message=f"There is no partner {partner_id!r} in the configuration."), 404
         text = request.args.get("q", "").strip()
         after = request.args.get("after")
         store = backend.store()
@@ -290,7 +293,7 @@ def create_app(backend: Backend) -> Flask:
         found = store.job(job_id)
         if action not in _actions(store, found):
             return render_template("error.html", title="Not possible",
-                                   message=f"Job {found.id} is {found.status}: it cannot be {action}d now."), 409
+                                   message=f"Job {found.id} is {found.status}: it cannot be {_DONE[action]} now."), 409
         if request.method == "GET":
             plan = _revert_plan(store, found) if action == "revert" else None
             return render_template("confirm.html", job=found, action=action, plan=plan,
@@ -322,6 +325,9 @@ def create_app(backend: Backend) -> Flask:
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+_DONE = {"requeue": "requeued", "revert": "reverted", "approve": "approved"}
+
 
 def _actions(store, job) -> tuple[str, ...]:
     """What an admin may do to ``job`` now."""
