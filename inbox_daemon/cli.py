@@ -206,7 +206,16 @@ def _require_catalog(config: Config) -> None:
     raise UsageError(f"no catalog at {shown(path)}; {shown(hint)}")
 
 
+# the actions each option of ``jobs`` means something to: given to another, it is refused, not ignored
+_JOBS_OPTIONS = {"status": ("list", "requeue"), "partner": ("list", "requeue"), "limit": ("list",),
+                 "json": ("list", "show", "diff", "revert"), "csv": ("diff",), "parquet": ("diff",),
+                 "dry_run": ("revert",), "force": ("revert",), "by": ("approve",)}
+
+
 def cmd_jobs(args) -> int:
+    for option, actions in _JOBS_OPTIONS.items():
+        if getattr(args, option) not in (None, False) and args.action not in actions:
+            raise UsageError(f"--{option.replace('_', '-')} is for jobs {' and '.join(actions)}, not jobs {args.action}")
     config = _config(args)
     _setup_logs(config, args)
     _require_catalog(config)

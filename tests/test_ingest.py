@@ -362,6 +362,15 @@ def test_jobs_list_json_and_show(workdir, ingest, cli):
     assert cli("jobs", "show", "nope").code == 2
 
 
+def test_a_jobs_option_its_action_has_no_use_for_is_refused_not_ignored(workdir, ingest, cli):
+    """``jobs list --csv`` printed the table as if asked for CSV: a script took it for CSV."""
+    _, manifest = ingest(write_csv(workdir / "a.csv", ["sku", "name"], [["A", "x"]]))
+    refused = cli("jobs", "list", "--csv")
+    assert refused.code == 2 and "--csv is for jobs diff, not jobs list" in refused.err
+    assert cli("jobs", "approve", manifest["job_id"], "--force").code == 2
+    assert cli("jobs", "diff", manifest["job_id"], "--csv").code == 0
+
+
 def test_console_script_ingests_in_an_empty_directory(tmp_path):
     """The installed command, as a new user types it: no config, state lands in ./var."""
     write_csv(tmp_path / "feed.csv", ["sku", "name", "price"], [["A", "x", "1.00"]])
