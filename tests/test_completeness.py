@@ -243,6 +243,47 @@ def test_verify_unchanged_refuses_an_append_in_place_not_a_file_renamed_over_it(
     local_inbox.verify_unchanged(drop)
 
 
+def _same_size_same_mtime(tmp_path, first: str, second: str) -> tuple[Path, Path]:
+    """Two versions of a file that differ only in a price (the same size), with one mtime:
+    what ``cp -p`` of each leaves indistinguishable by size and mtime."""
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(first)
+    b.write_text(second)
+    assert a.stat().st_size == b.stat().st_size
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    return a, b
+
+
+def test_a_same_size_rewrite_by_cp_p_after_the_read_is_refused_at_commit(local_inbox, tmp_path):
+    a, b = _same_size_same_mtime(tmp_path, HEADER + "A,x,1.00\n", HEADER + "A,x,3.00\n")
+    path = local_inbox.root / "feed.csv"
+    subprocess.run(["cp", "-p", a, path], check=True)
+    drop = local_inbox._drop("feed.csv", os.lstat(path))
+    local_inbox.fetch(drop, tmp_path / "spool")
+    subprocess.run(["cp", "-p", b, path], check=True)           # size and mtime as read
+
+    with pytest.raises(SourceChanged):
+        local_inbox.verify_unchanged(drop)
+
+
+def test_a_same_size_rewrite_by_cp_p_after_the_commit_is_not_archived_as_what_was_applied(local_inbox, tmp_path):
+    """Applied as read; rewritten in place before its archive: what is there now was never
+    read, so it stays in the inbox, to be offered as a delivery of its own."""
+    a, b = _same_size_same_mtime(tmp_path, HEADER + "A,x,1.00\n", HEADER + "A,x,3.00\n")
+    path = local_inbox.root / "feed.csv"
+    subprocess.run(["cp", "-p", a, path], check=True)
+    drop = local_inbox._drop("feed.csv", os.lstat(path))
+    local_inbox.fetch(drop, tmp_path / "spool")
+    local_inbox.verify_unchanged(drop)                          # the commit: as read
+    subprocess.run(["cp", "-p", b, path], check=True)
+
+    local_inbox.archive(drop, "succeeded")
+
+    assert path.read_text() == b.read_text()
+    assert list((local_inbox.root / "processed").iterdir()) == []
+    assert "feed.csv" in local_inbox._pending                   # looked at again
+
+
 # == marker mode ===================================================================================
 
 def test_a_file_gone_before_it_is_read_is_no_fault_of_the_inbox(local_inbox, tmp_path):

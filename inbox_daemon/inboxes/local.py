@@ -525,9 +525,11 @@ class LocalInbox:
         self.verify_unchanged(drop)
 
     def verify_unchanged(self, drop: Drop) -> None:
-        """``SourceChanged`` if the file read for ``drop`` (the same inode) has another size or
-        mtime now: a writer went on after it was read. Another file renamed over it is a
-        delivery of its own, and a file gone is gone: neither makes what was read incomplete."""
+        """``SourceChanged`` if the file read for ``drop`` (the same inode) was written since it
+        was opened: a writer went on after it was read, or rewrote it keeping its size and mtime
+        (``cp -p`` of a same-size file: the inode change time still moves, ``_written``).
+        Another file renamed over it is a delivery of its own, and a file gone is gone: neither
+        makes what was read incomplete."""
         read = self._read_from.get((drop.key, drop.version))
         if read is None:
             return                      # not read here: there is nothing to compare with
@@ -535,7 +537,7 @@ class LocalInbox:
             st = os.lstat(self._path(drop.key))
         except FileNotFoundError:
             return
-        if st.st_ino == read[0] and (st.st_size, str(st.st_mtime_ns)) != (drop.size, drop.version):
+        if st.st_ino == read[0] and _written(st) != read:
             raise SourceChanged(f"{drop.key} changed after it was read ({drop.size} bytes then, {st.st_size} "
                                 "now); it is read again once it is ready")
 
@@ -550,6 +552,11 @@ class LocalInbox:
         read = self._read_from.get((drop.key, drop.version))
         if read is not None and read[0] != st.st_ino:
             return None     # another file renamed over it, with the same mtime: its own job too
+        if read is not None and _written(st) != read:
+            # written again in place since its commit, keeping size and mtime (cp -p): what is
+            # there now is another delivery, looked at again as one (never archived unread)
+            self._track(drop.key, st, wait=self.config.settle, touched=True)
+            return None
         return st
 
     def archive(self, drop: Drop, status: str) -> None:
