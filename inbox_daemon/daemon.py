@@ -254,9 +254,15 @@ class Daemon:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         inboxes = list(self.inboxes.values())
         if any(w.is_alive() for w in self._workers):
-            # past stop_timeout a worker still waits on a peer (a server answering slowly): closing
-            # the inboxes ends that wait with an error; its job is rolled back or, committed,
-            # answered at the next start. Whatever still runs after the margin is left behind.
+            # past stop_timeout a worker still merges or commits a large file, between whose steps
+            # nothing asks whether to stop: its process is killed, and what it had not committed
+            # rolls back (taken again at the next start; committed, answered then). One that waits
+            # on a peer (a server answering slowly): closing the inboxes ends that wait with an
+            # error. Whatever still runs after the margin is left behind.
+            if self._processes is not None and (killed := self._processes.kill_lent()):
+                self.log.warning("daemon.workers_stopped", processes=killed,
+                                 reason="still in the middle of a file at stop_timeout: what they had not "
+                                        "committed is rolled back and taken again at the next start")
             for inbox in inboxes:
                 inbox.close()
             inboxes = []

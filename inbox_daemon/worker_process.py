@@ -87,6 +87,7 @@ class WorkerProcesses:
         for process in started:         # started together, waited for together
             process.wait_ready()
         self._idle: deque[WorkerProcess] = deque(started)
+        self._lent: set[WorkerProcess] = set()
         self._line: deque[Turn] = deque()
         self._changed = threading.Condition()
         self._closing = False
@@ -122,12 +123,15 @@ class WorkerProcesses:
                         break
                 self._line.remove(turn)
                 self._changed.notify_all()      # the next in line, if another process is idle
-                return self._idle.popleft()
+                process = self._idle.popleft()
+                self._lent.add(process)
+                return process
             finally:
                 turn.asking = False
 
     def _give_back(self, process: WorkerProcess) -> None:
         with self._changed:
+            self._lent.discard(process)
             closing = self._closing
             if not closing:
                 self._idle.append(process)
@@ -141,11 +145,21 @@ class WorkerProcesses:
                 self._line.remove(turn)
                 self._changed.notify_all()
 
+    def kill_lent(self) -> list[str]:
+        """Past the stop timeout: the processes still lent, in the middle of a file (a merge
+        or a commit of a large one, between whose steps nothing is asked), killed. What they
+        had not committed rolls back, and the next start takes the job again; an outcome
+        committed but not reported is reported then. Their threads end their files quietly."""
+        with self._changed:
+            lent = list(self._lent)
+        for process in lent:
+            process.kill_for_stop()
+        return [process.name for process in lent]
+
     def close(self) -> None:
         """At a stop: lend no more (a thread still in line gives its file up, never claimed) and
-        end the idle processes; each one lent ends when its file is done and it is given back.
-        One lent to a thread left behind past the stop timeout is not told to end under it (its
-        thread would take that for a death): the kernel ends it with the daemon."""
+        end the idle processes; each one lent ends when its file is done and it is given back,
+        or is killed past the stop timeout (``kill_lent``)."""
         with self._changed:
             self._closing = True
             idle, self._idle = list(self._idle), deque()
@@ -184,7 +198,17 @@ class WorkerProcess:
     def __init__(self, config: Config, *, holder: str, stop_at: Any, name: str):
         self._args = (holder, stop_at, os.getpid(), logs.settings(), failpoints.share(_CONTEXT))
         self._name = name
+        self._killed_for_stop = False
         self._start(config)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def kill_for_stop(self) -> None:
+        """Killed by the daemon's stop (``WorkerProcesses.kill_lent``): not a death to stop for."""
+        self._killed_for_stop = True
+        self._process.kill()
 
     def _start(self, config: Config) -> None:
         """A process that opens its store at once, as a worker thread does: the catalog it
@@ -234,6 +258,9 @@ class WorkerProcess:
                 else:
                     return value
         except (EOFError, BrokenPipeError, ConnectionResetError):
+            if self._killed_for_stop:
+                raise Cancelled("the daemon stopped past stop_timeout in the middle of the file: what was not "
+                                "committed is rolled back, and the next start takes the job again") from None
             self._died(drop)
             raise
 

@@ -150,6 +150,29 @@ def test_a_worker_process_killed_in_the_middle_of_a_file_stops_the_daemon_and_a_
     assert again.stop() == 0
 
 
+def test_a_stop_kills_a_worker_process_still_in_the_middle_of_a_file_at_stop_timeout_and_a_restart_applies_it(
+        tmp_path, daemons):
+    """A merge or commit of a large file asks nothing between its steps: at stop_timeout (1 s
+    here) its process is killed, the daemon exits 0 at once, and nothing of the file was
+    applied; the next start applies it once. (The worker is frozen, as if its merge took
+    minutes: the daemon used to wait for it however long that took, logging after "stopped".)"""
+    d = daemons(tmp_path, config().replace("workers = 2", "workers = 1"))
+    [worker] = wait_for(lambda: _workers(d.proc.pid), what="the worker process")
+    _drop(tmp_path, "bulk.csv", [[f"B-{i:06d}", f"bulk {i}", "1.00"] for i in range(50_000)])
+    d.wait_event("job.started", timeout=60)
+    os.kill(worker, signal.SIGSTOP)
+
+    assert d.stop(timeout=15) == 0
+    assert not _alive(worker)
+    events = [e.get("event") for e in d.events()]
+    assert "daemon.workers_stopped" in events and events[-1] == "daemon.stopped"
+    assert products(tmp_path) == {} and ledger(tmp_path) == [("bulk.csv", "running", 1)]
+    again = daemons(tmp_path, config().replace("workers = 2", "workers = 1"))
+    [done] = wait_manifests(tmp_path, 1, status="succeeded", timeout=120)
+    assert done["rows"]["inserted"] == 50_000 and len(products(tmp_path)) == 50_000
+    assert again.stop() == 0
+
+
 @pytest.mark.parametrize("processes", [True, False])
 def test_files_are_applied_with_worker_processes_and_with_threads(tmp_path, daemons, processes):
     d = daemons(tmp_path, config(daemon=f"worker_processes = {str(processes).lower()}"))
