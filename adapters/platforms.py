@@ -20,6 +20,9 @@ from config.canonical import INPUT_FIELDS
 from config.model import PartnerConfig
 
 AUTO = "auto"               # preset = "auto": chosen per file from its header
+# where the presets' JSON and XML exports hold their records: a file of a partner with
+# preset = "auto" is looked into there, to find the records whose names tell its platform
+RECORD_PATHS: tuple[str, ...] = tuple(dict.fromkeys(path for preset in PRESETS.values() for path in preset.record_path))
 MIN_MATCHES = 3             # names of a platform's signature a header must have
 _NOT_COLUMNS = frozenset({"model", "key_default", "parent_types"})
 

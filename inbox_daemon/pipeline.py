@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adapters.mapping import ColumnMap, candidates, preset_of, requested_paths, resolve_columns
-from adapters.platforms import AUTO, detect_preset
+from adapters.platforms import AUTO, RECORD_PATHS, detect_preset
 from adapters.readers import BLOCK_SIZE, Block, ReadOptions, detect_format, read_blocks
 from adapters.rows import Shaper, shaper_for, with_notes
 from adapters.validation import DIAGNOSTICS_SCHEMA, ERROR, Judged, carried_columns, diagnostics_lines, judge
@@ -89,6 +89,7 @@ def read_options(partner: PartnerConfig, limits: Limits, progress=None) -> ReadO
                        delimiter=partner.delimiter or (preset.delimiter if preset else None),
                        paths=requested_paths(partner), sheet=partner.sheet, limits=limits,
                        record_path=preset.record_path if preset else (),
+                       guess_paths=RECORD_PATHS if partner.preset == AUTO else (),
                        expand=preset.expand if preset else None, header_row=partner.header_row,
                        make_temp=tempfiles.create)
 

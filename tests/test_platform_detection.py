@@ -67,6 +67,67 @@ def test_preset_auto_with_a_plain_file_reads_canonical_names(workdir, ingest):
     assert products(workdir)["a-1"]["price_cents"] == 100
 
 
+# Google Merchant Center's product feed as its specification writes it: RSS 2.0 with the g:
+# namespace, and the Atom 1.0 form of the same
+GOOGLE_RSS = """<?xml version="1.0"?>
+<rss xmlns:g="http://base.google.com/ns/1.0" version="2.0">
+<channel>
+<title>Example shop</title>
+<link>https://shop.example</link>
+<description>Products</description>
+<item>
+<g:id>TV_123456</g:id>
+<g:title>LG 22LB4510 - 22" LED TV - 1080p (FullHD)</g:title>
+<g:description>Attractively styled and boasting stunning picture quality</g:description>
+<g:link>https://shop.example/tv/123456</g:link>
+<g:image_link>https://shop.example/image1.jpg</g:image_link>
+<g:condition>new</g:condition>
+<g:availability>in stock</g:availability>
+<g:price>159.00 USD</g:price>
+<g:brand>LG</g:brand>
+<g:gtin>71919219405200</g:gtin>
+</item>
+</channel>
+</rss>
+"""
+GOOGLE_ATOM = """<?xml version="1.0"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:g="http://base.google.com/ns/1.0">
+<title>Example shop</title>
+<entry>
+<g:id>DB_1</g:id>
+<g:title>Dog Bowl In Blue</g:title>
+<g:description>Solid plastic Dog Bowl in marine blue color</g:description>
+<g:link>https://shop.example/bowls/db-1.html</g:link>
+<g:availability>in stock</g:availability>
+<g:price>9.99 GBP</g:price>
+<g:brand>Example</g:brand>
+</entry>
+</feed>
+"""
+
+
+@pytest.mark.parametrize("name, text, key, expected", [
+    ("feed.xml", GOOGLE_RSS, "tv_123456", (15900, "USD")),
+    ("atom.xml", GOOGLE_ATOM, "db_1", (999, "GBP")),
+])
+def test_preset_auto_finds_the_records_of_a_google_merchant_feed_and_reads_it_as_one(workdir, ingest, name,
+                                                                                      text, key, expected):
+    """An XML feed has no header to tell its platform by until its records are found: with
+    ``auto`` they are looked for where the presets' feeds keep them (it was refused with
+    "record_path is not set")."""
+    (workdir / name).write_text(text)
+    code, manifest = ingest(workdir / name, "--config", _config(workdir, "auto"))
+    got = products(workdir)[key]
+    assert (code, manifest["preset"], got["price_cents"], got["currency"]) == (0, "google-merchant", *expected)
+
+
+def test_preset_auto_with_an_xml_feed_of_no_platform_still_says_where_its_records_are(workdir, ingest):
+    (workdir / "feed.xml").write_text("<products><product><sku>A</sku><name>x</name></product>"
+                                      "<product><sku>B</sku><name>y</name></product></products>")
+    code, manifest = ingest(workdir / "feed.xml", "--config", _config(workdir, "auto"))
+    assert code == 4 and 'set record_path = "products/product"' in manifest["message"]
+
+
 def test_shopifys_2025_template_columns_land_with_the_shopify_preset(workdir, ingest):
     """Shopify's current product CSV template names columns SKU, Price, Inventory quantity,
     Barcode (the admin export still writes Variant SKU, Variant Price…): both are read."""

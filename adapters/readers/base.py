@@ -94,6 +94,9 @@ class ReadOptions:
     # JSON and XML: where the records are when the document wraps them ("products",
     # "rss/channel/item"): alternatives, the first one the document has is used
     record_path: tuple[str, ...] = ()
+    # tried when ``record_path`` is not set (``preset = "auto"``: every preset's); a document that
+    # has none of them is read as if nothing were set
+    guess_paths: tuple[str, ...] = ()
     # a nested list whose elements become rows of their own ("variants"), each with the
     # record's other fields (see ``expand_record``)
     expand: str | None = None

@@ -183,7 +183,7 @@ def _read_object_file(path: Path, *, name: str, compressed: bool, options: ReadO
         return read_ndjson(path, name=name, compressed=compressed, options=options)
     if doc.more_values:
         return read_ndjson(path, name=name, compressed=compressed, options=options)
-    for wanted in options.record_path:
+    for wanted in options.record_path or options.guess_paths:
         prefix = _prefix(wanted)
         if prefix in doc.lists:
             return _read_items(path, f"{prefix}.item" if prefix else "item", compressed=compressed,

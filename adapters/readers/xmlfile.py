@@ -277,7 +277,10 @@ def _check_doctype(root) -> None:
 def _choose_path(path: Path, *, compressed: bool, options: ReadOptions) -> tuple[str, ...] | None:
     """The record path to read: the first alternative seen in the first ``SAMPLE_BYTES``, else
     the first one met further on. None: the document has no records (and no other repeats)."""
-    wanted = [s for s in map(_steps, options.record_path) if s]
+    guessed = not options.record_path
+    # a guess names an element under the root: the root itself is no record (``products`` is
+    # where a JSON export keeps its list, and the root of many a feed that is no platform's)
+    wanted = [s for s in map(_steps, options.record_path or options.guess_paths) if len(s) > (1 if guessed else 0)]
     seen: set[tuple[str, ...]] = set()
     counts: dict[tuple[str, ...], int] = {}
     stack: list[str] = []
@@ -327,7 +330,7 @@ def _choose_path(path: Path, *, compressed: bool, options: ReadOptions) -> tuple
     repeated = [key for key, n in counts.items() if n > 1]
     if any(len(steps) > 1 and steps[:-1] in seen for steps in wanted):
         return None                      # the records' parent is there, with no records in it
-    raise UnreadableFile(reason=_no_records(root, wanted, repeated), row=None)
+    raise UnreadableFile(reason=_no_records(root, [] if guessed else wanted, repeated), row=None)
 
 
 def _no_records(root: str, wanted: list[tuple[str, ...]], repeated: list[tuple[str, ...]]) -> str:
