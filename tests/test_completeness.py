@@ -97,6 +97,24 @@ def test_a_file_closed_in_the_middle_of_a_line_waits_for_settle(tmp_path, daemon
     assert d.stop() == 0
 
 
+def test_a_header_written_alone_by_a_shell_waits_for_the_rows_appended_after_a_pause(tmp_path, daemons):
+    """``echo header > f; sleep 1; echo row >> f``: the header alone, closed and quiet past the
+    quiet window, was a delivery of its own (no rows), and the rows appended after it another
+    (no header: rejected). A table of nothing but its header line waits for ``settle``."""
+    d = daemons(tmp_path, _local())
+    inbox = tmp_path / "inbox" / "default"
+    script = (f'echo "sku,name,price" > feed.csv; sleep {SETTLE / 2}; '
+              'echo "A1,Anvil,9.99" >> feed.csv; echo "A2,Rope,1.50" >> feed.csv')
+    subprocess.run(["bash", "-c", script], cwd=inbox, check=True)
+
+    [manifest] = wait_manifests(tmp_path, 1)
+    time.sleep(SETTLE)                  # a second, wrongly early job would show by now
+
+    assert manifest["status"] == "succeeded" and manifest["rows"]["read"] == 2
+    assert ledger(tmp_path, "source_name, status") == [("feed.csv", "succeeded")]
+    assert d.stop() == 0
+
+
 # == local: no writer holding the file =============================================================
 
 WRITER = """

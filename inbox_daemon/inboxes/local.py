@@ -101,6 +101,9 @@ TEXT_FORMATS = frozenset({"csv", "tsv", "json", "ndjson", "xml"})
 HELD = "a process holds it open for writing"
 NO_MARKER = "waiting for its marker"
 UNTERMINATED = "its last line is not terminated: waiting for settle"
+HEADER_ONLY = "it holds a header line and nothing after it yet: waiting for settle"
+# tables whose first line is a header: one that has nothing after it may be a writer's first line
+TABLE_FORMATS = frozenset({"csv", "tsv"})
 
 
 @dataclass(frozen=True)
@@ -393,20 +396,25 @@ class LocalInbox:
             return HELD
         if self.config.ready_marker and not self._markers(name):
             return NO_MARKER
-        if (closed_at is not None and self._clock() - closed_at < self.config.settle
-                and self._is_text(name) and not _ends_with_newline(self.root / name)):
-            return UNTERMINATED
+        if closed_at is not None and self._clock() - closed_at < self.config.settle:
+            # made due by a close, quiet for a moment: a file that looks cut short between two
+            # writes (a shell's ``echo header > f; sleep 1; echo row >> f``) waits for settle
+            fmt = self._text_format(name)
+            if fmt in TEXT_FORMATS and not _ends_with_newline(self.root / name):
+                return UNTERMINATED
+            if fmt in TABLE_FORMATS and _one_line(self.root / name):
+                return HEADER_ONLY
         return None
 
-    def _is_text(self, name: str) -> bool:
-        """Read as uncompressed text: the format the inbox forces, else the one its name says
-        (the readers' own mapping: ``.txt`` is CSV, ``.jsonl`` NDJSON)."""
+    def _text_format(self, name: str) -> str | None:
+        """The format it is read as, if uncompressed: the one the inbox forces, else the one its
+        name says (the readers' own mapping: ``.txt`` is CSV, ``.jsonl`` NDJSON)."""
         if split_name(name)[1]:
-            return False
+            return None
         try:
-            return (self.config.format or detect_format(name)) in TEXT_FORMATS
+            return self.config.format or detect_format(name)
         except UnknownFormat:
-            return False
+            return None
 
     def _markers(self, name: str, folder: Path | None = None) -> list[Path]:
         """The markers of ``name`` present in ``folder`` (the inbox root by default)."""
@@ -799,6 +807,25 @@ def _ends_with_newline(path: Path) -> bool:
         return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
     except OSError:
         return True
+    finally:
+        os.close(fd)
+
+
+def _one_line(path: Path, most: int = 1 << 20) -> bool:
+    """Is ``path`` (not larger than ``most``) one line, its only line break at its end? (False
+    when it cannot be read: ``fetch`` decides.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size > most:
+            return False
+        body = os.pread(fd, size, 0).rstrip(b"\r\n")
+        return b"\n" not in body and b"\r" not in body
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
