@@ -398,9 +398,15 @@ class Pipeline:
     def _platform(run: Run, partner: PartnerConfig, header: list[str], progress: Progress) -> PartnerConfig:
         """``preset = "auto"``: the partner as if it had the preset its file's header shows (or
         none). No preset: a file that is clearly a platform's export says which one to set."""
-        if partner.preset not in (None, AUTO):
-            return partner
         detected = detect_preset(header, partner)
+        if partner.preset not in (None, AUTO):
+            if detected not in (None, partner.preset):
+                progress.platform["hint"] = (
+                    f"this file looks like an export of {detected}, and partner {partner.id} has preset "
+                    f"\"{partner.preset}\": it is read as {partner.preset}'s. Was it sent to the right inbox, "
+                    f"or should the preset be \"{detected}\" (or \"auto\")?")
+                run.log.warning("file.looks_like_platform_export", preset=detected)
+            return partner
         if partner.preset == AUTO:
             progress.platform["preset"] = detected
             run.log.info("file.preset_detected", preset=detected)

@@ -48,6 +48,13 @@ def test_a_woocommerce_export_without_a_preset_says_which_to_set(workdir, ingest
     assert products(workdir)["woo-1"]["price_cents"] is None        # read by names alone, as the hint says
 
 
+def test_a_shopify_export_sent_to_a_woocommerce_partner_says_whose_export_it_looks_like(workdir, ingest):
+    path = write_csv(workdir / "export.csv", SHOPIFY_HEADER, [["hat", "Hat", "", "Acme", "HAT-1", "9.99", "3"]])
+    code, manifest = ingest(path, "--config", _config(workdir, "woocommerce"))
+    assert code == 4 and manifest["errors"] == {"missing_column": 1}
+    assert manifest["hint"].startswith("this file looks like an export of shopify, and partner default has preset")
+
+
 @pytest.mark.parametrize("header, rows, key, expected", [
     (WOO_HEADER, WOO_ROWS, "woo-1", ("woocommerce", 4500, 12)),
     (MAGENTO_HEADER, MAGENTO_ROWS, "24-mb01", ("magento", 3400, 100)),
