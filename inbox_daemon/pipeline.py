@@ -532,6 +532,7 @@ class Pipeline:
                                                 "duplicate_of": manifest.get("duplicate_of"),
                                                 "manifest": str(path)})
         except OSError as exc:
+            self.store.let_report_go(job)
             raise ResultsUnwritable(f"the outcome of job {job.id} is committed but could not be reported: "
                                     f"{exc}") from exc
         failpoints.reached("after_audit")

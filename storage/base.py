@@ -390,10 +390,11 @@ class LedgerReads:
             (inbox, source.uri, source.version) and original.delivered_at in (None, source.delivered_at)
         if original.reported_at is None:
             # committed, not yet reported: the same file back (after a crash) reports it, unless
-            # the process that committed it lives and holds it (it is reporting it right now: two
-            # reports would be two audit records of one outcome); another file of that content
-            # waits until it is reported, then is its duplicate
-            return Claim("unreported" if same_file and not self._held_elsewhere(original) else "busy", original)
+            # a process that lives holds it (the one that committed it, reporting it right now, or
+            # another thread of this daemon that took the report over: two reports would be two
+            # audit records of one outcome); another file of that content waits until it is
+            # reported, then is its duplicate
+            return Claim("unreported" if same_file and self._take_report(original) else "busy", original)
         if answered_if_same_file and same_file:
             return Claim("reported", original)       # the very file it came from, seen again
         # this very file recorded as a duplicate already: seen again (a kept file, a look that
@@ -411,10 +412,16 @@ class LedgerReads:
             return "reapply"
         return "duplicate"
 
-    def _held_elsewhere(self, job: Job) -> bool:
-        """Does another process that lives hold ``job`` (its lease not run out, its holder not a
-        gone process of this host)? A job keeps its lease from its claim until it is reported."""
+    def _take_report(self, job: Job) -> bool:
+        """Take over the report of ``job`` (committed, not reported) unless someone holds it: a
+        lease not run out whose holder is not a gone process of this host. A job keeps its lease
+        from its claim until it is reported (or its report failed: ``let_report_go``)."""
         raise NotImplementedError
+
+    def let_report_go(self, job: Job) -> None:
+        """Its report failed (results unwritable): whoever tries again may take it at once."""
+        with self._transaction():       # type: ignore[attr-defined]
+            self._exec(self._sql("UPDATE jobs SET lease_until = NULL WHERE id = ? AND reported_at IS NULL"), (job.id,))
 
     identity: str | None = None          # the catalog's id, read when the store was opened
 

@@ -299,10 +299,14 @@ class PostgresStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         self._start_attempt(original.id, attempt, now)
         return Claim("resumed", self.job(original.id))
 
-    def _held_elsewhere(self, job: Job) -> bool:
+    def _take_report(self, job: Job) -> bool:
         expired, holder = self._exec("SELECT lease_until IS NULL OR lease_until < now(), claimed_by"
                                      " FROM jobs WHERE id = %s", (job.id,))[0]
-        return holder != self.holder and not (expired or holder_is_dead(holder))
+        if not (expired or holder_is_dead(holder)):
+            return False
+        self._exec("UPDATE jobs SET claimed_by = %s, lease_until = now() + make_interval(secs => %s) WHERE id = %s",
+                   (self.holder, self.lease, job.id))
+        return True
 
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, %s)"

@@ -448,9 +448,11 @@ class SqliteStore(LedgerReads, HistoryReads, ConsoleReads, WebhookOutbox):
         lease, holder = self._exec("SELECT lease_until, claimed_by FROM jobs WHERE id = ?", (job_id,))[0]
         return lease is None or lease < now or holder_is_dead(holder)
 
-    def _held_elsewhere(self, job: Job) -> bool:
-        holder = self._one("SELECT claimed_by FROM jobs WHERE id = ?", (job.id,))
-        return holder != self.holder and not self._lease_expired(job.id, utcnow())
+    def _take_report(self, job: Job) -> bool:
+        if not self._lease_expired(job.id, utcnow()):
+            return False
+        self._exec("UPDATE jobs SET claimed_by = ?, lease_until = ? WHERE id = ?", (self.holder, utc_in(self.lease), job.id))
+        return True
 
     def _start_attempt(self, job_id: str, attempt: int, now: str) -> None:
         self._exec("INSERT OR REPLACE INTO job_attempts (job_id, attempt, started_at) VALUES (?, ?, ?)",

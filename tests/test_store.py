@@ -8,6 +8,7 @@ do not see each other's POSIX locks, and closing one's file descriptor drops the
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -109,15 +110,6 @@ def test_same_content_is_new_then_busy_then_a_duplicate(store):
     assert again.kind == "duplicate" and again.job.duplicate_of == first.job.id
 
 
-def test_committed_but_unreported_is_reported_not_duplicated(store):
-    job = claim(store).job
-    with store.load(job) as load:
-        load.stage(rows(("A", "a")))
-        load.merge(mode="delta", max_deactivate_ratio=0.2)
-        load.commit(Outcome(status="succeeded", result={"job_id": job.id}))
-    assert claim(store).kind == "unreported"
-
-
 def _commit_unreported(store):
     job = claim(store).job
     with store.load(job) as load:
@@ -127,15 +119,29 @@ def _commit_unreported(store):
     return job
 
 
+def test_committed_but_unreported_is_reported_not_duplicated(make_store):
+    """The process that committed it died before its report (a holder of this host whose
+    process is gone): the next claim of its file reports it."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    job = _commit_unreported(make_store(holder=f"{socket.gethostname()}:{gone}"))
+    again = claim(make_store())
+    assert (again.kind, again.job.id) == ("unreported", job.id)
+
+
 def test_an_outcome_its_living_holder_is_reporting_is_busy_to_everyone_else(make_store):
-    """Four ``jobs revert`` of one job at once: the three that claim it between the commit and
+    """Four ``jobs revert`` of one job at once, or a restarted daemon's thread that runs the job
+    again while another finds its file in the inbox: whoever claims it between the commit and
     the report must not report it as well (one outcome, one audit record)."""
     committer, other = make_store(holder="host-a:1"), make_store(holder="host-b:2")
     job = _commit_unreported(committer)
     assert claim(other).kind == "busy"
-    # its own holder takes it up again (a report that failed, tried once more)
-    again = claim(committer)
+    assert claim(committer).kind == "busy"          # another thread of the same daemon
+    # a report that failed lets it go: the next claim, whoever makes it, takes it up
+    committer.let_report_go(job)
+    again = claim(other)
     assert (again.kind, again.job.id) == ("unreported", job.id)
+    assert claim(committer).kind == "busy"          # taken over: held by the one reporting it now
 
 
 def test_an_outcome_whose_holder_stopped_before_its_report_is_reported_by_the_next_claim(make_store):
