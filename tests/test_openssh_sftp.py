@@ -96,6 +96,30 @@ def test_resends_put_with_preserved_times_under_one_name_and_mtime_are_each_appl
     assert d.stop() == 0
 
 
+def test_a_put_p_of_the_same_size_and_mtime_while_the_last_version_is_applied_is_applied_too(tmp_path, sshd, daemons):
+    """The re-send lands while the version before it is being applied: nothing a listing sees
+    tells it apart (SFTP shows no inode or change time). It is never archived as the version
+    that was applied: found by its content at the archive, it stays, and is applied after."""
+    d = daemons(tmp_path, _config(sshd))
+    rows = 150_000
+    first, second = tmp_path / "v1.csv", tmp_path / "v2.csv"
+    for path, price in ((first, "1.00"), (second, "3.00")):
+        write_csv(path, ["sku", "name", "price"], [[f"P-{i:06d}", f"item {i}", price] for i in range(rows)])
+        os.utime(path, (MTIME, MTIME))
+    assert first.stat().st_size == second.stat().st_size
+
+    sshd.sftp(f'put -p "{first}" big.csv')
+    d.wait_event("job.started", timeout=30)
+    sshd.sftp(f'put -p "{second}" big.csv')
+
+    wait_for(lambda: {p["price_cents"] for p in products(tmp_path).values()} == {300}, timeout=90,
+             what="the second version applied")
+    wait_for(lambda: not (sshd.folder / "big.csv").exists(), timeout=30, what="the second version archived")
+    applied = [s for s, _ in _applied_rows(tmp_path)]
+    assert applied and all(s == "succeeded" for s in applied)
+    assert d.stop() == 0
+
+
 def test_new_content_put_with_the_last_versions_name_and_mtime_right_after_its_archive_is_handed_over(tmp_path, sshd):
     """The race behind a re-send missed for minutes: the daemon archives a file and the partner
     puts new content of the same size under its name and mtime before any listing saw the name

@@ -17,11 +17,13 @@ stat per poll of each file archived in the last hour (at most 1,000).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import posixpath
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +80,8 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         self._running: dict[int, tuple[str, float]] = {}   # thread -> (operation, since): /healthz
         self.root = config.path.rstrip("/") or "/"
         self._archives = ArchiveWatch(settle=config.settle, log=self.log, clock=self._clock)
+        # (key, version) -> (sha256, when) of each file read, for ``archive``
+        self._read: dict[tuple[str, str], tuple[str, float]] = {}
 
     # -- connection -----------------------------------------------------------------------------
     @contextmanager
@@ -234,8 +238,11 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 raise SourceGone(f"{drop.key} disappeared before it could be read") from exc
             with remote:
                 remote.prefetch(drop.size or None)
-                return spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read),
-                                                 max_bytes=max_bytes, partner=self.config.partner), spool_dir)
+                read_at = time.time()
+                spooled = spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read),
+                                                    max_bytes=max_bytes, partner=self.config.partner), spool_dir)
+                self._read[(drop.key, drop.version)] = (spooled[1], read_at)
+                return spooled
 
     def _read_whole(self, drop: Drop, read: int) -> None:
         if read != drop.size:
@@ -269,14 +276,21 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 if status in ARCHIVED_AS_SUCCESS:
                     self._out_of_failed(sftp, drop)
                 return
+            read = self._read.pop((drop.key, drop.version), None)
             if _version(st) != drop.version:
                 return                    # a newer upload under the same name: it gets its own job
+            # a client that sets the mtime back (``put -p``) may have put a file of the same size
+            # and mtime over it since it was read: what is there is checked by its content
+            check = read if read is not None and _preserved(st, read[1], self.config) else None
             self._archives.taken_in(name)
             if status in ARCHIVED_AS_SUCCESS:
                 if self.config.on_success == "keep":
                     self.kept(drop)
                     return
                 if self.config.on_success == "delete":
+                    if check is not None and not self._holds(sftp, source, check[0], drop):
+                        self.gone(drop)           # what is there now: offered as a new delivery
+                        return
                     self._move_markers(sftp, name, None)
                     sftp.remove(source)
                     self.gone(drop)
@@ -286,11 +300,38 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 folder = FAILED
             self._mkdir(sftp, folder)
             target = archive_name(name, drop.version, self._taken_in(sftp, folder), room=self._marker_room())
+            archived = self._path(folder, target)
             # markers first: one left behind would make the next upload of that name ready early
-            self._move_markers(sftp, name, self._path(folder, target))
-            sftp.posix_rename(source, self._path(folder, target))
+            self._move_markers(sftp, name, archived)
+            sftp.posix_rename(source, archived)
+            if check is not None and not self._holds(sftp, archived, check[0], drop):
+                # back where it was put, a delivery of its own; a plain rename, which replaces
+                # nothing: a third upload under that name meanwhile keeps it in the archive, said
+                try:
+                    sftp.rename(archived, source)
+                    self._move_markers_from(sftp, archived, source)
+                except OSError as exc:
+                    self.log.error("file.rewritten_left_in_archive", file=drop.key, archived=f"{folder}/{target}",
+                                   error=str(exc), reason="another upload took its name: move it back by hand")
+                self.gone(drop)
+                return
             self.gone(drop)
             self._archives.remember(name, f"{folder}/{target}", (st.st_size or 0, st.st_mtime or 0))
+
+    def _holds(self, sftp: paramiko.SFTPClient, path: str, sha256: str, drop: Drop) -> bool:
+        """Does ``path`` hold the content that was read (its sha256)? Read again in full: SFTP
+        tells no inode, no change time and no checksum that could say so for less."""
+        digest = hashlib.sha256()
+        with sftp.open(path, "rb") as fh:
+            fh.prefetch(drop.size or None)
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() == sha256:
+            return True
+        self.log.warning("file.rewritten_before_archive", file=drop.key,
+                         reason="a file of the same size and mtime was put over the one applied since it was read: "
+                                "it stays in the inbox, a delivery of its own")
+        return False
 
     def _out_of_failed(self, sftp: paramiko.SFTPClient, drop: Drop) -> None:
         """As ``LocalInbox._out_of_failed``: the file of a requeued job that went through moves
@@ -449,6 +490,14 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         if name is None:
             raise InboxMisconfigured(f"refusing a path that leaves the inbox folder: {key!r}")
         return name
+
+
+def _preserved(attrs: paramiko.SFTPAttributes, read_at: float, config: SftpInboxConfig) -> bool:
+    """Was the file's mtime set back by its client (``put -p``, ``rsync -t``)? An upload leaves
+    the time of its last write, which a listing sees within ``poll_interval`` and which is
+    ``settle`` old before the file is read; an mtime older than that (and a minute of clock skew)
+    was not left by the upload."""
+    return (attrs.st_mtime or 0) < read_at - config.poll_interval - config.settle - 60
 
 
 def _version(attrs: paramiko.SFTPAttributes) -> str:
