@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from adapters.mapping import ColumnMap, attributes_json, preset_of
 from adapters.prices import parse_price
 from adapters.readers import Block
-from adapters.readers.base import TOO_MANY_CELLS
+from adapters.readers.base import CUT_SHORT, TOO_MANY_CELLS
 from config.canonical import (
     AVAILABILITY,
     CANONICAL_SCHEMA,
@@ -226,7 +226,9 @@ def judge(block: Block, cmap: ColumnMap, partner: PartnerConfig, *, decimal: str
 
 # what a row the reader refused on its own is told (``Block.refused_rows``)
 _REFUSED = {TOO_MANY_CELLS: "the row has more cells than the header has columns (a value with the "
-                            "delimiter in it, not quoted?): the row is not read"}
+                            "delimiter in it, not quoted?): the row is not read",
+            CUT_SHORT: "the file ends in the middle of this row: fewer cells than the header has columns "
+                       "and no line break after it (an upload cut off?): the row is not read"}
 
 
 def _check_encoding(p: _Problems, block: Block) -> None:

@@ -457,6 +457,22 @@ def test_a_short_row_is_padded_and_a_long_one_refused_on_its_own_line(tmp_path, 
     assert refused == [("too_many_cells", 4)]      # an empty cell after the last column is no cell
 
 
+@pytest.mark.parametrize("terminated", [True, False])
+def test_a_short_last_row_with_no_line_break_after_it_is_refused_as_cut_short(tmp_path, terminated):
+    """An upload cut off mid-row leaves its last row short and unterminated: padded, it would
+    land with its missing cells empty and its last cell cut (stock 3 for 32). A short last row
+    the file ends with a line break after is a ragged row like any other."""
+    path = tmp_path / "feed.csv"
+    path.write_text("sku,name,price,stock\nA-1,Anvil,9.99,12\nA-2,Rope" + ("\n" if terminated else ""))
+
+    blocks = read(path)
+
+    refused = [(code, n) for b in blocks for code, mask in b.refused_rows
+               for n, hit in zip(b.row_numbers().to_pylist(), mask.to_pylist()) if hit]
+    assert refused == ([] if terminated else [("cut_short", 3)])
+    assert records(blocks)[-1] == {"sku": "A-2", "name": "Rope", "price": None, "stock": None}
+
+
 @pytest.mark.parametrize("name", ["feed.csv", "feed.tsv", "feed.json", "feed.parquet"])
 def test_empty_file_is_unreadable(tmp_path, name):
     path = tmp_path / name

@@ -33,6 +33,7 @@ from config.model import Limits
 
 BLOCK_SIZE = 1 << 22          # bytes pyarrow reads and parses at a time
 TOO_MANY_CELLS = "too_many_cells"   # ``Block.refused_rows``: a row with more cells than the header
+CUT_SHORT = "cut_short"             # ``Block.refused_rows``: a short last row, no line break after it
 PY_BATCH_ROWS = 20_000        # rows per batch for the readers that go through Python objects
 
 

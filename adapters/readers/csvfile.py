@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 
 from adapters.readers.base import (
     BLOCK_SIZE,
+    CUT_SHORT,
     PY_BATCH_ROWS,
     TOO_MANY_CELLS,
     Block,
@@ -516,17 +517,23 @@ def _read_ragged(path: Path, *, compressed: bool, options: ReadOptions, encoding
     Python's csv module, from the ``skip``-th record on. A short row is padded with empty cells;
     a row with more non-empty cells than the header has columns is refused on its own line
     (``TOO_MANY_CELLS``), its first cells kept so that its diagnostics line shows its SKU.
-    ``zip_longest`` transposes and pads a batch of rows at once; no loop per row in Python."""
+    ``zip_longest`` transposes and pads a batch of rows at once; no loop per row in Python.
+    The file's last row is not padded when the file ends without a line break: short, it is
+    where an upload was cut off (``CUT_SHORT``), and its last cell may be cut too."""
     width = len(names)
     csv.field_size_limit(max(csv.field_size_limit(), options.limits.max_line_bytes))
     row = first_row
+    unterminated = not compressed and not _ends_with_break(path)
     with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                       progress=True, spaced_delimiter=spaced) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
         records = csv.reader(text, delimiter=delimiter, strict=False)
         for _ in itertools.islice(records, skip):
             pass
-        while chunk := list(itertools.islice(records, PY_BATCH_ROWS)):
+        chunk = list(itertools.islice(records, PY_BATCH_ROWS))
+        while chunk:
+            following = list(itertools.islice(records, PY_BATCH_ROWS))
+            cut = unterminated and not following and 0 < len(chunk[-1]) < width
             columns = list(itertools.zip_longest(*chunk, fillvalue=""))
             columns += [("",) * len(chunk)] * (width - len(columns))
             arrays = [pc.if_else(pc.equal(a, ""), pa.scalar(None, a.type), a)
@@ -538,9 +545,24 @@ def _read_ragged(path: Path, *, compressed: bool, options: ReadOptions, encoding
                     over = pc.or_(over, pc.is_valid(extra))
                 if pc.any(over).as_py():
                     refused = ((TOO_MANY_CELLS, over),)
+            if cut:
+                last = np.zeros(len(chunk), dtype=bool)
+                last[-1] = True
+                refused += ((CUT_SHORT, pa.array(last)),)
             batch = pa.RecordBatch.from_arrays(arrays[:width], names=names)
             yield _block(batch, row, shown_encoding, refused)
             row += len(chunk)
+            chunk = following
+
+
+def _ends_with_break(path: Path) -> bool:
+    """Does the file end with a line break (or is it empty)?"""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if not fh.tell():
+            return True
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) in (b"\n", b"\r")
 
 
 def _kept(batch: pa.RecordBatch, first_row: int, block: Block) -> pa.Array:
