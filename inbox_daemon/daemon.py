@@ -56,6 +56,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ALL_SCANS = "*"             # a scan request for every inbox (else: an inbox id)
 # the keys of what an inbox's ``failing()`` reports, cleared once it reports nothing
 INBOX_REPORTS = frozenset({"polls", "grew_after_archive", "folder_missing", "stuck"})
+BLOCK_GRACE = 1.0           # seconds past stop_timeout for a file being read to stop at its next block
 STOP_MARGIN = 3.0           # seconds past stop_timeout a stop waits for workers a closed inbox set free
 
 
@@ -259,6 +260,8 @@ class Daemon:
             # rolls back (taken again at the next start; committed, answered then). One that waits
             # on a peer (a server answering slowly): closing the inboxes ends that wait with an
             # error. Whatever still runs after the margin is left behind.
+            for worker in self._workers:     # a file being read stops at its next block: a moment
+                worker.join(timeout=max(0.0, deadline + BLOCK_GRACE - time.monotonic()))
             if self._processes is not None and (killed := self._processes.kill_lent()):
                 self.log.warning("daemon.workers_stopped", processes=killed,
                                  reason="still in the middle of a file at stop_timeout: what they had not "
