@@ -195,6 +195,17 @@ def _store_url(value: str) -> str:
     return value
 
 
+def _no_credentials(value: str) -> str:
+    """An endpoint or queue URL: credentials in it (``http://key:secret@host``) would be written
+    in the file, and shown by ``config check``."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials must not be written in the file: leave them out of the URL and give them "
+                         "through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, an instance role)")
+    return value
+
+
 def _lease(value) -> float:
     seconds = parse_duration(value)
     if seconds < 1:
@@ -339,8 +350,8 @@ _INBOX_KEYS: Spec = {
     "bucket": (str, None),
     "prefix": (str, _prefix),
     "region": (str, None),
-    "endpoint_url": (str, None),
-    "sqs_queue_url": (str, None),
+    "endpoint_url": (str, _no_credentials),
+    "sqs_queue_url": (str, _no_credentials),
 }
 _ANY_INBOX_KEY = frozenset(f.name for cls in INBOX_CONFIGS.values() for f in fields(cls))
 _REFUSED = object()         # what r.get answers for a value it refused (the problem is recorded)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -80,6 +81,18 @@ def configure(*, fmt: str | None = None, level: str = "info", stream=None) -> No
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread of a library (paramiko's prefetch thread, when the
+    server drops the connection mid-download) is a log line like any other, not a traceback
+    printed across the JSON lines. The code that waits on such a thread sees the failure too."""
+    if args.exc_type is SystemExit:
+        return
+    get_logger(thread=args.thread.name if args.thread else None).error(
+        "thread.ended_by_error", error=str(args.exc_value), error_type=args.exc_type.__name__,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def settings() -> dict[str, Any]:

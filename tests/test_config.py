@@ -446,6 +446,16 @@ def test_a_store_password_in_the_file_is_refused_without_echoing_it(cli, workdir
     assert "secret" not in result.out + result.err
 
 
+def test_credentials_in_an_s3_endpoint_url_are_refused_without_echoing_them(cli, workdir):
+    path = workdir / "s3.toml"
+    path.write_text('[[inboxes]]\npartner = "default"\nkind = "s3"\nbucket = "drops"\n'
+                    'endpoint_url = "http://AKIAINURL:UrlSecretPass99@127.0.0.1:9000"\n')
+    result = cli("config", "check", "--config", path)
+    assert result.code == 2
+    assert "endpoint_url: credentials must not be written in the file" in result.err
+    assert "UrlSecretPass99" not in result.out + result.err and "AKIAINURL" not in result.out + result.err
+
+
 def test_store_password_env_and_lease_are_read(workdir, monkeypatch):
     path = workdir / "pg.toml"
     path.write_text('[store]\nurl = "postgresql://u@h/db"\npassword_env = "PG_PW"\nlease = "10s"\n')

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import threading
 
 import pyarrow as pa
 import pytest
@@ -122,6 +123,22 @@ def log_output():
     lines.text = buffer.getvalue
     yield lines
     structlog.reset_defaults()
+    threading.excepthook = threading.__excepthook__
+
+
+def test_an_error_that_ends_a_librarys_thread_is_one_json_line_not_a_traceback(log_output, capsys):
+    """paramiko's prefetch thread dies with EOFError when the server drops the connection: its
+    traceback was printed between the JSON lines."""
+    def prefetch():
+        raise EOFError("Server connection dropped")
+    thread = threading.Thread(target=prefetch, name="prefetch")
+    thread.start()
+    thread.join()
+
+    (line,) = log_output()
+    assert (line["event"], line["thread"], line["error_type"], line["error"]) == (
+        "thread.ended_by_error", "prefetch", "EOFError", "Server connection dropped")
+    assert "Traceback" in line["exception"] and capsys.readouterr().err == ""
 
 
 def test_logs_are_one_json_object_per_line(log_output):
