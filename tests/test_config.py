@@ -486,6 +486,25 @@ def test_console_settings_that_are_refused(console, problem):
     assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems
 
 
+def test_a_name_with_five_wrong_passwords_in_five_minutes_is_not_checked_until_they_age(monkeypatch):
+    """48 parallel guesses went through in 9 s, each waiting its pause on a console thread of
+    its own: past five, a name is refused at once, the right password too, while others log in."""
+    from inbox_daemon.console import access
+    monkeypatch.setattr(access, "FAILED_LOGIN_PAUSE", 0.0)
+    now = [1000.0]
+    creds = access.Credentials(admins={"alice": access.hash_password("correct horse"),
+                                       "bob": access.hash_password("battery staple")},
+                               failures=access._Failures(clock=lambda: now[0]))
+    for _ in range(access.FAILED_LOGINS):
+        assert not creds.check_password("alice", "guess")
+    with pytest.raises(access.LoginThrottled) as throttled:
+        creds.check_password("alice", "correct horse")
+    assert throttled.value.retry_after == access.FAILED_LOGIN_WINDOW
+    assert creds.check_password("bob", "battery staple")          # another admin is not held up
+    now[0] += access.FAILED_LOGIN_WINDOW + 1
+    assert creds.check_password("alice", "correct horse")
+
+
 def test_console_credentials_come_from_the_environment_only():
     from config import missing_secrets
     from inbox_daemon.console.access import credentials, hash_password

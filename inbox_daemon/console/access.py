@@ -36,21 +36,68 @@ TOKEN_ACTOR = "token"
 
 FAILED_LOGIN_PAUSE = 1.0     # seconds a wrong name or password waits before its answer
 _hashing = threading.Lock()  # one password check at a time: logins never take every console thread's CPU
+FAILED_LOGINS = 5            # wrong passwords for one name within FAILED_LOGIN_WINDOW: the name rests
+FAILED_LOGIN_WINDOW = 300.0  # seconds
+
+
+class LoginThrottled(Exception):
+    """Too many wrong passwords for this name lately: not even checked until ``retry_after``."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"too many failed logins for this name: try again in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class _Failures:
+    """Wrong passwords per name in the last ``FAILED_LOGIN_WINDOW``. Parallel guesses each waited
+    their pause on a thread of their own (48 in 9 s); past ``FAILED_LOGINS`` a name is refused at
+    once, without a check, until its oldest failure is out of the window: guessing one admin's
+    password goes at five tries in five minutes, and the console's threads stay free. Names are
+    kept as typed, bounded in number (an unknown name is refused like a known one)."""
+
+    def __init__(self, clock=time.monotonic, most: int = 10_000):
+        self._clock, self._most = clock, most
+        self._lock = threading.Lock()
+        self._times: dict[str, list[float]] = {}
+
+    def check(self, name: str) -> None:
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._times.get(name, ()) if t > now - FAILED_LOGIN_WINDOW]
+            self._times[name] = recent
+            if len(recent) >= FAILED_LOGINS:
+                raise LoginThrottled(recent[0] + FAILED_LOGIN_WINDOW - now)
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            if len(self._times) >= self._most and name not in self._times:
+                self._times.pop(next(iter(self._times)))
+            self._times.setdefault(name, []).append(self._clock())
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._times.pop(name, None)
 
 
 @dataclass(frozen=True)
 class Credentials:
     admins: Mapping[str, str] = field(default_factory=dict)     # name -> password hash
     token: str | None = None
+    failures: _Failures = field(default_factory=_Failures, compare=False)
 
     def check_password(self, name: str, password: str) -> bool:
         """Right or wrong, as long as each other (a salted scrypt, even for an unknown name);
-        a wrong one then waits ``FAILED_LOGIN_PAUSE``, so guesses come slowly."""
+        a wrong one then waits ``FAILED_LOGIN_PAUSE``, so guesses come slowly, and a name with
+        too many wrong ones lately is not checked at all (``LoginThrottled``)."""
+        self.failures.check(name)
         known = self.admins.get(name)
         with _hashing:
             ok = check_password_hash(known or _UNKNOWN, password) and known is not None
         if not ok:
+            self.failures.failed(name)
             time.sleep(FAILED_LOGIN_PAUSE)
+        else:
+            self.failures.succeeded(name)
         return ok
 
     def check_token(self, presented: str) -> bool:

@@ -24,7 +24,19 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, flash, g, redirect, render_template, request, send_file, session, url_for
+from flask import (
+    Flask,
+    abort,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -33,7 +45,7 @@ from config.errors import InboxDaemonError, JobNotFound
 from config.status import APPLIED, REQUEUEABLE, JobStatus
 from inbox_daemon import __version__
 from inbox_daemon.console import charts, diagnostics
-from inbox_daemon.console.access import ADMIN_NAME, TOKEN_ACTOR, Credentials
+from inbox_daemon.console.access import ADMIN_NAME, TOKEN_ACTOR, Credentials, LoginThrottled
 from inbox_daemon.console.trail import TrailView
 from inbox_daemon.logs import get_logger
 from inbox_daemon.results import diagnostics_path, manifest_path
@@ -156,7 +168,14 @@ def create_app(backend: Backend) -> Flask:
         if request.method == "POST":
             csrf.protect()
             name, password = request.form.get("name", ""), request.form.get("password", "")
-            if backend.credentials.check_password(name, password):
+            try:
+                ok = backend.credentials.check_password(name, password)
+            except LoginThrottled as exc:
+                response = make_response(render_template("login.html", error=f"Too many failed logins for this "
+                                         f"name: try again in {exc.retry_after / 60:.0f} minute(s)."), 429)
+                response.headers["Retry-After"] = str(int(exc.retry_after) + 1)
+                return response
+            if ok:
                 session.clear()
                 session.permanent = True
                 session["sid"] = sid = secrets.token_urlsafe(24)
