@@ -106,3 +106,21 @@ def test_activity_counts_the_last_day_and_the_last_success(setup):
         assert len(days) == 1 and days[0].rows_rejected == 2 and days[0].reject_rate == 1.0
     finally:
         store.close()
+
+
+def test_the_audit_page_verifies_again_once_its_last_verification_is_old(tmp_path):
+    """The verification made at the console's start said "0 records" for as long as the console
+    ran, until someone pressed "Verify now"."""
+    from inbox_daemon.audit import AuditLog
+    from inbox_daemon.console.trail import TrailView
+    audit = AuditLog(tmp_path / "audit")
+    trail = TrailView(audit, lambda: None)
+    trail.refresh(wait=5)
+    assert trail.verification().records == 0
+    audit.append("job.succeeded", job_id="j1")
+    audit.append("job.succeeded", job_id="j2")
+
+    trail.refresh(wait=5)                               # a moment later: the one it has is fresh
+    assert trail.verification().records == 0
+    trail.refresh(max_age=0, wait=5)                     # old: verified again, and waited for
+    assert trail.verification().intact and trail.verification().records == 2

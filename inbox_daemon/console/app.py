@@ -294,8 +294,7 @@ def create_app(backend: Backend) -> Flask:
     @app.get("/audit")
     def audit():
         trail = backend.trail
-        if trail.verification() is None:
-            trail.verify_soon()
+        trail.refresh()
         return render_template("audit.html", records=trail.latest(50), verification=trail.verification(),
                                damaged=trail.audit.damaged())
 

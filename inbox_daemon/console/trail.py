@@ -18,6 +18,8 @@ from inbox_daemon.audit import AuditLog, Head
 from storage.base import Job
 
 JOB_RECORDS = 200          # at most this many records shown on a job's page
+STALE_S = 60.0             # the audit page verifies the trail again once its last verification is this old
+WAIT_S = 0.5               # ... and waits this long for the result before it shows "verifying"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,19 @@ class TrailView:
         with self._lock:
             return self._last
 
+    def refresh(self, max_age: float = STALE_S, wait: float = WAIT_S) -> None:
+        """For the audit page: a verification no older than ``max_age`` (the one made at the
+        console's start said "0 records" until someone asked again), waited for ``wait`` at
+        most (a trail of some thousands of records verifies well within it)."""
+        last = self.verification()
+        if last is not None and (last.finished is None or _age(last.finished) < max_age):
+            return
+        self.verify_soon()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(wait)
+
     def verify_soon(self) -> bool:
         """Start a verification unless one runs; False when one was running already."""
         with self._lock:
@@ -97,6 +112,11 @@ def _record(line: str) -> dict:
     except ValueError:
         return {"unreadable": line[:500]}
     return record if isinstance(record, dict) else {"unreadable": line[:500]}
+
+
+def _age(stamp: str) -> float:
+    """Seconds since ``stamp`` (as ``_now`` writes it)."""
+    return (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
 def _now() -> str:
