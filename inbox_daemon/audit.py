@@ -119,6 +119,11 @@ class AuditLog:
         except ValueError:
             return {"error": "the damage marker itself is unreadable"}
 
+    def mark_damaged(self, found: dict) -> None:
+        """The trail needs an operator's look (``/healthz`` degraded) until ``acknowledge``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / DAMAGED).write_text(json.dumps(found))
+
     def acknowledge(self) -> dict | None:
         """An operator looked at the quarantined lines: the trail is whole again from here."""
         found = self.damaged()
@@ -272,8 +277,7 @@ class AuditLog:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         found = {"file": path.name, "lines": bad, "moved_to": aside, "at": datetime.now(UTC).isoformat()}
-        marker = self.folder / DAMAGED
-        marker.write_text(json.dumps(found))
+        self.mark_damaged(found)
         return found
 
     def records(self) -> Iterator[tuple[Path, int, str]]:

@@ -525,6 +525,8 @@ class Pipeline:
                 self._write_changes(job, manifest)
             path = write_manifest(self.config.daemon.results_dir, manifest)
             failpoints.reached("after_manifest")
+            folder = str(self.audit.folder.resolve())
+            seen = self.store.audit_head(folder)         # before the append: see _check_trail
             record = self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
                                        sha256=job.sha256, source=manifest["source"], actor=self.actor,
                                        details={"status": manifest["status"], "rows": manifest["rows"],
@@ -536,12 +538,28 @@ class Pipeline:
             raise ResultsUnwritable(f"the outcome of job {job.id} is committed but could not be reported: "
                                     f"{exc}") from exc
         failpoints.reached("after_audit")
-        self.store.mark_reported(job.id, AuditHead(str(self.audit.folder.resolve()), self.audit.chain_id(),
-                                                   record["seq"], record["hash"]))
+        chain = self.audit.chain_id()
+        self._check_trail(seen, chain, record, log)
+        self.store.mark_reported(job.id, AuditHead(folder, chain, record["seq"], record["hash"]))
         failpoints.reached("after_report")
         _drop_copy(spooled, manifest["status"])
         log.info("job.reported", status=manifest["status"], manifest=str(path))
         return Result(JobStatus(manifest["status"]), manifest, path)
+
+    def _check_trail(self, seen: AuditHead | None, chain: str, record: dict, log) -> None:
+        """The record just appended should come after the last one the ledger saw reported (read
+        before the append, so another process's later reports cannot make it look early). One
+        that does not means records were cut off the trail's end (a file deleted, truncated)
+        since: the trail is marked damaged (``/healthz`` degraded) until an operator has looked
+        (``audit verify``, then ``audit ack``). A trail of another chain in the same folder is
+        another host's (the ledger follows its first) or a folder begun again: ``verify`` tells."""
+        if seen is None or seen.chain != chain or record["seq"] > seen.seq:
+            return
+        found = {"reason": f"the trail ends before seq {seen.seq}, which the ledger saw reported: records were "
+                           f"cut off its end", "new_seq": record["seq"], "at": utcnow()}
+        self.audit.mark_damaged(found)
+        log.error("audit.trail_cut", reported_seq=seen.seq, new_seq=record["seq"],
+                  action="inbox-daemon audit verify, then audit ack")
 
     # -- revert and approve ---------------------------------------------------------------------
     def revert(self, target_id: str, *, force: bool = False) -> Result:

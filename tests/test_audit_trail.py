@@ -137,6 +137,24 @@ def test_audit_verify_on_the_command_line_reports_records_cut_off_the_end(workdi
     assert "ends at seq 2" in result.out and "saw seq 3" in result.out
 
 
+def test_a_report_after_records_were_cut_off_the_end_marks_the_trail_damaged_until_ack(workdir, ingest, cli):
+    """The day's file deleted, the next job's record starts again at seq 1: the daemon used to
+    go on as if nothing happened (healthz ok), and only a verify someone ran would tell."""
+    _three_jobs(workdir, ingest)
+    [day] = sorted((workdir / AUDIT).glob("audit-*.jsonl"))
+    day.unlink()
+
+    ingest(write_csv(workdir / "later.csv", ["sku", "name"], [["L", "x"]]))
+
+    damage = json.loads((workdir / AUDIT / DAMAGED).read_text())
+    assert "ends before seq 3" in damage["reason"] and damage["new_seq"] == 1
+    assert cli("audit", "verify").code == 1
+    assert cli("audit", "ack").code == 0
+    assert not (workdir / AUDIT / DAMAGED).exists() and cli("audit", "verify").code == 0
+    ingest(write_csv(workdir / "after.csv", ["sku", "name"], [["M", "x"]]))
+    assert not (workdir / AUDIT / DAMAGED).exists()            # a trail that goes on is no damage
+
+
 def test_audit_ack_takes_the_quarantine_off_and_adopts_a_new_chain(workdir, ingest, cli):
     _three_jobs(workdir, ingest)
     shutil.rmtree(workdir / AUDIT)
