@@ -241,6 +241,8 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 read_at = time.time()
                 spooled = spool_stream(read_checked(remote, lambda read: self._read_whole(drop, read),
                                                     max_bytes=max_bytes, partner=self.config.partner), spool_dir)
+                if len(self._read) >= MAX_REMEMBERED_READS:      # files read never archived (abandoned)
+                    self._read.pop(next(iter(self._read)))
                 self._read[(drop.key, drop.version)] = (spooled[1], read_at)
                 return spooled
 
@@ -490,6 +492,9 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
         if name is None:
             raise InboxMisconfigured(f"refusing a path that leaves the inbox folder: {key!r}")
         return name
+
+
+MAX_REMEMBERED_READS = 10_000       # files read and not yet archived whose sha256 is kept for ``archive``
 
 
 def _preserved(attrs: paramiko.SFTPAttributes, read_at: float, config: SftpInboxConfig) -> bool:
