@@ -43,7 +43,7 @@ import os
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -796,38 +796,34 @@ def _open_for_writing(fdinfo: str) -> bool:
     return False
 
 
-def _ends_with_newline(path: Path) -> bool:
-    """Is the last byte of ``path`` a newline? (True when it cannot be read: ``fetch`` decides.)"""
+def _ask_file(path: Path, question: Callable[[int, int], bool], *, unreadable: bool) -> bool:
+    """``question(fd, size)`` of the file at ``path``, opened without following a link; the
+    answer is ``unreadable`` when it cannot be read (``fetch`` decides then)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return True
+        return unreadable
     try:
-        size = os.fstat(fd).st_size
-        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+        return question(fd, os.fstat(fd).st_size)
     except OSError:
-        return True
+        return unreadable
     finally:
         os.close(fd)
 
 
+def _ends_with_newline(path: Path) -> bool:
+    """Is the last byte of ``path`` a newline?"""
+    return _ask_file(path, lambda fd, size: size == 0 or os.pread(fd, 1, size - 1) == b"\n", unreadable=True)
+
+
 def _one_line(path: Path, most: int = 1 << 20) -> bool:
-    """Is ``path`` (not larger than ``most``) one line, its only line break at its end? (False
-    when it cannot be read: ``fetch`` decides.)"""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        size = os.fstat(fd).st_size
+    """Is ``path`` (not larger than ``most``) one line, its only line break at its end?"""
+    def one(fd: int, size: int) -> bool:
         if size > most:
             return False
         body = os.pread(fd, size, 0).rstrip(b"\r\n")
         return b"\n" not in body and b"\r" not in body
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return _ask_file(path, one, unreadable=False)
 
 
 def _state(path: Path) -> tuple[int, int] | None:
