@@ -445,7 +445,7 @@ def test_config_check_of_a_missing_file_exits_2(cli, workdir):
      "endpoint_url: credentials must not be written in the file", ("UrlSecretPass99", "AKIAINURL")),
 ], ids=["store-password", "s3-endpoint-credentials"])
 def test_a_secret_written_into_a_url_in_the_file_is_refused_without_echoing_it(cli, workdir, text, problem, secrets):
-    path = workdir / "secret.toml"
+    path = workdir / "urls.toml"
     path.write_text(text)
     result = cli("config", "check", "--config", path)
     assert result.code == 2
