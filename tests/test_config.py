@@ -438,8 +438,8 @@ def test_config_check_of_a_missing_file_exits_2(cli, workdir):
 
 
 @pytest.mark.parametrize("text, problem, secrets", [
-    ('[store]\nurl = "postgresql://u:secret@h/db"\n', "store.url: a password must not be written in the file",
-     ("secret",)),
+    ('[store]\nurl = "postgresql://u:Pw0rdInUrl@h/db"\n', "store.url: a password must not be written in the file",
+     ("Pw0rdInUrl",)),
     ('[[inboxes]]\npartner = "default"\nkind = "s3"\nbucket = "drops"\n'
      'endpoint_url = "http://AKIAINURL:UrlSecretPass99@127.0.0.1:9000"\n',
      "endpoint_url: credentials must not be written in the file", ("UrlSecretPass99", "AKIAINURL")),
