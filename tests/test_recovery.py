@@ -4,6 +4,9 @@ name, a torn audit line after a power cut, unreadable configuration, ambiguous h
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -162,7 +165,10 @@ def test_an_outcome_committed_but_never_reported_is_reported_by_the_next_run(wor
     from tests.conftest import products, write_csv
     path = write_csv(workdir / "feed.csv", ["sku", "name"], [["C1", "x"]])
     config = default_config()
-    store = open_store(config.store)
+    # the process that commits it is gone by the next run: its claims name a process that ended
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    store = open_store(config.store, holder=f"{socket.gethostname()}:{gone}")
     pipeline = Pipeline(config, store)
     reported = []
     pipeline.report = lambda *args, **kw: reported.append(args)       # the crash: never reported
