@@ -30,6 +30,7 @@ import hmac
 import json
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,6 +97,13 @@ class AuditLog:
     def __init__(self, folder: Path, key: bytes | None = None):
         self.folder = Path(folder)
         self.key = key
+
+    def ledger_key(self) -> str:
+        """What the catalog's ledger keeps this trail's head under: this host and the folder.
+        Daemons on several hosts share one store and each keeps its own trail, often at the
+        same path (``/var/lib/inbox-daemon/audit``): under the path alone, the ledger followed
+        the first host's chain, and ``verify`` on every other host said the folder was replaced."""
+        return f"{socket.gethostname()}:{self.folder.resolve()}"
 
     def chain_id(self) -> str:
         """This folder's chain: made with its first record; a new folder is a new chain."""

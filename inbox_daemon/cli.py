@@ -373,13 +373,13 @@ def _has_catalog(config: Config) -> bool:
     return path is None or path.exists()
 
 
-def _audit_head(config: Config, folder: Path):
+def _audit_head(config: Config, audit):
     """The chain's head as the catalog's ledger last saw it reported (None without a catalog)."""
     if not _has_catalog(config):
         return None
     store = _store(config)
     try:
-        return store.audit_head(str(folder.resolve()))
+        return store.audit_head(audit.ledger_key())
     finally:
         store.close()
 
@@ -389,9 +389,8 @@ def cmd_audit(args) -> int:
     from storage.base import AuditHead
     config = _config(args)
     audit = open_audit(config.daemon)
-    folder = Path(config.daemon.audit_dir)
     if args.action == "verify":
-        stored = _audit_head(config, folder)
+        stored = _audit_head(config, audit)
         head = Head(stored.chain, stored.seq, stored.hash) if stored else None
         count, problem = audit.verify(head)
         if problem:
@@ -407,12 +406,12 @@ def cmd_audit(args) -> int:
         # the trail as it is now is the one to go on with: its damage looked at, its chain (a
         # folder deleted and begun again) the one the ledger follows from here
         damage = audit.acknowledge()
-        stored = _audit_head(config, folder)
+        stored = _audit_head(config, audit)
         last = audit.last_record()
         if last is not None and _has_catalog(config):
             store = _store(config)
             try:
-                store.reset_audit_head(AuditHead(str(folder.resolve()), audit.chain_id(), last["seq"], last["hash"]))
+                store.reset_audit_head(AuditHead(audit.ledger_key(), audit.chain_id(), last["seq"], last["hash"]))
             finally:
                 store.close()
         print("acknowledged: " + (shown(json.dumps(damage)) if damage else "no quarantined lines")

@@ -525,7 +525,7 @@ class Pipeline:
                 self._write_changes(job, manifest)
             path = write_manifest(self.config.daemon.results_dir, manifest)
             failpoints.reached("after_manifest")
-            folder = str(self.audit.folder.resolve())
+            folder = self.audit.ledger_key()
             seen = self.store.audit_head(folder)         # before the append: see _check_trail
             record = self.audit.append(f"job.{manifest['status']}", partner=job.partner_id, job_id=job.id,
                                        sha256=job.sha256, source=manifest["source"], actor=self.actor,

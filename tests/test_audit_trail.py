@@ -24,7 +24,7 @@ AUDIT = Path("var/audit")
 def _head(workdir: Path):
     store = open_store(StoreConfig(url="sqlite:///var/catalog.db"))
     try:
-        return store.audit_head(str((workdir / AUDIT).resolve()))
+        return store.audit_head(AuditLog(workdir / AUDIT).ledger_key())
     finally:
         store.close()
 
@@ -153,6 +153,44 @@ def test_a_report_after_records_were_cut_off_the_end_marks_the_trail_damaged_unt
     assert not (workdir / AUDIT / DAMAGED).exists() and cli("audit", "verify").code == 0
     ingest(write_csv(workdir / "after.csv", ["sku", "name"], [["M", "x"]]))
     assert not (workdir / AUDIT / DAMAGED).exists()            # a trail that goes on is no damage
+
+
+def test_two_hosts_whose_trails_sit_at_the_same_path_each_verify_against_their_own_head(workdir, monkeypatch):
+    """Daemons on two hosts share one store, each with its trail at the same path: the ledger
+    kept one head per path, the first host's, and verify on the other said the folder had been
+    replaced. (The second host's folder is stood in for by moving the first one's aside.)"""
+    import socket
+
+    from config import default_config
+    from inbox_daemon.audit import Head
+    from inbox_daemon.drop import Drop
+    from inbox_daemon.pipeline import Pipeline
+
+    def ingest_as(host: str, name: str) -> None:
+        monkeypatch.setattr(socket, "gethostname", lambda: host)
+        path = write_csv(workdir / name, ["sku", "name"], [[name, "x"]])
+        config = default_config()
+        store = open_store(config.store)
+        try:
+            Pipeline(config, store).process_path(path, Drop(
+                inbox="cli", partner="default", key=str(path), name=name, uri=path.as_uri(),
+                size=path.stat().st_size, version=str(path.stat().st_mtime_ns)))
+        finally:
+            store.close()
+
+    ingest_as("host-a", "a1.csv")
+    ingest_as("host-a", "a2.csv")
+    (workdir / AUDIT).rename(workdir / "audit-of-host-a")
+    ingest_as("host-b", "b1.csv")
+
+    for host, folder, records in (("host-b", workdir / AUDIT, 1), ("host-a", workdir / "audit-of-host-a", 2)):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        if host == "host-a":                    # host a's folder, back at the path it has there
+            (workdir / AUDIT).rename(workdir / "audit-of-host-b")
+            folder.rename(workdir / AUDIT)
+        stored = _head(workdir)
+        assert stored is not None and stored.seq == records
+        assert AuditLog(workdir / AUDIT).verify(Head(stored.chain, stored.seq, stored.hash)) == (records, None)
 
 
 def test_audit_ack_takes_the_quarantine_off_and_adopts_a_new_chain(workdir, ingest, cli):

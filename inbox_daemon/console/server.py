@@ -100,7 +100,7 @@ class ConsoleServer:
         a connection of its own for this one read)."""
         store = open_store(self._config().store)
         try:
-            stored = store.audit_head(str(self.trail.audit.folder.resolve()))
+            stored = store.audit_head(self.trail.audit.ledger_key())
         finally:
             store.close()
         return Head(stored.chain, stored.seq, stored.hash) if stored else None
