@@ -638,12 +638,14 @@ class Daemon:
                 # taken in, the folder is back and watched
                 elif self._faults.get(f"inbox {inbox_id}", {}).keys() & INBOX_REPORTS:
                     del self._faults[f"inbox {inbox_id}"]
-        # lines moved out of the audit trail wait for an operator's look (audit ack)
+        # lines moved out of the audit trail, or records cut off its end, wait for an operator's
+        # look (audit ack)
         damage = AuditLog(self.config.daemon.audit_dir).damaged()
         with self._lock:
             if damage:
-                self._faults["audit"] = {"error": "lines of the audit trail were quarantined: look at them, "
-                                                  "then inbox-daemon audit ack", **damage}
+                what = ("lines of the audit trail were quarantined: look at them" if "moved_to" in damage
+                        else "records were cut off the end of the audit trail: inbox-daemon audit verify")
+                self._faults["audit"] = {"error": f"{what}, then inbox-daemon audit ack", **damage}
             else:
                 self._faults.pop("audit", None)
         try:

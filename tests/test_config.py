@@ -502,6 +502,26 @@ def test_a_name_with_five_wrong_passwords_in_five_minutes_is_not_checked_until_t
     assert creds.check_password("alice", "correct horse")
 
 
+def test_wrong_passwords_sent_in_parallel_are_checked_five_times_at_most(monkeypatch):
+    """Guesses in flight together each passed the count before any of them failed: 8 of 20
+    were checked. An attempt counts from its start."""
+    import concurrent.futures
+
+    from inbox_daemon.console import access
+    monkeypatch.setattr(access, "FAILED_LOGIN_PAUSE", 0.3)
+    creds = access.Credentials(admins={"carol": access.hash_password("correct horse")})
+
+    def guess(i: int) -> str:
+        try:
+            return "checked" if not creds.check_password("carol", f"guess {i}") else "in"
+        except access.LoginThrottled:
+            return "refused"
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(guess, range(20)))
+
+    assert answers.count("checked") == access.FAILED_LOGINS and answers.count("refused") == 15
+
+
 def test_console_credentials_come_from_the_environment_only():
     from config import missing_secrets
     from inbox_daemon.console.access import credentials, hash_password

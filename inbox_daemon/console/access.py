@@ -60,19 +60,18 @@ class _Failures:
         self._lock = threading.Lock()
         self._times: dict[str, list[float]] = {}
 
-    def check(self, name: str) -> None:
+    def attempt(self, name: str) -> None:
+        """An attempt for ``name``, counted as a failure from its start (under the lock: guesses
+        sent in parallel each count before any is checked) until it ``succeeded``."""
         now = self._clock()
         with self._lock:
             recent = [t for t in self._times.get(name, ()) if t > now - FAILED_LOGIN_WINDOW]
-            self._times[name] = recent
             if len(recent) >= FAILED_LOGINS:
+                self._times[name] = recent
                 raise LoginThrottled(recent[0] + FAILED_LOGIN_WINDOW - now)
-
-    def failed(self, name: str) -> None:
-        with self._lock:
             if len(self._times) >= self._most and name not in self._times:
                 self._times.pop(next(iter(self._times)))
-            self._times.setdefault(name, []).append(self._clock())
+            self._times[name] = [*recent, now]
 
     def succeeded(self, name: str) -> None:
         with self._lock:
@@ -89,12 +88,11 @@ class Credentials:
         """Right or wrong, as long as each other (a salted scrypt, even for an unknown name);
         a wrong one then waits ``FAILED_LOGIN_PAUSE``, so guesses come slowly, and a name with
         too many wrong ones lately is not checked at all (``LoginThrottled``)."""
-        self.failures.check(name)
+        self.failures.attempt(name)
         known = self.admins.get(name)
         with _hashing:
             ok = check_password_hash(known or _UNKNOWN, password) and known is not None
         if not ok:
-            self.failures.failed(name)
             time.sleep(FAILED_LOGIN_PAUSE)
         else:
             self.failures.succeeded(name)
