@@ -210,12 +210,13 @@ class AuditLog:
             fh.seek(size - 1)
             if fh.read(1) == b"\n":
                 return None
-            fh.seek(max(0, size - 1_000_000))
+            start = max(0, size - 1_000_000)
+            fh.seek(start)
             tail = fh.read()
-            keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
-            torn = tail[len(tail) - (size - keep):]
-            lines = tail[:len(tail) - len(torn)].rstrip(b"\n").rsplit(b"\n", 1)
-            if self._good(torn.decode("utf-8", "replace"), _record_or_none(lines[-1])):
+            cut = tail.rfind(b"\n") + 1            # 0: no line break in the tail (nothing kept)
+            keep, torn = start + cut if cut else 0, tail[cut:]
+            before = tail[:cut].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            if self._good(torn.decode("utf-8", "replace"), _record_or_none(before)):
                 fh.write(b"\n")                   # the record was whole: only its end was lost
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -397,24 +397,19 @@ class Pipeline:
     @staticmethod
     def _platform(run: Run, partner: PartnerConfig, header: list[str], progress: Progress) -> PartnerConfig:
         """``preset = "auto"``: the partner as if it had the preset its file's header shows (or
-        none). No preset: a file that is clearly a platform's export says which one to set."""
+        none). Otherwise a file that is clearly another platform's export than the partner's
+        preset (or none) says which one to set."""
         detected = detect_preset(header, partner)
-        if partner.preset not in (None, AUTO):
-            if detected not in (None, partner.preset):
-                progress.platform["hint"] = (
-                    f"this file looks like an export of {detected}, and partner {partner.id} has preset "
-                    f"\"{partner.preset}\": it is read as {partner.preset}'s. Was it sent to the right inbox, "
-                    f"or should the preset be \"{detected}\" (or \"auto\")?")
-                run.log.warning("file.looks_like_platform_export", preset=detected)
-            return partner
         if partner.preset == AUTO:
             progress.platform["preset"] = detected
             run.log.info("file.preset_detected", preset=detected)
             return dataclasses.replace(partner, preset=detected)
-        if detected is not None:
-            progress.platform["hint"] = (
-                f"this file looks like an export of {detected}, and partner {partner.id} has no preset: its columns "
-                f"are read by their names alone. Set preset = \"{detected}\" (or \"auto\") for this partner.")
+        if detected not in (None, partner.preset):
+            read_as = (f"preset \"{partner.preset}\": it is read as {partner.preset}'s" if partner.preset
+                       else "no preset: its columns are read by their names alone")
+            progress.platform["hint"] = (f"this file looks like an export of {detected}, and partner {partner.id} has "
+                                         f"{read_as}. Set preset = \"{detected}\" (or \"auto\") for this partner, "
+                                         "or send the file to the right inbox.")
             run.log.warning("file.looks_like_platform_export", preset=detected)
         return partner
 

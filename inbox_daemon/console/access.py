@@ -49,9 +49,10 @@ class LoginThrottled(Exception):
 
 
 class _Failures:
-    """Wrong passwords per name in the last ``FAILED_LOGIN_WINDOW``. Parallel guesses each waited
-    their pause on a thread of their own (48 in 9 s); past ``FAILED_LOGINS`` a name is refused at
-    once, without a check, until its oldest failure is out of the window: guessing one admin's
+    """Login attempts per name in the last ``FAILED_LOGIN_WINDOW`` that did not succeed (each is
+    counted from its start). Parallel guesses each waited their pause on a thread of their own
+    (48 in 9 s); past ``FAILED_LOGINS`` a name is refused at once, without a check, until its
+    oldest attempt is out of the window: guessing one admin's
     password goes at five tries in five minutes, and the console's threads stay free. Names are
     kept as typed, bounded in number (an unknown name is refused like a known one)."""
 

@@ -283,14 +283,14 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
                 return                    # a newer upload under the same name: it gets its own job
             # a client that sets the mtime back (``put -p``) may have put a file of the same size
             # and mtime over it since it was read: what is there is checked by its content
-            check = read if read is not None and _preserved(st, read[1], self.config) else None
+            expected = read[0] if read is not None and _preserved(st, read[1], self.config) else None
             self._archives.taken_in(name)
             if status in ARCHIVED_AS_SUCCESS:
                 if self.config.on_success == "keep":
                     self.kept(drop)
                     return
                 if self.config.on_success == "delete":
-                    if check is not None and not self._holds(sftp, source, check[0], drop):
+                    if expected is not None and not self._holds(sftp, source, expected, drop):
                         self.gone(drop)           # what is there now: offered as a new delivery
                         return
                     self._move_markers(sftp, name, None)
@@ -306,7 +306,7 @@ class SftpInbox(PollingInbox[SftpInboxConfig]):
             # markers first: one left behind would make the next upload of that name ready early
             self._move_markers(sftp, name, archived)
             sftp.posix_rename(source, archived)
-            if check is not None and not self._holds(sftp, archived, check[0], drop):
+            if expected is not None and not self._holds(sftp, archived, expected, drop):
                 # back where it was put, a delivery of its own; a plain rename, which replaces
                 # nothing: a third upload under that name meanwhile keeps it in the archive, said
                 try:
