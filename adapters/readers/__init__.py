@@ -18,11 +18,13 @@ import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from adapters.readers.base import BLOCK_SIZE, Block, ReadOptions
+from adapters.readers.base import BLOCK_SIZE, Block, ReadOptions, ends_with_line_break
 from config.errors import LimitExceeded, UnknownFormat
 
-# what the rest of the code imports from the package; BLOCK_SIZE, Block and ReadOptions live in base
-__all__ = ["BLOCK_SIZE", "FORMATS", "Block", "ReadOptions", "detect_format", "read_blocks", "reader"]
+# what the rest of the code imports from the package; BLOCK_SIZE, Block, ReadOptions and
+# ends_with_line_break live in base
+__all__ = ["BLOCK_SIZE", "FORMATS", "Block", "ReadOptions", "detect_format", "ends_with_line_break", "read_blocks",
+           "reader"]
 
 # format -> (module, reader function). A reader's module is imported when a file of its format
 # is first read: lxml, ijson and pyarrow.parquet are ~40 ms of start-up that a command reading a

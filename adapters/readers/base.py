@@ -79,6 +79,12 @@ class Block:
             refused_rows=tuple((c, m.filter(keep)) for c, m in self.refused_rows))
 
 
+def ends_with_line_break(fd: int, size: int) -> bool:
+    """Does the open file of ``size`` bytes end with a line break (``\\n``; ``\\r`` of lone-CR
+    lines), or is it empty? Whether a writer stopped between two lines, or in one."""
+    return size == 0 or os.pread(fd, 1, size - 1) in (b"\n", b"\r")
+
+
 def plain_temp(folder: Path, prefix: str) -> tuple[int, str]:
     """``ReadOptions.make_temp`` unless the caller passes its own: a plain ``mkstemp``. Nothing
     marks a copy left by a crash as debris; the daemon and ``ingest`` pass locked ones instead."""

@@ -43,6 +43,7 @@ from adapters.readers.base import (
     Block,
     ReadOptions,
     ToUtf8,
+    ends_with_line_break,
     open_stream,
     to_text,
 )
@@ -523,7 +524,11 @@ def _read_ragged(path: Path, *, compressed: bool, options: ReadOptions, encoding
     width = len(names)
     csv.field_size_limit(max(csv.field_size_limit(), options.limits.max_line_bytes))
     row = first_row
-    unterminated = not compressed and not _ends_with_break(path)
+    if compressed:
+        unterminated = False
+    else:
+        with open(path, "rb") as fh:
+            unterminated = not ends_with_line_break(fh.fileno(), os.fstat(fh.fileno()).st_size)
     with _text_stream(path, compressed=compressed, options=options, encoding=encoding,
                       progress=True, spaced_delimiter=spaced) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
@@ -553,16 +558,6 @@ def _read_ragged(path: Path, *, compressed: bool, options: ReadOptions, encoding
             yield _block(batch, row, shown_encoding, refused)
             row += len(chunk)
             chunk = following
-
-
-def _ends_with_break(path: Path) -> bool:
-    """Does the file end with a line break (or is it empty)?"""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        if not fh.tell():
-            return True
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) in (b"\n", b"\r")
 
 
 def _kept(batch: pa.RecordBatch, first_row: int, block: Block) -> pa.Array:

@@ -60,7 +60,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from adapters.readers import detect_format, split_name
+from adapters.readers import detect_format, ends_with_line_break, split_name
 from config.errors import InboxMisconfigured, SourceChanged, SourceGone, UnknownFormat
 from config.model import LocalInboxConfig
 from config.status import ARCHIVED_AS_SUCCESS
@@ -812,12 +812,13 @@ def _ask_file(path: Path, question: Callable[[int, int], bool], *, unreadable: b
 
 
 def _ends_with_newline(path: Path) -> bool:
-    """Is the last byte of ``path`` a newline?"""
-    return _ask_file(path, lambda fd, size: size == 0 or os.pread(fd, 1, size - 1) == b"\n", unreadable=True)
+    """Does ``path`` end with a line break?"""
+    return _ask_file(path, ends_with_line_break, unreadable=True)
 
 
-def _one_line(path: Path, most: int = 1 << 20) -> bool:
-    """Is ``path`` (not larger than ``most``) one line, its only line break at its end?"""
+def _one_line(path: Path, most: int = 1 << 16) -> bool:
+    """Is ``path`` one line, its only line break at its end? Read whole, so only up to ``most``
+    bytes: no header is longer, and a file made due by every close of a writer is asked again."""
     def one(fd: int, size: int) -> bool:
         if size > most:
             return False
