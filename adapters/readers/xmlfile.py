@@ -280,7 +280,8 @@ def _choose_path(path: Path, *, compressed: bool, options: ReadOptions) -> tuple
     guessed = not options.record_path
     # a guess names an element under the root: the root itself is no record (``products`` is
     # where a JSON export keeps its list, and the root of many a feed that is no platform's)
-    wanted = [s for s in map(_steps, options.record_path or options.guess_paths) if len(s) > (1 if guessed else 0)]
+    shortest = 2 if guessed else 1
+    wanted = [s for s in map(_steps, options.record_path or options.guess_paths) if len(s) >= shortest]
     seen: set[tuple[str, ...]] = set()
     counts: dict[tuple[str, ...], int] = {}
     stack: list[str] = []
