@@ -240,7 +240,7 @@ def test_a_requeued_job_that_goes_through_moves_its_file_out_of_failed_on_the_se
         assert not (outbound / "failed" / "ids.csv").exists()
         # the answer that replaced the rejection's, without the rejection's diagnostics
         results = outbound / "results"
-        assert (results / f"{rejected['job_id']}.result.json").exists()
+        assert json.loads((results / f"{rejected['job_id']}.result.json").read_text())["status"] == "succeeded"
         assert not (results / f"{rejected['job_id']}.diagnostics.csv").exists()
         assert d.stop() == 0
     finally:
